@@ -1,0 +1,491 @@
+"""The Sweep spec: one pydantic model, used as a YAML file locally and as the CR's `spec`.
+
+The CRD's openAPIV3Schema is generated from these models (`orchestrator.crd`), so the file a
+user writes and the object the apiserver stores never drift. Field names are camelCase on the
+wire (Kubernetes convention) and snake_case in Python. Defaults are the paper's recipe
+(PAPER.md). Every model forbids unknown fields, so a typo is an error that names the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from orchestrator.lifecycle import Method
+
+API_VERSION = "ladder.dev/v1alpha1"
+KIND = "Sweep"
+
+# A sweep's name ends up in RayJob names (`<sweep>-<trial id>-<attempt>`) and label values,
+# both capped at 63 characters by Kubernetes; 40 leaves room for the suffix.
+MAX_SWEEP_NAME = 40
+SWEEP_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?|[kmgtpe]i?)?$")
+_QUANTITY_FACTORS = {
+    None: 1,
+    "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+def parse_quantity(text: str | int) -> int:
+    """A Kubernetes memory quantity ("24Gi", "512Mi", "2G", "1048576") in bytes."""
+    if isinstance(text, int):
+        return text
+    match = QUANTITY_RE.match(text.strip())
+    if match is None or match.group(2) not in _QUANTITY_FACTORS:
+        raise ValueError(f"{text!r} is not a memory quantity such as '24Gi', '512Mi' or '2G'")
+    return int(float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=False,
+    )
+
+
+class Precision(StrEnum):
+    """Training precision. T5 overflows in fp16, so fp16 is refused (see `Training`)."""
+
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class ModelInit(StrEnum):
+    """`pretrained` loads weights (local path or hub); `random` builds the architecture only."""
+
+    PRETRAINED = "pretrained"
+    RANDOM = "random"
+
+
+class OnOOM(StrEnum):
+    """What an OOM does to its lane."""
+
+    STOP_LANE = "stop-lane"  # the paper's procedure: the lane's ceiling is found
+    CONTINUE = "continue"  # try every model anyway (e.g. to map which ones fit)
+
+
+class Preamble(StrEnum):
+    """How long the built-in dataset's instruction preamble is."""
+
+    FULL = "full"  # the paper's shape: long instructions and an index description
+    SHORT = "short"  # a few lines, for quick CPU runs
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class AdapterSet(_Model):
+    """One LoRA rank with the alphas to try at that rank."""
+
+    rank: PositiveInt
+    alphas: list[PositiveInt] = Field(min_length=1)
+
+    @field_validator("alphas")
+    @classmethod
+    def _unique_alphas(cls, alphas: list[int]) -> list[int]:
+        if len(set(alphas)) != len(alphas):
+            raise ValueError(f"alphas must not repeat, got {alphas}")
+        return alphas
+
+
+class LRPlateau(_Model):
+    """ReduceLROnPlateau on the evaluation loss."""
+
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+
+
+class Training(_Model):
+    """The recipe of every trial. Defaults are the paper's (PAPER.md, "Training recipe")."""
+
+    epochs: int = Field(100, ge=1)
+    learning_rate: float = Field(5.0e-5, gt=0)
+    batch_size: int = Field(8, ge=1, description="Total batch per optimizer step, all workers.")
+    lr_plateau: LRPlateau = LRPlateau()
+    precision: Precision = Precision.BF16
+    tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
+    target_modules: str | list[str] = "all-linear"
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    max_input_tokens: int = Field(1400, ge=8)
+    max_output_tokens: int = Field(1024, ge=8)
+    weight_decay: float = Field(0.0, ge=0)
+    init: ModelInit = ModelInit.PRETRAINED
+    tokenizer: str | None = Field(
+        None, description="Tokenizer path or id; default: the model's own, 'byte' for random init."
+    )
+    gradient_checkpointing: bool = False
+    generate_every: int = Field(
+        0, ge=0, description="Greedy-generation metrics every k epochs; 0: only after the last."
+    )
+    generate_limit: int | None = Field(
+        None, ge=1, description="Evaluate generation on at most this many eval examples."
+    )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _refuse_fp16(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in ("fp16", "float16", "half"):
+            raise ValueError("fp16 is not supported for T5 (it overflows); use bf16 or fp32")
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _target_modules_non_empty(cls, value: str | list[str]) -> str | list[str]:
+        if not value:
+            raise ValueError("targetModules must name at least one module, or 'all-linear'")
+        return value
+
+
+class Dataset(_Model):
+    """Where the DSS examples come from and how they are split."""
+
+    source: str = Field("builtin:querydsl", min_length=1)
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    size: int | None = Field(None, ge=2, description="Examples from a builtin generator.")
+    preamble: Preamble = Preamble.FULL
+    labels_must_be_json: bool = True
+
+
+class ResourceOverride(_Model):
+    """Per-model resources; unset fields keep the sweep's defaults."""
+
+    workers: int | None = Field(None, ge=1)
+    gpus_per_worker: int | None = Field(None, ge=0)
+    cpus_per_worker: int | None = Field(None, ge=1)
+
+
+class Resources(_Model):
+    """Ray Train workers per trial; `overrides` keyed by model id."""
+
+    workers: int = Field(8, ge=1)
+    gpus_per_worker: int = Field(1, ge=0)
+    cpus_per_worker: int = Field(1, ge=1)
+    overrides: dict[str, ResourceOverride] = Field(default_factory=dict)
+
+    def for_model(self, model: str) -> ResourceShape:
+        override = self.overrides.get(model, ResourceOverride())
+        return ResourceShape(
+            workers=override.workers or self.workers,
+            gpus_per_worker=(
+                self.gpus_per_worker if override.gpus_per_worker is None
+                else override.gpus_per_worker
+            ),
+            cpus_per_worker=override.cpus_per_worker or self.cpus_per_worker,
+        )
+
+
+class ResourceShape(_Model):
+    """The resources one trial needs: `workers` Ray Train workers of this size."""
+
+    workers: int = Field(ge=1)
+    gpus_per_worker: int = Field(ge=0)
+    cpus_per_worker: int = Field(ge=1)
+
+    @property
+    def gpus(self) -> int:
+        return self.workers * self.gpus_per_worker
+
+    @property
+    def cpus(self) -> int:
+        return self.workers * self.cpus_per_worker
+
+
+class Escalation(_Model):
+    """How a lane climbs the ladder."""
+
+    on_oom: OnOOM = Field(OnOOM.STOP_LANE, alias="onOOM")
+    retries: int = Field(1, ge=0, description="Retries of a trial after a non-OOM failure.")
+    memory_budget: str | None = Field(
+        None, description="Memory cap per device, e.g. '24Gi' (GPU allocator or CPU peak)."
+    )
+    predict_oom: bool = Field(
+        True, alias="predictOOM", description="Skip trials whose memory estimate exceeds the device."
+    )
+    device_memory: str | None = Field(
+        None, description="Device memory the estimate is checked against, e.g. '80Gi'."
+    )
+
+    @field_validator("memory_budget", "device_memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_quantity(value)
+        return value
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget is None else parse_quantity(self.memory_budget)
+
+    @property
+    def device_memory_bytes(self) -> int | None:
+        return None if self.device_memory is None else parse_quantity(self.device_memory)
+
+
+class Axes(_Model):
+    """Further axes of the grid; the Cartesian product of all of them makes the lanes."""
+
+    dss_alpha: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.5], min_length=1
+    )
+    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    learning_rate: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
+    batch_size: list[PositiveInt] | None = Field(None, min_length=1)
+    lora_dropout: list[Annotated[float, Field(ge=0, lt=1)]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_values(self) -> Axes:
+        for name in type(self).model_fields:
+            values = getattr(self, name)
+            if values is not None and len(set(values)) != len(values):
+                raise ValueError(f"axis {to_camel(name)} repeats a value: {values}")
+        return self
+
+
+PAPER_ADAPTERS = (
+    AdapterSet(rank=32, alphas=[32, 64, 128]),
+    AdapterSet(rank=64, alphas=[32, 64, 128, 256]),
+    AdapterSet(rank=128, alphas=[32, 64, 128, 256, 512]),
+)
+PAPER_LADDER = (
+    "google/flan-t5-small",
+    "google/flan-t5-base",
+    "google/flan-t5-large",
+    "google/flan-t5-xl",
+)
+
+
+class SweepSpec(_Model):
+    """The whole Sweep: what to train (the grid), how, and where."""
+
+    ladder: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1)
+    methods: list[Method] = Field(
+        default_factory=lambda: [Method.FULL, Method.LORA, Method.QLORA], min_length=1
+    )
+    adapters: list[AdapterSet] = Field(default_factory=lambda: list(PAPER_ADAPTERS))
+    axes: Axes = Axes()
+    training: Training = Training()
+    dataset: Dataset = Dataset()
+    resources: Resources = Resources()
+    escalation: Escalation = Escalation()
+    parallelism: int = Field(1, ge=1, description="Trials at once.")
+    max_trials: int = Field(1000, ge=1, description="Refuse grids with more potential trials.")
+    suspend: bool = False
+    execution: dict[str, Any] = Field(
+        default_factory=dict, description="Backend specifics: image, RayCluster template, selector."
+    )
+
+    @field_validator("ladder")
+    @classmethod
+    def _unique_models(cls, ladder: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for model in ladder:
+            if model in seen:
+                raise ValueError(f"model {model!r} appears twice in the ladder")
+            seen.add(model)
+        return ladder
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, methods: list[Method]) -> list[Method]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods must not repeat, got {[m.value for m in methods]}")
+        return methods
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_ranks(cls, adapters: list[AdapterSet]) -> list[AdapterSet]:
+        ranks = [a.rank for a in adapters]
+        if len(set(ranks)) != len(ranks):
+            raise ValueError(f"each rank may appear once, got ranks {ranks}")
+        return adapters
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        if any(m.uses_adapters for m in self.methods) and not self.adapters:
+            raise ValueError("adapters: lora and qlora need at least one {rank, alphas} pair")
+        unknown = sorted(set(self.resources.overrides) - set(self.ladder))
+        if unknown:
+            raise ValueError(f"resources.overrides names models not in the ladder: {unknown}")
+        if self.potential_trials > self.max_trials:
+            raise ValueError(
+                f"the grid has {self.potential_trials} potential trials, more than maxTrials="
+                f"{self.max_trials}; shrink the grid or raise maxTrials"
+            )
+        return self
+
+    @property
+    def lane_count(self) -> int:
+        pairs = sum(len(a.alphas) for a in self.adapters)
+        per_point = sum(pairs if m.uses_adapters else 1 for m in self.methods)
+        points = 1
+        for name in Axes.model_fields:
+            values = getattr(self.axes, name)
+            points *= len(values) if values else 1
+        return per_point * points
+
+    @property
+    def potential_trials(self) -> int:
+        return self.lane_count * len(self.ladder)
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata a Sweep manifest needs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    namespace: str = ""
+
+
+class Sweep(BaseModel):
+    """A named spec: what `ladder run` and the controller work on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    namespace: str = ""
+    spec: SweepSpec
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if len(name) > MAX_SWEEP_NAME or not SWEEP_NAME_RE.match(name):
+            raise ValueError(
+                f"{name!r} must be a DNS label (lowercase letters, digits, '-') of at most "
+                f"{MAX_SWEEP_NAME} characters"
+            )
+        return name
+
+
+class SpecError(ValueError):
+    """An invalid Sweep; `problems` lists (field path, message), paths as written by users."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path}: {message}" for path, message in problems)
+        super().__init__(f"{source}: invalid Sweep\n{lines}")
+
+
+def _error_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(("function-", "union[", "list[", "literal[")) or part in (
+            "str", "int", "float", "bool",
+        ):
+            # pydantic names the union member it tried; users never wrote that.
+            continue
+        else:
+            path += f".{part}" if path else part
+    return path or "spec"
+
+
+def _problems(error: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append((_error_path(prefix, item["loc"]), message))
+    return problems
+
+
+def parse_sweep(
+    document: Mapping[str, Any], *, source: str = "<sweep>", default_name: str | None = None
+) -> Sweep:
+    """A Sweep from a parsed manifest (`kind: Sweep`) or a bare spec mapping."""
+    if not isinstance(document, Mapping):
+        raise SpecError(source, [("spec", f"expected a mapping, got {type(document).__name__}")])
+    if "kind" in document or "apiVersion" in document:
+        problems = []
+        if document.get("apiVersion") != API_VERSION:
+            problems.append(("apiVersion", f"must be {API_VERSION!r}"))
+        if document.get("kind") != KIND:
+            problems.append(("kind", f"must be {KIND!r}"))
+        metadata = document.get("metadata") or {}
+        if not isinstance(metadata, Mapping) or not metadata.get("name"):
+            problems.append(("metadata.name", "a Sweep manifest needs a name"))
+        if problems:
+            raise SpecError(source, problems)
+        name, namespace = metadata["name"], metadata.get("namespace") or ""
+        body, prefix = document.get("spec"), "spec"
+    else:
+        name, namespace = default_name or "sweep", ""
+        body, prefix = document, ""
+    if not isinstance(body, Mapping):
+        raise SpecError(source, [(prefix or "spec", "expected a mapping")])
+    try:
+        spec = SweepSpec.model_validate(body)
+    except ValidationError as error:
+        raise SpecError(source, _problems(error, prefix)) from None
+    try:
+        return Sweep(name=name, namespace=namespace, spec=spec)
+    except ValidationError as error:
+        raise SpecError(source, _problems(error, "metadata")) from None
+
+
+def _sweep_name_from_path(path: Path) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-")
+    return stem[:MAX_SWEEP_NAME].strip("-") or "sweep"
+
+
+def load_sweep_text(text: str, *, source: str = "<sweep>", default_name: str | None = None) -> Sweep:
+    """Parse YAML text; YAML errors name the line and column."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(error, "problem", None) or str(error)
+        raise SpecError(source, [(where, f"not valid YAML: {problem}")]) from None
+    if document is None:
+        raise SpecError(source, [("spec", "the file is empty")])
+    return parse_sweep(document, source=source, default_name=default_name)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Load a Sweep from a YAML file (a whole manifest, or a bare spec named after the file)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(str(path), [("file", f"cannot read: {error}")]) from None
+    return load_sweep_text(text, source=str(path), default_name=_sweep_name_from_path(path))
+
+
+def sweep_manifest(sweep: Sweep) -> dict[str, Any]:
+    """The Kubernetes manifest of a Sweep, camelCase, defaults included."""
+    metadata: dict[str, str] = {"name": sweep.name}
+    if sweep.namespace:
+        metadata["namespace"] = sweep.namespace
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": sweep.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+SpecFormat = Literal["yaml", "json"]
