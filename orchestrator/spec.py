@@ -437,7 +437,7 @@ def parse_sweep(
     if not isinstance(body, Mapping):
         raise SpecError(source, [(prefix or "spec", "expected a mapping")])
     try:
-        spec = SweepSpec.model_validate(body)
+        spec = SweepSpec.model_validate(body, by_alias=True, by_name=False)
     except ValidationError as error:
         raise SpecError(source, _problems(error, prefix)) from None
     try:

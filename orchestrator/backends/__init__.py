@@ -1,0 +1,1 @@
+"""Backends carry the core's decisions out: the local Ray runtime, and KubeRay (`operator`)."""

@@ -1,0 +1,185 @@
+"""Run trials as Ray jobs on a local Ray runtime (started by Ladder, or `RAY_ADDRESS`).
+
+Each trial attempt is one Ray job whose entrypoint is the worker contract,
+`python -m worker run --trial FILE`, exactly what a KubeRay RayJob runs on a cluster. The
+job's submission id is derived from the trial id and attempt, so submitting twice is a no-op
+and a restarted `ladder run` finds (and adopts) the jobs it launched before it was killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.outcome import classify_text, excerpt, state_for_exit_code
+from orchestrator.scheduler import Capacity
+from orchestrator.trial import TrialResult, TrialSpec
+
+log = logging.getLogger(__name__)
+
+# Logical CPUs for a Ray runtime Ladder starts itself; more than the cores is fine for CPU
+# trials of tiny models, and lets a 2-core laptop run two 1-worker trials side by side.
+DEFAULT_LOGICAL_CPUS = max(4, os.cpu_count() or 1)
+
+
+def job_id(spec: TrialSpec) -> str:
+    """Deterministic Ray job submission id of a trial attempt."""
+    namespace = f"{spec.namespace}-" if spec.namespace else ""
+    return f"ladder-{namespace}{spec.sweep}-{spec.trial_id}-{spec.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """A finished job as the backend saw it; `result` when the worker printed one."""
+
+    trial_id: str
+    attempt: int
+    state: TrialState
+    result: TrialResult | None
+    error: str | None
+    oom_kind: OOMKind | None = None
+
+
+class LocalRayBackend:
+    """Trials as Ray jobs through the job submission API of a local Ray runtime."""
+
+    def __init__(
+        self,
+        *,
+        runs_dir: Path,
+        db_url: str,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+    ) -> None:
+        self.runs_dir = runs_dir
+        self.db_url = db_url
+        self.address = address if address is not None else os.environ.get("RAY_ADDRESS")
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self._client = None
+        self._started_ray = False
+        self._jobs: dict[tuple[str, int], TrialSpec] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        import ray
+        from ray.job_submission import JobSubmissionClient
+
+        t0 = time.monotonic()
+        if self.address:
+            context = ray.init(
+                address=self.address, logging_level=logging.WARNING, ignore_reinit_error=True
+            )
+        else:
+            context = ray.init(
+                num_cpus=self.num_cpus or DEFAULT_LOGICAL_CPUS,
+                num_gpus=self.num_gpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                logging_level=logging.WARNING,
+                ignore_reinit_error=True,
+            )
+            self._started_ray = True
+        url = context.dashboard_url or "127.0.0.1:8265"
+        self._client = JobSubmissionClient(url if "://" in url else f"http://{url}")
+        log.info("Ray runtime ready in %.1fs (dashboard %s)", time.monotonic() - t0, url)
+
+    def stop(self) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+    def capacity(self) -> Capacity:
+        import ray
+
+        resources = ray.cluster_resources()
+        return Capacity(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)))
+
+    # -- acting --------------------------------------------------------------------------
+    def launch(self, spec: TrialSpec) -> str:
+        trial_file = spec.write(Path(spec.output_dir) / "trial.json")
+        submission = job_id(spec)
+        entrypoint = shlex.join(
+            [sys.executable, "-m", "worker", "run", "--trial", str(trial_file.resolve())]
+        )
+        try:
+            self._client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission,
+                runtime_env={"env_vars": self._job_env()},
+                entrypoint_num_cpus=0,
+                metadata={"ladder.dev/sweep": spec.sweep, "ladder.dev/trial": spec.trial_id},
+            )
+        except RuntimeError as error:
+            # Already submitted (a restarted runner re-planning the same attempt): adopt it.
+            if "already exists" not in str(error):
+                raise
+        self._jobs[(spec.trial_id, spec.attempt)] = spec
+        return submission
+
+    def _job_env(self) -> dict[str, str]:
+        env = {"LADDER_DB_URL": self.db_url, "PYTHONUNBUFFERED": "1"}
+        # Workers must import the same `orchestrator` and `worker` packages as we do.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        return env
+
+    def cancel(self, trial_id: str, attempt: int) -> None:
+        spec = self._jobs.get((trial_id, attempt))
+        if spec is None:
+            return
+        try:
+            self._client.stop_job(job_id(spec))
+        except RuntimeError as error:  # unknown job: nothing to stop
+            log.debug("stop_job %s: %s", job_id(spec), error)
+
+    def adopt(self, spec: TrialSpec) -> bool:
+        """Track a job launched by an earlier runner, if the Ray runtime still has it."""
+        try:
+            self._client.get_job_status(job_id(spec))
+        except RuntimeError:
+            return False
+        self._jobs[(spec.trial_id, spec.attempt)] = spec
+        return True
+
+    # -- observing -----------------------------------------------------------------------
+    def active(self) -> set[tuple[str, int]]:
+        return set(self._jobs)
+
+    def poll(self) -> list[JobOutcome]:
+        """Jobs that ended since the last poll, each with its outcome."""
+        finished = []
+        for key, spec in list(self._jobs.items()):
+            info = self._client.get_job_info(job_id(spec))
+            if not info.status.is_terminal():
+                continue
+            del self._jobs[key]
+            finished.append(self._outcome(spec, info))
+        return finished
+
+    def _outcome(self, spec: TrialSpec, info: object) -> JobOutcome:
+        logs = self._client.get_job_logs(job_id(spec))
+        result = TrialResult.from_output(logs)
+        status = str(getattr(info, "status", ""))
+        if result is not None:
+            return JobOutcome(
+                spec.trial_id, spec.attempt, result.status, result, result.error, result.oom_kind
+            )
+        if status == "STOPPED":
+            return JobOutcome(spec.trial_id, spec.attempt, TrialState.CANCELLED, None, "stopped")
+        # The worker died without its result line: classify what the job left behind.
+        text = f"{getattr(info, 'message', '') or ''}\n{logs}"
+        state, kind = classify_text(text, budget_set=spec.memory_budget_bytes is not None)
+        code_state = state_for_exit_code(getattr(info, "driver_exit_code", None))
+        if state is TrialState.FAILED and code_state is TrialState.OOM:
+            state = TrialState.OOM
+        return JobOutcome(spec.trial_id, spec.attempt, state, None, excerpt(text), kind)

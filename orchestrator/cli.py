@@ -1,0 +1,371 @@
+"""`ladder`: validate, plan, run and inspect sweeps; write the built-in dataset.
+
+Cluster commands (`submit`, `controller`) and `report` live in their own modules and are
+registered here, so `ladder --help` lists everything a user can do.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestrator.grid import expand
+from orchestrator.lifecycle import LaneState, TrialState
+from orchestrator.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
+
+app = typer.Typer(
+    name="ladder",
+    help="Fine-tuning sweeps that climb each lane's model ladder until it runs out of memory.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dataset_app = typer.Typer(help="Write Ladder's built-in datasets to files.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+console = Console()
+errors = Console(stderr=True)
+
+DB_HELP = "SQLAlchemy URL of the store (env LADDER_DB_URL; default sqlite:///ladder.db)."
+DEFAULT_DB_URL = "sqlite:///ladder.db"
+
+RESULT_COLUMNS = (
+    "sweep", "trial_id", "lane", "model", "method", "rank", "alpha", "dss_alpha", "seed",
+    "status", "oom_kind", "attempt", "best_eval_loss", "best_epoch", "exact_match",
+    "json_valid_rate", "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
+    "peak_host_memory_bytes", "wall_seconds", "error",
+)
+STATE_STYLES = {
+    TrialState.SUCCEEDED: "green", TrialState.OOM: "magenta", TrialState.FAILED: "red",
+    TrialState.RUNNING: "cyan", TrialState.PENDING: "white", TrialState.SKIPPED: "dim",
+    TrialState.CANCELLED: "yellow",
+}
+LANE_STYLES = {
+    LaneState.COMPLETED: "green", LaneState.CAPPED: "magenta", LaneState.FAILED: "red",
+    LaneState.RUNNING: "cyan", LaneState.PENDING: "white", LaneState.CANCELLED: "yellow",
+}
+
+
+def db_url(option: str | None) -> str:
+    """The store URL: the option, LADDER_DB_URL, or the default, with SQLite paths absolute.
+
+    Trials run in other processes (Ray jobs) with other working directories, so a relative
+    SQLite path must be made absolute before it is handed to them.
+    """
+    url = option or os.environ.get("LADDER_DB_URL") or DEFAULT_DB_URL
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        url = prefix + str(Path(url[len(prefix):]).resolve())
+    return url
+
+
+def _load(file: Path) -> Sweep:
+    try:
+        return load_sweep(file)
+    except SpecError as error:
+        errors.print(f"[red]✗ {error.source}: invalid Sweep[/red]")
+        for path, message in error.problems:
+            errors.print(f"  [bold]{path}[/bold]: {message}")
+        raise typer.Exit(1) from None
+
+
+def _open_store(url: str):  # noqa: ANN202 - sessionmaker, imported lazily
+    from orchestrator import store
+
+    try:
+        return store.open_store(url)
+    except Exception as error:  # noqa: BLE001 - any connection problem is the user's to fix
+        errors.print(f"[red]✗ cannot open the store {store.redact_url(url)}: {error}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="Sweep YAML (manifest or bare spec).")]):
+    """Check a Sweep; exits 1 with one line per invalid field."""
+    sweep = _load(file)
+    spec = sweep.spec
+    console.print(
+        f"[green]✓[/green] {file}: Sweep [bold]{sweep.name}[/bold] is valid: "
+        f"{spec.lane_count} lanes x {len(spec.ladder)} models = "
+        f"{spec.potential_trials} potential trials"
+    )
+
+
+@app.command("plan")
+def plan_command(
+    file: Annotated[Path, typer.Argument(help="Sweep YAML.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+):
+    """Print the lanes and trials a sweep would run, without running anything."""
+    sweep = _load(file)
+    grid = expand(sweep)
+    if as_json:
+        lanes = []
+        for lane in grid.lanes:
+            lanes.append({
+                "index": lane.index, "name": lane.name, "method": lane.method.value,
+                "rank": lane.rank, "alpha": lane.alpha, "dssAlpha": lane.dss_alpha,
+                "seed": lane.seed,
+                "trials": [
+                    {"trialId": t.trial_id, "model": t.model, "workers": t.resources.workers,
+                     "gpus": t.resources.gpus, "cpus": t.resources.cpus}
+                    for t in grid.trials[lane.name]
+                ],
+            })
+        typer.echo(json.dumps({"sweep": sweep.name, "lanes": lanes}, indent=2))
+        return
+    table = Table(title=f"Sweep {sweep.name}: {len(grid.lanes)} lanes, "
+                        f"{len(grid.all_trials())} potential trials")
+    for column in ("#", "lane", "method", "rank", "alpha", "dss a", "seed", "ladder (trial ids)"):
+        table.add_column(column, overflow="fold")
+    for lane in grid.lanes:
+        trials = " → ".join(f"{t.model.rsplit('/', 1)[-1]} ({t.trial_id})"
+                            for t in grid.trials[lane.name])
+        table.add_row(str(lane.index), lane.name, lane.method.value, str(lane.rank or "-"),
+                      str(lane.alpha or "-"), f"{lane.dss_alpha:g}", str(lane.seed), trials)
+    console.print(table)
+
+
+def _status_view(sweep: Sweep, status: Any, progress: Progress, task: Any) -> Group:
+    progress.update(task, completed=status.trials_done, total=status.trials_total)
+    table = Table(expand=False, show_edge=False, pad_edge=False)
+    for column in ("lane", "state", "ceiling", "stopped at"):
+        table.add_column(column)
+    for lane in status.lanes:
+        style = LANE_STYLES.get(lane.state, "white")
+        stopped = lane.stopped_at_model or ""
+        if lane.oom_kind is not None:
+            stopped += f" (oom/{lane.oom_kind.value})"
+        table.add_row(lane.name, f"[{style}]{lane.state.value}[/{style}]",
+                      lane.ceiling_model or "-", stopped)
+    counts = "  ".join(
+        f"[{STATE_STYLES[state]}]{state.value} {n}[/{STATE_STYLES[state]}]"
+        for state, n in status.counts.items() if n
+    )
+    return Group(progress, table, counts or "")
+
+
+def _summary(sweep: Sweep, status: Any, elapsed: float) -> None:
+    console.rule(f"Sweep {sweep.name}: {status.phase.value}")
+    if status.best is not None:
+        best = status.best
+        console.print(f"Best trial: [bold]{best.trial_id}[/bold] {best.model} {best.lane} "
+                      f"eval loss [bold]{best.eval_loss:.5f}[/bold]")
+    else:
+        console.print("Best trial: none succeeded")
+    ceilings = Table(title="Lane ceilings (largest model that fitted)", show_edge=False)
+    for column in ("lane", "state", "ceiling", "stopped at"):
+        ceilings.add_column(column)
+    for lane in status.lanes:
+        stop = lane.stopped_at_model or "-"
+        if lane.oom_kind is not None:
+            stop += f" (oom/{lane.oom_kind.value})"
+        ceilings.add_row(lane.name, lane.state.value, lane.ceiling_model or "-", stop)
+    console.print(ceilings)
+    counts = ", ".join(f"{state.value} {n}" for state, n in status.counts.items() if n)
+    console.print(f"Trials: {counts}. OOMs: {status.oom_count}. Total time: {elapsed:.1f} s")
+
+
+def _cpu_only(spec: SweepSpec) -> SweepSpec:
+    overrides = {m: o.model_copy(update={"gpus_per_worker": 0})
+                 for m, o in spec.resources.overrides.items()}
+    resources: Resources = spec.resources.model_copy(
+        update={"gpus_per_worker": 0, "overrides": overrides}
+    )
+    return spec.model_copy(update={"resources": resources})
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="Sweep YAML.")],
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    parallelism: Annotated[int | None, typer.Option(min=1, help="Trials at once.")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Ignore GPUs: run every trial on CPU.")]
+    = False,
+    runs_dir: Annotated[Path, typer.Option(help="Trial files, logs and Ray storage.")]
+    = Path("runs"),
+    ray_address: Annotated[str | None, typer.Option(help="Existing Ray runtime (RAY_ADDRESS).")]
+    = None,
+    cpus: Annotated[int | None, typer.Option(help="Logical CPUs of a Ray runtime we start.")]
+    = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics here.")]
+    = None,
+):
+    """Run a sweep on this machine (local Ray runtime, SQLite by default), resuming if needed."""
+    from orchestrator.backends.local import LocalRayBackend
+    from orchestrator.runner import LocalSweepRunner
+
+    sweep = _load(file)
+    spec = sweep.spec
+    if parallelism is not None:
+        spec = spec.model_copy(update={"parallelism": parallelism})
+    if cpu:
+        spec = _cpu_only(spec)
+    sweep = sweep.model_copy(update={"spec": spec})
+    url = db_url(db)
+    sessions = _open_store(url)
+    logging.basicConfig(level=logging.WARNING)
+    metrics = None
+    if metrics_port is not None:
+        from orchestrator.metrics import SweepMetrics
+
+        metrics = SweepMetrics.serve(metrics_port)
+    backend = LocalRayBackend(runs_dir=runs_dir, db_url=url, address=ray_address, num_cpus=cpus)
+    console.print(f"Sweep [bold]{sweep.name}[/bold]: {spec.lane_count} lanes, "
+                  f"{spec.potential_trials} potential trials; store "
+                  f"{_redact(url)}; starting Ray…")
+    started = time.monotonic()
+    backend.start()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    task = progress.add_task("trials", total=spec.potential_trials)
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            def update(status: Any, events: Any) -> None:
+                for event in events:
+                    if event.kind == "launched":
+                        live.console.print(f"→ {event.trial.trial_id} {event.trial.lane.name} "
+                                           f"{event.trial.model} attempt {event.attempt}")
+                    elif event.state is not None:
+                        style = STATE_STYLES.get(event.state, "white")
+                        kind = f"/{event.oom_kind.value}" if event.oom_kind else ""
+                        live.console.print(
+                            f"[{style}]■ {event.trial.trial_id} {event.trial.lane.name} "
+                            f"{event.trial.model}: {event.state.value}{kind}[/{style}]"
+                        )
+                if metrics is not None:
+                    metrics.observe_sweep(sweep, status, sessions)
+                live.update(_status_view(sweep, status, progress, task))
+
+            runner = LocalSweepRunner(sweep, backend, sessions, runs_dir, on_update=update)
+            status = runner.run()
+    finally:
+        backend.stop()
+    _summary(sweep, status, time.monotonic() - started)
+    if status.phase.value == "Failed":
+        raise typer.Exit(1)
+
+
+def _redact(url: str) -> str:
+    from orchestrator.store import redact_url
+
+    return redact_url(url)
+
+
+def _sweep_rows(sessions: Any, name: str | None) -> list[Any]:
+    from orchestrator import store
+
+    with sessions() as session:
+        rows = store.list_sweeps(session)
+        if name is not None:
+            rows = [r for r in rows if r.name == name]
+        return rows
+
+
+@app.command()
+def status(
+    sweep: Annotated[str | None, typer.Argument(help="Sweep name (default: all).")] = None,
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+):
+    """Progress of sweeps in the store: trials by state, lanes and their ceilings."""
+    from orchestrator import store
+    from orchestrator.runner import sweep_status
+
+    sessions = _open_store(db_url(db))
+    rows = _sweep_rows(sessions, sweep)
+    if not rows:
+        errors.print(f"[yellow]no sweep {sweep!r} in the store[/yellow]" if sweep
+                     else "[yellow]the store holds no sweep yet[/yellow]")
+        raise typer.Exit(1)
+    for row in rows:
+        recorded = store.sweep_from_row(row)
+        with sessions() as session:
+            current = sweep_status(recorded, store.attempts(session, row.namespace, row.name))
+        _summary(recorded, current, elapsed=_elapsed(sessions, row))
+
+
+def _elapsed(sessions: Any, row: Any) -> float:
+    from orchestrator import store
+
+    with sessions() as session:
+        attempts = store.attempts(session, row.namespace, row.name)
+    starts = [a.started_at for a in attempts if a.started_at]
+    ends = [a.finished_at for a in attempts if a.finished_at]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
+@app.command()
+def results(
+    sweep: Annotated[str | None, typer.Argument(help="Sweep name (default: all).")] = None,
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header.")] = False,
+    all_attempts: Annotated[bool, typer.Option(help="Every attempt, not just the latest.")]
+    = False,
+):
+    """One record per trial (its latest attempt), as a table, JSON lines or CSV."""
+    from orchestrator import store
+
+    sessions = _open_store(db_url(db))
+    with sessions() as session:
+        rows = store.results(session, sweep=sweep)
+        records = [store.result_record(r) for r in rows]
+    if not all_attempts:
+        records = store.latest_attempts(records)
+    records = [{c: r.get(c) for c in RESULT_COLUMNS} for r in records]
+    if as_json:
+        for record in records:
+            typer.echo(json.dumps(record))
+        return
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(records)
+        return
+    table = Table(title=f"{len(records)} trials", show_edge=False)
+    shown = ("trial_id", "lane", "model", "status", "oom_kind", "attempt", "best_eval_loss",
+             "best_epoch", "exact_match", "json_valid_rate", "samples_per_second",
+             "peak_host_memory_bytes", "wall_seconds")
+    for column in shown:
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for record in records:
+        table.add_row(*(_cell(record[c]) for c in shown))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataset_app.command("querydsl")
+def dataset_querydsl(
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of examples.")] = 1000,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output .jsonl or .csv.")]
+    = Path("querydsl.jsonl"),
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    preamble: Annotated[str, typer.Option(help="full or short instruction preamble.")] = "full",
+):
+    """Write the built-in synthetic NL -> OpenSearch Query DSL dataset (with rationales)."""
+    from worker.data.querydsl import generate_querydsl, write_dataset
+
+    count = write_dataset(out, generate_querydsl(n=n, seed=seed, preamble=preamble))
+    console.print(f"[green]✓[/green] wrote {count} examples to {out}")
+
+
+def main() -> None:
+    app()

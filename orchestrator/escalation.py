@@ -1,0 +1,196 @@
+"""The lane state machine: where one lane's climb up the model ladder stands, and what's next.
+
+PAPER.md, "The escalation procedure", and DESIGN.md, "Trial lifecycle and escalation": run the
+smallest model; if it succeeds, run the next larger one; stop at the first out-of-memory run
+and record the lane's ceiling (the largest model that fitted). Non-OOM failures are retried
+up to `escalation.retries` times, then fail the lane.
+
+`lane_progress` is a pure function of a snapshot (the lane's trials and every attempt observed
+for them) in the manner of a Ray Tune scheduler decision: it never remembers anything between
+calls, so the same snapshot always gives the same answer and a restarted controller resumes
+exactly where it was. Rules, walking the ladder smallest model first and looking at each
+trial's latest attempt (by attempt number):
+
+- no attempt: launch attempt 1 of this trial;
+- succeeded: it is the ceiling so far; go on to the next model;
+- oom (any kind): `stop-lane` caps the lane here; `continue` goes on to the next model, and
+  the lane ends capped only if the top model ran out of memory;
+- failed: relaunch while the trial's failed attempts are at most `retries`, else the lane fails;
+- cancelled: relaunch (a cancellation is not the trial's fault and does not count as a failure);
+- skipped: the lane was stopped before it reached this trial; it is over (`CANCELLED`);
+- pending or running: the lane waits.
+
+Any pending or running attempt anywhere in the lane makes it wait: it launches nothing until
+that attempt ends. Attempt numbers are 1-based, and a relaunch takes the highest number
+observed plus one, so a number is never reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from orchestrator.grid import Lane, Trial
+from orchestrator.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.spec import Escalation, OnOOM
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptObservation:
+    """What a backend observed of one attempt of one trial (from the store or the cluster)."""
+
+    trial_id: str
+    attempt: int
+    state: TrialState
+    oom_kind: OOMKind | None = None
+    best_eval_loss: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LaneProgress:
+    """One lane's position on its ladder, and the one decision it implies.
+
+    - `launch`: the trial and attempt number to launch next, if the lane wants one now.
+    - `active`: the lane's pending or running attempts, smallest model first.
+    - `ceiling`: the largest model that succeeded (so far, or when the lane stopped).
+    - `stopped_at`: the trial whose OOM or failure ended the lane (terminal lanes only).
+    - `oom_kind`: the kind of that OOM, when an OOM ended the lane.
+    - `never_run`: once the lane is terminal, the trials above its stop that it will never run
+      (recorded as skipped by `plan` where they have no attempt yet); empty otherwise.
+    """
+
+    lane: Lane
+    state: LaneState
+    launch: tuple[Trial, int] | None
+    active: tuple[tuple[Trial, int], ...]
+    ceiling: Trial | None
+    stopped_at: Trial | None
+    oom_kind: OOMKind | None
+    never_run: tuple[Trial, ...]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal
+
+
+_NO_ATTEMPTS: tuple[AttemptObservation, ...] = ()
+
+
+def latest_attempt(observations: Sequence[AttemptObservation]) -> AttemptObservation | None:
+    """The observation with the highest attempt number (the last one given, on a tie)."""
+    latest: AttemptObservation | None = None
+    for observation in observations:
+        if latest is None or observation.attempt >= latest.attempt:
+            latest = observation
+    return latest
+
+
+def lane_progress(
+    lane: Lane,
+    trials: Sequence[Trial],
+    attempts: Mapping[str, Sequence[AttemptObservation]],
+    escalation: Escalation,
+) -> LaneProgress:
+    """The lane's state and its next launch, from every attempt observed for its trials.
+
+    `trials` are the lane's trials (any order: they are climbed by `model_index`); `attempts`
+    maps trial ids to their observed attempts, in any order; ids of other lanes are ignored.
+    """
+    ladder = sorted(trials, key=lambda trial: trial.model_index)
+    active: list[tuple[Trial, int]] = []
+    observed_any = False
+    for trial in ladder:
+        observations = attempts.get(trial.trial_id, _NO_ATTEMPTS)
+        if observations:
+            observed_any = True
+            active.extend(
+                (trial, obs.attempt) for obs in observations if not obs.state.is_terminal
+            )
+    active.sort(key=lambda item: (item[0].model_index, item[1]))
+
+    launch: tuple[Trial, int] | None = None
+    ceiling: Trial | None = None
+    state: LaneState | None = None  # set when the walk ends the lane
+    stopped_at: Trial | None = None
+    oom_kind: OOMKind | None = None
+    never_run: tuple[Trial, ...] = ()
+    top_oom: AttemptObservation | None = None  # `continue`: the top model's OOM, if any
+
+    for position, trial in enumerate(ladder):
+        observations = attempts.get(trial.trial_id, _NO_ATTEMPTS)
+        latest = latest_attempt(observations)
+        if latest is None:
+            launch = (trial, 1)
+            break
+        outcome = latest.state
+        if outcome is TrialState.SUCCEEDED:
+            ceiling = trial
+            continue
+        if outcome is TrialState.OOM:
+            if escalation.on_oom is OnOOM.STOP_LANE:
+                state, stopped_at, oom_kind = LaneState.CAPPED, trial, latest.oom_kind
+                never_run = tuple(ladder[position + 1 :])
+                break
+            if position == len(ladder) - 1:
+                top_oom = latest
+            continue
+        if outcome is TrialState.FAILED:
+            failures = sum(1 for obs in observations if obs.state is TrialState.FAILED)
+            if failures <= escalation.retries:
+                launch = (trial, latest.attempt + 1)
+            else:
+                state, stopped_at = LaneState.FAILED, trial
+                never_run = tuple(ladder[position + 1 :])
+            break
+        if outcome is TrialState.CANCELLED:
+            launch = (trial, latest.attempt + 1)
+            break
+        if outcome is TrialState.SKIPPED:
+            state = LaneState.CANCELLED
+            never_run = tuple(ladder[position:])
+            break
+        break  # pending or running: the lane waits on it
+    else:
+        if top_oom is not None:
+            state, stopped_at, oom_kind = LaneState.CAPPED, ladder[-1], top_oom.oom_kind
+        else:
+            state = LaneState.COMPLETED
+
+    if active:  # whatever the walk found, the lane waits for its attempts to end
+        return LaneProgress(
+            lane=lane,
+            state=LaneState.RUNNING,
+            launch=None,
+            active=tuple(active),
+            ceiling=ceiling,
+            stopped_at=None,
+            oom_kind=None,
+            never_run=(),
+        )
+    if state is None:
+        state = LaneState.RUNNING if observed_any else LaneState.PENDING
+    return LaneProgress(
+        lane=lane,
+        state=state,
+        launch=launch,
+        active=(),
+        ceiling=ceiling,
+        stopped_at=stopped_at,
+        oom_kind=oom_kind,
+        never_run=never_run,
+    )
+
+
+def stop_reason(progress: LaneProgress) -> str:
+    """A human sentence saying why a terminal lane stopped (for skipped trials' records)."""
+    lane = progress.lane.name
+    stopped = progress.stopped_at
+    if progress.state is LaneState.CAPPED and stopped is not None:
+        kind = f" ({progress.oom_kind.value})" if progress.oom_kind is not None else ""
+        return f"lane {lane} is capped: {stopped.model} ran out of memory{kind}"
+    if progress.state is LaneState.FAILED and stopped is not None:
+        return f"lane {lane} failed: {stopped.model} failed and has no retries left"
+    if progress.state is LaneState.CANCELLED:
+        return f"lane {lane} was stopped before it reached this model"
+    return f"lane {lane} is {progress.state.value}"

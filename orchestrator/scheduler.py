@@ -1,0 +1,98 @@
+"""Which ready lane heads to launch now: greedy packing into free capacity, in priority order.
+
+DESIGN.md, "Trial lifecycle and escalation": scheduling packs lane heads into free capacity
+(GPUs or CPU slots), in the paper's order, up to `parallelism`. The paper ran one trial at a
+time on all eight GPUs; most models fit on one, so small trials go side by side.
+
+The policy is first-fit in priority order with backfill: each candidate that fits in what is
+still free is taken; one that does not fit is passed over, and later, smaller candidates may
+use the room. A large trial therefore never blocks small ones; the price is that it waits
+until enough capacity is free at once (it is first in line whenever it fits). Capacity is a
+pool (GPUs and CPUs summed over the cluster); node boundaries are left to Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from orchestrator.grid import Trial
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """GPUs and CPUs: a pool's size, what is in use, or what one trial needs."""
+
+    gpus: int
+    cpus: int
+
+    def fits(self, other: Capacity) -> bool:
+        """Whether this demand fits within `other` (a pool or what is free of it)."""
+        return self.gpus <= other.gpus and self.cpus <= other.cpus
+
+    def plus(self, other: Capacity) -> Capacity:
+        return Capacity(gpus=self.gpus + other.gpus, cpus=self.cpus + other.cpus)
+
+    def minus(self, other: Capacity) -> Capacity:
+        """What is left of this after `other` is taken (negative when over-committed)."""
+        return Capacity(gpus=self.gpus - other.gpus, cpus=self.cpus - other.cpus)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.gpus <= 0 and self.cpus <= 0
+
+    @classmethod
+    def total(cls, capacities: Iterable[Capacity]) -> Capacity:
+        gpus = cpus = 0
+        for capacity in capacities:
+            gpus += capacity.gpus
+            cpus += capacity.cpus
+        return cls(gpus=gpus, cpus=cpus)
+
+
+NO_CAPACITY = Capacity(gpus=0, cpus=0)
+
+
+def demand(trial: Trial) -> Capacity:
+    """What one trial holds while it runs: all its workers' GPUs and CPUs."""
+    return Capacity(gpus=trial.resources.gpus, cpus=trial.resources.cpus)
+
+
+def unschedulable(trial: Trial, total: Capacity) -> bool:
+    """Whether the trial needs more than the whole capacity, so it can never start."""
+    return not demand(trial).fits(total)
+
+
+def select_launches(
+    candidates: Sequence[Trial],
+    *,
+    total: Capacity,
+    in_use: Capacity,
+    running: int,
+    parallelism: int,
+) -> list[Trial]:
+    """The candidates to launch now, in their given (priority) order.
+
+    `candidates` are lane heads ready to launch, highest priority first; `in_use` and
+    `running` describe the attempts already pending or running. Each candidate that fits in
+    the free capacity is taken while fewer than `parallelism` trials would run in all; one that
+    does not fit is passed over (later, smaller candidates may backfill). A trial id given
+    twice is taken at most once.
+    """
+    slots = parallelism - running
+    chosen: list[Trial] = []
+    if slots <= 0:
+        return chosen
+    free = total.minus(in_use)
+    seen: set[str] = set()
+    for trial in candidates:
+        if trial.trial_id in seen:
+            continue
+        need = demand(trial)
+        if need.fits(free):
+            chosen.append(trial)
+            seen.add(trial.trial_id)
+            free = free.minus(need)
+            if len(chosen) >= slots:
+                break
+    return chosen
