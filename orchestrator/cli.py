@@ -80,12 +80,12 @@ def _load(file: Path) -> Sweep:
         raise typer.Exit(1) from None
 
 
-def _open_store(url: str):  # noqa: ANN202 - sessionmaker, imported lazily
+def _open_store(url: str):
     from orchestrator import store
 
     try:
         return store.open_store(url)
-    except Exception as error:  # noqa: BLE001 - any connection problem is the user's to fix
+    except Exception as error:
         errors.print(f"[red]✗ cannot open the store {store.redact_url(url)}: {error}[/red]")
         raise typer.Exit(1) from None
 
@@ -365,6 +365,17 @@ def dataset_querydsl(
 
     count = write_dataset(out, generate_querydsl(n=n, seed=seed, preamble=preamble))
     console.print(f"[green]✓[/green] wrote {count} examples to {out}")
+
+
+
+@app.command()
+def crd() -> None:
+    """Print the Sweep CustomResourceDefinition generated from the spec model (YAML)."""
+    import yaml
+
+    from orchestrator.crd import crd_manifest
+
+    typer.echo(yaml.safe_dump(crd_manifest(), sort_keys=False, width=100), nl=False)
 
 
 def main() -> None:

@@ -104,9 +104,7 @@ def lane_progress(
         observations = attempts.get(trial.trial_id, _NO_ATTEMPTS)
         if observations:
             observed_any = True
-            active.extend(
-                (trial, obs.attempt) for obs in observations if not obs.state.is_terminal
-            )
+            active.extend((trial, obs.attempt) for obs in observations if not obs.state.is_terminal)
     active.sort(key=lambda item: (item[0].model_index, item[1]))
 
     launch: tuple[Trial, int] | None = None

@@ -38,7 +38,9 @@ class Lane:
     training_overrides: tuple[tuple[str, Any], ...] = ()
 
     def training(self, base: Training) -> Training:
-        return base.model_copy(update=dict(self.training_overrides)) if self.training_overrides else base
+        if not self.training_overrides:
+            return base
+        return base.model_copy(update=dict(self.training_overrides))
 
 
 @dataclass(frozen=True, slots=True)

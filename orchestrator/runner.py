@@ -155,7 +155,7 @@ class LocalSweepRunner:
                     )
                 try:
                     name = self.backend.launch(spec)
-                except Exception as error:  # noqa: BLE001 - any launch failure is the trial's
+                except Exception as error:
                     self._mark(action.trial, action.attempt, TrialState.FAILED, None,
                                f"launch failed: {error}")
                     events.append(RunnerEvent("finished", action.trial, action.attempt,

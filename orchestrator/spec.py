@@ -33,6 +33,8 @@ KIND = "Sweep"
 # A sweep's name ends up in RayJob names (`<sweep>-<trial id>-<attempt>`) and label values,
 # both capped at 63 characters by Kubernetes; 40 leaves room for the suffix.
 MAX_SWEEP_NAME = 40
+# Lists are bounded so the CRD's CEL rules have a bounded cost.
+MAX_LIST = 32
 SWEEP_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?|[kmgtpe]i?)?$")
 _QUANTITY_FACTORS = {
@@ -97,7 +99,7 @@ class AdapterSet(_Model):
     """One LoRA rank with the alphas to try at that rank."""
 
     rank: PositiveInt
-    alphas: list[PositiveInt] = Field(min_length=1)
+    alphas: list[PositiveInt] = Field(min_length=1, max_length=MAX_LIST)
 
     @field_validator("alphas")
     @classmethod
@@ -216,13 +218,19 @@ class Escalation(_Model):
     on_oom: OnOOM = Field(OnOOM.STOP_LANE, alias="onOOM")
     retries: int = Field(1, ge=0, description="Retries of a trial after a non-OOM failure.")
     memory_budget: str | None = Field(
-        None, description="Memory cap per device, e.g. '24Gi' (GPU allocator or CPU peak)."
+        None,
+        description="Memory cap per device, e.g. '24Gi' (GPU allocator or CPU peak).",
+        json_schema_extra={"pattern": QUANTITY_RE.pattern},
     )
     predict_oom: bool = Field(
-        True, alias="predictOOM", description="Skip trials whose memory estimate exceeds the device."
+        True,
+        alias="predictOOM",
+        description="Skip trials whose memory estimate exceeds the device.",
     )
     device_memory: str | None = Field(
-        None, description="Device memory the estimate is checked against, e.g. '80Gi'."
+        None,
+        description="Device memory the estimate is checked against, e.g. '80Gi'.",
+        json_schema_extra={"pattern": QUANTITY_RE.pattern},
     )
 
     @field_validator("memory_budget", "device_memory")
@@ -245,12 +253,18 @@ class Axes(_Model):
     """Further axes of the grid; the Cartesian product of all of them makes the lanes."""
 
     dss_alpha: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: [0.5], min_length=1
+        default_factory=lambda: [0.5], min_length=1, max_length=MAX_LIST
     )
-    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    learning_rate: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
-    batch_size: list[PositiveInt] | None = Field(None, min_length=1)
-    lora_dropout: list[Annotated[float, Field(ge=0, lt=1)]] | None = Field(None, min_length=1)
+    seed: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_LIST)
+    learning_rate: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, min_length=1, max_length=MAX_LIST
+    )
+    batch_size: list[PositiveInt] | None = Field(
+        None, min_length=1, max_length=MAX_LIST
+    )
+    lora_dropout: list[Annotated[float, Field(ge=0, lt=1)]] | None = Field(
+        None, min_length=1, max_length=MAX_LIST
+    )
 
     @model_validator(mode="after")
     def _unique_values(self) -> Axes:
@@ -277,11 +291,16 @@ PAPER_LADDER = (
 class SweepSpec(_Model):
     """The whole Sweep: what to train (the grid), how, and where."""
 
-    ladder: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1)
-    methods: list[Method] = Field(
-        default_factory=lambda: [Method.FULL, Method.LORA, Method.QLORA], min_length=1
+    ladder: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=MAX_LIST
     )
-    adapters: list[AdapterSet] = Field(default_factory=lambda: list(PAPER_ADAPTERS))
+    methods: list[Method] = Field(
+        default_factory=lambda: [Method.FULL, Method.LORA, Method.QLORA], min_length=1,
+        max_length=len(Method),
+    )
+    adapters: list[AdapterSet] = Field(
+        default_factory=lambda: list(PAPER_ADAPTERS), max_length=MAX_LIST
+    )
     axes: Axes = Axes()
     training: Training = Training()
     dataset: Dataset = Dataset()
@@ -451,7 +470,9 @@ def _sweep_name_from_path(path: Path) -> str:
     return stem[:MAX_SWEEP_NAME].strip("-") or "sweep"
 
 
-def load_sweep_text(text: str, *, source: str = "<sweep>", default_name: str | None = None) -> Sweep:
+def load_sweep_text(
+    text: str, *, source: str = "<sweep>", default_name: str | None = None
+) -> Sweep:
     """Parse YAML text; YAML errors name the line and column."""
     try:
         document = yaml.safe_load(text)

@@ -1,0 +1,230 @@
+"""The Sweep CRD, generated from the spec model so the file and the apiserver never drift.
+
+pydantic's JSON Schema is turned into a Kubernetes *structural* schema: `$ref`s inlined,
+`anyOf [X, null]` folded into `nullable`, JSON-Schema-2020 exclusive bounds turned into
+OpenAPI v3.0's boolean form, titles dropped. Rules that OpenAPI cannot say (uniqueness, the
+grid's immutability, references between fields) are CEL `x-kubernetes-validations`, each
+with a message naming the field, like `ladder validate`'s. `k8s/crd/` holds the rendered
+file; a test fails when it and the model disagree (`ladder crd > k8s/crd/...` to refresh).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.spec import API_VERSION, MAX_SWEEP_NAME, KIND, SweepSpec
+
+GROUP, VERSION = API_VERSION.split("/")
+PLURAL, SINGULAR, SHORT_NAME = "sweeps", "sweep", "sw"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+_DROP = {"title", "$defs", "default_factory"}
+
+# CEL rules on `spec`, as (rule, message, fieldPath).
+SPEC_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.ladder.all(m, self.ladder.exists_one(n, n == m))",
+        "message": "ladder: a model appears twice in the ladder",
+        "fieldPath": ".ladder",
+    },
+    {
+        "rule": "!has(self.methods) || self.methods.all(m, self.methods.exists_one(n, n == m))",
+        "message": "methods: methods must not repeat",
+        "fieldPath": ".methods",
+    },
+    {
+        "rule": "!has(self.adapters) || "
+        "self.adapters.all(a, self.adapters.exists_one(b, b.rank == a.rank))",
+        "message": "adapters: each rank may appear once",
+        "fieldPath": ".adapters",
+    },
+    {
+        "rule": "!has(self.resources) || !has(self.resources.overrides) || "
+        "self.resources.overrides.all(k, k in self.ladder)",
+        "message": "resources.overrides: names a model that is not in the ladder",
+        "fieldPath": ".resources.overrides",
+    },
+    {
+        "rule": "!has(self.methods) || !self.methods.exists(m, m != 'full') || "
+        "!has(self.adapters) || size(self.adapters) > 0",
+        "message": "adapters: lora and qlora need at least one {rank, alphas} pair",
+        "fieldPath": ".adapters",
+    },
+    {
+        # The grid defines the trial ids; changing it under a running sweep would orphan them.
+        "rule": "self.ladder == oldSelf.ladder && self.methods == oldSelf.methods && "
+        "self.adapters == oldSelf.adapters && self.axes == oldSelf.axes",
+        "message": "the grid (ladder, methods, adapters, axes) is immutable; create a new Sweep",
+    },
+]
+ALPHA_RULE = {
+    "rule": "self.alphas.all(a, self.alphas.exists_one(b, b == a))",
+    "message": "alphas must not repeat",
+    "fieldPath": ".alphas",
+}
+ROOT_RULES = [
+    {
+        "rule": f"size(self.metadata.name) <= {MAX_SWEEP_NAME}",
+        "message": f"metadata.name: at most {MAX_SWEEP_NAME} characters (it prefixes RayJob names)",
+    },
+]
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Done", "type": "integer", "jsonPath": ".status.trials.done"},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.trials.total"},
+    {"name": "Running", "type": "integer", "jsonPath": ".status.trials.running"},
+    {"name": "OOM", "type": "integer", "jsonPath": ".status.ooms"},
+    {"name": "Best-Loss", "type": "number", "jsonPath": ".status.best.evalLoss"},
+    {"name": "Best-Model", "type": "string", "jsonPath": ".status.best.model", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    """pydantic JSON Schema -> structural OpenAPI v3 schema (recursive)."""
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    out: dict[str, Any] = {}
+    any_of = node.get("anyOf")
+    if any_of is not None:
+        variants = [v for v in any_of if v.get("type") != "null"]
+        nullable = len(variants) < len(any_of)
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(variants) == 1:
+            out = _structural({**variants[0], **rest}, defs)
+            if nullable:
+                out["nullable"] = True
+            return out
+        # Several real types (e.g. a string or a list): structural schemas need one type, so
+        # the field is kept as-is and checked by the controller with the same pydantic model.
+        out = {k: _structural(v, defs) for k, v in rest.items() if k not in _DROP}
+        out["x-kubernetes-preserve-unknown-fields"] = True
+        out.pop("default", None)
+        return out
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "exclusiveMinimum":
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum":
+            out["maximum"], out["exclusiveMaximum"] = value, True
+        elif key == "const":
+            out["enum"] = [value]
+        elif key == "properties":
+            out["properties"] = {k: _structural(v, defs) for k, v in value.items()}
+        elif key == "additionalProperties":
+            if value is False:
+                continue  # structural schemas prune unknown fields; forbidding is implicit
+            if value is True or value == {}:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            else:
+                out["additionalProperties"] = _structural(value, defs)
+        else:
+            out[key] = _structural(value, defs)
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" \
+            not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def spec_schema() -> dict[str, Any]:
+    """The structural openAPIV3Schema of `spec`."""
+    raw = SweepSpec.model_json_schema(by_alias=True, mode="validation")
+    schema = _structural(raw, raw.get("$defs", {}))
+    schema["x-kubernetes-validations"] = SPEC_RULES
+    adapter = schema["properties"]["adapters"]["items"]
+    adapter["x-kubernetes-validations"] = [ALPHA_RULE]
+    return schema
+
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Written by the controller: progress, lanes and their ceilings, best trial.",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {
+        "phase": {"type": "string"},
+        "observedGeneration": {"type": "integer", "format": "int64"},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "ooms": {"type": "integer"},
+        "trials": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "best": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "lanes": {
+            "type": "array",
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+        "conditions": {
+            "type": "array",
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+            "items": {
+                "type": "object",
+                "required": ["type", "status"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "observedGeneration": {"type": "integer", "format": "int64"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+    },
+}
+
+
+def crd_manifest() -> dict[str, Any]:
+    """The whole CustomResourceDefinition for `sweeps.ladder.dev`."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/managed-by": "ladder", "app.kubernetes.io/name": "ladder"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": [SHORT_NAME],
+                "categories": ["ladder"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A fine-tuning sweep: a grid of lanes, each climbing "
+                            "a model ladder until it runs out of memory.",
+                            "required": ["spec"],
+                            "x-kubernetes-validations": ROOT_RULES,
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": STATUS_SCHEMA,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }

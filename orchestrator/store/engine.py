@@ -1,0 +1,212 @@
+"""Engines, migrations and session factories for the store.
+
+SQLite (the workstation default) and PostgreSQL (clusters) are both first-class. Every
+process that touches the store calls `open_store` (or `migrate`) first; migrating is
+idempotent and safe to run from several processes at once, so a controller, a local runner
+and workers started together never race each other into a half-created schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+DB_URL_ENV = "LADDER_DB_URL"
+DEFAULT_DB_URL = "sqlite:///ladder.db"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Key of the PostgreSQL advisory lock that serializes migrations across processes. Any fixed
+# bigint works; an arbitrary-looking one avoids colliding with other applications' keys.
+MIGRATION_LOCK_KEY = 0x2F1C_5B0E_8D47_A3E1
+
+
+def database_url(url: str | URL | None = None) -> str:
+    """The store URL: the argument, else $LADDER_DB_URL, else `sqlite:///ladder.db`."""
+    if url is not None:
+        return url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+    return os.environ.get(DB_URL_ENV) or DEFAULT_DB_URL
+
+
+_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>://[^:/@?#]*:)[^@/?#]*(?P<tail>@)")
+_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL with its password shown as `***`: the only form a URL may be logged or printed."""
+    if isinstance(url, URL):
+        url = url.render_as_string(hide_password=False)
+    try:
+        rendered = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not a SQLAlchemy URL (a typo, a DSN): still never echo a password back.
+        rendered = _PASSWORD_IN_NETLOC.sub(r"\g<head>***\g<tail>", url)
+    # libpq also accepts the password as a query parameter.
+    return _PASSWORD_IN_QUERY.sub(r"\g<head>***", rendered)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL itself needs a lock another process may hold.
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            # WAL: readers (the CLI, the dashboard exporter) never block the writing runner.
+            cursor.execute("PRAGMA journal_mode = WAL")
+            # SQLite ignores foreign keys (and ON DELETE CASCADE) unless asked, per connection.
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+
+def create_store_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
+    """An Engine for the store URL (`database_url` resolves the default), configured per dialect.
+
+    SQLite: WAL journal, a 30 s busy timeout and foreign keys on every connection.
+    PostgreSQL: `pool_pre_ping`, so a connection dropped by a database restart or failover is
+    replaced instead of failing the next write.
+    """
+    resolved = make_url(database_url(url))
+    backend = resolved.get_backend_name()
+    options: dict[str, Any] = {}
+    if backend == "sqlite":
+        # pysqlite's own busy handler, in case a statement runs before the connect event.
+        options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    elif backend == "postgresql":
+        options["pool_pre_ping"] = True
+    options.update(kwargs)
+    engine = create_engine(resolved, **options)
+    if backend == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to `engine`. Callers own them: open, commit (or `begin()`), close.
+
+    `expire_on_commit=False`: rows returned from a committed transaction (e.g. by
+    `save_with_retry`) stay readable afterwards instead of reloading from a closed session.
+    """
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """Alembic's Config built in code: the store needs no alembic.ini at runtime."""
+    config = Config()
+    # Config values go through configparser interpolation, so a literal % must be doubled.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revisions() -> tuple[str, ...]:
+    """The heads of the migration history (exactly one, unless two branches were merged badly)."""
+    return tuple(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def _upgrade_sqlite(connection: Connection) -> None:
+    # Foreign keys off while migrating: batch mode rebuilds a table by copying it and dropping
+    # the old one, and with foreign keys on, that DROP would cascade into child rows. The
+    # pragma is a no-op inside a transaction, so it is switched before BEGIN and back after.
+    connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+    connection.commit()
+    try:
+        # BEGIN IMMEDIATE takes SQLite's write lock up front (waiting up to busy_timeout), so
+        # concurrent migrations run one after another, each inside one transaction: the second
+        # finds the schema at head and does nothing.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            command.upgrade(alembic_config(connection), "head")
+            violations = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if violations:
+                raise RuntimeError(f"migration left foreign key violations: {violations[:5]}")
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+    finally:
+        connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+        connection.commit()
+
+
+def _upgrade_postgresql(connection: Connection) -> None:
+    with connection.begin():
+        # A transaction-scoped advisory lock: concurrent migrators queue here, and PostgreSQL's
+        # transactional DDL makes the whole upgrade atomic; the lock goes with the commit.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        command.upgrade(alembic_config(connection), "head")
+
+
+def migrate(target: Engine | str | URL | None = None) -> None:
+    """`alembic upgrade head` on the store; idempotent and safe to run concurrently."""
+    engine = target if isinstance(target, Engine) else create_store_engine(target)
+    try:
+        log.debug("migrating store %s", redact_url(engine.url))
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                _upgrade_sqlite(connection)
+            elif engine.dialect.name == "postgresql":
+                _upgrade_postgresql(connection)
+            else:
+                with connection.begin():
+                    command.upgrade(alembic_config(connection), "head")
+    finally:
+        if engine is not target:
+            engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None before the first migration)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+# open_store's cache: URL -> (pid, engine, factory). The pid guards against fork: a child must
+# never reuse its parent's pooled connections, so it gets an engine of its own.
+_stores: dict[str, tuple[int, Engine, sessionmaker[Session]]] = {}
+_stores_lock = threading.Lock()
+
+
+def open_store(url: str | URL | None = None) -> sessionmaker[Session]:
+    """A session factory for a migrated store: engine + migrate + factory, cached per URL."""
+    key = database_url(url)
+    with _stores_lock:
+        cached = _stores.get(key)
+        if cached is not None:
+            pid, engine, factory = cached
+            if pid == os.getpid():
+                return factory
+            # Inherited across fork: drop the parent's connections without closing them
+            # (closing would tear down sockets the parent still uses).
+            engine.dispose(close=False)
+        engine = create_store_engine(key)
+        migrate(engine)
+        factory = session_factory(engine)
+        _stores[key] = (os.getpid(), engine, factory)
+        return factory
+
+
+def dispose_stores() -> None:
+    """Forget every cached store and close its connections (tests; before dropping a database)."""
+    with _stores_lock:
+        for pid, engine, _factory in _stores.values():
+            engine.dispose(close=pid == os.getpid())
+        _stores.clear()
