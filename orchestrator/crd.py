@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.spec import API_VERSION, MAX_SWEEP_NAME, KIND, SweepSpec
+from orchestrator.spec import API_VERSION, KIND, MAX_SWEEP_NAME, SweepSpec
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL, SINGULAR, SHORT_NAME = "sweeps", "sweep", "sw"
@@ -188,7 +188,10 @@ def crd_manifest() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": CRD_NAME,
-            "labels": {"app.kubernetes.io/managed-by": "ladder", "app.kubernetes.io/name": "ladder"},
+            "labels": {
+                "app.kubernetes.io/managed-by": "ladder",
+                "app.kubernetes.io/name": "ladder",
+            },
         },
         "spec": {
             "group": GROUP,
