@@ -40,12 +40,6 @@ errors = Console(stderr=True)
 DB_HELP = "SQLAlchemy URL of the store (env LADDER_DB_URL; default sqlite:///ladder.db)."
 DEFAULT_DB_URL = "sqlite:///ladder.db"
 
-RESULT_COLUMNS = (
-    "sweep", "trial_id", "lane", "model", "method", "rank", "alpha", "dss_alpha", "seed",
-    "status", "oom_kind", "attempt", "best_eval_loss", "best_epoch", "exact_match",
-    "json_valid_rate", "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
-    "peak_host_memory_bytes", "wall_seconds", "error",
-)
 STATE_STYLES = {
     TrialState.SUCCEEDED: "green", TrialState.OOM: "magenta", TrialState.FAILED: "red",
     TrialState.RUNNING: "cyan", TrialState.PENDING: "white", TrialState.SKIPPED: "dim",
@@ -106,6 +100,8 @@ def validate(file: Annotated[Path, typer.Argument(help="Sweep YAML (manifest or 
 def plan_command(
     file: Annotated[Path, typer.Argument(help="Sweep YAML.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    trials: Annotated[bool, typer.Option("--trials", help="List every trial and its id.")]
+    = False,
 ):
     """Print the lanes and trials a sweep would run, without running anything."""
     sweep = _load(file)
@@ -125,15 +121,26 @@ def plan_command(
             })
         typer.echo(json.dumps({"sweep": sweep.name, "lanes": lanes}, indent=2))
         return
-    table = Table(title=f"Sweep {sweep.name}: {len(grid.lanes)} lanes, "
-                        f"{len(grid.all_trials())} potential trials")
-    for column in ("#", "lane", "method", "rank", "alpha", "dss a", "seed", "ladder (trial ids)"):
-        table.add_column(column, overflow="fold")
+    spec = sweep.spec
+    console.print(f"Sweep [bold]{sweep.name}[/bold]: {len(grid.lanes)} lanes x "
+                  f"{len(spec.ladder)} models = {len(grid.all_trials())} potential trials")
+    console.print("Ladder: " + " → ".join(spec.ladder))
+    if trials:
+        table = Table(show_edge=False)
+        for column in ("trial id", "lane", "model", "workers", "GPUs", "CPUs"):
+            table.add_column(column)
+        for trial in grid.all_trials():
+            shape = trial.resources
+            table.add_row(trial.trial_id, trial.lane.name, trial.model, str(shape.workers),
+                          str(shape.gpus), str(shape.cpus))
+        console.print(table)
+        return
+    table = Table(show_edge=False)
+    for column in ("#", "lane", "method", "rank", "alpha", "dss a", "seed"):
+        table.add_column(column)
     for lane in grid.lanes:
-        trials = " → ".join(f"{t.model.rsplit('/', 1)[-1]} ({t.trial_id})"
-                            for t in grid.trials[lane.name])
         table.add_row(str(lane.index), lane.name, lane.method.value, str(lane.rank or "-"),
-                      str(lane.alpha or "-"), f"{lane.dss_alpha:g}", str(lane.seed), trials)
+                      str(lane.alpha or "-"), f"{lane.dss_alpha:g}", str(lane.seed))
     console.print(table)
 
 
@@ -218,9 +225,12 @@ def run(
     logging.basicConfig(level=logging.WARNING)
     metrics = None
     if metrics_port is not None:
-        from orchestrator.metrics import SweepMetrics
+        from orchestrator.metrics import LadderMetrics
 
-        metrics = SweepMetrics.serve(metrics_port)
+        metrics = LadderMetrics()
+        metrics.watch_store(sessions)
+        metrics.serve(metrics_port)
+        console.print(f"Metrics on http://127.0.0.1:{metrics_port}/metrics")
     backend = LocalRayBackend(runs_dir=runs_dir, db_url=url, address=ray_address, num_cpus=cpus)
     console.print(f"Sweep [bold]{sweep.name}[/bold]: {spec.lane_count} lanes, "
                   f"{spec.potential_trials} potential trials; store "
@@ -244,11 +254,10 @@ def run(
                             f"[{style}]■ {event.trial.trial_id} {event.trial.lane.name} "
                             f"{event.trial.model}: {event.state.value}{kind}[/{style}]"
                         )
-                if metrics is not None:
-                    metrics.observe_sweep(sweep, status, sessions)
                 live.update(_status_view(sweep, status, progress, task))
 
-            runner = LocalSweepRunner(sweep, backend, sessions, runs_dir, on_update=update)
+            runner = LocalSweepRunner(sweep, backend, sessions, runs_dir, on_update=update,
+                                      metrics=metrics)
             status = runner.run()
     finally:
         backend.stop()
@@ -280,6 +289,7 @@ def status(
 ):
     """Progress of sweeps in the store: trials by state, lanes and their ceilings."""
     from orchestrator import store
+    from orchestrator.results import sweep_from_row
     from orchestrator.runner import sweep_status
 
     sessions = _open_store(db_url(db))
@@ -289,7 +299,7 @@ def status(
                      else "[yellow]the store holds no sweep yet[/yellow]")
         raise typer.Exit(1)
     for row in rows:
-        recorded = store.sweep_from_row(row)
+        recorded = sweep_from_row(row)
         with sessions() as session:
             current = sweep_status(recorded, store.attempts(session, row.namespace, row.name))
         _summary(recorded, current, elapsed=_elapsed(sessions, row))
@@ -316,14 +326,13 @@ def results(
 ):
     """One record per trial (its latest attempt), as a table, JSON lines or CSV."""
     from orchestrator import store
+    from orchestrator.results import RESULT_COLUMNS, latest_attempts, result_record
 
     sessions = _open_store(db_url(db))
     with sessions() as session:
-        rows = store.results(session, sweep=sweep)
-        records = [store.result_record(r) for r in rows]
+        records = [result_record(r) for r in store.results(session, sweep=sweep)]
     if not all_attempts:
-        records = store.latest_attempts(records)
-    records = [{c: r.get(c) for c in RESULT_COLUMNS} for r in records]
+        records = latest_attempts(records)
     if as_json:
         for record in records:
             typer.echo(json.dumps(record))

@@ -16,7 +16,8 @@ trial's latest attempt (by attempt number):
 - oom (any kind): `stop-lane` caps the lane here; `continue` goes on to the next model, and
   the lane ends capped only if the top model ran out of memory;
 - failed: relaunch while the trial's failed attempts are at most `retries`, else the lane fails;
-- cancelled: relaunch (a cancellation is not the trial's fault and does not count as a failure);
+- cancelled: relaunch likewise (a cancellation is not the trial's fault and is not counted as
+  a failure; it only fails the lane if earlier failures already exhausted the retries);
 - skipped: the lane was stopped before it reached this trial; it is over (`CANCELLED`);
 - pending or running: the lane waits.
 
@@ -133,16 +134,14 @@ def lane_progress(
             if position == len(ladder) - 1:
                 top_oom = latest
             continue
-        if outcome is TrialState.FAILED:
+        if outcome is TrialState.FAILED or outcome is TrialState.CANCELLED:
+            # A cancellation is not a failure, but it never buys retries past the bound.
             failures = sum(1 for obs in observations if obs.state is TrialState.FAILED)
             if failures <= escalation.retries:
                 launch = (trial, latest.attempt + 1)
             else:
                 state, stopped_at = LaneState.FAILED, trial
                 never_run = tuple(ladder[position + 1 :])
-            break
-        if outcome is TrialState.CANCELLED:
-            launch = (trial, latest.attempt + 1)
             break
         if outcome is TrialState.SKIPPED:
             state = LaneState.CANCELLED

@@ -181,8 +181,10 @@ class _LaneWork:
     records: list[RecordOutcome] = field(default_factory=list)
 
     def fold(self, trial: Trial, attempt: int, state: TrialState, **details: Any) -> None:
+        """Treat the attempt as observed in `state` (replacing what was observed of it)."""
         observation = AttemptObservation(trial.trial_id, attempt, state, **details)
-        self.view[trial.trial_id] = (*self.view[trial.trial_id], observation)
+        others = tuple(o for o in self.view[trial.trial_id] if o.attempt != attempt)
+        self.view[trial.trial_id] = (*others, observation)
 
     def refresh(self, escalation: Escalation) -> LaneProgress:
         self.progress = lane_progress(self.lane, self.trials, self.view, escalation)

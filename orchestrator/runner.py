@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +36,9 @@ from orchestrator.plan import (
 from orchestrator.scheduler import Capacity
 from orchestrator.spec import Sweep
 from orchestrator.trial import TrialSpec
+
+if TYPE_CHECKING:
+    from orchestrator.metrics import LadderMetrics
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ class LocalSweepRunner:
     poll_interval: float = 0.5
     on_update: Callable[[SweepStatus, Sequence[RunnerEvent]], None] | None = None
     predicted_oom: Callable[[Trial], bool] | None = None
+    metrics: LadderMetrics | None = None
     grid: Grid = field(init=False)
 
     def __post_init__(self) -> None:
@@ -212,9 +216,18 @@ class LocalSweepRunner:
     # -- loop ------------------------------------------------------------------------------
     def step(self) -> tuple[SweepStatus, list[RunnerEvent]]:
         """One level-triggered pass: collect finished jobs, plan, act."""
+        started = time.monotonic()
         events = self._collect()
         decided = plan(self.grid, self.sweep.spec, self._observe(self.backend.capacity()))
         events += self._act(decided)
+        if self.metrics is not None:
+            labels = (self.sweep.name, self.sweep.namespace)
+            now = time.monotonic()
+            self.metrics.reconcile_seconds.labels(*labels).observe(now - started)
+            for event in events:
+                if event.kind == "launched":
+                    # Launchable since the outcome that freed it was observed this pass.
+                    self.metrics.launch_latency_seconds.labels(*labels).observe(now - started)
         return decided.status, events
 
     def run(self) -> SweepStatus:

@@ -114,7 +114,7 @@ class SweepRow(Base):
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     # "" rather than NULL for "no namespace" (workstation runs): NULLs never collide in a
     # unique constraint, so (NULL, "x") could be inserted twice.
-    namespace: Mapped[str] = mapped_column(sa.String(253), default="", server_default="")
+    namespace: Mapped[str] = mapped_column(sa.String(253), default="", server_default=sa.text("''"))
     name: Mapped[str] = mapped_column(sa.String(253))
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

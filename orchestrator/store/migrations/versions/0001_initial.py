@@ -44,7 +44,7 @@ def upgrade() -> None:
     op.create_table(
         "sweeps",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("namespace", sa.String(length=253), server_default="", nullable=False),
+        sa.Column("namespace", sa.String(length=253), server_default=sa.text("''"), nullable=False),
         sa.Column("name", sa.String(length=253), nullable=False),
         sa.Column("spec", _json(), nullable=False),
         sa.Column("created_at", _timestamp(), nullable=False),

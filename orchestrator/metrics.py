@@ -1,0 +1,182 @@
+"""Prometheus metrics of sweeps, served by `ladder run --metrics-port` and `ladder controller`.
+
+Two sources, one endpoint:
+- `StoreCollector` reads the store at scrape time: trials by state, every trial's figures
+  (best eval loss, samples/s, GPU and host memory, wall time, exact match, JSON validity),
+  lane ceilings, OOMs by kind, and the latest epoch of running trials. Workers write each
+  epoch to the store as it ends, so live training figures reach Prometheus through the
+  controller in both the local and the cluster setting, with no Pushgateway and no scrape
+  target per Ray pod (see docs/observability.md). What Prometheus shows is what the store
+  holds, by construction.
+- Process metrics kept in memory: reconcile duration and trial launch latency histograms.
+
+Label sets are bounded by the grid (sweep, namespace, trial, lane, model, method, rank,
+alpha, dss_alpha, seed): no per-epoch labels and no free text (errors never become labels).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator import store
+from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.results import latest_rows, sweep_from_row
+from orchestrator.runner import sweep_status
+
+log = logging.getLogger(__name__)
+
+SWEEP_LABELS = ("sweep", "namespace")
+TRIAL_LABELS = (*SWEEP_LABELS, "trial", "lane", "model", "method", "rank", "alpha",
+                "dss_alpha", "seed")
+LANE_LABELS = (*SWEEP_LABELS, "lane", "method", "rank", "alpha", "dss_alpha", "seed")
+
+# (metric name, TrialRow attribute, help) of per-trial result gauges.
+TRIAL_FIGURES = (
+    ("ladder_trial_best_eval_loss", "best_eval_loss", "Best evaluation loss over the epochs."),
+    ("ladder_trial_samples_per_second", "samples_per_second",
+     "Training samples per second, summed over workers."),
+    ("ladder_trial_peak_gpu_memory_bytes", "peak_gpu_memory_bytes",
+     "Peak GPU memory of the busiest device (NVML)."),
+    ("ladder_trial_summed_gpu_memory_bytes", "total_gpu_memory_bytes",
+     "Peak GPU memory summed over the trial's devices, as the paper reports it."),
+    ("ladder_trial_peak_host_memory_bytes", "peak_host_memory_bytes",
+     "Peak resident memory of a worker process."),
+    ("ladder_trial_wall_seconds", "wall_seconds", "Wall time of the trial attempt."),
+    ("ladder_trial_exact_match_ratio", "exact_match",
+     "Fraction of generated DSL equal to the label (as parsed JSON)."),
+    ("ladder_trial_json_valid_ratio", "json_valid_rate",
+     "Fraction of generations that parse as JSON."),
+)
+# (metric name, EpochRow attribute, help) of the latest epoch of a running trial.
+LIVE_FIGURES = (
+    ("ladder_trial_epoch", "epoch", "Last finished epoch of a running trial."),
+    ("ladder_trial_train_loss", "train_loss", "DSS training loss of the last epoch."),
+    ("ladder_trial_eval_loss", "eval_loss", "Evaluation loss of the last epoch."),
+    ("ladder_trial_learning_rate", "learning_rate", "Learning rate in the last epoch."),
+    ("ladder_trial_epoch_samples_per_second", "samples_per_second",
+     "Training samples per second in the last epoch."),
+    ("ladder_trial_epoch_gpu_memory_bytes", "peak_gpu_memory_bytes",
+     "Peak GPU memory in the last epoch (busiest device)."),
+)
+
+
+def _trial_labels(row: store.TrialRow, sweep: store.SweepRow) -> list[str]:
+    return [
+        sweep.name, sweep.namespace, row.trial_id, row.lane, row.model, str(row.method),
+        "" if row.rank is None else str(row.rank), "" if row.alpha is None else str(row.alpha),
+        f"{row.dss_alpha:g}", str(row.seed),
+    ]
+
+
+class StoreCollector(Collector):
+    """Yields every sweep metric from the store, at scrape time."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        trials = GaugeMetricFamily("ladder_trials", "Trials by the state of their latest "
+                                   "attempt.", labels=[*SWEEP_LABELS, "state"])
+        ooms = GaugeMetricFamily("ladder_trial_ooms", "Trials whose latest attempt ran out of "
+                                 "memory, by kind.", labels=[*SWEEP_LABELS, "kind"])
+        ceilings = GaugeMetricFamily(
+            "ladder_lane_ceiling_model_index",
+            "Ladder index of the largest model that fitted in the lane (-1: none yet).",
+            labels=[*LANE_LABELS, "model", "state"],
+        )
+        figures = {name: GaugeMetricFamily(name, doc, labels=list(TRIAL_LABELS))
+                   for name, _, doc in TRIAL_FIGURES}
+        live = {name: GaugeMetricFamily(name, doc, labels=list(TRIAL_LABELS))
+                for name, _, doc in LIVE_FIGURES}
+        try:
+            with self.sessions() as session:
+                for sweep_row in store.list_sweeps(session):
+                    rows = store.attempts(session, sweep_row.namespace, sweep_row.name,
+                                          with_epochs=True)
+                    self._sweep(sweep_row, rows, trials, ooms, ceilings, figures, live)
+        except Exception:
+            log.exception("metrics: reading the store failed")
+        yield trials
+        yield ooms
+        yield ceilings
+        yield from figures.values()
+        yield from live.values()
+
+    def _sweep(self, sweep_row, rows, trials, ooms, ceilings, figures, live) -> None:
+        latest = latest_rows(rows)
+        states = Counter(TrialState(r.status) for r in latest)
+        for state in TrialState:
+            trials.add_metric([sweep_row.name, sweep_row.namespace, state.value],
+                              states.get(state, 0))
+        kinds = Counter(OOMKind(r.oom_kind) for r in latest if r.oom_kind)
+        for kind in OOMKind:
+            ooms.add_metric([sweep_row.name, sweep_row.namespace, kind.value],
+                            kinds.get(kind, 0))
+        for row in latest:
+            labels = _trial_labels(row, sweep_row)
+            for name, attribute, _ in TRIAL_FIGURES:
+                value = getattr(row, attribute)
+                if value is not None:
+                    figures[name].add_metric(labels, float(value))
+            if TrialState(row.status) is TrialState.RUNNING and row.epochs:
+                last = max(row.epochs, key=lambda e: e.epoch)
+                for name, attribute, _ in LIVE_FIGURES:
+                    value = getattr(last, attribute)
+                    if value is not None:
+                        live[name].add_metric(labels, float(value))
+        if not sweep_row.spec:
+            return
+        sweep = sweep_from_row(sweep_row)
+        status = sweep_status(sweep, rows)
+        models = sweep.spec.ladder
+        lanes = {lane.name: lane for lane in _lanes(sweep)}
+        for lane_status in status.lanes:
+            lane = lanes[lane_status.name]
+            index = models.index(lane_status.ceiling_model) if lane_status.ceiling_model else -1
+            ceilings.add_metric(
+                [sweep.name, sweep.namespace, lane.name, lane.method.value,
+                 "" if lane.rank is None else str(lane.rank),
+                 "" if lane.alpha is None else str(lane.alpha), f"{lane.dss_alpha:g}",
+                 str(lane.seed), lane_status.ceiling_model or "", lane_status.state.value],
+                index,
+            )
+
+
+def _lanes(sweep):
+    from orchestrator.grid import expand
+
+    return expand(sweep).lanes
+
+
+@dataclass
+class LadderMetrics:
+    """The metrics endpoint of one process, with its in-memory histograms."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.reconcile_seconds = Histogram(
+            "ladder_reconcile_duration_seconds", "Duration of one observe-plan-act pass.",
+            ["sweep", "namespace"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.launch_latency_seconds = Histogram(
+            "ladder_trial_launch_latency_seconds",
+            "From the moment a trial became launchable to its launch request.",
+            ["sweep", "namespace"], registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+        )
+
+    def watch_store(self, sessions: sessionmaker[Session]) -> None:
+        self.registry.register(StoreCollector(sessions))
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=address, registry=self.registry)

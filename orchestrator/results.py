@@ -1,0 +1,52 @@
+"""Reading results back: one record per trial, the sweep a row was run with.
+
+Shared by `ladder results`, `ladder status`, the metrics collector and `ladder report`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from orchestrator import store
+from orchestrator.spec import Sweep, SweepSpec
+
+# The columns of `ladder results`, in order (issue: "one record per trial with at least").
+RESULT_COLUMNS = (
+    "sweep", "namespace", "trial_id", "lane", "model", "method", "rank", "alpha", "dss_alpha",
+    "seed", "status", "oom_kind", "attempt", "best_eval_loss", "best_epoch", "exact_match",
+    "json_valid_rate", "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
+    "peak_host_memory_bytes", "wall_seconds", "time_to_first_step_seconds", "error",
+)
+
+
+def sweep_from_row(row: store.SweepRow) -> Sweep:
+    """The Sweep a stored sweep row was run with."""
+    spec = SweepSpec.model_validate(row.spec or {"ladder": ["unknown"]})
+    return Sweep(name=row.name, namespace=row.namespace, spec=spec)
+
+
+def result_record(row: store.TrialRow) -> dict[str, Any]:
+    """A flat, JSON-ready record of one attempt (snake_case keys)."""
+    record = store.to_result(row, epochs=()).model_dump(mode="json", exclude={"epochs"})
+    return {column: record.get(column) for column in RESULT_COLUMNS}
+
+
+def latest_attempts(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Only each trial's latest attempt, in the input order of first appearance."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for record in records:
+        key = (record["namespace"], record["sweep"], record["trial_id"])
+        if key not in latest or record["attempt"] > latest[key]["attempt"]:
+            latest[key] = record
+    return list(latest.values())
+
+
+def latest_rows(rows: Sequence[store.TrialRow]) -> list[store.TrialRow]:
+    """Each trial's latest attempt row."""
+    latest: dict[tuple[int, str], store.TrialRow] = {}
+    for row in rows:
+        key = (row.sweep_id, row.trial_id)
+        if key not in latest or row.attempt > latest[key].attempt:
+            latest[key] = row
+    return list(latest.values())

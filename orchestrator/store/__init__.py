@@ -1,0 +1,75 @@
+"""The store: sweeps, trial attempts and per-epoch rows in SQL (SQLite or PostgreSQL).
+
+Typical use::
+
+    factory = open_store()                      # $LADDER_DB_URL or sqlite:///ladder.db
+    with factory.begin() as session:            # the caller owns the transaction
+        upsert_sweep(session, sweep)
+    save_with_retry(factory, lambda s: record_result(s, result))   # must not be lost
+
+DESIGN.md, "Store". Only this package touches SQL; the pure core never imports it.
+"""
+
+from orchestrator.store.engine import (
+    DB_URL_ENV,
+    DEFAULT_DB_URL,
+    alembic_config,
+    create_store_engine,
+    current_revision,
+    database_url,
+    dispose_stores,
+    head_revisions,
+    migrate,
+    open_store,
+    redact_url,
+    session_factory,
+)
+from orchestrator.store.models import Base, EpochRow, SweepRow, TrialRow
+from orchestrator.store.repository import (
+    attempts,
+    ensure_sweep,
+    epochs_of,
+    error_excerpt,
+    is_transient,
+    list_sweeps,
+    mark_attempt,
+    record_attempt,
+    record_epoch,
+    record_result,
+    results,
+    save_with_retry,
+    to_result,
+    upsert_sweep,
+)
+
+__all__ = [
+    "DB_URL_ENV",
+    "DEFAULT_DB_URL",
+    "Base",
+    "EpochRow",
+    "SweepRow",
+    "TrialRow",
+    "alembic_config",
+    "attempts",
+    "create_store_engine",
+    "current_revision",
+    "database_url",
+    "dispose_stores",
+    "ensure_sweep",
+    "epochs_of",
+    "error_excerpt",
+    "is_transient",
+    "list_sweeps",
+    "mark_attempt",
+    "migrate",
+    "open_store",
+    "record_attempt",
+    "record_epoch",
+    "record_result",
+    "redact_url",
+    "results",
+    "save_with_retry",
+    "session_factory",
+    "to_result",
+    "upsert_sweep",
+]
