@@ -389,3 +389,7 @@ def crd() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

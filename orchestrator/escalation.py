@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from orchestrator.grid import Lane, Trial
 from orchestrator.lifecycle import LaneState, OOMKind, TrialState
@@ -75,7 +76,8 @@ class LaneProgress:
         return self.state.is_terminal
 
 
-_NO_ATTEMPTS: tuple[AttemptObservation, ...] = ()
+_ACTIVE_STATES = frozenset({TrialState.PENDING, TrialState.RUNNING})
+_LADDER_ORDER = attrgetter("model_index")
 
 
 def latest_attempt(observations: Sequence[AttemptObservation]) -> AttemptObservation | None:
@@ -97,64 +99,68 @@ def lane_progress(
 
     `trials` are the lane's trials (any order: they are climbed by `model_index`); `attempts`
     maps trial ids to their observed attempts, in any order; ids of other lanes are ignored.
+    One pass over the lane: it runs once per lane on every reconcile.
     """
-    ladder = sorted(trials, key=lambda trial: trial.model_index)
+    ladder = sorted(trials, key=_LADDER_ORDER)
+    stop_lane = escalation.on_oom is OnOOM.STOP_LANE
+    top = len(ladder) - 1
     active: list[tuple[Trial, int]] = []
     observed_any = False
-    for trial in ladder:
-        observations = attempts.get(trial.trial_id, _NO_ATTEMPTS)
-        if observations:
-            observed_any = True
-            active.extend((trial, obs.attempt) for obs in observations if not obs.state.is_terminal)
-    active.sort(key=lambda item: (item[0].model_index, item[1]))
 
+    decided = False  # the walk up the ladder has reached its decision
     launch: tuple[Trial, int] | None = None
     ceiling: Trial | None = None
     state: LaneState | None = None  # set when the walk ends the lane
     stopped_at: Trial | None = None
     oom_kind: OOMKind | None = None
     never_run: tuple[Trial, ...] = ()
-    top_oom: AttemptObservation | None = None  # `continue`: the top model's OOM, if any
 
     for position, trial in enumerate(ladder):
-        observations = attempts.get(trial.trial_id, _NO_ATTEMPTS)
-        latest = latest_attempt(observations)
+        observations = attempts.get(trial.trial_id)
+        latest: AttemptObservation | None = None
+        failures = 0
+        if observations:
+            observed_any = True
+            for obs in observations:
+                if obs.state in _ACTIVE_STATES:
+                    active.append((trial, obs.attempt))
+                elif obs.state is TrialState.FAILED:
+                    failures += 1
+                if latest is None or obs.attempt >= latest.attempt:
+                    latest = obs
+        if decided:
+            continue  # only looking for active attempts above the decision
+        decided = True
         if latest is None:
             launch = (trial, 1)
-            break
+            continue
         outcome = latest.state
         if outcome is TrialState.SUCCEEDED:
             ceiling = trial
-            continue
-        if outcome is TrialState.OOM:
-            if escalation.on_oom is OnOOM.STOP_LANE:
+            decided = position == top
+            if decided:
+                state = LaneState.COMPLETED
+        elif outcome is TrialState.OOM:
+            if stop_lane or position == top:
                 state, stopped_at, oom_kind = LaneState.CAPPED, trial, latest.oom_kind
                 never_run = tuple(ladder[position + 1 :])
-                break
-            if position == len(ladder) - 1:
-                top_oom = latest
-            continue
-        if outcome is TrialState.FAILED or outcome is TrialState.CANCELLED:
+            else:
+                decided = False  # `continue`: on to the next model
+        elif outcome is TrialState.FAILED or outcome is TrialState.CANCELLED:
             # A cancellation is not a failure, but it never buys retries past the bound.
-            failures = sum(1 for obs in observations if obs.state is TrialState.FAILED)
             if failures <= escalation.retries:
                 launch = (trial, latest.attempt + 1)
             else:
                 state, stopped_at = LaneState.FAILED, trial
                 never_run = tuple(ladder[position + 1 :])
-            break
-        if outcome is TrialState.SKIPPED:
+        elif outcome is TrialState.SKIPPED:
             state = LaneState.CANCELLED
             never_run = tuple(ladder[position:])
-            break
-        break  # pending or running: the lane waits on it
-    else:
-        if top_oom is not None:
-            state, stopped_at, oom_kind = LaneState.CAPPED, ladder[-1], top_oom.oom_kind
-        else:
-            state = LaneState.COMPLETED
+        # pending or running: the lane waits on it
 
     if active:  # whatever the walk found, the lane waits for its attempts to end
+        if len(active) > 1:
+            active.sort(key=lambda item: (item[0].model_index, item[1]))
         return LaneProgress(
             lane=lane,
             state=LaneState.RUNNING,

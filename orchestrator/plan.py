@@ -170,21 +170,39 @@ class Plan:
         return tuple(a for a in self.actions if isinstance(a, CancelTrial))
 
 
+_NONE: tuple[AttemptObservation, ...] = ()
+_ACTIVE_STATES = frozenset({TrialState.PENDING, TrialState.RUNNING})
+
+
 @dataclass(slots=True)
 class _LaneWork:
-    """One lane during a plan: its trials, its attempts (observed plus folded), its progress."""
+    """One lane during a plan: its trials, its attempts (observed plus folded), its progress.
+
+    `view` is the observed mapping itself until something is folded into this lane; then it
+    is the lane's `own` copy, so most lanes of a large sweep cost no copying.
+    """
 
     lane: Lane
     trials: tuple[Trial, ...]
-    view: dict[str, Sequence[AttemptObservation]]
+    observed: Mapping[str, Sequence[AttemptObservation]]
     progress: LaneProgress
     records: list[RecordOutcome] = field(default_factory=list)
+    own: dict[str, Sequence[AttemptObservation]] | None = None
+
+    @property
+    def view(self) -> Mapping[str, Sequence[AttemptObservation]]:
+        return self.observed if self.own is None else self.own
+
+    def attempts(self, trial: Trial) -> Sequence[AttemptObservation]:
+        return self.view.get(trial.trial_id, _NONE)
 
     def fold(self, trial: Trial, attempt: int, state: TrialState, **details: Any) -> None:
         """Treat the attempt as observed in `state` (replacing what was observed of it)."""
+        if self.own is None:
+            self.own = {t.trial_id: self.observed.get(t.trial_id, _NONE) for t in self.trials}
         observation = AttemptObservation(trial.trial_id, attempt, state, **details)
-        others = tuple(o for o in self.view[trial.trial_id] if o.attempt != attempt)
-        self.view[trial.trial_id] = (*others, observation)
+        others = tuple(o for o in self.own[trial.trial_id] if o.attempt != attempt)
+        self.own[trial.trial_id] = (*others, observation)
 
     def refresh(self, escalation: Escalation) -> LaneProgress:
         self.progress = lane_progress(self.lane, self.trials, self.view, escalation)
@@ -203,8 +221,8 @@ def plan(grid: Grid, spec: SweepSpec, observed: Observed) -> Plan:
     work: list[_LaneWork] = []
     for lane in grid.lanes:
         trials = grid.trials[lane.name]
-        view = {t.trial_id: observed.attempts.get(t.trial_id, ()) for t in trials}
-        item = _LaneWork(lane, trials, view, lane_progress(lane, trials, view, escalation))
+        attempts = observed.attempts
+        item = _LaneWork(lane, trials, attempts, lane_progress(lane, trials, attempts, escalation))
         work.append(item)
         if halted:
             if item.progress.active:
@@ -215,20 +233,22 @@ def plan(grid: Grid, spec: SweepSpec, observed: Observed) -> Plan:
                     cancels.append(CancelTrial(trial, attempt, reason))
                     item.fold(trial, attempt, TrialState.CANCELLED, error=reason)
                 item.refresh(escalation)
-        else:
+        elif item.progress.launch is not None or item.progress.never_run:
             _settle(item, escalation, predicted, total if capacity_known else None)
 
     launches: list[LaunchTrial] = []
     if not halted:
         in_use = Capacity.total(demand(t) for w in work for t, _ in w.progress.active)
         running = sum(len(w.progress.active) for w in work)
-        heads = {
-            w.progress.launch[0].trial_id: (w, w.progress.launch[1])
-            for w in work
-            if w.progress.launch is not None
-        }
+        heads: dict[str, tuple[_LaneWork, int]] = {}
+        candidates: list[Trial] = []
+        for w in work:
+            if w.progress.launch is not None:
+                head, attempt = w.progress.launch
+                heads[head.trial_id] = (w, attempt)
+                candidates.append(head)
         chosen = select_launches(
-            [w.progress.launch[0] for w, _ in heads.values() if w.progress.launch is not None],
+            candidates,
             total=total,
             in_use=in_use,
             running=running,
@@ -279,7 +299,7 @@ def _settle(
     if progress.is_terminal and progress.never_run:
         reason = f"skipped: {stop_reason(progress)}"
         for trial in progress.never_run:
-            if not item.view[trial.trial_id]:
+            if not item.attempts(trial):
                 item.records.append(RecordOutcome(trial, 1, TrialState.SKIPPED, None, reason))
                 item.fold(trial, 1, TrialState.SKIPPED, error=reason)
 
@@ -290,14 +310,16 @@ def _status(spec: SweepSpec, observed: Observed, work: list[_LaneWork]) -> Sweep
     best: tuple[float, int, int, Trial] | None = None
     for item in work:
         relaunch = item.progress.launch[0].trial_id if item.progress.launch else None
+        view = item.view
         for trial in item.trials:
-            observations = item.view[trial.trial_id]
-            latest = latest_attempt(observations)
-            if latest is None:
+            observations = view.get(trial.trial_id)
+            if not observations:
                 continue
             started += 1
+            latest = observations[0] if len(observations) == 1 else latest_attempt(observations)
+            assert latest is not None
             counts[latest.state] += 1
-            if latest.state.is_terminal and trial.trial_id != relaunch:
+            if latest.state not in _ACTIVE_STATES and trial.trial_id != relaunch:
                 done += 1
             for obs in observations:
                 if obs.state is TrialState.OOM:

@@ -93,6 +93,6 @@ def select_launches(
             chosen.append(trial)
             seen.add(trial.trial_id)
             free = free.minus(need)
-            if len(chosen) > slots:
+            if len(chosen) >= slots:
                 break
     return chosen

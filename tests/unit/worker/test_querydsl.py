@@ -108,6 +108,16 @@ class TestLabels:
             keys = list(json.loads(ex.label))
             assert keys == sorted(keys, key=order.index), ex.label
 
+    def test_range_bounds_are_ordered(self, full: list[DSSExample]) -> None:
+        for ex in full:
+            for key, spec in walk(json.loads(ex.label)):
+                if key != "range":
+                    continue
+                [bounds] = spec.values()
+                if "gte" in bounds and "lte" in bounds:
+                    # ISO dates compare correctly as strings; "now-7d/d" < "now/d" too.
+                    assert bounds["gte"] < bounds["lte"], ex.label
+
     def test_labels_only_use_fields_of_their_index(self, full: list[DSSExample]) -> None:
         for ex in full:
             index = next(i for i in INDICES if f"Index: {i.name}\n" in ex.input)
@@ -163,8 +173,10 @@ class TestLabels:
                 if detail == "nested":
                     return any("aggs" in a for agg in aggs for a in agg.values())
                 return any(detail in a for agg in aggs for a in agg.values())
-            return feature in body if feature in ("sort", "size", "track_total_hits") else any(
-                k == feature for k, _ in pairs
+            return (
+                feature in body
+                if feature in ("sort", "size", "track_total_hits")
+                else any(k == feature for k, _ in pairs)
             )
 
         assert sum(has(json.loads(ex.label)) for ex in full) >= 5
@@ -194,7 +206,9 @@ class TestRationales:
 
 class TestInputs:
     @pytest.mark.parametrize(
-        ("preamble", "low", "high"), [("full", 1500, 3200), ("short", 250, 1000)], ids=str
+        ("preamble", "low", "high"),
+        [("full", 1500, 3200), ("short", 250, 1000)],
+        ids=["full", "short"],
     )
     def test_preamble_lengths(self, preamble: str, low: int, high: int) -> None:
         for index in INDICES:

@@ -1,0 +1,127 @@
+"""Local sweeps end to end: the real CLI, a real Ray runtime, real CPU training, SQLite.
+
+The quickstart is run exactly as a newcomer runs it; a smaller sweep is SIGKILLed mid-way and
+resumed, and every trial must appear exactly once in the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
+LADDER = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def ladder(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*LADDER, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def results(db: str, cwd: Path, *extra: str) -> list[dict]:
+    done = ladder("results", "--db", db, "--json", *extra, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_quickstart_climbs_and_stops_at_the_budget(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'ladder.db'}"
+    done = ladder("run", str(ROOT / "examples/quickstart.yaml"), "--db", db,
+                  "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Best trial" in done.stdout and "Lane ceilings" in done.stdout
+
+    records = results(db, tmp_path)
+    assert len(records) == 15  # 5 lanes x 3 models, one record per trial
+    by_model = {}
+    for record in records:
+        by_model.setdefault(record["model"], []).append(record)
+    # Every lane climbs tiny-s -> tiny-m and runs out of its budget on tiny-l.
+    assert all(r["status"] == "succeeded" for r in by_model["ladder/t5-tiny-s"])
+    assert all(r["status"] == "succeeded" for r in by_model["ladder/t5-tiny-m"])
+    assert all((r["status"], r["oom_kind"]) == ("oom", "budget")
+               for r in by_model["ladder/t5-tiny-l"])
+    for record in records:
+        if record["status"] == "succeeded":
+            assert record["best_eval_loss"] > 0 and record["samples_per_second"] > 0
+            assert record["peak_host_memory_bytes"] > 0 and record["wall_seconds"] > 0
+            assert 0 <= record["json_valid_rate"] <= 1 and 0 <= record["exact_match"] <= 1
+
+    status = ladder("status", "quickstart", "--db", db, cwd=tmp_path)
+    assert status.returncode == 0 and "capped" in status.stdout
+    csv_out = ladder("results", "--db", db, "--csv", cwd=tmp_path)
+    assert csv_out.stdout.splitlines()[0].startswith("sweep,namespace,trial_id,lane,model")
+
+    # Running the same spec again repeats nothing: the sweep is finished.
+    again = ladder("run", str(ROOT / "examples/quickstart.yaml"), "--db", db,
+                   "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert again.returncode == 0
+    assert results(db, tmp_path, "--all-attempts") == results(db, tmp_path, "--all-attempts")
+    assert len(results(db, tmp_path, "--all-attempts")) == 15
+
+
+def _small_sweep(path: Path) -> Path:
+    spec = yaml.safe_load((ROOT / "examples/quickstart.yaml").read_text())
+    spec["metadata"]["name"] = "resume"
+    spec["spec"]["methods"] = ["full", "lora"]
+    spec["spec"]["adapters"] = [{"rank": 8, "alphas": [16]}]
+    spec["spec"]["parallelism"] = 1
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _states(db_file: Path) -> list[tuple[str, int, str]]:
+    if not db_file.exists():
+        return []
+    try:
+        with sqlite3.connect(db_file) as connection:
+            return connection.execute("SELECT trial_id, attempt, status FROM trials").fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+
+
+def test_resume_after_sigkill_runs_every_trial_once(tmp_path: Path) -> None:
+    sweep = _small_sweep(tmp_path / "resume.yaml")
+    db_file = tmp_path / "ladder.db"
+    db = f"sqlite:///{db_file}"
+    args = [*LADDER, "run", str(sweep), "--db", db, "--runs-dir", str(tmp_path / "runs")]
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    # Kill it once one trial has succeeded and another is under way.
+    while time.monotonic() < deadline:
+        states = [s for _, _, s in _states(db_file)]
+        if "succeeded" in states and "running" in states:
+            break
+        assert first.poll() is None, "the first run ended before it could be killed"
+        time.sleep(0.5)
+    else:
+        pytest.fail("no trial succeeded in time")
+    succeeded_before = {t for t, _, s in _states(db_file) if s == "succeeded"}
+    os.killpg(first.pid, signal.SIGKILL)  # the runner, its Ray runtime and its trials
+    first.wait()
+
+    done = ladder("run", str(sweep), "--db", db, "--runs-dir", str(tmp_path / "runs"),
+                  cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = _states(db_file)
+    succeeded = [t for t, _, s in rows if s == "succeeded"]
+    assert len(succeeded) == len(set(succeeded)), "a trial succeeded twice"
+    assert succeeded_before <= set(succeeded)
+    for trial_id in succeeded_before:  # finished trials were never run again
+        assert [a for t, a, _ in rows if t == trial_id] == [1]
+    latest = results(db, tmp_path)
+    assert len(latest) == 6  # 2 lanes x 3 models, each exactly once
+    assert {r["status"] for r in latest} <= {"succeeded", "oom"}

@@ -1,0 +1,398 @@
+"""The controller's reconcile pass (orchestrator.operator.reconcile) against an in-memory
+fake of the Kubernetes API and a real SQLite store: launches, idempotence, outcomes from the
+store, from RayJob statuses and from pods, lost RayJobs, suspend, parallelism, deletion."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import store
+from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.operator.manifests import (
+    LABEL_SWEEP,
+    SecretRef,
+    attempt_of,
+    decode_trial,
+)
+from orchestrator.operator.reconcile import ANNOTATION_OUTCOME, Reconciler
+from orchestrator.trial import TrialResult
+
+NS = "ml"
+SPEC: dict[str, Any] = {
+    "ladder": ["ladder/t5-tiny-s", "ladder/t5-tiny-m", "ladder/t5-tiny-l"],
+    "methods": ["full", "lora"],
+    "adapters": [{"rank": 8, "alphas": [16]}],
+    "training": {"epochs": 1},
+    "resources": {"workers": 1, "gpusPerWorker": 0},
+    "escalation": {"onOOM": "stop-lane", "retries": 1, "memoryBudget": "160Mi"},
+    "parallelism": 2,
+}
+
+
+def merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    """RFC 7386 merge patch."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+class FakeCluster:
+    """The slice of the Kubernetes API the reconciler uses, in memory."""
+
+    def __init__(self) -> None:
+        self.sweeps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rayjobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.events: list[tuple[str, str, str]] = []
+        self.status_patches = 0
+        self.creates = 0
+        self._rv = itertools.count(1)
+
+    def add_sweep(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": "ladder.dev/v1alpha1", "kind": "Sweep",
+            "metadata": {"name": name, "namespace": NS, "uid": str(uuid.uuid4()),
+                         "generation": 1},
+            "spec": copy.deepcopy(spec),
+        }
+        self.sweeps[(NS, name)] = body
+        return body
+
+    def set_spec(self, name: str, **fields: Any) -> None:
+        body = self.sweeps[(NS, name)]
+        body["spec"].update(fields)
+        body["metadata"]["generation"] += 1
+
+    # Cluster protocol
+    def get_sweep(self, namespace: str, name: str) -> dict[str, Any] | None:
+        body = self.sweeps.get((namespace, name))
+        return copy.deepcopy(body) if body is not None else None
+
+    def list_rayjobs(self, namespace: str, sweep: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(j) for (ns, _), j in sorted(self.rayjobs.items())
+                if ns == namespace and j["metadata"]["labels"].get(LABEL_SWEEP) == sweep]
+
+    def create_rayjob(self, manifest: Mapping[str, Any]) -> bool:
+        key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        if key in self.rayjobs:
+            return False
+        self.creates += 1
+        job = copy.deepcopy(dict(manifest))
+        job["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.rayjobs[key] = job
+        return True
+
+    def delete_rayjob(self, namespace: str, name: str) -> bool:
+        return self.rayjobs.pop((namespace, name), None) is not None
+
+    def annotate_rayjob(self, namespace: str, name: str,
+                        annotations: Mapping[str, str]) -> None:
+        job = self.rayjobs.get((namespace, name))
+        if job is not None:
+            job["metadata"].setdefault("annotations", {}).update(annotations)
+
+    def cluster_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.pods.get((namespace, cluster), []))
+
+    def patch_sweep_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        body = self.sweeps.get((namespace, name))
+        if body is not None:
+            self.status_patches += 1
+            merge(body.setdefault("status", {}), status)
+
+    def event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        self.events.append((kind, reason, message))
+
+    # what KubeRay would do
+    def finish(self, name: str, job: str, deployment: str, message: str = "") -> None:
+        status = self.rayjobs[(NS, name)].setdefault("status", {})
+        status.update({"jobStatus": job, "jobDeploymentStatus": deployment,
+                       "message": message, "rayClusterName": f"{name}-abcde",
+                       "startTime": "2025-01-01T00:00:00Z"})
+
+    def jobs(self) -> list[str]:
+        return sorted(name for _, name in self.rayjobs)
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.events]
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Any:
+    return store.open_store(f"sqlite:///{tmp_path / 'ladder.db'}")
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def reconciler(cluster: FakeCluster, sessions: Any) -> Reconciler:
+    return Reconciler(cluster, sessions, db_secret=SecretRef(name="ladder-db"))
+
+
+def rows(sessions: Any, sweep: str = "qs") -> dict[tuple[str, int], store.TrialRow]:
+    with sessions() as session:
+        return {(r.trial_id, r.attempt): r for r in store.attempts(session, NS, sweep)}
+
+
+def job_for(cluster: FakeCluster, lane_prefix: str) -> str:
+    (name,) = [n for (_, n), j in cluster.rayjobs.items()
+               if j["metadata"]["labels"]["ladder.dev/lane"].startswith(lane_prefix)
+               and "status" not in j]
+    return name
+
+
+def write_result(sessions: Any, cluster: FakeCluster, name: str, **fields: Any) -> None:
+    spec = decode_trial(cluster.rayjobs[(NS, name)])
+    assert spec is not None
+    with sessions.begin() as session:
+        store.record_result(session, TrialResult.for_trial(spec, **fields))
+
+
+def test_first_pass_launches_lane_heads(cluster: FakeCluster, reconciler: Reconciler,
+                                        sessions: Any) -> None:
+    body = cluster.add_sweep("qs", SPEC)
+    result = reconciler.reconcile(NS, "qs")
+    assert result is not None and len(result.launched) == 2
+    assert len(cluster.jobs()) == 2
+    for (_, name), job in cluster.rayjobs.items():
+        assert job["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+        key = attempt_of(job)
+        assert key is not None and key[1] == 1
+        row = rows(sessions)[key]
+        assert row.rayjob_name == name and row.status == TrialState.PENDING
+    status = cluster.sweeps[(NS, "qs")]["status"]
+    assert status["phase"] == "Running" and status["observedGeneration"] == 1
+    assert status["trials"]["total"] == 6 and status["trials"]["pending"] == 2
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "False", "Progressing": "True", "Suspended": "False"}
+    assert cluster.reasons().count("TrialLaunched") == 2
+
+
+def test_passes_are_idempotent(cluster: FakeCluster, reconciler: Reconciler) -> None:
+    cluster.add_sweep("qs", SPEC)
+    reconciler.reconcile(NS, "qs")
+    patches, events = cluster.status_patches, len(cluster.events)
+    for _ in range(3):
+        result = reconciler.reconcile(NS, "qs")
+        assert result is not None and result.launched == []
+    assert cluster.creates == 2
+    assert cluster.status_patches == patches  # nothing changed, nothing patched
+    assert len(cluster.events) == events
+
+
+def test_a_restarted_controller_adopts_instead_of_duplicating(
+    cluster: FakeCluster, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", SPEC)
+    Reconciler(cluster, sessions).reconcile(NS, "qs")
+    Reconciler(cluster, sessions).reconcile(NS, "qs")
+    assert cluster.creates == 2 and len(cluster.jobs()) == 2
+
+
+def test_running_then_worker_result_wins_over_rayjob_status(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", SPEC)
+    reconciler.reconcile(NS, "qs")
+    name = job_for(cluster, "full")
+    cluster.rayjobs[(NS, name)]["status"] = {"jobStatus": "RUNNING",
+                                            "jobDeploymentStatus": "Running"}
+    reconciler.reconcile(NS, "qs")
+    key = attempt_of(cluster.rayjobs[(NS, name)])
+    assert key is not None and rows(sessions)[key].status == TrialState.RUNNING
+    # The worker's result (budget OOM) is stored before the Ray job ends with exit code 3.
+    write_result(sessions, cluster, name, status=TrialState.OOM, oom_kind=OOMKind.BUDGET,
+                 error="MemoryBudgetExceeded")
+    cluster.finish(name, "FAILED", "Failed", "Job entrypoint command failed with exit code 3")
+    reconciler.reconcile(NS, "qs")
+    row = rows(sessions)[key]
+    assert (row.status, row.oom_kind) == (TrialState.OOM, OOMKind.BUDGET)
+    assert cluster.rayjobs[(NS, name)]["metadata"]["annotations"][ANNOTATION_OUTCOME] == (
+        "oom/budget")
+    assert "TrialOOM" in cluster.reasons() and "LaneCapped" in cluster.reasons()
+    lanes = {lane["name"]: lane for lane in cluster.sweeps[(NS, "qs")]["status"]["lanes"]}
+    full = next(lane for n, lane in lanes.items() if n.startswith("full"))
+    assert full["state"] == "capped" and full["oomKind"] == "budget"
+    assert full["ceiling"] is None and full["stoppedAt"] == "ladder/t5-tiny-s"
+    # Announced once only.
+    reconciler.reconcile(NS, "qs")
+    assert cluster.reasons().count("TrialOOM") == 1
+
+
+def test_ladder_climbs_on_success_and_caps_on_cuda_oom(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", {**SPEC, "methods": ["lora"], "escalation": {"retries": 0}})
+    reconciler.reconcile(NS, "qs")
+    small = job_for(cluster, "lora")
+    write_result(sessions, cluster, small, status=TrialState.SUCCEEDED, best_eval_loss=0.5)
+    cluster.finish(small, "SUCCEEDED", "Complete")
+    reconciler.reconcile(NS, "qs")
+    medium = job_for(cluster, "lora")
+    assert medium != small
+    # No worker result this time: the RayJob's message says CUDA OOM.
+    cluster.finish(medium, "FAILED", "Failed",
+                   "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB")
+    reconciler.reconcile(NS, "qs")
+    key = attempt_of(cluster.rayjobs[(NS, medium)])
+    assert key is not None
+    row = rows(sessions)[key]
+    assert (row.status, row.oom_kind) == (TrialState.OOM, OOMKind.GPU)
+    status = cluster.sweeps[(NS, "qs")]["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["trials"]["succeeded"] == 1 and status["trials"]["oom"] == 1
+    assert status["trials"]["skipped"] == 1
+    assert status["best"]["evalLoss"] == 0.5
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    assert "SweepSucceeded" in cluster.reasons()
+    assert len(cluster.jobs()) == 2  # the largest model never launched
+
+
+def test_oomkilled_pod_is_a_host_oom(cluster: FakeCluster, reconciler: Reconciler,
+                                     sessions: Any) -> None:
+    cluster.add_sweep("qs", {**SPEC, "methods": ["full"]})
+    reconciler.reconcile(NS, "qs")
+    name = job_for(cluster, "full")
+    cluster.finish(name, "FAILED", "Failed", "ActorDiedError: the actor died unexpectedly")
+    cluster.pods[(NS, f"{name}-abcde")] = [{
+        "metadata": {"name": f"{name}-abcde-workers-worker-x"},
+        "status": {"containerStatuses": [{"name": "ray-worker", "state": {"terminated": {
+            "reason": "OOMKilled", "exitCode": 137, "finishedAt": "2025-01-01T00:01:00Z"}}}]},
+    }]
+    reconciler.reconcile(NS, "qs")
+    key = attempt_of(cluster.rayjobs[(NS, name)])
+    assert key is not None
+    row = rows(sessions)[key]
+    assert (row.status, row.oom_kind) == (TrialState.OOM, OOMKind.HOST)
+    assert "OOMKilled" in (row.error or "")
+
+
+def test_rayjob_deleted_behind_our_back_is_run_again(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", {**SPEC, "methods": ["full"]})
+    reconciler.reconcile(NS, "qs")
+    (name,) = cluster.jobs()
+    cluster.delete_rayjob(NS, name)
+    reconciler.reconcile(NS, "qs")
+    (again,) = cluster.jobs()
+    assert again.endswith("-2") and again[:-2] == name[:-2]
+    by_attempt = {k[1]: r for k, r in rows(sessions).items()}
+    assert by_attempt[1].status == TrialState.CANCELLED and "gone" in by_attempt[1].error
+    assert by_attempt[2].status == TrialState.PENDING
+    assert "RayJobLost" in cluster.reasons()
+
+
+def test_failure_is_retried_then_fails_the_lane(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", {**SPEC, "methods": ["full"]})  # retries: 1
+    reconciler.reconcile(NS, "qs")
+    for attempt in (1, 2):
+        (name,) = [n for n in cluster.jobs() if n.endswith(f"-{attempt}")]
+        cluster.finish(name, "FAILED", "Failed", "KeyError: 'x'")
+        reconciler.reconcile(NS, "qs")
+    assert len(cluster.jobs()) == 2
+    status = cluster.sweeps[(NS, "qs")]["status"]
+    assert status["phase"] == "Failed" and status["lanes"][0]["state"] == "failed"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Progressing"] == "False"
+
+
+def test_suspend_cancels_and_resume_relaunches(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", SPEC)
+    reconciler.reconcile(NS, "qs")
+    cluster.set_spec("qs", suspend=True)
+    reconciler.reconcile(NS, "qs")
+    assert cluster.jobs() == []
+    status = cluster.sweeps[(NS, "qs")]["status"]
+    assert status["phase"] == "Suspended" and status["observedGeneration"] == 2
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Suspended"]["status"] == "True"
+    assert all(r.status == TrialState.CANCELLED for r in rows(sessions).values())
+    cluster.set_spec("qs", suspend=False)
+    reconciler.reconcile(NS, "qs")
+    assert sorted(n[-2:] for n in cluster.jobs()) == ["-2", "-2"]
+
+
+def test_parallelism_is_honoured_live(cluster: FakeCluster, reconciler: Reconciler) -> None:
+    cluster.add_sweep("qs", {**SPEC, "parallelism": 1})
+    reconciler.reconcile(NS, "qs")
+    assert len(cluster.jobs()) == 1
+    cluster.set_spec("qs", parallelism=2)
+    reconciler.reconcile(NS, "qs")
+    assert len(cluster.jobs()) == 2
+
+
+def test_deletion_removes_rayjobs_and_keeps_results(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", SPEC)
+    reconciler.reconcile(NS, "qs")
+    done = job_for(cluster, "full")
+    write_result(sessions, cluster, done, status=TrialState.SUCCEEDED, best_eval_loss=0.3)
+    cluster.finish(done, "SUCCEEDED", "Complete")
+    cluster.sweeps[(NS, "qs")]["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    result = reconciler.reconcile(NS, "qs")
+    assert result is not None and result.remaining_rayjobs == 0
+    assert cluster.jobs() == []
+    states = sorted(r.status.value for r in rows(sessions).values())
+    assert states == ["cancelled", "succeeded"]
+    assert cluster.sweeps[(NS, "qs")]["status"]["phase"] == "Deleting"
+
+
+def test_orphans_of_an_older_sweep_are_deleted(cluster: FakeCluster,
+                                               reconciler: Reconciler) -> None:
+    cluster.add_sweep("qs", SPEC)
+    reconciler.reconcile(NS, "qs")
+    old = set(cluster.jobs())
+    cluster.add_sweep("qs", SPEC)  # same name, new uid: the old RayJobs are not its own
+    result = reconciler.reconcile(NS, "qs")
+    assert result is not None and sorted(result.deleted) == sorted(old)
+
+
+def test_rayjob_without_store_row_is_adopted(cluster: FakeCluster, sessions: Any,
+                                             tmp_path: Path) -> None:
+    cluster.add_sweep("qs", {**SPEC, "methods": ["full"]})
+    Reconciler(cluster, sessions).reconcile(NS, "qs")
+    (name,) = cluster.jobs()
+    # A fresh, empty store: the running RayJob is adopted, not launched again.
+    fresh = store.open_store(f"sqlite:///{tmp_path / 'other.db'}")
+    Reconciler(cluster, fresh).reconcile(NS, "qs")
+    assert cluster.jobs() == [name] and cluster.creates == 1
+    (row,) = rows(fresh).values()
+    assert row.rayjob_name == name
+
+
+def test_invalid_spec_is_reported_in_status(cluster: FakeCluster,
+                                            reconciler: Reconciler) -> None:
+    cluster.add_sweep("qs", {**SPEC, "execution": {"capacity": {"tpus": 1}}})
+    result = reconciler.reconcile(NS, "qs")
+    assert result is not None and result.invalid and "capacity" in result.invalid
+    status = cluster.sweeps[(NS, "qs")]["status"]
+    assert status["reason"] == "InvalidSpec" and "capacity" in status["message"]
+    assert cluster.jobs() == [] and "InvalidSpec" in cluster.reasons()
+    reconciler.reconcile(NS, "qs")
+    assert cluster.reasons().count("InvalidSpec") == 1
+
+
+def test_kick_runs_a_pass(cluster: FakeCluster, reconciler: Reconciler) -> None:
+    cluster.add_sweep("qs", SPEC)
+    reconciler.kick(NS, "qs")
+    assert len(cluster.jobs()) == 2
+    assert reconciler.reconcile(NS, "gone") is None

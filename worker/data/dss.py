@@ -1,0 +1,332 @@
+"""The DSS dataset: (input, label, rationale) triples, loaded strictly and split deterministically.
+
+A trial that starts training on a broken dataset wastes a GPU slot and then fails somewhere far
+from the cause, so `load_dss` validates every record before returning anything and names the
+exact file and line of the first problem. Files are streamed line by line with a hard per-line
+cap, so a gigantic or binary file is refused without being read whole into memory.
+
+This module must stay free of torch/transformers: the controller image imports it to validate
+a Sweep's dataset before any worker exists.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final, TypeVar
+
+__all__ = [
+    "BUILTIN_PREFIX",
+    "COLUMNS",
+    "MAX_LINE_BYTES",
+    "DSSExample",
+    "DatasetError",
+    "load_dss",
+    "split_train_eval",
+]
+
+#: Sources of this form name a generated dataset instead of a file.
+BUILTIN_PREFIX: Final = "builtin:"
+#: The three columns every record must carry, in the order CSV files are written.
+COLUMNS: Final = ("input", "label", "rationale")
+#: One physical line may not exceed this many bytes (newline excluded). Real records are a few
+#: KiB; anything near this size is a corrupt or wrong file, and the cap bounds memory use.
+MAX_LINE_BYTES: Final = 1024 * 1024
+
+_JSONL_SUFFIXES: Final = frozenset({".jsonl", ".json"})
+_CSV_SUFFIXES: Final = frozenset({".csv"})
+_DEFAULT_BUILTIN_SIZE: Final = 1000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DSSExample:
+    """One training example: the model sees `input` and learns `label` and `rationale` from it."""
+
+    input: str
+    label: str
+    rationale: str
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used, with the file, 1-based line and problem in the message.
+
+    The message reads `path:line: problem`, the format editors and CI annotators link to.
+    Problems with the file as a whole (missing, empty, unknown extension) point at line 1 so
+    the format never varies; `line` is None only for sources that are not files (an unknown
+    `builtin:` name).
+    """
+
+    def __init__(self, path: str, line: int | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions travel between Ray processes by pickle; the default reduce would call
+        # __init__ with the formatted message only and fail.
+        return (type(self), (self.path, self.line, self.problem))
+
+
+def load_dss(
+    source: str,
+    *,
+    labels_must_be_json: bool = True,
+    size: int | None = None,
+    preamble: str = "full",
+    seed: int = 0,
+) -> list[DSSExample]:
+    """Load a DSS dataset, refusing with `DatasetError` on the first invalid record.
+
+    `source` is `builtin:querydsl` (the synthetic generator: `size` examples, default 1000,
+    built with `preamble` and `seed`) or a path to a `.jsonl`/`.json` file (JSON Lines: one
+    object per line) or a `.csv` file with a header naming at least input, label and rationale
+    (extra columns are ignored). For files, `preamble` and `seed` do not apply; `size` keeps
+    the first `size` records, but only after the whole file has been validated, so a small
+    smoke run never hides a defect that the full run would hit.
+    """
+    if size is not None and size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    if source.startswith(BUILTIN_PREFIX):
+        return _load_builtin(source, size=size, preamble=preamble, seed=seed)
+
+    path = Path(source)
+    if not path.exists():
+        raise DatasetError(source, 1, "file not found")
+    if not path.is_file():
+        raise DatasetError(source, 1, "not a regular file")
+    suffix = path.suffix.lower()
+    if suffix not in _JSONL_SUFFIXES | _CSV_SUFFIXES:
+        known = ", ".join(sorted(_JSONL_SUFFIXES | _CSV_SUFFIXES))
+        raise DatasetError(
+            source, 1, f"unknown extension {path.suffix or '(none)'!r} (expected one of {known})"
+        )
+    if path.stat().st_size == 0:
+        raise DatasetError(source, 1, "file is empty")
+
+    try:
+        with path.open("rb") as handle:
+            if suffix in _CSV_SUFFIXES:
+                examples = _read_csv(source, handle, labels_must_be_json)
+            else:
+                examples = _read_jsonl(source, handle, labels_must_be_json)
+    except OSError as exc:
+        raise DatasetError(source, 1, f"cannot read file ({exc.strerror or exc})") from exc
+
+    if not examples:
+        raise DatasetError(source, 1, "file has no records")
+    return examples if size is None else examples[:size]
+
+
+def split_train_eval(
+    examples: Sequence[T], eval_fraction: float, split_seed: int
+) -> tuple[list[T], list[T]]:
+    """Split into (train, eval) the same way on every machine, run and process.
+
+    The split is a permutation drawn from `random.Random(split_seed)` (seeded from an int, so
+    it does not depend on PYTHONHASHSEED), with round(n * eval_fraction) examples, clamped to
+    [1, n - 1], going to eval. Each side keeps the original order, which makes the split easy
+    to inspect and keeps it identical whatever later code does with the lists.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be strictly between 0 and 1, got {eval_fraction}")
+    n = len(examples)
+    if n < 2:
+        raise ValueError(f"need at least 2 examples to split into train and eval, got {n}")
+    n_eval = min(max(int(n * eval_fraction + 0.5), 1), n - 1)
+    order = list(range(n))
+    random.Random(split_seed).shuffle(order)
+    eval_ids = set(order[:n_eval])
+    train = [ex for i, ex in enumerate(examples) if i not in eval_ids]
+    evaluation = [ex for i, ex in enumerate(examples) if i in eval_ids]
+    return train, evaluation
+
+
+# --- built-in datasets -----------------------------------------------------------------------
+
+
+def _load_builtin(source: str, *, size: int | None, preamble: str, seed: int) -> list[DSSExample]:
+    name = source[len(BUILTIN_PREFIX) :]
+    if name != "querydsl":
+        raise DatasetError(source, None, "unknown built-in dataset (known: builtin:querydsl)")
+    # Imported here: the generator is large and only needed for this source.
+    from worker.data.querydsl import generate_querydsl
+
+    try:
+        return generate_querydsl(
+            n=_DEFAULT_BUILTIN_SIZE if size is None else size, seed=seed, preamble=preamble
+        )
+    except ValueError as exc:
+        raise DatasetError(source, None, str(exc)) from exc
+
+
+# --- physical lines --------------------------------------------------------------------------
+
+
+def _lines(source: str, handle: IO[bytes]) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, decoded line with its line ending) from a binary stream.
+
+    Each read is capped at MAX_LINE_BYTES + 2 bytes (room for "\\r\\n"), so an over-long line
+    is detected after reading about 1 MiB of it rather than after buffering all of it.
+    """
+    number = 0
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES + 2)
+        if not raw:
+            return
+        number += 1
+        content = raw
+        if content.endswith(b"\n"):
+            content = content[:-1]
+            if content.endswith(b"\r"):
+                content = content[:-1]
+        if len(content) > MAX_LINE_BYTES:
+            raise DatasetError(source, number, f"line too long (more than {MAX_LINE_BYTES} bytes)")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # A UTF-8 byte order mark (spreadsheet exports) is not data.
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                source,
+                number,
+                f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+            ) from exc
+        yield number, text
+
+
+# --- JSON Lines ------------------------------------------------------------------------------
+
+
+def _read_jsonl(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list[DSSExample]:
+    examples: list[DSSExample] = []
+    hint = ""
+    if source.lower().endswith(".json"):
+        hint = " (.json files are read as JSON Lines: one object per line)"
+    for number, text in _lines(source, handle):
+        if not text.strip():
+            continue  # Blank lines (a trailing one especially) carry no record.
+        try:
+            record = json.loads(text, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise DatasetError(
+                source, number, f"line is not valid JSON ({_json_reason(exc)}){hint}"
+            ) from exc
+        if not isinstance(record, dict):
+            raise DatasetError(
+                source, number, f"line is not a JSON object (got {_json_type(record)}){hint}"
+            )
+        examples.append(_example(source, number, record, labels_must_be_json))
+    return examples
+
+
+# --- CSV -------------------------------------------------------------------------------------
+
+
+def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list[DSSExample]:
+    lines = _lines(source, handle)
+    # The csv module joins physical lines into records itself (quoted fields may span lines),
+    # so the number of the first physical line of each record is tracked through this feed.
+    last_line = 0
+
+    def feed() -> Iterator[str]:
+        nonlocal last_line
+        for number, text in lines:
+            last_line = number
+            yield text
+
+    reader = csv.reader(feed(), strict=True)
+    header: list[str] | None = None
+    columns: dict[str, int] = {}
+    examples: list[DSSExample] = []
+    record_start = 1
+    while True:
+        record_start = last_line + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DatasetError(source, record_start, f"malformed CSV ({exc})") from exc
+        if not row or all(not cell.strip() for cell in row):
+            continue  # Blank line between records.
+        if header is None:
+            header = [name.strip() for name in row]
+            missing = [name for name in COLUMNS if name not in header]
+            if missing:
+                raise DatasetError(
+                    source,
+                    record_start,
+                    f"header is missing column(s) {', '.join(missing)} "
+                    f"(found: {', '.join(header)})",
+                )
+            columns = {name: header.index(name) for name in COLUMNS}
+            continue
+        if len(row) != len(header):
+            raise DatasetError(
+                source,
+                record_start,
+                f"record has {len(row)} fields but the header has {len(header)}",
+            )
+        record = {name: row[index] for name, index in columns.items()}
+        examples.append(_example(source, record_start, record, labels_must_be_json))
+    if header is None:
+        raise DatasetError(source, 1, "file has no header")
+    if not examples:
+        raise DatasetError(source, 1, "file has no records (only a header)")
+    return examples
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+def _example(
+    source: str, line: int, record: dict[str, Any], labels_must_be_json: bool
+) -> DSSExample:
+    values: dict[str, str] = {}
+    for name in COLUMNS:
+        if name not in record:
+            raise DatasetError(source, line, f"missing column {name!r}")
+        value = record[name]
+        if not isinstance(value, str):
+            raise DatasetError(
+                source, line, f"column {name!r} must be a string, got {_json_type(value)}"
+            )
+        if not value.strip():
+            raise DatasetError(source, line, f"empty {name}")
+        values[name] = value
+    if labels_must_be_json:
+        try:
+            json.loads(values["label"], parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise DatasetError(
+                source, line, f"label is not valid JSON ({_json_reason(exc)})"
+            ) from exc
+    return DSSExample(input=values["input"], label=values["label"], rationale=values["rationale"])
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which are not JSON and which OpenSearch rejects.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_reason(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg}: line {exc.lineno} column {exc.colno}"
+    return str(exc)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    if type(value) in names:
+        return names[type(value)]
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__
