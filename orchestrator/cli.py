@@ -211,6 +211,7 @@ def run(
 ):
     """Run a sweep on this machine (local Ray runtime, SQLite by default), resuming if needed."""
     from orchestrator.backends.local import LocalRayBackend
+    from orchestrator.estimate import predicted_oom_fn
     from orchestrator.runner import LocalSweepRunner
 
     sweep = _load(file)
@@ -257,6 +258,7 @@ def run(
                 live.update(_status_view(sweep, status, progress, task))
 
             runner = LocalSweepRunner(sweep, backend, sessions, runs_dir, on_update=update,
+                                      predicted_oom=predicted_oom_fn(sweep.spec),
                                       metrics=metrics)
             status = runner.run()
     finally:
@@ -385,6 +387,100 @@ def crd() -> None:
     from orchestrator.crd import crd_manifest
 
     typer.echo(yaml.safe_dump(crd_manifest(), sort_keys=False, width=100), nl=False)
+
+
+@app.command()
+def controller(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Watch this namespace (repeat); default: all."),
+    ] = None,
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    db_secret: Annotated[
+        str,
+        typer.Option(help="Secret (name or name/key) giving trial pods LADDER_DB_URL; "
+                          "'' for none."),
+    ] = "ladder-db/url",
+    liveness: Annotated[
+        str, typer.Option(help="Liveness endpoint URL; '' to serve none.")
+    ] = "http://0.0.0.0:8080/healthz",
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig (default: in-cluster "
+                                                        "or $KUBECONFIG).")] = None,
+    peering: Annotated[str | None, typer.Option(help="Kopf peering name, for several "
+                                                     "replicas (needs Kopf's peering CRD).")]
+    = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the Kubernetes controller: Sweeps in, KubeRay RayJobs out."""
+    from orchestrator.operator.controller import ControllerOptions, run_controller
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run_controller(ControllerOptions(
+        db_url=db_url(db), namespaces=tuple(namespace or ()), db_secret=db_secret or None,
+        liveness=liveness or None, kubeconfig=kubeconfig, peering=peering,
+    ))
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Sweep YAML (one or more manifests).")],
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace "
+                                                  "(default: the manifest's, else the "
+                                                  "kubeconfig's).")] = None,
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig (default: $KUBECONFIG).")]
+    = None,
+    context: Annotated[str | None, typer.Option(help="Kubeconfig context.")] = None,
+) -> None:
+    """Validate a Sweep and apply it to the cluster (server-side apply)."""
+    from orchestrator.operator.controller import submit as apply_sweeps
+    from orchestrator.operator.kube import KubeError
+
+    try:
+        applied = apply_sweeps(file, namespace=namespace, kubeconfig=kubeconfig,
+                               context=context)
+    except SpecError as error:
+        errors.print(f"[red]✗ {error.source}: invalid Sweep[/red]")
+        for path, message in error.problems:
+            errors.print(f"  [bold]{path}[/bold]: {message}")
+        raise typer.Exit(1) from None
+    except (KubeError, OSError) as error:
+        errors.print(f"[red]✗ {error}[/red]")
+        raise typer.Exit(1) from None
+    for obj in applied:
+        meta = obj.get("metadata", {})
+        console.print(f"[green]✓[/green] sweep.ladder.dev/{meta.get('name')} applied in "
+                      f"namespace {meta.get('namespace')} (generation {meta.get('generation')})")
+
+
+@app.command()
+def report(
+    sweep: Annotated[str | None, typer.Argument(help="Sweep name (default: the store's only "
+                                                     "sweep).")] = None,
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    out: Annotated[Path, typer.Option(help="Directory for report.md, report.html and PNGs.")]
+    = Path("report"),
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="The sweep's "
+                                                  "namespace, where names repeat.")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Trials in Table 3.")] = 8,
+) -> None:
+    """Paper-style tables and figures of a sweep (Markdown and HTML), from the store alone."""
+    try:
+        from orchestrator.report import ReportError, write_report
+    except ImportError as error:
+        errors.print(f"[red]✗ {error}: install the report extra (pip install "
+                     "'ladder[report]')[/red]")
+        raise typer.Exit(1) from None
+    sessions = _open_store(db_url(db))
+    try:
+        written = write_report(sessions, out, sweep=sweep, namespace=namespace, top=top)
+    except ReportError as error:
+        errors.print(f"[red]✗ {error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"[green]✓[/green] wrote {written.markdown}, {written.html} and "
+                  f"{len(written.images)} figures")
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.spec import API_VERSION, KIND, MAX_SWEEP_NAME, SweepSpec
+from orchestrator.spec import API_VERSION, KIND, MAX_LIST, MAX_SWEEP_NAME, SweepSpec
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL, SINGULAR, SHORT_NAME = "sweeps", "sweep", "sw"
@@ -141,6 +141,9 @@ def spec_schema() -> dict[str, Any]:
     schema["x-kubernetes-validations"] = SPEC_RULES
     adapter = schema["properties"]["adapters"]["items"]
     adapter["x-kubernetes-validations"] = [ALPHA_RULE]
+    # Bound the overrides map, or the apiserver refuses the CEL rule that walks it as too
+    # costly ("estimated rule cost exceeds budget").
+    schema["properties"]["resources"]["properties"]["overrides"]["maxProperties"] = MAX_LIST
     return schema
 
 

@@ -1,9 +1,10 @@
 """Prometheus metrics of sweeps, served by `ladder run --metrics-port` and `ladder controller`.
 
 Two sources, one endpoint:
-- `StoreCollector` reads the store at scrape time: trials by state, every trial's figures
-  (best eval loss, samples/s, GPU and host memory, wall time, exact match, JSON validity),
-  lane ceilings, OOMs by kind, and the latest epoch of running trials. Workers write each
+- `StoreCollector` reads the store at scrape time: trials by state, finished attempts by
+  outcome, sweep progress, phase and last activity, every trial's figures (best eval loss,
+  samples/s, GPU and host memory, wall time, exact match, JSON validity), lane ceilings,
+  OOMs by kind, and the latest epoch of running trials. Workers write each
   epoch to the store as it ends, so live training figures reach Prometheus through the
   controller in both the local and the cluster setting, with no Pushgateway and no scrape
   target per Ray pod (see docs/observability.md). What Prometheus shows is what the store
@@ -11,7 +12,8 @@ Two sources, one endpoint:
 - Process metrics kept in memory: reconcile duration and trial launch latency histograms.
 
 Label sets are bounded by the grid (sweep, namespace, trial, lane, model, method, rank,
-alpha, dss_alpha, seed): no per-epoch labels and no free text (errors never become labels).
+alpha, dss_alpha, seed; per-trial result figures add the latest attempt's `state`): no
+per-epoch labels and no free text (errors never become labels).
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
+from orchestrator.grid import expand
 from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.plan import SweepPhase
 from orchestrator.results import latest_rows, sweep_from_row
 from orchestrator.runner import sweep_status
 
@@ -65,6 +70,8 @@ LIVE_FIGURES = (
      "Training samples per second in the last epoch."),
     ("ladder_trial_epoch_gpu_memory_bytes", "peak_gpu_memory_bytes",
      "Peak GPU memory in the last epoch (busiest device)."),
+    ("ladder_trial_epoch_host_memory_bytes", "peak_host_memory_bytes",
+     "Peak resident memory of a worker process in the last epoch."),
 )
 
 
@@ -76,6 +83,61 @@ def _trial_labels(row: store.TrialRow, sweep: store.SweepRow) -> list[str]:
     ]
 
 
+class _Families:
+    """The metric families of one scrape, filled sweep by sweep."""
+
+    def __init__(self) -> None:
+        self.trials = GaugeMetricFamily(
+            "ladder_trials", "Trials by the state of their latest attempt.",
+            labels=[*SWEEP_LABELS, "state"],
+        )
+        self.finished = CounterMetricFamily(
+            "ladder_trial_attempts_finished",
+            "Trial attempts that ended, by outcome (retried attempts included).",
+            labels=[*SWEEP_LABELS, "state"],
+        )
+        self.ooms = GaugeMetricFamily(
+            "ladder_trial_ooms", "Trials whose latest attempt ran out of memory, by kind.",
+            labels=[*SWEEP_LABELS, "kind"],
+        )
+        self.potential = GaugeMetricFamily(
+            "ladder_sweep_trials_potential",
+            "Trials of the grid (lanes x ladder): an upper bound, lanes stop at an OOM.",
+            labels=list(SWEEP_LABELS),
+        )
+        self.done = GaugeMetricFamily(
+            "ladder_sweep_trials_done",
+            "Trials with a final outcome (lanes that stopped count their skipped models).",
+            labels=list(SWEEP_LABELS),
+        )
+        self.phase = GaugeMetricFamily(
+            "ladder_sweep_phase", "1 for the sweep's current phase, 0 for the others.",
+            labels=[*SWEEP_LABELS, "phase"],
+        )
+        self.activity = GaugeMetricFamily(
+            "ladder_sweep_last_activity_timestamp_seconds",
+            "When a trial attempt of the sweep last changed (state, live epoch or result).",
+            labels=list(SWEEP_LABELS),
+        )
+        self.ceilings = GaugeMetricFamily(
+            "ladder_lane_ceiling_model_index",
+            "Ladder index of the largest model that fitted in the lane (-1: none yet).",
+            labels=[*LANE_LABELS, "model", "state"],
+        )
+        # `state` (of the latest attempt) lets paper forms keep to succeeded trials, while
+        # an OOM's peak memory or a failure's wall time stays visible.
+        self.figures = {name: GaugeMetricFamily(name, doc, labels=[*TRIAL_LABELS, "state"])
+                        for name, _, doc in TRIAL_FIGURES}
+        self.live = {name: GaugeMetricFamily(name, doc, labels=list(TRIAL_LABELS))
+                     for name, _, doc in LIVE_FIGURES}
+
+    def all(self) -> Iterator[Metric]:
+        yield from (self.trials, self.finished, self.ooms, self.potential, self.done,
+                    self.phase, self.activity, self.ceilings)
+        yield from self.figures.values()
+        yield from self.live.values()
+
+
 class StoreCollector(Collector):
     """Yields every sweep metric from the store, at scrape time."""
 
@@ -83,77 +145,65 @@ class StoreCollector(Collector):
         self.sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
-        trials = GaugeMetricFamily("ladder_trials", "Trials by the state of their latest "
-                                   "attempt.", labels=[*SWEEP_LABELS, "state"])
-        ooms = GaugeMetricFamily("ladder_trial_ooms", "Trials whose latest attempt ran out of "
-                                 "memory, by kind.", labels=[*SWEEP_LABELS, "kind"])
-        ceilings = GaugeMetricFamily(
-            "ladder_lane_ceiling_model_index",
-            "Ladder index of the largest model that fitted in the lane (-1: none yet).",
-            labels=[*LANE_LABELS, "model", "state"],
-        )
-        figures = {name: GaugeMetricFamily(name, doc, labels=list(TRIAL_LABELS))
-                   for name, _, doc in TRIAL_FIGURES}
-        live = {name: GaugeMetricFamily(name, doc, labels=list(TRIAL_LABELS))
-                for name, _, doc in LIVE_FIGURES}
+        families = _Families()
         try:
             with self.sessions() as session:
                 for sweep_row in store.list_sweeps(session):
                     rows = store.attempts(session, sweep_row.namespace, sweep_row.name,
                                           with_epochs=True)
-                    self._sweep(sweep_row, rows, trials, ooms, ceilings, figures, live)
+                    _sweep(sweep_row, rows, families)
         except Exception:
             log.exception("metrics: reading the store failed")
-        yield trials
-        yield ooms
-        yield ceilings
-        yield from figures.values()
-        yield from live.values()
+        yield from families.all()
 
-    def _sweep(self, sweep_row, rows, trials, ooms, ceilings, figures, live) -> None:
-        latest = latest_rows(rows)
-        states = Counter(TrialState(r.status) for r in latest)
-        for state in TrialState:
-            trials.add_metric([sweep_row.name, sweep_row.namespace, state.value],
-                              states.get(state, 0))
-        kinds = Counter(OOMKind(r.oom_kind) for r in latest if r.oom_kind)
-        for kind in OOMKind:
-            ooms.add_metric([sweep_row.name, sweep_row.namespace, kind.value],
-                            kinds.get(kind, 0))
-        for row in latest:
-            labels = _trial_labels(row, sweep_row)
-            for name, attribute, _ in TRIAL_FIGURES:
-                value = getattr(row, attribute)
+
+def _sweep(sweep_row: store.SweepRow, rows: list[store.TrialRow], out: _Families) -> None:
+    ids = [sweep_row.name, sweep_row.namespace]
+    latest = latest_rows(rows)
+    states = Counter(TrialState(r.status) for r in latest)
+    finished = Counter(TrialState(r.status) for r in rows if r.is_terminal)
+    for state in TrialState:
+        out.trials.add_metric([*ids, state.value], states.get(state, 0))
+        if state.is_terminal:
+            out.finished.add_metric([*ids, state.value], finished.get(state, 0))
+    kinds = Counter(OOMKind(r.oom_kind) for r in latest if r.oom_kind)
+    for kind in OOMKind:
+        out.ooms.add_metric([*ids, kind.value], kinds.get(kind, 0))
+    if rows:
+        out.activity.add_metric(ids, max(r.updated_at for r in rows).timestamp())
+    for row in latest:
+        labels = _trial_labels(row, sweep_row)
+        for name, attribute, _ in TRIAL_FIGURES:
+            value = getattr(row, attribute)
+            if value is not None:
+                out.figures[name].add_metric([*labels, TrialState(row.status).value],
+                                             float(value))
+        if TrialState(row.status) is TrialState.RUNNING and row.epochs:
+            last = max(row.epochs, key=lambda e: e.epoch)
+            for name, attribute, _ in LIVE_FIGURES:
+                value = getattr(last, attribute)
                 if value is not None:
-                    figures[name].add_metric(labels, float(value))
-            if TrialState(row.status) is TrialState.RUNNING and row.epochs:
-                last = max(row.epochs, key=lambda e: e.epoch)
-                for name, attribute, _ in LIVE_FIGURES:
-                    value = getattr(last, attribute)
-                    if value is not None:
-                        live[name].add_metric(labels, float(value))
-        if not sweep_row.spec:
-            return
-        sweep = sweep_from_row(sweep_row)
-        status = sweep_status(sweep, rows)
-        models = sweep.spec.ladder
-        lanes = {lane.name: lane for lane in _lanes(sweep)}
-        for lane_status in status.lanes:
-            lane = lanes[lane_status.name]
-            index = models.index(lane_status.ceiling_model) if lane_status.ceiling_model else -1
-            ceilings.add_metric(
-                [sweep.name, sweep.namespace, lane.name, lane.method.value,
-                 "" if lane.rank is None else str(lane.rank),
-                 "" if lane.alpha is None else str(lane.alpha), f"{lane.dss_alpha:g}",
-                 str(lane.seed), lane_status.ceiling_model or "", lane_status.state.value],
-                index,
-            )
-
-
-def _lanes(sweep):
-    from orchestrator.grid import expand
-
-    return expand(sweep).lanes
+                    out.live[name].add_metric(labels, float(value))
+    if not sweep_row.spec:
+        return
+    sweep = sweep_from_row(sweep_row)
+    status = sweep_status(sweep, rows)
+    out.potential.add_metric(ids, status.trials_total)
+    out.done.add_metric(ids, status.trials_done)
+    for phase in SweepPhase:
+        out.phase.add_metric([*ids, phase.value], float(phase is status.phase))
+    models = sweep.spec.ladder
+    lanes = {lane.name: lane for lane in expand(sweep).lanes}
+    for lane_status in status.lanes:
+        lane = lanes[lane_status.name]
+        index = models.index(lane_status.ceiling_model) if lane_status.ceiling_model else -1
+        out.ceilings.add_metric(
+            [*ids, lane.name, lane.method.value,
+             "" if lane.rank is None else str(lane.rank),
+             "" if lane.alpha is None else str(lane.alpha), f"{lane.dss_alpha:g}",
+             str(lane.seed), lane_status.ceiling_model or "", lane_status.state.value],
+            index,
+        )
 
 
 @dataclass
@@ -178,5 +228,7 @@ class LadderMetrics:
     def watch_store(self, sessions: sessionmaker[Session]) -> None:
         self.registry.register(StoreCollector(sessions))
 
-    def serve(self, port: int, address: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=address, registry=self.registry)
+    def serve(self, port: int, address: str = "127.0.0.1") -> WSGIServer:
+        """Serve /metrics from a daemon thread; `shutdown()` the returned server to stop."""
+        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        return server

@@ -58,6 +58,7 @@ __all__ = [
     "ensure_sweep",
     "epochs_of",
     "error_excerpt",
+    "head_revisions",
     "is_transient",
     "list_sweeps",
     "mark_attempt",

@@ -18,7 +18,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -130,7 +130,7 @@ def _upgrade_sqlite(connection: Connection) -> None:
         # BEGIN IMMEDIATE takes SQLite's write lock up front (waiting up to busy_timeout), so
         # concurrent migrations run one after another, each inside one transaction: the second
         # finds the schema at head and does nothing.
-        pass
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
         try:
             command.upgrade(alembic_config(connection), "head")
             violations = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
@@ -149,7 +149,7 @@ def _upgrade_postgresql(connection: Connection) -> None:
     with connection.begin():
         # A transaction-scoped advisory lock: concurrent migrators queue here, and PostgreSQL's
         # transactional DDL makes the whole upgrade atomic; the lock goes with the commit.
-        pass
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         command.upgrade(alembic_config(connection), "head")
 
 
@@ -198,7 +198,11 @@ def open_store(url: str | URL | None = None) -> sessionmaker[Session]:
             # (closing would tear down sockets the parent still uses).
             engine.dispose(close=False)
         engine = create_store_engine(key)
-        migrate(engine)
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         factory = session_factory(engine)
         _stores[key] = (os.getpid(), engine, factory)
         return factory

@@ -31,7 +31,14 @@ VERSION_DIR="$CACHE_ROOT/$K8S_VERSION"
 BIN_DIR="$VERSION_DIR/bin"
 STAMP="$BIN_DIR/.stamp"
 JOBS="${LADDER_CP_JOBS:-2}"
-LDFLAGS='-s -w'
+# Without -X the binaries report gitVersion v0.0.0-master; stamp the release
+# the way hack/lib/version.sh does (commit and build date are left unset).
+k8s_minor="${K8S_VERSION#v1.}"; k8s_minor="${k8s_minor%%.*}"
+LDFLAGS="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+  LDFLAGS+=" -X $pkg.gitTreeState=clean"
+done
 BINARIES=(etcd kube-apiserver kubectl)
 
 # The stamp ties the binaries to the exact module graph and build flags.

@@ -6,13 +6,13 @@
 // local ./staging path and requires them at v0.0.0. Those replaces do not
 // apply to us, so each staging module is replaced here with the published
 // v0.<minor>.<patch> tag matching the kubernetes release (v1.37.2 -> v0.37.2).
-// The list comes from the replace block of k8s.io/kubernetes@v1.37.2's go.mod
-// (staging/src/k8s.io/*). k8s.io/sample-cli-plugin and k8s.io/sample-controller
-// are the two staging modules that kubernetes itself does not require and the
-// module proxy does not serve at v0.37.2, so they are left out.
+// The list comes from the replace block of k8s.io/kubernetes's own go.mod
+// (./staging/src/k8s.io/*): 33 modules at v1.37.2, of which
+// k8s.io/sample-cli-plugin and k8s.io/sample-controller are neither required by
+// kubernetes nor served by the module proxy at v0.37.2, so they are left out.
 //
-// To move to another release: change K8S_VERSION in build.sh, then run
-//   ./update-go-mod.sh v1.NN.P
+// To move to another release (rewrites this file and go.sum):
+//   bash update-go-mod.sh v1.MINOR.PATCH
 module ladder.local/tests/k8s/controlplane
 
 go 1.26.0

@@ -36,15 +36,24 @@ SPEC: dict[str, Any] = {
 }
 
 
+def pruned(value: Any) -> Any:
+    """What the API server stores: null fields pruned (they are not nullable in the CRD)."""
+    if isinstance(value, Mapping):
+        return {k: pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [pruned(v) for v in value]
+    return copy.deepcopy(value)
+
+
 def merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
-    """RFC 7386 merge patch."""
+    """RFC 7386 merge patch, then pruning as the API server does."""
     for key, value in patch.items():
         if value is None:
             target.pop(key, None)
         elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
             merge(target[key], value)
         else:
-            target[key] = copy.deepcopy(value)
+            target[key] = pruned(value)
 
 
 class FakeCluster:
@@ -227,7 +236,7 @@ def test_running_then_worker_result_wins_over_rayjob_status(
     lanes = {lane["name"]: lane for lane in cluster.sweeps[(NS, "qs")]["status"]["lanes"]}
     full = next(lane for n, lane in lanes.items() if n.startswith("full"))
     assert full["state"] == "capped" and full["oomKind"] == "budget"
-    assert full["ceiling"] is None and full["stoppedAt"] == "ladder/t5-tiny-s"
+    assert "ceiling" not in full and full["stoppedAt"] == "ladder/t5-tiny-s"
     # Announced once only.
     reconciler.reconcile(NS, "qs")
     assert cluster.reasons().count("TrialOOM") == 1
@@ -396,3 +405,19 @@ def test_kick_runs_a_pass(cluster: FakeCluster, reconciler: Reconciler) -> None:
     reconciler.kick(NS, "qs")
     assert len(cluster.jobs()) == 2
     assert reconciler.reconcile(NS, "gone") is None
+
+
+def test_resource_changes_apply_to_later_launches(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", {**SPEC, "methods": ["full"]})
+    reconciler.reconcile(NS, "qs")
+    (first,) = cluster.jobs()
+    cluster.set_spec("qs", resources={"workers": 2, "gpusPerWorker": 1})
+    write_result(sessions, cluster, first, status=TrialState.SUCCEEDED, best_eval_loss=1.0)
+    reconciler.reconcile(NS, "qs")
+    (second,) = [n for n in cluster.jobs() if n != first]
+    group = cluster.rayjobs[(NS, second)]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == 2
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"

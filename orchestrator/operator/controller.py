@@ -1,0 +1,135 @@
+"""Starting the controller (`ladder controller`) and applying Sweeps (`ladder submit`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.spec import SpecError, load_sweep_text, sweep_manifest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB_SECRET = "ladder-db/url"
+DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+@dataclass
+class ControllerOptions:
+    """What `ladder controller` takes."""
+
+    db_url: str
+    namespaces: Sequence[str] = ()
+    db_secret: str | None = DEFAULT_DB_SECRET
+    liveness: str | None = DEFAULT_LIVENESS
+    kubeconfig: str | None = None
+    peering: str | None = None
+    workers: int = 8
+
+
+def run_controller(
+    options: ControllerOptions,
+    *,
+    stop_flag: threading.Event | None = None,
+    ready_flag: threading.Event | None = None,
+) -> None:
+    """Run the Kopf operator until stopped (SIGINT/SIGTERM, or `stop_flag`)."""
+    import kopf
+
+    import orchestrator.operator.handlers  # noqa: F401 (registers the handlers)
+    from orchestrator import store
+    from orchestrator.operator.kube import Kube, load_config
+    from orchestrator.operator.manifests import SecretRef
+    from orchestrator.operator.reconcile import Reconciler
+
+    sessions = store.open_store(options.db_url)
+    api = load_config(options.kubeconfig)
+    secret = SecretRef.parse(options.db_secret) if options.db_secret else None
+    reconciler = Reconciler(Kube(api), sessions, db_secret=secret)
+    memo = kopf.Memo(
+        reconciler=reconciler,
+        peering=options.peering is not None,
+        peering_name=options.peering,
+        clusterwide=not options.namespaces,
+        workers=options.workers,
+    )
+    log.info(
+        "Ladder controller: %s, store %s",
+        f"namespaces {', '.join(options.namespaces)}" if options.namespaces else "all namespaces",
+        store.redact_url(options.db_url),
+    )
+
+    if options.kubeconfig is not None:
+        # Kopf logs in through the kubernetes client's defaults, which read $KUBECONFIG.
+        os.environ["KUBECONFIG"] = options.kubeconfig
+    kopf.run(
+        clusterwide=not options.namespaces,
+        namespaces=list(options.namespaces),
+        standalone=options.peering is None,
+        peering_name=options.peering,
+        liveness_endpoint=options.liveness,
+        memo=memo,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+def manifests_of(text: str, *, source: str, namespace: str | None,
+                 default_name: str | None = None) -> list[dict[str, Any]]:
+    """The Sweep manifests in a YAML text (one or more documents), validated, ready to apply.
+
+    What the user wrote is applied as written (server-side apply then owns only those
+    fields, and the API server fills in the defaults); a bare spec becomes a manifest.
+    Raises SpecError naming the bad field.
+    """
+    out: list[dict[str, Any]] = []
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        raise SpecError(source, [("file", f"not valid YAML: {error}")]) from None
+    if not documents:
+        raise SpecError(source, [("spec", "the file is empty")])
+    for document in documents:
+        sweep = load_sweep_text(yaml.safe_dump(document), source=source,
+                                default_name=default_name)
+        if isinstance(document, Mapping) and "kind" in document:
+            manifest = dict(document)
+            manifest["metadata"] = dict(manifest.get("metadata") or {})
+        else:
+            manifest = sweep_manifest(sweep)
+        ns = namespace or manifest["metadata"].get("namespace")
+        written = manifest["metadata"].get("namespace")
+        if namespace and written not in (None, namespace):
+            message = f"is {written!r} but --namespace is {namespace!r}"
+            raise SpecError(source, [("metadata.namespace", message)])
+        manifest["metadata"]["namespace"] = ns
+        out.append(manifest)
+    return out
+
+
+def submit(
+    path: Path,
+    *,
+    namespace: str | None = None,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+) -> list[dict[str, Any]]:
+    """Server-side apply the Sweep(s) in `path`; returns the objects as stored."""
+    from orchestrator.operator.kube import Kube, default_namespace, load_config
+
+    text = path.read_text(encoding="utf-8")
+    stem = path.stem.lower()
+    manifests = manifests_of(text, source=str(path), namespace=namespace, default_name=stem)
+    fallback = default_namespace(kubeconfig, context)
+    kube = Kube(load_config(kubeconfig, context))
+    applied = []
+    for manifest in manifests:
+        manifest["metadata"]["namespace"] = manifest["metadata"].get("namespace") or fallback
+        applied.append(kube.apply_sweep(manifest))
+    return applied

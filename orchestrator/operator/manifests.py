@@ -1,0 +1,581 @@
+"""Pure builders and readers of the KubeRay objects the controller manages. No I/O.
+
+In the manner of KubeRay's `controllers/ray/common/`: every function here turns values into
+Kubernetes objects (plain dicts, as the API speaks them) or reads values out of them, so the
+rules are unit-tested without a cluster.
+
+How a trial attempt becomes a RayJob (`ray.io/v1`, KubeRay v1.7):
+
+- name `<sweep>-<trial id>-<attempt>` (`rayjob_name`): deterministic, so creating twice is a
+  409 and never a second job; the Ray job's submission id (`spec.jobId`) is the same name;
+- labels `app.kubernetes.io/managed-by=ladder`, `ladder.dev/sweep`, `ladder.dev/lane`,
+  `ladder.dev/trial`, `ladder.dev/attempt` on the RayJob and on its pods' templates; an
+  owner reference to the Sweep (controller, blockOwnerDeletion);
+- the entrypoint is the worker contract, `python -m worker run --trial FILE`. The trial JSON
+  travels inline in the Ray job's runtime environment, as the env var `LADDER_TRIAL_JSON`
+  (`runtimeEnvYAML`), and the entrypoint writes it to FILE first
+  (`printenv LADDER_TRIAL_JSON > FILE`): no ConfigMap, no shared volume, no shell quoting of
+  JSON, and the worker sees exactly the contract it has everywhere else;
+- `LADDER_DB_URL` (the store, with its password) never goes into the RayJob: runtime envs
+  are plain text. It is an env var with `valueFrom.secretKeyRef` on the head and worker
+  containers (`execution.dbSecret`, or the controller's `--db-secret`). With
+  `execution.clusterSelector` (a standing RayCluster) the pods are not ours, so that
+  cluster's pods must carry `LADDER_DB_URL` themselves;
+- the cluster is either a per-trial RayCluster built from `spec.execution` (image, head,
+  one worker group with `replicas = resources.workers` and `nvidia.com/gpu` limits =
+  `gpusPerWorker`, volumes, ...), deleted when the job ends (`shutdownAfterJobFinishes`,
+  `ttlSecondsAfterFinished`), or a standing one picked by `execution.clusterSelector`.
+
+`ExecutionConfig` documents every `spec.execution` key the controller reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from orchestrator.grid import Trial
+from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.outcome import classify_text, excerpt
+from orchestrator.scheduler import Capacity
+from orchestrator.spec import API_VERSION, KIND, Sweep
+from orchestrator.trial import TrialSpec
+
+RAY_API_VERSION = "ray.io/v1"
+RAYJOB_KIND = "RayJob"
+RAY_GROUP, RAY_VERSION = RAY_API_VERSION.split("/")
+RAYJOB_PLURAL = "rayjobs"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "ladder"
+LABEL_SWEEP = "ladder.dev/sweep"
+LABEL_LANE = "ladder.dev/lane"
+LABEL_TRIAL = "ladder.dev/trial"
+LABEL_ATTEMPT = "ladder.dev/attempt"
+LABEL_METHOD = "ladder.dev/method"
+ANNOTATION_MODEL = "ladder.dev/model"
+# KubeRay labels every pod of a RayCluster with the cluster's name.
+LABEL_RAY_CLUSTER = "ray.io/cluster"
+
+TRIAL_JSON_ENV = "LADDER_TRIAL_JSON"
+DB_URL_ENV = "LADDER_DB_URL"
+DEFAULT_IMAGE = "ghcr.io/ladder-dev/ladder-worker:0.1.0"
+DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
+DEFAULT_TTL_SECONDS = 600
+GPU_RESOURCE = "nvidia.com/gpu"
+HEAD_CONTAINER = "ray-head"
+WORKER_CONTAINER = "ray-worker"
+WORKER_GROUP = "workers"
+# Without an explicit capacity the controller leaves packing to the cluster and only
+# `parallelism` bounds how many trials run at once.
+UNBOUNDED = Capacity(gpus=1_000_000, cpus=1_000_000)
+
+MAX_NAME = 63  # a DNS-1123 label (RayJob names become Job, Service and label values)
+MAX_LABEL_VALUE = 63
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+# --- spec.execution -------------------------------------------------------------------------
+
+
+class _Config(BaseModel):
+    # Unknown keys are ignored, not refused: `execution` is shared with other backends.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+class SecretRef(_Config):
+    """A key of a Secret in the Sweep's namespace."""
+
+    name: str = Field(min_length=1)
+    key: str = Field("url", min_length=1)
+
+    @classmethod
+    def parse(cls, text: str) -> SecretRef:
+        """`name` or `name/key` (the controller's `--db-secret`)."""
+        name, _, key = text.partition("/")
+        return cls(name=name, key=key or "url")
+
+
+class PodShape(_Config):
+    """Resources of the head pod, or of each worker pod (CPU defaults to cpusPerWorker)."""
+
+    cpu: str | int | None = None
+    memory: str | None = None
+    resources: dict[str, str | int] = Field(
+        default_factory=dict, description="Extra limits, e.g. {'ephemeral-storage': '50Gi'}."
+    )
+
+
+class ExecutionConfig(_Config):
+    """The `spec.execution` keys the Kubernetes controller reads (all optional)."""
+
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str | None = None
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    service_account_name: str | None = None
+    ray_version: str | None = None
+    python: str = Field("python", description="The interpreter in the image.")
+    cluster_selector: dict[str, str] | None = Field(
+        None, description="Run on a standing RayCluster (e.g. {'ray.io/cluster': 'gpus'})."
+    )
+    head: PodShape = PodShape(cpu="1", memory="4Gi")
+    worker: PodShape = PodShape(memory="16Gi")
+    env: list[dict[str, Any]] = Field(default_factory=list, description="Extra container env.")
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    shared_memory: str | None = Field("2Gi", description="/dev/shm size (emptyDir, Memory).")
+    output_dir: str = Field(DEFAULT_OUTPUT_DIR, description="Trial outputs inside the pods.")
+    db_secret: SecretRef | None = Field(None, description="Secret holding LADDER_DB_URL.")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="More Ray runtime_env (pip, working_dir, env_vars)."
+    )
+    ttl_seconds_after_finished: int = Field(DEFAULT_TTL_SECONDS, ge=0)
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    capacity: dict[str, int] | None = Field(
+        None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
+    )
+
+    @field_validator("capacity")
+    @classmethod
+    def _capacity_keys(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and not set(value) <= {"gpus", "cpus"}:
+            raise ValueError(f"capacity takes gpus and cpus, got {sorted(value)}")
+        return value
+
+
+def execution_config(sweep: Sweep) -> ExecutionConfig:
+    """The controller's view of `spec.execution` (raises pydantic's ValidationError)."""
+    return ExecutionConfig.model_validate(sweep.spec.execution)
+
+
+def sweep_capacity(config: ExecutionConfig) -> Capacity:
+    """`execution.capacity`, else unbounded (only `parallelism` limits the sweep)."""
+    if config.capacity is None:
+        return UNBOUNDED
+    return Capacity(
+        gpus=config.capacity.get("gpus", UNBOUNDED.gpus),
+        cpus=config.capacity.get("cpus", UNBOUNDED.cpus),
+    )
+
+
+# --- names and labels ------------------------------------------------------------------------
+
+
+def _digest(text: str, length: int = 6) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def rayjob_name(sweep: str, trial_id: str, attempt: int) -> str:
+    """`<sweep>-<trial id>-<attempt>`: deterministic, a DNS-1123 label, at most 63 characters.
+
+    Sweep names are at most 40 characters (the CRD enforces it), so the plain form always
+    fits; a longer name (not admitted by the CRD) is shortened with a hash of the whole, so
+    the result stays unique and deterministic.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt numbers start at 1, got {attempt}")
+    suffix = f"-{trial_id}-{attempt}"
+    name = f"{sweep}{suffix}"
+    if len(name) <= MAX_NAME:
+        return name
+    keep = MAX_NAME - len(suffix) - 7
+    return f"{sweep[:keep].rstrip('-')}-{_digest(name)}{suffix}"
+
+
+def is_dns_label(name: str) -> bool:
+    return len(name) <= MAX_NAME and bool(_DNS_LABEL.match(name))
+
+
+def label_value(value: str) -> str:
+    """A valid label value for `value`: itself when it is one, else a sanitized, hashed form."""
+    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+        return value
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("-_.")
+    keep = MAX_LABEL_VALUE - 7
+    return f"{cleaned[:keep].rstrip('-_.')}-{_digest(value)}".lstrip("-")
+
+
+def sweep_labels(sweep: str) -> dict[str, str]:
+    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_SWEEP: label_value(sweep)}
+
+
+def sweep_selector(sweep: str) -> str:
+    """The label selector of everything Ladder created for a sweep."""
+    return ",".join(f"{key}={value}" for key, value in sweep_labels(sweep).items())
+
+
+def trial_labels(sweep: str, trial: Trial, attempt: int) -> dict[str, str]:
+    return {
+        **sweep_labels(sweep),
+        LABEL_LANE: label_value(trial.lane.name),
+        LABEL_TRIAL: trial.trial_id,
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_METHOD: trial.lane.method.value,
+    }
+
+
+def owner_reference(sweep: str, owner_uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": sweep,
+        "uid": owner_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def attempt_of(rayjob: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(trial id, attempt) from a RayJob's labels; None when they are missing or malformed."""
+    labels = (rayjob.get("metadata") or {}).get("labels") or {}
+    trial_id, attempt = labels.get(LABEL_TRIAL), labels.get(LABEL_ATTEMPT)
+    if not trial_id or not attempt or not str(attempt).isdigit() or int(attempt) < 1:
+        return None
+    return trial_id, int(attempt)
+
+
+def owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid for ref in refs)
+
+
+# --- the RayJob ------------------------------------------------------------------------------
+
+
+def trial_output_dir(config: ExecutionConfig, sweep: str, trial_id: str, attempt: int) -> str:
+    """Where the worker writes inside the pod (trial file, logs, checkpoints)."""
+    return f"{config.output_dir.rstrip('/')}/{sweep}/{trial_id}/{attempt}"
+
+
+def entrypoint(spec: TrialSpec, config: ExecutionConfig) -> str:
+    """The worker contract, after writing the inline trial JSON to the trial file."""
+    trial_file = f"{spec.output_dir.rstrip('/')}/trial.json"
+    return (
+        f"mkdir -p {shlex.quote(spec.output_dir)} && "
+        f"printenv {TRIAL_JSON_ENV} > {shlex.quote(trial_file)} && "
+        f"{shlex.join([config.python, '-m', 'worker', 'run', '--trial', trial_file])}"
+    )
+
+
+def runtime_env(spec: TrialSpec, config: ExecutionConfig) -> dict[str, Any]:
+    """The Ray job's runtime env: the trial JSON inline, plus `execution.runtimeEnv`."""
+    extra = dict(config.runtime_env)
+    env_vars = {str(k): str(v) for k, v in (extra.pop("env_vars", None) or {}).items()}
+    env_vars.update({
+        TRIAL_JSON_ENV: spec.model_dump_json(by_alias=True),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return {**extra, "env_vars": env_vars}
+
+
+def _quantity(value: str | int) -> str:
+    return str(value)
+
+
+def _resources(cpu: str | int | None, memory: str | None, extra: Mapping[str, Any],
+               gpus: int = 0) -> dict[str, dict[str, str]]:
+    requests: dict[str, str] = {}
+    if cpu is not None:
+        requests["cpu"] = _quantity(cpu)
+    if memory is not None:
+        requests["memory"] = memory
+    limits = dict(requests)
+    limits.update({k: _quantity(v) for k, v in extra.items()})
+    if gpus > 0:
+        limits[GPU_RESOURCE] = str(gpus)  # extended resources: requests default to limits
+    out: dict[str, dict[str, str]] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _container_env(config: ExecutionConfig, db_secret: SecretRef | None) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if db_secret is not None:
+        env.append({
+            "name": DB_URL_ENV,
+            "valueFrom": {"secretKeyRef": {"name": db_secret.name, "key": db_secret.key}},
+        })
+    env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    names = {item["name"] for item in env}
+    env += [dict(item) for item in config.env if item.get("name") not in names]
+    return env
+
+
+def _pod_template(
+    container: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    config: ExecutionConfig,
+    db_secret: SecretRef | None,
+    resources: dict[str, dict[str, str]],
+) -> dict[str, Any]:
+    mounts = [dict(m) for m in config.volume_mounts]
+    volumes = [dict(v) for v in config.volumes]
+    if config.shared_memory:
+        volumes.append(
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shared_memory}}
+        )
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    body: dict[str, Any] = {"name": container, "image": config.image}
+    if config.image_pull_policy:
+        body["imagePullPolicy"] = config.image_pull_policy
+    body["env"] = _container_env(config, db_secret)
+    if resources:
+        body["resources"] = resources
+    if mounts:
+        body["volumeMounts"] = mounts
+    pod: dict[str, Any] = {"containers": [body]}
+    if volumes:
+        pod["volumes"] = volumes
+    if config.service_account_name:
+        pod["serviceAccountName"] = config.service_account_name
+    if config.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
+    if config.node_selector:
+        pod["nodeSelector"] = dict(config.node_selector)
+    if config.tolerations:
+        pod["tolerations"] = [dict(t) for t in config.tolerations]
+    return {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod}
+
+
+def ray_cluster_spec(
+    trial: Trial,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    config: ExecutionConfig,
+    db_secret: SecretRef | None,
+) -> dict[str, Any]:
+    """A RayCluster for one trial: a head, and one worker pod per Ray Train worker."""
+    shape = trial.resources
+    head = config.head
+    head_resources = _resources(head.cpu, head.memory, head.resources)
+    worker = config.worker
+    worker_cpu = worker.cpu if worker.cpu is not None else shape.cpus_per_worker
+    worker_resources = _resources(
+        worker_cpu, worker.memory, worker.resources, gpus=shape.gpus_per_worker
+    )
+    cluster: dict[str, Any] = {}
+    if config.ray_version:
+        cluster["rayVersion"] = config.ray_version
+    cluster["headGroupSpec"] = {
+        # The head runs the driver only; GPUs are on the workers.
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+        "template": _pod_template(
+            HEAD_CONTAINER, labels, annotations, config, db_secret, head_resources
+        ),
+    }
+    cluster["workerGroupSpecs"] = [
+        {
+            "groupName": WORKER_GROUP,
+            "replicas": shape.workers,
+            "minReplicas": shape.workers,
+            "maxReplicas": shape.workers,
+            "rayStartParams": {},
+            "template": _pod_template(
+                WORKER_CONTAINER, labels, annotations, config, db_secret, worker_resources
+            ),
+        }
+    ]
+    return cluster
+
+
+def rayjob_manifest(
+    sweep: Sweep,
+    trial: Trial,
+    spec: TrialSpec,
+    *,
+    owner_uid: str,
+    db_url_secret: SecretRef | None = None,
+    config: ExecutionConfig | None = None,
+) -> dict[str, Any]:
+    """The RayJob that runs one attempt of one trial (`spec` is its resolved payload).
+
+    `db_url_secret` is the controller's default Secret for `LADDER_DB_URL`;
+    `execution.dbSecret` overrides it per sweep.
+    """
+    config = config if config is not None else execution_config(sweep)
+    db_secret = config.db_secret or db_url_secret
+    name = rayjob_name(sweep.name, trial.trial_id, spec.attempt)
+    labels = trial_labels(sweep.name, trial, spec.attempt)
+    annotations = {ANNOTATION_MODEL: trial.model}
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": labels,
+        "annotations": annotations,
+        "ownerReferences": [owner_reference(sweep.name, owner_uid)],
+    }
+    if sweep.namespace:
+        metadata["namespace"] = sweep.namespace
+    body: dict[str, Any] = {
+        "entrypoint": entrypoint(spec, config),
+        "runtimeEnvYAML": yaml.safe_dump(runtime_env(spec, config), sort_keys=True, width=10**6),
+        "jobId": name,
+        "submissionMode": "K8sJobMode",
+        "backoffLimit": 0,  # Ladder retries (escalation.retries) as new attempts
+        "metadata": {
+            LABEL_SWEEP: sweep.name,
+            LABEL_TRIAL: trial.trial_id,
+            LABEL_ATTEMPT: str(spec.attempt),
+            ANNOTATION_MODEL: trial.model,
+        },
+    }
+    if config.active_deadline_seconds is not None:
+        body["activeDeadlineSeconds"] = config.active_deadline_seconds
+    if config.cluster_selector:
+        # A standing cluster: KubeRay refuses shutdownAfterJobFinishes with a selector.
+        body["clusterSelector"] = dict(config.cluster_selector)
+    else:
+        body["shutdownAfterJobFinishes"] = True
+        body["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
+        body["rayClusterSpec"] = ray_cluster_spec(trial, labels, annotations, config, db_secret)
+    return {"apiVersion": RAY_API_VERSION, "kind": RAYJOB_KIND, "metadata": metadata, "spec": body}
+
+
+def decode_trial(rayjob: Mapping[str, Any]) -> TrialSpec | None:
+    """The TrialSpec a RayJob carries (from its runtimeEnvYAML), if it is one of ours."""
+    text = (rayjob.get("spec") or {}).get("runtimeEnvYAML")
+    if not text:
+        return None
+    try:
+        env = yaml.safe_load(text) or {}
+        payload = (env.get("env_vars") or {}).get(TRIAL_JSON_ENV)
+        return None if payload is None else TrialSpec.model_validate(json.loads(payload))
+    except (yaml.YAMLError, ValueError, AttributeError):
+        return None
+
+
+# --- reading a RayJob's outcome -------------------------------------------------------------
+
+JOB_SUCCEEDED, JOB_FAILED, JOB_STOPPED, JOB_RUNNING = "SUCCEEDED", "FAILED", "STOPPED", "RUNNING"
+DEPLOYMENT_COMPLETE, DEPLOYMENT_FAILED = "Complete", "Failed"
+DEPLOYMENT_RUNNING = "Running"
+_EXIT_CODE = re.compile(r"exit(?:ed with)? code:? (-?\d+)", re.IGNORECASE)
+OOM_EXIT_CODE = 3
+
+
+def cluster_name(rayjob: Mapping[str, Any]) -> str | None:
+    """The RayCluster the job runs on (KubeRay's status, or the selector's cluster)."""
+    status = rayjob.get("status") or {}
+    if status.get("rayClusterName"):
+        return str(status["rayClusterName"])
+    selector = (rayjob.get("spec") or {}).get("clusterSelector") or {}
+    return selector.get(LABEL_RAY_CLUSTER)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _terminations(pod: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    status = pod.get("status") or {}
+    found = []
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(key) or []:
+            for state_key in ("state", "lastState"):
+                terminated = (container.get(state_key) or {}).get("terminated")
+                if terminated:
+                    found.append((str(container.get("name", "?")), terminated))
+    return found
+
+
+def host_oom(pods: Sequence[Mapping[str, Any]], since: datetime | None = None) -> str | None:
+    """Why a pod of the job's cluster ran out of host memory, if one did (after `since`).
+
+    A container terminated (now or in its last state) with reason OOMKilled, or a pod
+    evicted for memory pressure. `since` (the RayJob's start) ignores older kills on a
+    standing cluster.
+    """
+    for pod in pods:
+        pod_name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        for container, terminated in _terminations(pod):
+            if terminated.get("reason") != "OOMKilled":
+                continue
+            finished = _parse_time(terminated.get("finishedAt"))
+            if since is not None and finished is not None and finished < since:
+                continue
+            code = terminated.get("exitCode")
+            tail = f" (exit code {code})" if code is not None else ""
+            return f"pod {pod_name} container {container} was OOMKilled{tail}"
+        if status.get("reason") == "Evicted" and "memory" in str(status.get("message", "")):
+            return f"pod {pod_name} was evicted: {status.get('message')}"
+    return None
+
+
+def outcome_from_rayjob(
+    rayjob: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]] = (),
+    *,
+    budget_set: bool = False,
+) -> tuple[TrialState, OOMKind | None, str] | None:
+    """How a RayJob's attempt ended, from KubeRay's status and its cluster's pods.
+
+    None while the job is still going. Otherwise (state, oom kind, reason):
+    - `jobStatus` SUCCEEDED: succeeded;
+    - STOPPED: cancelled (someone stopped the Ray job);
+    - FAILED, or `jobDeploymentStatus` Failed (submission failed, deadline exceeded, ...):
+      a host OOM when a pod of the cluster was OOMKilled or evicted for memory, else the
+      status message is classified (`outcome.classify_text`: a CUDA OOM is `oom/gpu`, our
+      budget exception `oom/budget`), else the worker's exit code 3 means an OOM of unknown
+      kind, else failed.
+    The worker's own result (in the store) is more precise and is read before this.
+    """
+    status = rayjob.get("status") or {}
+    job_status = str(status.get("jobStatus") or "")
+    deployment = str(status.get("jobDeploymentStatus") or "")
+    reason = str(status.get("reason") or "")
+    message = str(status.get("message") or "")
+    text = "; ".join(part for part in (reason, message) if part)
+
+    if job_status == JOB_SUCCEEDED:
+        return TrialState.SUCCEEDED, None, message or "the Ray job succeeded"
+    if job_status == JOB_STOPPED:
+        return TrialState.CANCELLED, None, excerpt(text or "the Ray job was stopped")
+    failed = job_status == JOB_FAILED or deployment == DEPLOYMENT_FAILED
+    if not failed and deployment == DEPLOYMENT_COMPLETE:
+        # Complete without a terminal job status: the submitter ended without a verdict.
+        failed = True
+    if not failed:
+        return None
+    since = _parse_time(status.get("startTime"))
+    killed = host_oom(pods, since)
+    if killed is not None:
+        return TrialState.OOM, OOMKind.HOST, excerpt(f"{killed}; {text}" if text else killed)
+    state, kind = classify_text(text, budget_set=budget_set)
+    if state is TrialState.FAILED:
+        match = _EXIT_CODE.search(text)
+        if match is not None and int(match.group(1)) == OOM_EXIT_CODE:
+            state = TrialState.OOM  # the worker's exit code for any OOM; kind unknown
+    return state, kind, excerpt(text or f"the RayJob failed ({deployment or job_status})")
+
+
+def running_state(rayjob: Mapping[str, Any]) -> TrialState:
+    """A live RayJob as a trial state: running once the Ray job runs, else pending."""
+    status = rayjob.get("status") or {}
+    if status.get("jobStatus") == JOB_RUNNING or status.get("jobDeploymentStatus") == (
+        DEPLOYMENT_RUNNING
+    ):
+        return TrialState.RUNNING
+    return TrialState.PENDING

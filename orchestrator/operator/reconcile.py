@@ -1,0 +1,578 @@
+"""One level-triggered pass over one Sweep: observe, `plan`, act (DESIGN.md, last part).
+
+Every Kopf handler (create, resume, update, the timer, RayJob events, delete) ends here, so
+a handler re-entered on retry, or two causes arriving together, run the same idempotent
+pass. Passes over one sweep never overlap (a lock per sweep); a kick that arrives during a
+pass makes the pass run once more instead of waiting.
+
+Observe:
+1. the Sweep, read fresh from the API server (its spec, generation, deletionTimestamp);
+2. its RayJobs (label `ladder.dev/sweep`, owner reference to this Sweep's uid); RayJobs of
+   the label that are not this Sweep's (an older Sweep of the same name) are deleted;
+3. the store's attempts. A pending or running attempt is settled from, in this order: the
+   worker's own result (the store row turned terminal), its RayJob's status
+   (`manifests.outcome_from_rayjob`, with the pods of its RayCluster for OOMKilled), and a
+   RayJob that is gone (deleted behind the controller's back, or never created because the
+   controller died between recording and creating it): cancelled, so the lane relaunches it
+   as the next attempt. A RayJob without a store row (a store that lost it) is adopted.
+
+Plan: `plan(grid, spec, Observed(...))` with the attempts from the store.
+
+Act: cancellations (delete the RayJob, record cancelled), records (predicted OOM,
+unschedulable, skipped), launches (record the attempt with its RayJob name first, then
+create the RayJob: a create that finds it already there is the same attempt), then the
+status (`status_dict` + observedGeneration + conditions), patched only when it changed.
+Events: trial launches, outcomes (OOMs as warnings), lane ceilings, the sweep's end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator import store
+from orchestrator.estimate import predicted_oom_fn
+from orchestrator.grid import Grid, Trial, expand, trial_spec
+from orchestrator.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.operator.conditions import desired_conditions, merge_conditions
+from orchestrator.operator.kube import Cluster, KubeError
+from orchestrator.operator.manifests import (
+    ExecutionConfig,
+    SecretRef,
+    attempt_of,
+    cluster_name,
+    decode_trial,
+    execution_config,
+    outcome_from_rayjob,
+    owned_by,
+    rayjob_manifest,
+    rayjob_name,
+    running_state,
+    sweep_capacity,
+    trial_output_dir,
+)
+from orchestrator.plan import (
+    CancelTrial,
+    LaunchTrial,
+    Observed,
+    Plan,
+    RecordOutcome,
+    SweepPhase,
+    plan,
+    status_dict,
+)
+from orchestrator.runner import attempt_observations
+from orchestrator.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
+from orchestrator.trial import TrialSpec
+
+log = logging.getLogger(__name__)
+
+NORMAL, WARNING = "Normal", "Warning"
+ANNOTATION_OUTCOME = "ladder.dev/outcome"
+GONE = "RayJob {name} is gone: it was deleted before the attempt finished"
+
+
+@dataclass
+class PassResult:
+    """What one pass saw and did (for logs, probes and tests)."""
+
+    plan: Plan | None = None
+    launched: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    settled: dict[tuple[str, int], TrialState] = field(default_factory=dict)
+    remaining_rayjobs: int = 0
+    invalid: str | None = None
+
+
+@dataclass
+class _SweepState:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    dirty: bool = False
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sweep_from_body(body: Mapping[str, Any]) -> Sweep:
+    """The Sweep of a CR body (raises SpecError naming the bad field)."""
+    meta = body.get("metadata") or {}
+    document = {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": body.get("kind", KIND),
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace") or ""},
+        "spec": body.get("spec"),
+    }
+    return parse_sweep(document, source=f"sweep {meta.get('namespace')}/{meta.get('name')}")
+
+
+def _without_nulls(value: Any) -> Any:
+    """`value` with null fields dropped: the API server prunes them from stored status, so
+    a status with nulls equals the stored one without them."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _describe(trial: Trial) -> str:
+    return f"{trial.trial_id} ({trial.lane.name}, {trial.model})"
+
+
+class Reconciler:
+    """Drives Sweeps through `plan`, one pass at a time per Sweep."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        sessions: sessionmaker[Session],
+        *,
+        db_secret: SecretRef | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.cluster = cluster
+        self.sessions = sessions
+        self.db_secret = db_secret
+        self.clock = clock
+        self._states: dict[tuple[str, str], _SweepState] = {}
+        self._states_lock = threading.Lock()
+        self._grids: dict[tuple[str, str, str], tuple[str, Grid]] = {}
+        self.passes = 0
+        self.last_success: float | None = None
+
+    # --- entry points ----------------------------------------------------------------------
+    def _state(self, namespace: str, name: str) -> _SweepState:
+        with self._states_lock:
+            return self._states.setdefault((namespace, name), _SweepState())
+
+    def reconcile(self, namespace: str, name: str) -> PassResult | None:
+        """One pass now (waits for a pass already running); None when the Sweep is gone."""
+        state = self._state(namespace, name)
+        with state.lock:
+            state.dirty = False
+            return self._pass(namespace, name)
+
+    def kick(self, namespace: str, name: str) -> None:
+        """Ask for a pass without waiting: runs it now, or makes the running one go again."""
+        state = self._state(namespace, name)
+        state.dirty = True
+        while state.dirty:
+            if not state.lock.acquire(blocking=False):
+                return  # the pass in progress sees `dirty` and goes once more
+            try:
+                while state.dirty:
+                    state.dirty = False
+                    self._pass(namespace, name)
+            finally:
+                state.lock.release()
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._states_lock:
+            self._states.pop((namespace, name), None)
+            for key in [k for k in self._grids if k[:2] == (namespace, name)]:
+                del self._grids[key]
+
+    # --- one pass --------------------------------------------------------------------------
+    def _pass(self, namespace: str, name: str) -> PassResult | None:
+        body = self.cluster.get_sweep(namespace, name)
+        if body is None:
+            return None
+        result = self._reconcile_body(body)
+        self.passes += 1
+        self.last_success = time.monotonic()
+        return result
+
+    def _grid(self, sweep: Sweep, uid: str) -> Grid:
+        """The expanded grid, cached per Sweep object and spec (resources may change)."""
+        key = (sweep.namespace, sweep.name, uid)
+        spec = sweep.spec.model_dump_json()
+        cached = self._grids.get(key)
+        if cached is None or cached[0] != spec:
+            cached = self._grids[key] = (spec, expand(sweep))
+        return cached[1]
+
+    def _reconcile_body(self, body: Mapping[str, Any]) -> PassResult:
+        meta = body.get("metadata") or {}
+        namespace, name, uid = meta.get("namespace") or "", meta["name"], meta.get("uid", "")
+        generation = meta.get("generation")
+        deleting = bool(meta.get("deletionTimestamp"))
+        result = PassResult()
+        try:
+            sweep = sweep_from_body(body)
+            config = execution_config(sweep)
+        except (SpecError, ValidationError) as error:
+            return self._invalid(body, error, result)
+        grid = self._grid(sweep, uid)
+        trials = {t.trial_id: t for t in grid.all_trials()}
+
+        with self.sessions.begin() as session:
+            store.upsert_sweep(session, sweep)
+        rayjobs: dict[tuple[str, int], dict[str, Any]] = {}
+        for rayjob in self.cluster.list_rayjobs(namespace, name):
+            key = attempt_of(rayjob)
+            job_name = rayjob["metadata"]["name"]
+            if key is None or not owned_by(rayjob, uid) or key[0] not in trials:
+                log.info("deleting RayJob %s/%s: not an attempt of this sweep", namespace,
+                         job_name)
+                if self.cluster.delete_rayjob(namespace, job_name):
+                    result.deleted.append(job_name)
+                continue
+            rayjobs[key] = rayjob
+
+        self._observe(body, sweep, config, trials, rayjobs, result)
+        with self.sessions() as session:
+            rows = store.attempts(session, namespace, name)
+        predicted = predicted_oom_fn(sweep.spec)
+        observed = Observed(
+            attempts=attempt_observations(rows),
+            capacity=sweep_capacity(config),
+            predicted_oom=frozenset(
+                trial_id for trial_id, trial in trials.items()
+                if predicted is not None and predicted(trial)
+            ),
+            deleting=deleting,
+        )
+        decided = plan(grid, sweep.spec, observed)
+        result.plan = decided
+        self._announce(body, rows, trials, rayjobs)
+        self._act(body, sweep, config, decided, rayjobs, result)
+
+        if deleting:
+            # The finalizer's part: every RayJob of the sweep goes; the store keeps results.
+            for rayjob in rayjobs.values():
+                job_name = rayjob["metadata"]["name"]
+                if job_name in result.deleted:
+                    continue
+                if self.cluster.delete_rayjob(namespace, job_name):
+                    result.deleted.append(job_name)
+            result.remaining_rayjobs = len(self.cluster.list_rayjobs(namespace, name))
+        self._patch_status(body, sweep, decided, generation)
+        return result
+
+    def _invalid(
+        self, body: Mapping[str, Any], error: Exception, result: PassResult
+    ) -> PassResult:
+        meta = body["metadata"]
+        if isinstance(error, SpecError):
+            message = "; ".join(f"{path}: {msg}" for path, msg in error.problems)
+        else:
+            message = f"spec.execution: {error}"
+        result.invalid = message
+        old = body.get("status") or {}
+        if old.get("reason") != "InvalidSpec" or old.get("message") != message:
+            self.cluster.event(body, WARNING, "InvalidSpec", message)
+            status = {
+                "phase": SweepPhase.FAILED.value,
+                "observedGeneration": meta.get("generation"),
+                "reason": "InvalidSpec",
+                "message": message,
+            }
+            status["conditions"] = merge_conditions(
+                old.get("conditions"),
+                [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
+                  "message": message},
+                 {"type": "Progressing", "status": "False", "reason": "InvalidSpec",
+                  "message": message}],
+                generation=meta.get("generation"), now=self.clock(),
+            )
+            self.cluster.patch_sweep_status(meta.get("namespace") or "", meta["name"], status)
+        return result
+
+    # --- observe ---------------------------------------------------------------------------
+    def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: Trial,
+              attempt: int) -> TrialSpec:
+        output = trial_output_dir(config, sweep.name, trial.trial_id, attempt)
+        return trial_spec(sweep, trial, attempt=attempt, output_dir=output)
+
+    def _observe(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        config: ExecutionConfig,
+        trials: Mapping[str, Trial],
+        rayjobs: Mapping[tuple[str, int], dict[str, Any]],
+        result: PassResult,
+    ) -> None:
+        namespace, name = sweep.namespace, sweep.name
+        budget_set = sweep.spec.escalation.memory_budget_bytes is not None
+        with self.sessions() as session:
+            rows = {(r.trial_id, r.attempt): r for r in store.attempts(session, namespace, name)}
+
+        # RayJobs the store does not know (it was wiped or replaced): adopt them.
+        for key, rayjob in rayjobs.items():
+            if key in rows:
+                continue
+            spec = decode_trial(rayjob) or self._spec(sweep, config, trials[key[0]], key[1])
+            job_name = rayjob["metadata"]["name"]
+            log.info("adopting RayJob %s/%s (no store row)", namespace, job_name)
+            with self.sessions.begin() as session:
+                rows[key] = store.record_attempt(
+                    session, spec, status=running_state(rayjob), rayjob_name=job_name,
+                    started_at=self.clock(),
+                )
+
+        for key, row in rows.items():
+            if TrialState(row.status).is_terminal or key[0] not in trials:
+                continue
+            trial = trials[key[0]]
+            rayjob = rayjobs.get(key)
+            if rayjob is None:
+                job_name = row.rayjob_name or rayjob_name(name, key[0], key[1])
+                self._settle(body, sweep, trial, key, TrialState.CANCELLED, None,
+                             GONE.format(name=job_name), result)
+                if result.settled[key] is TrialState.CANCELLED:
+                    self.cluster.event(body, WARNING, "RayJobLost",
+                                       f"Trial {_describe(trial)} attempt {key[1]}: "
+                                       f"{GONE.format(name=job_name)}; it will run again")
+                continue
+            outcome = outcome_from_rayjob(rayjob, budget_set=budget_set)
+            if outcome is not None and outcome[0] in (TrialState.FAILED, TrialState.OOM):
+                outcome = outcome_from_rayjob(
+                    rayjob, self._pods(namespace, rayjob), budget_set=budget_set
+                )
+            if outcome is None:
+                live = running_state(rayjob)
+                if live is TrialState.RUNNING and row.status == TrialState.PENDING:
+                    with self.sessions.begin() as session:
+                        store.mark_attempt(session, namespace, name, key[0], key[1], live)
+                continue
+            state, kind, reason = outcome
+            self._settle(body, sweep, trial, key, state, kind, reason, result)
+
+    def _pods(self, namespace: str, rayjob: Mapping[str, Any]) -> list[dict[str, Any]]:
+        cluster = cluster_name(rayjob)
+        if not cluster:
+            return []
+        try:
+            return self.cluster.cluster_pods(namespace, cluster)
+        except KubeError as error:
+            log.warning("cannot read pods of RayCluster %s: %s", cluster, error)
+            return []
+
+    def _settle(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        trial: Trial,
+        key: tuple[str, int],
+        state: TrialState,
+        kind: OOMKind | None,
+        reason: str,
+        result: PassResult,
+    ) -> None:
+        """Record an outcome the cluster reports, unless the worker's result got there first."""
+        namespace, name = sweep.namespace, sweep.name
+
+        def write(session: Session) -> store.TrialRow:
+            return store.mark_attempt(
+                session, namespace, name, key[0], key[1], state,
+                oom_kind=kind if state is TrialState.OOM else None, error=reason,
+                finished_at=self.clock(),
+            )
+
+        # mark_attempt never overwrites a terminal row: a worker result stands.
+        row = store.save_with_retry(self.sessions, write)
+        result.settled[key] = TrialState(row.status)
+
+    def _announce(
+        self,
+        body: Mapping[str, Any],
+        rows: list[store.TrialRow],
+        trials: Mapping[str, Trial],
+        rayjobs: Mapping[tuple[str, int], dict[str, Any]],
+    ) -> None:
+        """An Event for each attempt whose outcome is known and not yet announced; the
+        RayJob's `ladder.dev/outcome` annotation remembers it, across restarts too."""
+        namespace = body["metadata"].get("namespace") or ""
+        for row in rows:
+            key = (row.trial_id, row.attempt)
+            rayjob = rayjobs.get(key)
+            state = TrialState(row.status)
+            if rayjob is None or not state.is_terminal or key[0] not in trials:
+                continue
+            annotations = rayjob["metadata"].get("annotations") or {}
+            outcome = state.value + (f"/{OOMKind(row.oom_kind).value}" if row.oom_kind else "")
+            if annotations.get(ANNOTATION_OUTCOME) == outcome:
+                continue
+            self._outcome_event(body, trials[key[0]], row.attempt, state, row.oom_kind,
+                                row.best_eval_loss, row.error)
+            self.cluster.annotate_rayjob(
+                namespace, rayjob["metadata"]["name"], {ANNOTATION_OUTCOME: outcome}
+            )
+
+    def _outcome_event(
+        self,
+        obj: Mapping[str, Any],
+        trial: Trial,
+        attempt: int,
+        state: TrialState,
+        kind: OOMKind | None,
+        loss: float | None,
+        error: str | None,
+    ) -> None:
+        what = f"Trial {_describe(trial)} attempt {attempt}"
+        if state is TrialState.OOM:
+            kind_text = f" ({OOMKind(kind).value})" if kind else ""
+            self.cluster.event(obj, WARNING, "TrialOOM", f"{what} ran out of memory{kind_text}")
+        elif state is TrialState.FAILED:
+            self.cluster.event(obj, WARNING, "TrialFailed", f"{what} failed: {error or '?'}")
+        elif state is TrialState.SUCCEEDED:
+            loss_text = f"; best eval loss {loss:.5g}" if loss is not None else ""
+            self.cluster.event(obj, NORMAL, "TrialSucceeded", f"{what} succeeded{loss_text}")
+        elif state is TrialState.CANCELLED:
+            self.cluster.event(obj, WARNING, "TrialCancelled",
+                               f"{what} was cancelled: {error or '?'}")
+
+    # --- act -------------------------------------------------------------------------------
+    def _act(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        config: ExecutionConfig,
+        decided: Plan,
+        rayjobs: Mapping[tuple[str, int], dict[str, Any]],
+        result: PassResult,
+    ) -> None:
+        namespace, name = sweep.namespace, sweep.name
+        uid = body["metadata"].get("uid", "")
+        for action in decided.actions:
+            trial, attempt = action.trial, action.attempt
+            if isinstance(action, CancelTrial):
+                job = rayjobs.get((trial.trial_id, attempt))
+                job_name = (job["metadata"]["name"] if job
+                            else rayjob_name(name, trial.trial_id, attempt))
+                if self.cluster.delete_rayjob(namespace, job_name):
+                    result.deleted.append(job_name)
+                self._mark(sweep, trial, attempt, TrialState.CANCELLED, None, action.reason)
+                self.cluster.event(body, NORMAL, "TrialCancelled",
+                                   f"Trial {_describe(trial)} attempt {attempt} cancelled: "
+                                   f"{action.reason}")
+            elif isinstance(action, RecordOutcome):
+                spec = self._spec(sweep, config, trial, attempt)
+                with self.sessions.begin() as session:
+                    store.record_attempt(session, spec, status=TrialState.PENDING)
+                self._mark(sweep, trial, attempt, action.state, action.oom_kind, action.reason)
+                if action.state is TrialState.OOM:
+                    self.cluster.event(body, WARNING, "TrialOOM",
+                                       f"Trial {_describe(trial)} not launched: {action.reason}")
+                elif action.state is TrialState.FAILED:
+                    self.cluster.event(body, WARNING, "TrialUnschedulable",
+                                       f"Trial {_describe(trial)}: {action.reason}")
+            elif isinstance(action, LaunchTrial):
+                self._launch(body, sweep, config, trial, attempt, uid, result)
+
+    def _launch(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        config: ExecutionConfig,
+        trial: Trial,
+        attempt: int,
+        uid: str,
+        result: PassResult,
+    ) -> None:
+        spec = self._spec(sweep, config, trial, attempt)
+        manifest = rayjob_manifest(
+            sweep, trial, spec, owner_uid=uid, db_url_secret=self.db_secret, config=config
+        )
+        job_name = manifest["metadata"]["name"]
+        # The store first: a controller that dies after this line finds the attempt, sees no
+        # RayJob and records it as cancelled (then relaunches); never two RayJobs for one.
+        with self.sessions.begin() as session:
+            store.record_attempt(
+                session, spec, status=TrialState.PENDING, started_at=self.clock(),
+                rayjob_name=job_name,
+            )
+        try:
+            created = self.cluster.create_rayjob(manifest)
+        except KubeError as error:
+            if error.transient:
+                raise
+            reason = f"the API server refused RayJob {job_name}: {error}"
+            self._mark(sweep, trial, attempt, TrialState.FAILED, None, reason)
+            self.cluster.event(body, WARNING, "LaunchFailed", f"Trial {_describe(trial)}: "
+                               f"{reason}")
+            return
+        result.launched.append(job_name)
+        if created:
+            resources = trial.resources
+            self.cluster.event(
+                body, NORMAL, "TrialLaunched",
+                f"Trial {_describe(trial)} attempt {attempt} launched as RayJob {job_name} "
+                f"({resources.workers} workers x {resources.gpus_per_worker} GPUs)",
+            )
+
+    def _mark(
+        self,
+        sweep: Sweep,
+        trial: Trial,
+        attempt: int,
+        state: TrialState,
+        kind: OOMKind | None,
+        reason: str | None,
+    ) -> None:
+        def write(session: Session) -> None:
+            store.mark_attempt(
+                session, sweep.namespace, sweep.name, trial.trial_id, attempt, state,
+                oom_kind=kind, error=reason, finished_at=self.clock(),
+            )
+
+        store.save_with_retry(self.sessions, write)
+
+    # --- status ----------------------------------------------------------------------------
+    def _patch_status(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        decided: Plan,
+        generation: int | None,
+    ) -> None:
+        old = dict(body.get("status") or {})
+        new = status_dict(decided.status, observed_generation=generation)
+        new["conditions"] = merge_conditions(
+            old.get("conditions"),
+            desired_conditions(decided.status, suspended=sweep.spec.suspend),
+            generation=generation,
+            now=self.clock(),
+        )
+        self._lane_events(body, old, new)
+        if _without_nulls({k: old.get(k) for k in new}) != _without_nulls(new):
+            self.cluster.patch_sweep_status(sweep.namespace, sweep.name, new)
+
+    def _lane_events(
+        self, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        before = {lane.get("name"): lane for lane in old.get("lanes") or []}
+        for lane in new.get("lanes") or []:
+            previous = before.get(lane["name"]) or {}
+            if lane["state"] == previous.get("state"):
+                continue
+            if lane["state"] == LaneState.CAPPED.value:
+                kind = f" ({lane['oomKind']})" if lane.get("oomKind") else ""
+                self.cluster.event(
+                    body, NORMAL, "LaneCapped",
+                    f"Lane {lane['name']} reached its ceiling: {lane.get('ceiling') or 'none'} "
+                    f"(the largest model that fitted); {lane.get('stoppedAt')} ran out of "
+                    f"memory{kind}",
+                )
+            elif lane["state"] == LaneState.COMPLETED.value:
+                self.cluster.event(body, NORMAL, "LaneCompleted",
+                                   f"Lane {lane['name']}: every model of the ladder fitted")
+            elif lane["state"] == LaneState.FAILED.value:
+                self.cluster.event(body, WARNING, "LaneFailed",
+                                   f"Lane {lane['name']} failed at {lane.get('stoppedAt')}")
+        phase = new.get("phase")
+        if phase != old.get("phase") and phase in (
+            SweepPhase.SUCCEEDED.value, SweepPhase.FAILED.value
+        ):
+            kind = NORMAL if phase == SweepPhase.SUCCEEDED.value else WARNING
+            self.cluster.event(body, kind, f"Sweep{phase}", str(new.get("message", "")))

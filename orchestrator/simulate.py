@@ -1,0 +1,369 @@
+"""Sweep makespan simulator: a Sweep replayed through the real `plan` against a cost model.
+
+Nothing here trains. A discrete-event loop asks the real core (`plan`, and through it the
+escalation rules and the scheduler) what to launch, gives every launched trial a duration and
+an outcome from a `CostModel`, advances the clock to the next finish, and plans again, until
+the sweep is finished. So the simulated makespan is what Ladder's own decisions would give
+on a cluster whose trials cost what the model says, and two procedures can be compared under
+the same per-trial costs:
+
+- `paper_procedure`: the study's way (PAPER.md): every trial on all 8 GPUs (8-way DDP, one
+  example per GPU), one trial at a time, no memory prediction, an OOM found by running the
+  trial until the failing batch comes.
+- `ladder_procedure`: the spec as written (k8s/examples/paper-grid.yaml: per-model
+  resources, 8 trials at once, predicted OOMs recorded without launching), an OOM found by
+  the worker's probe step on the longest batch.
+
+The cost model (`CostModel`) is plain arithmetic from the architecture, stated in its fields:
+per-sample FLOPs (`estimate.flops_per_sample`) at an assumed MFU of the card's peak (or a
+measured samples/s from the GPU benchmark's JSON), a per-step launch overhead, an exposed
+gradient all-reduce (NVLink inside a node, the network across nodes), evaluation, and greedy
+generation as a latency-bound decode loop; memory (does the trial fit?) from
+`estimate.estimate_memory` at the trial's per-device batch, or a given outcome function.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from orchestrator.catalog import architecture
+from orchestrator.escalation import AttemptObservation
+from orchestrator.estimate import (
+    Attention,
+    adapter_parameters,
+    estimate_memory,
+    flops_per_sample,
+    predicted_oom_fn,
+)
+from orchestrator.grid import Trial, expand
+from orchestrator.lifecycle import Method, OOMKind, TrialState
+from orchestrator.plan import LaunchTrial, Observed, RecordOutcome, plan
+from orchestrator.scheduler import Capacity
+from orchestrator.spec import Precision, Resources, Sweep, SweepSpec
+
+__all__ = [
+    "LADDER_RECIPE",
+    "PAPER_RECIPE",
+    "Cluster",
+    "CostModel",
+    "Measured",
+    "Procedure",
+    "Recipe",
+    "SimulatedTrial",
+    "Simulation",
+    "TrialCost",
+    "fitted_resources",
+    "ladder_procedure",
+    "paper_procedure",
+    "simulate",
+]
+
+GiB = 2**30
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """The paper's cluster: 2 nodes x 4 H100 80 GB (each node: 2x Xeon 8480+, 2 TB RAM)."""
+
+    nodes: int = 2
+    gpus_per_node: int = 4
+    cpus_per_node: int = 112
+    device_bytes: int = 80 * GiB
+    peak_bf16_flops: float = 989e12  # H100 SXM dense bf16
+    peak_fp32_flops: float = 67e12  # H100 SXM fp32 without TF32 (the paper's full and LoRA)
+    intra_node_bytes_per_second: float = 150e9  # all-reduce bus bandwidth over NVLink
+    inter_node_bytes_per_second: float = 12.5e9  # 100 Gb/s between the nodes (assumed)
+
+    @property
+    def capacity(self) -> Capacity:
+        return Capacity(gpus=self.nodes * self.gpus_per_node, cpus=self.nodes * self.cpus_per_node)
+
+    def peak_flops(self, precision: Precision) -> float:
+        return self.peak_bf16_flops if precision is Precision.BF16 else self.peak_fp32_flops
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """What a trial computes, as far as its cost goes (the same for both procedures)."""
+
+    precision: Mapping[Method, Precision]
+    attention: Attention
+    generate_every_epoch: bool  # greedy generation on the eval split after every epoch
+    max_new_tokens: int
+
+
+# The paper's scripts: fp32 full and LoRA (no TF32), bf16-compute QLoRA, eager attention,
+# generation of up to 1,024 tokens after every one of the 100 epochs.
+PAPER_RECIPE = Recipe(
+    precision={Method.FULL: Precision.FP32, Method.LORA: Precision.FP32,
+               Method.QLORA: Precision.BF16},
+    attention="eager", generate_every_epoch=True, max_new_tokens=1024,
+)
+# Ladder's defaults: bf16 autocast everywhere, SDPA, generation after the last epoch only.
+LADDER_RECIPE = Recipe(
+    precision=dict.fromkeys(Method, Precision.BF16),
+    attention="sdpa", generate_every_epoch=False, max_new_tokens=1024,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A measured (model, method) point from the GPU benchmark (bf16, one GPU)."""
+
+    samples_per_second: float
+    batch_per_device: int
+    peak_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrialCost:
+    """What one trial costs on its resources."""
+
+    fits: bool
+    memory_bytes: int  # predicted (or measured and scaled) peak per device
+    run_seconds: float  # start to finish, when it fits
+    step_seconds: float
+    epoch_seconds: float
+    startup_seconds: float
+
+    def oom_seconds(self, detection: str, fraction_of_epoch: float) -> float:
+        """Launch to OOM verdict: the probe step, or running until the failing batch."""
+        if detection == "probe":
+            return self.startup_seconds + 2 * self.step_seconds
+        return self.startup_seconds + fraction_of_epoch * self.epoch_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Per-trial time and memory, from the architecture (see the module docstring)."""
+
+    cluster: Cluster = Cluster()
+    recipe: Recipe = PAPER_RECIPE
+    mfu: float = 0.35  # of the card's dense peak, when no measurement is given
+    train_examples: int = 800  # 1,000 examples, 80/20 split
+    eval_examples: int = 200
+    startup_seconds: float = 120.0  # RayJob: pods scheduled, image cached, model built
+    step_overhead_seconds: float = 0.010  # optimizer step, data, Python
+    block_pass_seconds: float = 0.00025  # kernel launches per block per pass per task
+    decode_seconds_per_block: float = 0.0003  # one generated token, per decoder block
+    measured: Mapping[tuple[str, Method], Measured] = field(default_factory=dict)
+    fits: Callable[[Trial], bool] | None = None  # overrides the memory model's verdict
+
+    def per_device_batch(self, spec: SweepSpec, trial: Trial) -> int:
+        workers = trial.resources.workers
+        return max(1, trial.lane.training(spec.training).batch_size // workers)
+
+    def cost(self, spec: SweepSpec, trial: Trial) -> TrialCost:
+        arch = architecture(trial.model)
+        if arch is None:
+            raise ValueError(f"no architecture for {trial.model!r}")
+        training = trial.lane.training(spec.training)
+        method, lane = trial.lane.method, trial.lane
+        precision = self.recipe.precision[method]
+        gpus = max(1, trial.resources.gpus)
+        workers = trial.resources.workers
+        batch = self.per_device_batch(spec, trial)
+        li, lo = training.max_input_tokens, training.max_output_tokens
+        two = lane.dss_alpha != 1.0
+
+        flops = flops_per_sample(arch, method, li, lo, rank=lane.rank, dss_two_tasks=two)
+        measured = self.measured.get((trial.model, method))
+        if measured is not None and precision is Precision.BF16:
+            per_sample = 1.0 / measured.samples_per_second
+        else:
+            per_sample = flops / (self.cluster.peak_flops(precision) * self.mfu)
+        blocks = arch.num_layers + arch.num_decoder_layers
+        overhead = self.step_overhead_seconds + blocks * 3 * (2 if two else 1) * (
+            self.block_pass_seconds)
+        compute = batch * per_sample
+        trainable = (arch.parameters if method is Method.FULL
+                     else adapter_parameters(arch, lane.rank or 0))
+        allreduce = 0.0
+        if workers > 1:
+            bandwidth = (self.cluster.intra_node_bytes_per_second
+                         if gpus <= self.cluster.gpus_per_node
+                         else self.cluster.inter_node_bytes_per_second)
+            allreduce = 2 * (workers - 1) / workers * 4 * trainable / bandwidth
+        exposed = max(0.0, allreduce - compute * 2 / 3)  # overlapped with backward
+        step = compute + overhead + exposed
+        steps = math.ceil(self.train_examples / (batch * workers))
+        eval_steps = math.ceil(self.eval_examples / (batch * workers))
+        evaluation = eval_steps * (compute + overhead) / 3
+        generation = eval_steps * self.recipe.max_new_tokens * (
+            arch.num_decoder_layers * self.decode_seconds_per_block)
+        epoch = steps * step + evaluation
+        epochs = training.epochs
+        run = self.startup_seconds + epochs * epoch + generation * (
+            epochs if self.recipe.generate_every_epoch else 1)
+        if self.recipe.generate_every_epoch:
+            epoch += generation
+
+        memory = estimate_memory(
+            arch, method, rank=lane.rank, batch_per_device=batch, input_tokens=li,
+            output_tokens=lo, precision=precision, dss_two_tasks=two,
+            gradient_checkpointing=training.gradient_checkpointing,
+            attention=self.recipe.attention, data_parallel=workers > 1,
+        ).total_bytes
+        if measured is not None and measured.peak_bytes and precision is Precision.BF16:
+            at_measured = estimate_memory(
+                arch, method, rank=lane.rank, batch_per_device=measured.batch_per_device,
+                input_tokens=li, output_tokens=lo, precision=precision, dss_two_tasks=two,
+                attention=self.recipe.attention, data_parallel=workers > 1,
+            ).total_bytes
+            memory = int(measured.peak_bytes * memory / at_measured)
+        fits = self.fits(trial) if self.fits is not None else memory <= self.cluster.device_bytes
+        return TrialCost(fits, memory, run, step, epoch, self.startup_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Procedure:
+    """How a sweep is run: the spec the core plans with, how OOMs are found."""
+
+    name: str
+    spec: SweepSpec
+    oom_detection: str  # "probe" (seconds) or "run" (until the failing batch)
+    oom_fraction_of_epoch: float = 0.5  # "run": where in epoch 1 the longest batch comes
+
+
+def fitted_resources(
+    spec: SweepSpec, cost: CostModel, choices: tuple[int, ...] = (1, 2, 4, 8)
+) -> SweepSpec:
+    """The spec with per-model worker counts: for each model, the fewest workers (one GPU
+    each) at which every lane's trial fits the device under the cost model's memory model,
+    the largest choice where none does. What a user writes as `resources.overrides`."""
+    overrides: dict[str, dict[str, int]] = {}
+    for model in spec.ladder:
+        chosen = choices[-1]
+        for workers in choices:
+            trial_spec = spec.model_copy(update={"resources": Resources(
+                workers=workers, gpus_per_worker=1, cpus_per_worker=spec.resources.cpus_per_worker,
+            )})
+            grid = expand(Sweep(name="fit", spec=trial_spec))
+            trials = [t for t in grid.all_trials() if t.model == model]
+            if all(cost.cost(trial_spec, t).fits for t in trials):
+                chosen = workers
+                break
+        overrides[model] = {"workers": chosen, "gpus_per_worker": 1}
+    resources = Resources.model_validate({
+        "workers": max(choices), "gpusPerWorker": 1,
+        "cpusPerWorker": spec.resources.cpus_per_worker,
+        "overrides": {m: {"workers": o["workers"]} for m, o in overrides.items()},
+    })
+    return spec.model_copy(update={"resources": resources})
+
+
+def paper_procedure(spec: SweepSpec) -> Procedure:
+    """One trial at a time on all 8 GPUs, no prediction, OOMs found by running."""
+    sequential = spec.model_copy(update={
+        "resources": Resources(workers=8, gpus_per_worker=1),
+        "parallelism": 1,
+        "escalation": spec.escalation.model_copy(update={"predict_oom": False}),
+    })
+    return Procedure("paper", sequential, oom_detection="run")
+
+
+def ladder_procedure(spec: SweepSpec) -> Procedure:
+    """The spec as written (per-model resources, parallelism, prediction), probe-step OOMs."""
+    return Procedure("ladder", spec, oom_detection="probe")
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedTrial:
+    trial_id: str
+    model: str
+    method: str
+    lane: str
+    gpus: int
+    start: float
+    end: float
+    state: str  # succeeded | oom | predicted (recorded, never launched) | skipped
+
+
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    procedure: str
+    makespan_seconds: float
+    gpu_seconds: float  # GPU time held by launched trials
+    trials: tuple[SimulatedTrial, ...]
+
+    def count(self, state: str) -> int:
+        return sum(1 for t in self.trials if t.state == state)
+
+    @property
+    def makespan_hours(self) -> float:
+        return self.makespan_seconds / 3600
+
+    def utilisation(self, gpus: int) -> float:
+        return self.gpu_seconds / (gpus * self.makespan_seconds) if self.makespan_seconds else 0
+
+
+def simulate(
+    sweep: Sweep, procedure: Procedure, cost: CostModel, *, max_passes: int = 100_000
+) -> Simulation:
+    """Run the procedure's sweep to the end on simulated time; see the module docstring."""
+    spec = procedure.spec
+    grid = expand(sweep.model_copy(update={"spec": spec}))
+    capacity = cost.cluster.capacity
+    predictor = predicted_oom_fn(spec)
+    predicted = frozenset(
+        t.trial_id for t in grid.all_trials() if predictor is not None and predictor(t)
+    )
+    attempts: dict[str, list[AttemptObservation]] = {}
+    running: list[tuple[float, int, str, int]] = []  # (end, sequence, trial id, attempt)
+    finishing: dict[tuple[str, int], AttemptObservation] = {}
+    records: list[SimulatedTrial] = []
+    now = gpu_seconds = 0.0
+    sequence = 0
+    for _ in range(max_passes):
+        decided = plan(grid, spec, Observed(attempts, capacity, predicted_oom=predicted))
+        for action in decided.actions:
+            trial = action.trial
+            if isinstance(action, RecordOutcome):
+                attempts.setdefault(trial.trial_id, []).append(AttemptObservation(
+                    trial.trial_id, action.attempt, action.state, oom_kind=action.oom_kind))
+                state = ("predicted" if action.oom_kind is OOMKind.PREDICTED
+                         else action.state.value)
+                records.append(SimulatedTrial(trial.trial_id, trial.model,
+                                              trial.lane.method.value, trial.lane.name, 0,
+                                              now, now, state))
+            elif isinstance(action, LaunchTrial):
+                c = cost.cost(spec, trial)
+                if c.fits:
+                    seconds = c.run_seconds
+                    outcome = AttemptObservation(trial.trial_id, action.attempt,
+                                                 TrialState.SUCCEEDED, best_eval_loss=0.1)
+                else:
+                    seconds = c.oom_seconds(procedure.oom_detection,
+                                            procedure.oom_fraction_of_epoch)
+                    outcome = AttemptObservation(trial.trial_id, action.attempt,
+                                                 TrialState.OOM, oom_kind=OOMKind.GPU)
+                attempts.setdefault(trial.trial_id, []).append(AttemptObservation(
+                    trial.trial_id, action.attempt, TrialState.RUNNING))
+                finishing[(trial.trial_id, action.attempt)] = outcome
+                heapq.heappush(running, (now + seconds, sequence, trial.trial_id,
+                                         action.attempt))
+                sequence += 1
+                gpu_seconds += seconds * trial.resources.gpus
+                records.append(SimulatedTrial(
+                    trial.trial_id, trial.model, trial.lane.method.value, trial.lane.name,
+                    trial.resources.gpus, now, now + seconds, outcome.state.value))
+        if decided.status.phase.is_finished and not running:
+            return Simulation(procedure.name, now, gpu_seconds, tuple(records))
+        if not running:
+            if decided.actions:
+                continue
+            raise RuntimeError(f"the sweep is stuck: {decided.status.message}")
+        end, _, trial_id, attempt = heapq.heappop(running)
+        now = end
+        done = [(trial_id, attempt)]
+        while running and running[0][0] <= now:
+            _, _, other, other_attempt = heapq.heappop(running)
+            done.append((other, other_attempt))
+        for key in done:
+            tid, number = key
+            attempts[tid] = [o for o in attempts[tid] if o.attempt != number]
+            attempts[tid].append(finishing.pop(key))
+    raise RuntimeError(f"no end after {max_passes} plan passes")

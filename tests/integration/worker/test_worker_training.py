@@ -1,0 +1,124 @@
+"""The worker for real: CPU training through Ray Train (2 workers, gloo DDP), SQLite store.
+
+Each test is one tiny trial (ladder/t5-tiny-s, 24 examples, 3 epochs): most of its time is
+Ray Train starting worker processes that import torch, transformers and peft.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.lifecycle import ExitCode, OOMKind, TrialState
+from orchestrator.trial import TrialResult, TrialSpec
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def tiny_trial(tmp_path: Path, method: str, **fields: object) -> TrialSpec:
+    adapters = {} if method == "full" else {"rank": 8, "alpha": 16}
+    values: dict[str, object] = {
+        "sweep": "worker-it", "trial_id": f"t-{method}", "lane": f"lane-{method}",
+        "model": "ladder/t5-tiny-s", "method": method,
+        "training": {
+            "epochs": 3, "learningRate": 1e-3, "batchSize": 4, "precision": "fp32",
+            "init": "random", "maxInputTokens": 96, "maxOutputTokens": 64, "generateLimit": 4,
+        },
+        "dataset": {"source": "builtin:querydsl", "size": 24, "preamble": "short"},
+        "resources": {"workers": 2, "gpusPerWorker": 0, "cpusPerWorker": 1},
+        "output_dir": str(tmp_path / "run"),
+    }
+    return TrialSpec.model_validate({**values, **adapters, **fields})
+
+
+def stored(url: str) -> list[TrialResult]:
+    from orchestrator.store import open_store, results, to_result
+
+    with open_store(url)() as session:
+        return [to_result(row) for row in results(session, with_epochs=True)]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_trains_and_stores(
+    method: str, ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.result import deliver
+    from worker.train import run_trial
+
+    url = f"sqlite:///{tmp_path / 'ladder.db'}"
+    monkeypatch.setenv("LADDER_DB_URL", url)
+    trial = tiny_trial(tmp_path, method)
+    result = run_trial(trial)
+
+    assert result.status is TrialState.SUCCEEDED, result.error
+    assert result.epochs_completed == len(result.epochs) == 3
+    losses = [e.eval_loss for e in result.epochs]
+    assert losses[-1] < losses[0]
+    best = min(result.epochs, key=lambda e: e.eval_loss)
+    assert (result.best_epoch, result.best_eval_loss) == (best.epoch, best.eval_loss)
+    assert all(e.train_rationale_loss is not None for e in result.epochs)  # dssAlpha 0.5
+    # Telemetry, measured.
+    assert result.wall_seconds > 0 and result.samples_per_second > 0
+    assert 0 < result.time_to_first_step_seconds < result.wall_seconds
+    assert result.peak_host_memory_bytes > 0
+    assert all(e.samples_per_second > 0 and e.wall_seconds > 0 for e in result.epochs)
+    assert result.peak_gpu_memory_bytes is None and result.gpu_memory_per_device == []  # CPU
+    # Generation after the last epoch, on generateLimit examples.
+    assert 0 <= result.exact_match <= 1 and 0 <= result.json_valid_rate <= 1
+    assert result.trainable_parameters <= result.total_parameters
+    assert (result.trainable_parameters < result.total_parameters) == (method != "full")
+
+    # Rank 0 wrote the epochs live; the final write then records the whole result.
+    (live,) = stored(url)
+    assert live.status is TrialState.RUNNING and [e.epoch for e in live.epochs] == [1, 2, 3]
+    assert deliver(result, trial)
+    (final,) = stored(url)
+    assert final.status is TrialState.SUCCEEDED
+    assert final.best_eval_loss == result.best_eval_loss and final.epochs == result.epochs
+
+
+def run_worker(trial_file: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--trial", str(trial_file)],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_memory_budget_ends_as_budget_oom(ray_address: str, tmp_path: Path) -> None:
+    """1 MiB: the model alone exceeds it, so the verdict comes right after it is built."""
+    url = f"sqlite:///{tmp_path / 'ladder.db'}"
+    trial = tiny_trial(tmp_path, "full", memory_budget_bytes=2**20)
+    done = run_worker(trial.write(tmp_path / "trial.json"),
+                      {"RAY_ADDRESS": ray_address, "LADDER_DB_URL": url})
+
+    assert done.returncode == ExitCode.OOM, done.stderr[-3000:]
+    result = TrialResult.from_output(done.stdout.splitlines()[-1])  # the very last line
+    assert result is not None
+    assert (result.status, result.oom_kind) == (TrialState.OOM, OOMKind.BUDGET)
+    assert result.error.startswith("MemoryBudgetExceeded: ")
+    assert "measured after building the model" in result.error
+    assert result.epochs_completed == 0 and result.time_to_first_step_seconds is None
+    (row,) = stored(url)
+    assert (row.status, row.oom_kind) == (TrialState.OOM, OOMKind.BUDGET)
+    assert TrialResult.model_validate_json((tmp_path / "run/result.json").read_text()) == result
+
+
+def test_bad_dataset_fails_with_the_file_named(tmp_path: Path) -> None:
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"input": "q", "label": "{}", "rationale": "r"}\n{"input": "q2"\n')
+    url = f"sqlite:///{tmp_path / 'ladder.db'}"
+    trial = tiny_trial(tmp_path, "lora", dataset={"source": str(data)})
+    done = run_worker(trial.write(tmp_path / "trial.json"), {"LADDER_DB_URL": url})
+
+    assert done.returncode == ExitCode.FAILED, done.stderr[-3000:]
+    result = TrialResult.from_output(done.stdout)
+    assert result is not None and result.status is TrialState.FAILED
+    assert result.error.startswith(f"DatasetError: {data}:2: line is not valid JSON")
+    (row,) = stored(url)
+    assert row.status is TrialState.FAILED and row.error == result.error

@@ -1,0 +1,433 @@
+"""A STAND-IN for the KubeRay operator, for tests against the local kube-apiserver.
+
+THIS IS NOT KUBERAY. The test control plane has no kubelet, scheduler or KubeRay operator,
+so nothing would ever run a RayJob. This stand-in plays KubeRay's part (DESIGN.md, "What runs
+for real in tests, and what stands in"): it watches RayJobs in one namespace and, for each,
+
+1. resolves the environment a KubeRay pod would give the job: the runtime env's `env_vars`
+   (`spec.runtimeEnvYAML`) and the head container's `env`, `valueFrom.secretKeyRef` read
+   from the real Secret;
+2. runs `spec.entrypoint` as a Ray job on a LOCAL Ray runtime (mode "ray", what KubeRay
+   would submit to the RayCluster's head), or as a plain `sh -c` subprocess (mode
+   "subprocess"), or not at all (behaviours `hold`, `fail_message`, `pod_oom`);
+3. writes the RayJob's status through the status subresource the way KubeRay v1.7 does:
+   `jobDeploymentStatus` Initializing -> Running -> Complete (SUCCEEDED, STOPPED) or Failed
+   (FAILED, reason AppFailed), `jobStatus` PENDING -> RUNNING -> SUCCEEDED / FAILED,
+   `startTime`, `endTime`, `rayClusterName` (`<rayjob>-<5 random chars>`), `jobId`,
+   `message` (Ray's job message, e.g. "Job entrypoint command failed with exit code 3, ...");
+4. stops the Ray job when its RayJob is deleted (KubeRay deletes the RayCluster with it).
+
+Behaviours let a test inject what a real cluster would produce: a Ray job whose message
+reports a CUDA OOM, or a pod of the RayCluster OOMKilled (a Pod object labelled
+`ray.io/cluster=<cluster>` whose status, written through the pods/status subresource, has a
+container terminated with reason OOMKilled).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("kuberay-standin")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+MERGE_PATCH = "application/merge-patch+json"
+RAY_FAILED_MESSAGE = (
+    "Job entrypoint command failed with exit code {code}, last available logs "
+    "(truncated to 20,000 chars):\n{logs}"
+)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Behaviour:
+    """What the stand-in does with a matching RayJob instead of (or besides) running it.
+
+    - `hold`: report Running forever (until the RayJob is deleted); nothing runs.
+    - `fail_message`: fail at once with this Ray job message (e.g. a CUDA OOM traceback).
+    - `pod_oom`: create a RayCluster worker pod terminated OOMKilled, then fail the job the
+      way Ray reports a dead actor.
+    - `delay`: seconds to stay Running before the above.
+    """
+
+    hold: bool = False
+    fail_message: str | None = None
+    pod_oom: bool = False
+    delay: float = 0.5
+
+
+@dataclass
+class _Job:
+    name: str
+    uid: str
+    cluster: str
+    job_id: str
+    behaviour: Behaviour | None
+    started: float = field(default_factory=time.monotonic)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    done: bool = False
+
+
+class KubeRayStandIn:
+    """A stand-in for the KubeRay operator (see the module docstring). Not KubeRay."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        namespace: str,
+        *,
+        mode: str = "ray",
+        python: str = sys.executable,
+        poll_interval: float = 0.3,
+        ray_cpus: int = 4,
+    ) -> None:
+        from kubernetes import client
+
+        if mode not in ("ray", "subprocess", "none"):
+            raise ValueError(f"mode must be ray, subprocess or none, not {mode!r}")
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.mode = mode
+        self.python = python
+        self.poll_interval = poll_interval
+        self.ray_cpus = ray_cpus
+        self.behaviours: list[tuple[Callable[[dict[str, Any]], bool], Behaviour]] = []
+        self.jobs: dict[str, _Job] = {}
+        self.seen: list[str] = []  # every RayJob name ever picked up, in order
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ray_client: Any = None
+        self._ray_started = False
+        self._ray_process: subprocess.Popen[bytes] | None = None
+        self._ray_log: Any = None
+        self._tmp = Path(tempfile.mkdtemp(prefix="kuberay-standin-"))
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> KubeRayStandIn:
+        if self.mode == "ray":
+            try:
+                self._start_ray()
+            except BaseException:
+                self.stop()
+                raise
+        self._thread = threading.Thread(target=self._loop, name="kuberay-standin", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for job in list(self.jobs.values()):
+            self._kill(job)
+        if self._ray_started:
+            self._stop_ray()
+            self._ray_started = False
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> KubeRayStandIn:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _start_ray(self) -> None:
+        """A local Ray head of our own (`ray start --head --block`), every fixed default port
+        replaced by a free one: the machine may run other Ray runtimes (8265, 52365, 6379
+        and 10001 taken). SIGTERM to the blocking `ray start` stops exactly this runtime.
+        Jobs inherit its environment, so the worker joins it the same way (no token auth)."""
+        from ray.job_submission import JobSubmissionClient
+
+        dashboard = _free_port()
+        command = [
+            str(Path(self.python).parent / "ray"), "start", "--head", "--block",
+            f"--port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--num-cpus={self.ray_cpus}", "--num-gpus=0",
+            f"--object-store-memory={256 * 2**20}", f"--temp-dir={self._tmp / 'ray'}",
+            "--include-dashboard=true", "--disable-usage-stats",
+        ]
+        self._ray_log = (self._tmp / "ray-start.log").open("wb")
+        self._ray_process = subprocess.Popen(
+            command, stdout=self._ray_log, stderr=subprocess.STDOUT, start_new_session=True,
+            # A private, loopback-only runtime: no token auth (a token file left in ~/.ray by
+            # another runtime would otherwise switch it on for this one).
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"},
+        )
+        self._ray_started = True
+        deadline = time.monotonic() + 180
+        while True:
+            try:  # the client checks the dashboard when it is made
+                client = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
+                client.list_jobs()
+                break
+            except Exception:
+                if time.monotonic() > deadline or self._ray_process.poll() is not None:
+                    log_text = (self._tmp / "ray-start.log").read_text(errors="replace")
+                    raise RuntimeError(f"the stand-in's Ray head did not start:\n"
+                                       f"{log_text[-3000:]}") from None
+                time.sleep(1)
+        self._ray_client = client
+
+    def _stop_ray(self) -> None:
+        process = self._ray_process
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        self._ray_log.close()
+
+    # --- test hooks -----------------------------------------------------------------------
+    def behave(self, match: Callable[[dict[str, Any]], bool], behaviour: Behaviour) -> None:
+        """The first matching behaviour applies to each new RayJob."""
+        self.behaviours.append((match, behaviour))
+
+    @staticmethod
+    def for_model(model: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda rayjob: (rayjob["metadata"].get("annotations") or {}).get(
+            "ladder.dev/model") == model
+
+    # --- the loop -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as error:  # keep standing in; tests read `errors`
+                log.exception("stand-in tick failed")
+                self.errors.append(repr(error))
+            self._stop.wait(self.poll_interval)
+
+    def _tick(self) -> None:
+        items = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL
+        ).get("items", [])
+        live = {item["metadata"]["name"]: item for item in items}
+        for name, job in list(self.jobs.items()):
+            rayjob = live.get(name)
+            if rayjob is None or rayjob["metadata"]["uid"] != job.uid:
+                self._kill(job)  # KubeRay deletes the RayCluster: the job dies with it
+                del self.jobs[name]
+        for name, rayjob in live.items():
+            if rayjob["metadata"].get("deletionTimestamp"):
+                continue
+            job = self.jobs.get(name)
+            if job is None:
+                if (rayjob.get("status") or {}).get("jobDeploymentStatus") in (
+                    "Complete", "Failed"
+                ):
+                    continue  # finished before we (re)started
+                self._begin(rayjob)
+            elif not job.done:
+                self._progress(job, rayjob)
+
+    def _patch_status(self, name: str, status: Mapping[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, name, {"status": dict(status)},
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def _behaviour(self, rayjob: dict[str, Any]) -> Behaviour | None:
+        for match, behaviour in self.behaviours:
+            if match(rayjob):
+                return behaviour
+        return None
+
+    def _begin(self, rayjob: dict[str, Any]) -> None:
+        name = rayjob["metadata"]["name"]
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        spec = rayjob.get("spec") or {}
+        selector = spec.get("clusterSelector") or {}
+        cluster = selector.get("ray.io/cluster") or f"{name}-{suffix}"
+        job = _Job(name=name, uid=rayjob["metadata"]["uid"], cluster=cluster,
+                   job_id=spec.get("jobId") or f"{name}-{suffix}",
+                   behaviour=self._behaviour(rayjob))
+        self.jobs[name] = job
+        self.seen.append(name)
+        self._patch_status(name, {
+            "jobDeploymentStatus": "Initializing", "startTime": now(),
+            "rayClusterName": cluster, "jobId": job.job_id,
+            "rayClusterStatus": {"state": "ready" if selector else ""},
+        })
+        if job.behaviour is None and self.mode != "none":
+            self._submit(job, rayjob)
+        self._patch_status(name, {
+            "jobDeploymentStatus": "Running", "jobStatus": "PENDING",
+            "dashboardURL": "127.0.0.1:8265",
+        })
+
+    # --- running the entrypoint -------------------------------------------------------------
+    def _environment(self, rayjob: dict[str, Any]) -> dict[str, str]:
+        """What a KubeRay pod's Ray job would see: the head container's env (Secrets
+        resolved) and the runtime env's env_vars; plus this checkout on PYTHONPATH and the
+        test interpreter as `python` (the worker image's part)."""
+        spec = rayjob.get("spec") or {}
+        env: dict[str, str] = {}
+        head = (((spec.get("rayClusterSpec") or {}).get("headGroupSpec") or {})
+                .get("template") or {}).get("spec") or {}
+        for container in head.get("containers") or []:
+            for item in container.get("env") or []:
+                if "value" in item:
+                    env[item["name"]] = str(item["value"])
+                elif "secretKeyRef" in (item.get("valueFrom") or {}):
+                    ref = item["valueFrom"]["secretKeyRef"]
+                    secret = self.core.read_namespaced_secret(ref["name"], self.namespace)
+                    env[item["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
+        runtime = yaml.safe_load(spec.get("runtimeEnvYAML") or "") or {}
+        env.update({k: str(v) for k, v in (runtime.get("env_vars") or {}).items()})
+        bin_dir = str(Path(self.python).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+        return env
+
+    def _submit(self, job: _Job, rayjob: dict[str, Any]) -> None:
+        entrypoint = rayjob["spec"]["entrypoint"]
+        env = self._environment(rayjob)
+        if self.mode == "ray":
+            self._ray_client.submit_job(
+                entrypoint=entrypoint, submission_id=job.job_id,
+                runtime_env={"env_vars": env}, entrypoint_num_cpus=0,
+            )
+            return
+        job.log_path = self._tmp / f"{job.name}.log"
+        with job.log_path.open("wb") as out:
+            job.process = subprocess.Popen(
+                ["/bin/sh", "-c", entrypoint], stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **env}, start_new_session=True, cwd=self._tmp,
+            )
+
+    def _progress(self, job: _Job, rayjob: dict[str, Any]) -> None:
+        behaviour = job.behaviour
+        if behaviour is not None:
+            if (rayjob.get("status") or {}).get("jobStatus") != "RUNNING":
+                self._patch_status(job.name, {"jobStatus": "RUNNING"})
+            if behaviour.hold or time.monotonic() - job.started < behaviour.delay:
+                return
+            if behaviour.pod_oom:
+                self.oomkilled_pod(job.cluster)
+                self._finish(job, "FAILED", RAY_FAILED_MESSAGE.format(
+                    code=1, logs="ray.exceptions.ActorDiedError: The actor died unexpectedly "
+                    "before finishing this task (the worker's node was lost)."))
+            else:
+                self._finish(job, "FAILED", behaviour.fail_message or "failed")
+            return
+        if self.mode == "none":
+            return
+        if self.mode == "ray":
+            info = self._ray_client.get_job_info(job.job_id)
+            status = str(info.status.value if hasattr(info.status, "value") else info.status)
+            if status == "RUNNING" and (rayjob.get("status") or {}).get("jobStatus") != status:
+                self._patch_status(job.name, {"jobStatus": "RUNNING"})
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                self._finish(job, status, info.message or "")
+            return
+        assert job.process is not None and job.log_path is not None
+        code = job.process.poll()
+        if code is None:
+            if (rayjob.get("status") or {}).get("jobStatus") != "RUNNING":
+                self._patch_status(job.name, {"jobStatus": "RUNNING"})
+            return
+        if code == 0:
+            self._finish(job, "SUCCEEDED", "Job finished successfully.")
+        else:
+            logs = job.log_path.read_text(errors="replace")[-20_000:]
+            self._finish(job, "FAILED", RAY_FAILED_MESSAGE.format(code=code, logs=logs))
+
+    def _finish(self, job: _Job, job_status: str, message: str) -> None:
+        job.done = True
+        deployment = "Failed" if job_status == "FAILED" else "Complete"
+        status: dict[str, Any] = {
+            "jobStatus": job_status, "jobDeploymentStatus": deployment, "endTime": now(),
+            "message": message,
+            "rayJobInfo": {"endTime": now()},
+        }
+        if job_status == "FAILED":
+            status.update(reason="AppFailed", failed=1)
+        elif job_status == "SUCCEEDED":
+            status["succeeded"] = 1
+        self._patch_status(job.name, status)
+
+    def _kill(self, job: _Job) -> None:
+        if job.done:
+            return
+        if self.mode == "ray" and self._ray_client is not None and job.behaviour is None:
+            try:
+                self._ray_client.stop_job(job.job_id)
+            except Exception as error:
+                log.debug("stop_job %s: %s", job.job_id, error)
+        if job.process is not None and job.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.process.pid, signal.SIGKILL)
+            job.process.wait(timeout=30)
+        job.done = True
+
+    # --- pods --------------------------------------------------------------------------------
+    def oomkilled_pod(self, cluster: str, *, role: str = "worker") -> str:
+        """A pod of `cluster` whose container was OOMKilled (exit 137), as a kubelet reports
+        it; written through the pods/status subresource. Returns the pod name."""
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        name = f"{cluster}-{role}-{suffix}"[:63].rstrip("-")
+        container = "ray-head" if role == "head" else "ray-worker"
+        self.core.create_namespaced_pod(self.namespace, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {
+                "ray.io/cluster": cluster, "ray.io/node-type": role,
+                "app.kubernetes.io/created-by": "kuberay-standin"}},
+            "spec": {"containers": [{"name": container, "image": "rayproject/ray:2.49.0"}]},
+        })
+        stamp = now()
+        self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {
+            "phase": "Failed",
+            "containerStatuses": [{
+                "name": container, "image": "rayproject/ray:2.49.0", "imageID": "",
+                "ready": False, "restartCount": 0,
+                "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                         "startedAt": stamp, "finishedAt": stamp}},
+            }],
+        }})
+        return name

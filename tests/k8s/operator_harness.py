@@ -1,0 +1,106 @@
+"""Helpers for the controller's k8s tests: the controller as a real subprocess
+(`ladder controller`), polling, and small kubectl-free API reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], *, timeout: float = 60, interval: float = 0.5,
+    diagnose: Callable[[], str] | None = None,
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    extra = f"\n{diagnose()}" if diagnose is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"
+                         f"{extra}")
+
+
+class ControllerProcess:
+    """`ladder controller` in a subprocess, watching one namespace."""
+
+    def __init__(self, *, kubeconfig: Path, namespace: str, db_url: str, log_dir: Path,
+                 interval: float = 1.0, liveness: str = "") -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.db_url = db_url
+        self.log_dir = log_dir
+        self.interval = interval
+        self.liveness = liveness
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"controller-{self.starts}.log"
+
+    def start(self) -> ControllerProcess:
+        self.starts += 1
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "LADDER_RECONCILE_INTERVAL": str(self.interval),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+        command = [
+            sys.executable, "-c", "from orchestrator.cli import main; main()", "controller",
+            "--namespace", self.namespace, "--db", self.db_url,
+            "--db-secret", "ladder-db/url", "--liveness", self.liveness,
+        ]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as when a node dies."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def logs(self) -> str:
+        texts = []
+        for index in range(1, self.starts + 1):
+            path = self.log_dir / f"controller-{index}.log"
+            if path.exists():
+                texts.append(f"--- controller start {index} ---\n"
+                             + path.read_text(errors="replace")[-6000:])
+        return "\n".join(texts)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, default=str)[:4000]

@@ -1,0 +1,286 @@
+"""helm/ladder on a real kube-apiserver: the rendered chart (CRD, RBAC, Deployment,
+StatefulSet, Secrets, Services, ServiceMonitor, PodMonitor, PrometheusRule, dashboard
+ConfigMaps) is accepted by server-side apply, with the prometheus-operator v0.93.0 and
+KubeRay v1.7.0 CRDs installed; `kubectl auth can-i` as the controller's ServiceAccount shows
+its role is enough (create RayJobs, patch Sweep status, ...) and no more (no Secrets, no
+pods/exec, no namespace deletion); and `helm install`/`upgrade`/`uninstall` keep the store's
+password and Secret.
+
+Nothing runs the pods here (no kubelet, no controllers): these tests check what the API
+server stores and authorizes; tests/helm checks the rendering itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from orchestrator.grid import expand, trial_spec
+from orchestrator.operator.manifests import (
+    ExecutionConfig,
+    SecretRef,
+    rayjob_manifest,
+    trial_output_dir,
+)
+from orchestrator.spec import load_sweep_text
+from tests.helm.chart import CHART, MONITORING_APIS, REPO_ROOT, run_helm, template_text
+
+if TYPE_CHECKING:
+    from tests.k8s.conftest import ControlPlane
+
+pytestmark = pytest.mark.k8s
+
+FIELD_MANAGER = "ladder-chart-test"
+
+
+def _release() -> str:
+    return f"t{uuid.uuid4().hex[:6]}"
+
+
+def _apply(control_plane: ControlPlane, text: str) -> list[str]:
+    """Server-side apply of a multi-document YAML; returns kind/name of what was applied."""
+    proc = control_plane.kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager", FIELD_MANAGER,
+        "-o", "name", "-f", "-", input=text, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"server-side apply refused the chart:\n{proc.stderr}"
+    return proc.stdout.split()
+
+
+class Account:
+    """`kubectl auth can-i` as a ServiceAccount, with the groups its token would carry."""
+
+    def __init__(self, control_plane: ControlPlane, namespace: str, name: str) -> None:
+        self.cp = control_plane
+        self.namespace = namespace
+        self.name = name
+
+    def can(self, verb: str, resource: str, *, namespace: str | None = None,
+            subresource: str | None = None, all_namespaces: bool = False) -> bool:
+        args = ["auth", "can-i", verb, resource,
+                f"--as=system:serviceaccount:{self.namespace}:{self.name}",
+                "--as-group=system:serviceaccounts",
+                f"--as-group=system:serviceaccounts:{self.namespace}",
+                "--as-group=system:authenticated"]  # fmt: skip
+        if namespace:
+            args += ["--namespace", namespace]
+        if subresource:
+            args += ["--subresource", subresource]
+        if all_namespaces:
+            args.append("--all-namespaces")
+        proc = self.cp.kubectl(*args)
+        answer = proc.stdout.strip()
+        assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {proc.stderr}"
+        return answer == "yes"
+
+
+# What the controller must be able to do in a namespace it serves.
+ENOUGH = [
+    ("create", "rayjobs.ray.io", None),
+    ("delete", "rayjobs.ray.io", None),
+    ("watch", "rayjobs.ray.io", None),
+    ("patch", "rayjobs.ray.io", None),
+    ("patch", "sweeps.ladder.dev", "status"),
+    ("update", "sweeps.ladder.dev", "status"),
+    ("update", "sweeps.ladder.dev", "finalizers"),
+    ("patch", "sweeps.ladder.dev", None),
+    ("watch", "sweeps.ladder.dev", None),
+    ("list", "rayclusters.ray.io", None),
+    ("list", "pods", None),
+    ("create", "events", None),
+]
+# What it must not be able to do there.
+NOT_MORE = [
+    ("get", "secrets", None),
+    ("list", "secrets", None),
+    ("create", "pods", "exec"),
+    ("get", "pods", "exec"),
+    ("create", "pods", "attach"),
+    ("create", "pods", "portforward"),
+    ("create", "pods", None),
+    ("delete", "pods", None),
+    ("create", "rayclusters.ray.io", None),
+    ("delete", "rayclusters.ray.io", None),
+    ("delete", "sweeps.ladder.dev", None),
+    ("create", "sweeps.ladder.dev", None),
+    ("deletecollection", "rayjobs.ray.io", None),
+    ("create", "serviceaccounts", "token"),
+    ("get", "configmaps", None),
+    ("create", "roles.rbac.authorization.k8s.io", None),
+    ("create", "rolebindings.rbac.authorization.k8s.io", None),
+]
+# Never, anywhere.
+NEVER_CLUSTER = [
+    ("list", "secrets"),
+    ("delete", "namespaces"),
+    ("create", "namespaces"),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+    ("impersonate", "serviceaccounts"),
+    ("list", "nodes"),
+]
+
+
+def _paper_rayjob(execution: dict[str, Any], namespace: str, secret: str) -> dict[str, Any]:
+    """The RayJob of the paper grid's largest (8-GPU) trial under the chart's defaults."""
+    config = ExecutionConfig.model_validate(execution)
+    sweep = load_sweep_text((REPO_ROOT / "k8s/examples/paper-grid.yaml").read_text())
+    sweep = sweep.model_copy(update={"namespace": namespace})
+    trial = next(t for t in expand(sweep).all_trials() if t.model == "google/flan-t5-xl")
+    payload = trial_spec(sweep, trial, attempt=1,
+                         output_dir=trial_output_dir(config, sweep.name, trial.trial_id, 1))
+    return rayjob_manifest(sweep, trial, payload, owner_uid=str(uuid.uuid4()), config=config,
+                           db_url_secret=SecretRef.parse(secret))
+
+
+def _default_execution(text: str) -> dict[str, Any]:
+    deployment = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return json.loads(next(e["value"] for e in env if e["name"] == "LADDER_DEFAULT_EXECUTION"))
+
+
+def test_chart_applies_cluster_wide_and_its_role_is_enough_and_no_more(
+    control_plane: ControlPlane, kuberay_crds: list[str], prometheus_operator_crds: list[str],
+    tmp_path: Path,
+) -> None:
+    namespace = control_plane.create_namespace("ladder-chart")
+    sweeps = control_plane.create_namespace("ladder-sweeps")
+    release = _release()
+    text = template_text(
+        {"metrics": {"podMonitor": {"enabled": True}}},
+        release=release, namespace=namespace, api_versions=MONITORING_APIS, include_crds=True,
+    )  # fmt: skip
+    applied = set(_apply(control_plane, text))
+    full = f"{release}-ladder"
+    assert applied >= {
+        "customresourcedefinition.apiextensions.k8s.io/sweeps.ladder.dev",
+        f"serviceaccount/{full}-controller",
+        f"secret/{full}-db",
+        f"clusterrole.rbac.authorization.k8s.io/{full}-controller",
+        f"clusterrolebinding.rbac.authorization.k8s.io/{full}-controller",
+        f"service/{full}-metrics",
+        f"service/{full}-postgresql",
+        f"deployment.apps/{full}-controller",
+        f"statefulset.apps/{full}-postgresql",
+        f"servicemonitor.monitoring.coreos.com/{full}-controller",
+        f"podmonitor.monitoring.coreos.com/{full}-ray",
+        f"prometheusrule.monitoring.coreos.com/{full}",
+        f"configmap/{full}-dashboard-overview",
+    }, applied
+    # Applying again changes nothing and conflicts with nothing (idempotent).
+    assert set(_apply(control_plane, text)) == applied
+
+    account = Account(control_plane, namespace, f"{full}-controller")
+    for verb, resource, sub in ENOUGH:
+        assert account.can(verb, resource, namespace=sweeps, subresource=sub), (
+            f"the controller cannot {verb} {resource}{'/' + sub if sub else ''} in {sweeps}")
+    assert account.can("list", "customresourcedefinitions.apiextensions.k8s.io")
+    assert account.can("watch", "sweeps.ladder.dev", all_namespaces=True)
+    for ns in (sweeps, namespace):
+        for verb, resource, sub in NOT_MORE:
+            assert not account.can(verb, resource, namespace=ns, subresource=sub), (
+                f"the controller may {verb} {resource}{'/' + sub if sub else ''} in {ns}")
+    for verb, resource in NEVER_CLUSTER:
+        assert not account.can(verb, resource, all_namespaces=True), f"{verb} {resource}"
+
+    # The same, authenticated for real with a token of that ServiceAccount: it creates the
+    # 8-GPU RayJob of the paper grid under the chart's execution defaults (KubeRay's CRD
+    # accepts it, strictly), and reading Secrets is forbidden.
+    kubeconfig = control_plane.sa_kubeconfig(namespace, f"{full}-controller",
+                                             tmp_path / "sa.kubeconfig")
+    rayjob = _paper_rayjob(_default_execution(text), sweeps, f"{full}-db/url")
+    proc = control_plane.kubectl("create", "--validate=strict", "-o", "name", "-f", "-",
+                                 kubeconfig=kubeconfig, input=json.dumps(rayjob))
+    assert proc.returncode == 0, proc.stderr
+    workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == 8
+    proc = control_plane.kubectl("get", "secrets", "-n", namespace, kubeconfig=kubeconfig)
+    assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
+
+
+def test_chart_applies_for_watched_namespaces_only(
+    control_plane: ControlPlane, kuberay_crds: list[str], prometheus_operator_crds: list[str],
+) -> None:
+    namespace = control_plane.create_namespace("ladder-chart")
+    team_a = control_plane.create_namespace("ladder-team-a")
+    team_b = control_plane.create_namespace("ladder-team-b")
+    elsewhere = control_plane.create_namespace("ladder-other")
+    release = _release()
+    text = template_text({"watchNamespaces": [team_a, team_b]}, release=release,
+                         namespace=namespace, api_versions=MONITORING_APIS, include_crds=True)
+    applied = set(_apply(control_plane, text))
+    full = f"{release}-ladder"
+    assert f"role.rbac.authorization.k8s.io/{full}-controller" in applied
+    account = Account(control_plane, namespace, f"{full}-controller")
+    for ns in (team_a, team_b):
+        for verb, resource, sub in ENOUGH:
+            assert account.can(verb, resource, namespace=ns, subresource=sub), (verb, resource)
+        # Trial pods there read the store's URL from the chart's copy of the Secret.
+        data = json.loads(control_plane.kubectl_ok("get", "secret", f"{full}-db", "-n", ns,
+                                                   "-o", "json"))["data"]
+        assert set(data) == {"url"}
+        assert base64.b64decode(data["url"]).startswith(b"postgresql+psycopg://")
+    for verb, resource, sub in ENOUGH:
+        assert not account.can(verb, resource, namespace=elsewhere, subresource=sub), (
+            f"the controller may {verb} {resource} outside its namespaces")
+    assert not account.can("list", "sweeps.ladder.dev", all_namespaces=True)
+    assert not account.can("list", "pods", all_namespaces=True)
+    assert account.can("watch", "customresourcedefinitions.apiextensions.k8s.io")
+    for verb, resource in NEVER_CLUSTER:
+        assert not account.can(verb, resource, all_namespaces=True), f"{verb} {resource}"
+
+
+def _secret_password(control_plane: ControlPlane, namespace: str, name: str) -> str:
+    data = json.loads(control_plane.kubectl_ok("get", "secret", name, "-n", namespace,
+                                               "-o", "json"))["data"]
+    return base64.b64decode(data["password"]).decode()
+
+
+def test_helm_install_upgrade_uninstall_keeps_the_store(
+    control_plane: ControlPlane, kuberay_crds: list[str], prometheus_operator_crds: list[str],
+) -> None:
+    namespace = control_plane.create_namespace("ladder-helm")
+    release = _release()
+    full = f"{release}-ladder"
+    kubeconfig = control_plane.kubeconfig
+
+    # The Sweep CRD is already there, applied by other tests' field managers: as for a user
+    # who applied k8s/crd/ by hand before, helm must take its fields over.
+    proc = run_helm("install", release, str(CHART), "--namespace", namespace,
+                    "--force-conflicts", kubeconfig=kubeconfig, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "NOTES:" in proc.stdout
+    # The cluster serves monitoring.coreos.com/v1, so helm (Capabilities) created these.
+    control_plane.kubectl_ok("get", "servicemonitor", f"{full}-controller", "-n", namespace)
+    control_plane.kubectl_ok("get", "prometheusrule", full, "-n", namespace)
+    password = _secret_password(control_plane, namespace, f"{full}-db")
+
+    proc = run_helm("upgrade", release, str(CHART), "--namespace", namespace,
+                    "--set", "controller.verbose=true", kubeconfig=kubeconfig, check=False,
+                    timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert _secret_password(control_plane, namespace, f"{full}-db") == password, (
+        "an upgrade must keep the database password (the data volume was made with it)")
+    deployment = json.loads(control_plane.kubectl_ok(
+        "get", "deployment", f"{full}-controller", "-n", namespace, "-o", "json"))
+    assert "--verbose" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    proc = run_helm("uninstall", release, "--namespace", namespace, kubeconfig=kubeconfig,
+                    check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    gone = control_plane.kubectl("get", "deployment", f"{full}-controller", "-n", namespace)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+    # The store's Secret stays (helm.sh/resource-policy: keep), so a reinstall reuses it.
+    assert _secret_password(control_plane, namespace, f"{full}-db") == password
+    proc = run_helm("install", release, str(CHART), "--namespace", namespace,
+                    kubeconfig=kubeconfig, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert _secret_password(control_plane, namespace, f"{full}-db") == password

@@ -1,0 +1,87 @@
+"""The estimator's activation count against what autograd really saves, on CPU.
+
+Every tensor saved for backward during the worker's DSS forward (both tasks) is collected
+with `saved_tensors_hooks` and its storage counted once; parameters are left out. On CPU the
+count is exact for fp32 with eager attention, where CPU and CUDA save the same tensors except
+that CPU dropout keeps float masks (4 bytes) where CUDA keeps bool ones (1 byte), which is why
+the estimate may fall somewhat short here. (bf16 autocast and SDPA differ between CPU and CUDA;
+the GPU ladder, tests/bench/gpu_ladder.py, measures those on a GPU.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from orchestrator import catalog
+from orchestrator.catalog import T5Architecture
+from orchestrator.estimate import estimate_memory
+from orchestrator.lifecycle import Method
+from orchestrator.spec import ModelInit, Precision, Training
+from orchestrator.trial import TrialSpec
+from worker.models import build_model
+from worker.train import dss_forward
+
+ARCH = T5Architecture(
+    d_model=128, d_ff=256, d_kv=32, num_heads=4, num_layers=2, num_decoder_layers=2,
+    vocab_size=512,
+)
+NAME = "ladder/t5-estimate-check"
+B, LI, LO = 2, 96, 64
+
+
+@pytest.fixture
+def registered() -> Iterator[None]:
+    catalog.ARCHITECTURES[NAME] = ARCH
+    yield
+    del catalog.ARCHITECTURES[NAME]
+
+
+def saved_bytes(method: Method, rank: int | None) -> int:
+    training = Training(precision=Precision.FP32, init=ModelInit.RANDOM, max_input_tokens=LI,
+                        max_output_tokens=LO)
+    trial = TrialSpec(sweep="s", trial_id="t", lane="l", model=NAME, method=method, rank=rank,
+                      alpha=rank, training=training)
+    torch.manual_seed(0)
+    model, _, _ = build_model(trial, torch.device("cpu"))
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = "eager"
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer and pointer not in params:
+            storages[pointer] = max(storages.get(pointer, 0), storage.nbytes())
+        return t
+
+    def ids(length: int) -> torch.Tensor:
+        return torch.randint(1, ARCH.vocab_size, (B, length))
+
+    mask = torch.ones(B, LI, dtype=torch.long)
+    mask[:, -3:] = 0  # some padding, as in real batches
+    batch = {
+        "predict_input_ids": ids(LI), "predict_attention_mask": mask, "labels": ids(LO),
+        "explain_input_ids": ids(LI), "explain_attention_mask": mask,
+        "rationale_labels": ids(LO),
+    }
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        dss_forward(model, batch, 0.5)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(("method", "rank"), [(Method.FULL, None), (Method.LORA, 8)])
+def test_activation_estimate_matches_saved_tensors(
+    registered: None, method: Method, rank: int | None
+) -> None:
+    measured = saved_bytes(method, rank)
+    e = estimate_memory(ARCH, method, rank=rank, batch_per_device=B, input_tokens=LI,
+                        output_tokens=LO, precision=Precision.FP32, attention="eager")
+    predicted = e.activation_bytes + e.weight_copy_bytes
+    assert 0.8 < predicted / measured < 1.1, (predicted, measured)

@@ -1,0 +1,167 @@
+"""Models from the catalogue: FLAN-T5 parameter counts, untied heads, and the three methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from torch import nn
+
+from orchestrator.catalog import ARCHITECTURES
+from orchestrator.trial import TrialSpec
+from worker.models import build_model, count_parameters, random_t5
+from worker.tokenizer import ByteTokenizer
+
+# The published sizes (PAPER.md, "Models"), to the parameter.
+PUBLISHED = {
+    "google/flan-t5-small": 76_961_152,
+    "google/flan-t5-base": 247_577_856,
+    "google/flan-t5-large": 783_150_080,
+    "google/flan-t5-xl": 2_849_757_184,
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "device"),
+    [
+        ("google/flan-t5-small", "cpu"),
+        ("google/flan-t5-base", "cpu"),
+        ("google/flan-t5-large", "meta"),  # meta: shapes only, so the test stays cheap
+        ("google/flan-t5-xl", "meta"),
+    ],
+)
+def test_flan_t5_parameter_counts(name: str, device: str) -> None:
+    with torch.device(device):
+        model = random_t5(ARCHITECTURES[name])
+    # parameters() yields a shared tensor once: a tied head would be missing from the sum.
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]
+    assert ARCHITECTURES[name].parameters == PUBLISHED[name]
+    assert model.lm_head.weight is not model.shared.weight
+    assert model.encoder.embed_tokens.weight is model.shared.weight  # inputs stay shared
+    assert model.config.tie_word_embeddings is False
+    assert model.config.scale_decoder_outputs is False  # T5 v1.1 does not scale
+
+
+def test_untied_head_is_initialised_and_stays_untied() -> None:
+    model = random_t5(ARCHITECTURES["ladder/t5-tiny-s"])
+    head, embedding = model.lm_head.weight, model.shared.weight
+    assert not torch.equal(head, embedding)
+    assert 0.5 < head.std().item() < 1.5  # T5's init for an untied head: N(0, 1)
+    model.tie_weights()  # what peft and transformers call on their own
+    assert model.lm_head.weight is head
+
+
+def trial(method: str, **training: object) -> TrialSpec:
+    adapters = {} if method == "full" else {"rank": 4, "alpha": 8}
+    return TrialSpec(
+        sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s", method=method,
+        training={"init": "random", "precision": "fp32", **training}, **adapters,
+    )
+
+
+def _train_step(model: nn.Module) -> float:
+    x = torch.randint(3, 259, (2, 12))
+    y = torch.randint(3, 259, (2, 7))
+    loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=y).loss
+    loss.backward()
+    return loss.detach().item()
+
+
+def test_full_trains_everything() -> None:
+    model, tokenizer, info = build_model(trial("full"), torch.device("cpu"))
+    assert isinstance(tokenizer, ByteTokenizer)
+    assert info.trainable_parameters == info.total_parameters == ARCHITECTURES[
+        "ladder/t5-tiny-s"].parameters
+    _train_step(model)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_lora_trains_adapters_only() -> None:
+    model, _, info = build_model(trial("lora", target_modules="all-linear"), torch.device("cpu"))
+    base = ARCHITECTURES["ladder/t5-tiny-s"]
+    # all-linear: every block Linear gets A (in x r) and B (r x out); the LM head does not.
+    expected = sum(count * 4 * (i + o) for i, o, count in base.linear_shapes())
+    assert info.trainable_parameters == expected
+    assert info.total_parameters == base.parameters + expected
+    _train_step(model)
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == ("lora_" in name), name
+
+
+def test_lora_target_modules_list() -> None:
+    _, _, info = build_model(trial("lora", target_modules=["q", "v"]), torch.device("cpu"))
+    arch = ARCHITECTURES["ladder/t5-tiny-s"]
+    attentions = arch.num_layers + 2 * arch.num_decoder_layers
+    assert info.trainable_parameters == attentions * 2 * 4 * (arch.d_model + arch.inner_dim)
+
+
+def test_qlora_quantizes_block_linears_in_memory() -> None:
+    model, _, info = build_model(trial("qlora"), torch.device("cpu"))
+    inner = model.base_model.model
+    quantized = [n for n, m in inner.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    arch = ARCHITECTURES["ladder/t5-tiny-s"]
+    # q, k, v, o (self and cross attention) and wi_0, wi_1; wo stays fp32, as transformers
+    # keeps it for T5 (_keep_in_fp32_modules), and so does the LM head.
+    assert len(quantized) == 4 * arch.num_layers + 8 * arch.num_decoder_layers + 2 * (
+        arch.num_layers + arch.num_decoder_layers)
+    assert not any(n.endswith((".wo", "lm_head")) for n in quantized)
+    weight = inner.encoder.block[0].layer[0].SelfAttention.q.base_layer.weight
+    assert weight.dtype == torch.uint8 and weight.bnb_quantized
+    assert inner.lm_head.weight is not inner.shared.weight
+    assert info.quantized and info.trainable_parameters < info.total_parameters
+    assert info.total_parameters == arch.parameters + info.trainable_parameters
+    assert torch.isfinite(torch.tensor(_train_step(model)))
+
+
+def test_count_parameters_counts_4bit_elements() -> None:
+    layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(torch.randn(32, 64), requires_grad=False, quant_type="nf4")
+    layer = layer.to("cpu")
+    assert count_parameters(layer) == (0, 32 * 64)
+
+
+@pytest.mark.parametrize("method", ["full", "qlora"])
+def test_pretrained_from_a_local_directory(tmp_path: Path, method: str) -> None:
+    """init: pretrained on a saved checkpoint keeps its untied head (no download involved)."""
+    source = random_t5(ARCHITECTURES["ladder/t5-tiny-s"])
+    source.save_pretrained(tmp_path)
+    spec = TrialSpec(
+        sweep="s", trial_id="t", lane="l", model=str(tmp_path), method=method,
+        rank=None if method == "full" else 4, alpha=None if method == "full" else 8,
+        training={"init": "pretrained", "precision": "fp32", "tokenizer": "byte"},
+    )
+    model, _, _ = build_model(spec, torch.device("cpu"))
+    loaded = model.base_model.model if method == "qlora" else model
+    assert loaded.lm_head.weight is not loaded.shared.weight
+    assert torch.equal(loaded.lm_head.weight, source.lm_head.weight)
+    assert loaded.config.tie_word_embeddings is False
+
+
+def test_pretrained_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    from worker.models import ModelLoadError
+
+    spec = TrialSpec(
+        sweep="s", trial_id="t", lane="l", model=str(tmp_path / "missing"), method="full",
+        training={"init": "pretrained", "tokenizer": "byte"},
+    )
+    with pytest.raises(ModelLoadError, match="cannot load pretrained model"):
+        build_model(spec, torch.device("cpu"))
+
+
+def test_random_init_needs_a_known_architecture() -> None:
+    from worker.models import ModelLoadError
+
+    spec = TrialSpec(sweep="s", trial_id="t", lane="l", model="acme/unknown-7b", method="full",
+                     training={"init": "random"})
+    with pytest.raises(ModelLoadError, match="no built-in architecture"):
+        build_model(spec, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_gradient_checkpointing(method: str) -> None:
+    model, _, _ = build_model(trial(method, gradient_checkpointing=True), torch.device("cpu"))
+    assert model.is_activation_checkpointing
+    _train_step(model)
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,129 @@
+"""The worker's last word: result in the store, in result.json and as the last stdout line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ray.train import WorkerGroupError
+
+from orchestrator.lifecycle import ExitCode, OOMKind, TrialState
+from orchestrator.trial import RESULT_PREFIX, EpochRecord, TrialResult, TrialSpec
+from worker.memory import MemoryBudgetExceeded
+from worker.result import EpochSink, deliver, error_text, exit_code, store_url
+from worker.train import run_trial
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def spec(tmp_path: Path, **fields: object) -> TrialSpec:
+    return TrialSpec(sweep="s", trial_id="t1", lane="l", model="ladder/t5-tiny-s", method="full",
+                     output_dir=str(tmp_path / "out"), **fields)
+
+
+def result(trial: TrialSpec, status: TrialState = TrialState.SUCCEEDED, **fields) -> TrialResult:
+    return TrialResult.for_trial(trial, status=status, **fields)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(TrialState.SUCCEEDED, ExitCode.SUCCEEDED), (TrialState.OOM, ExitCode.OOM),
+     (TrialState.FAILED, ExitCode.FAILED), (TrialState.CANCELLED, ExitCode.FAILED)],
+)
+def test_exit_codes(tmp_path: Path, status: TrialState, code: ExitCode) -> None:
+    assert exit_code(result(spec(tmp_path), status)) == code
+
+
+def test_store_url_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trial = spec(tmp_path, db_url="sqlite:////data/trial.db")
+    monkeypatch.delenv("LADDER_DB_URL", raising=False)
+    assert store_url(trial) == "sqlite:////data/trial.db"
+    monkeypatch.setenv("LADDER_DB_URL", "sqlite:////data/env.db")
+    assert store_url(trial) == "sqlite:////data/env.db"
+    monkeypatch.delenv("LADDER_DB_URL")
+    assert store_url(spec(tmp_path)) is None
+
+
+def test_relative_sqlite_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train workers run in a directory of their own: a relative path would move."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LADDER_DB_URL", "sqlite:///ladder.db")
+    assert store_url(spec(tmp_path)) == f"sqlite:///{tmp_path / 'ladder.db'}"
+    monkeypatch.setenv("LADDER_DB_URL", "sqlite:////abs/ladder.db")
+    assert store_url(spec(tmp_path)) == "sqlite:////abs/ladder.db"
+    monkeypatch.setenv("LADDER_DB_URL", "postgresql+psycopg://u:p@db/ladder")
+    assert store_url(spec(tmp_path)) == "postgresql+psycopg://u:p@db/ladder"
+
+
+def test_error_text_names_the_root_cause() -> None:
+    budget = MemoryBudgetExceeded("building the model", 40 * 2**20, 2**20)
+    text = error_text(WorkerGroupError("[Rank 0 Error Snippet]: traceback...", {0: budget}))
+    assert text.startswith("MemoryBudgetExceeded: 40.0 MiB used on cpu")
+    assert "Rank 0 Error Snippet" in text  # the wrapper's text follows
+    assert error_text(ValueError("plain")) == "ValueError: plain"
+    assert len(error_text(RuntimeError("x" * 10_000))) <= 3000
+
+
+def test_deliver_without_a_reachable_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LADDER_DB_URL", f"sqlite:///{tmp_path}/no/such/dir/ladder.db")
+    trial = spec(tmp_path)
+    done = result(trial, TrialState.OOM, oom_kind=OOMKind.BUDGET, error="over budget")
+    assert deliver(done, trial) is False
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert TrialResult.from_output(last) == done
+    saved = TrialResult.model_validate_json((tmp_path / "out/result.json").read_text())
+    assert saved == done
+
+
+def test_deliver_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.store import open_store, results, to_result
+
+    url = f"sqlite:///{tmp_path}/ladder.db"
+    monkeypatch.setenv("LADDER_DB_URL", url)
+    trial = spec(tmp_path)
+    epoch = EpochRecord(epoch=1, train_loss=2.0, train_label_loss=2.5, train_rationale_loss=1.5,
+                        eval_loss=1.9, learning_rate=1e-3, samples_per_second=10.0,
+                        wall_seconds=1.0)
+    done = result(trial, best_eval_loss=1.9, best_epoch=1, epochs_completed=1, epochs=[epoch])
+    assert deliver(done, trial) is True
+    with open_store(url)() as session:
+        (row,) = results(session, with_epochs=True)
+        assert to_result(row) == done
+    assert capsys.readouterr().out.splitlines()[-1].startswith(RESULT_PREFIX)
+
+
+def test_epoch_sink_swallows_store_errors(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    sink = EpochSink(spec(tmp_path), f"sqlite:///{tmp_path}/no/such/dir/ladder.db")
+    epoch = EpochRecord(epoch=1, train_loss=1.0, train_label_loss=1.0, eval_loss=1.0,
+                        learning_rate=1e-3, samples_per_second=1.0, wall_seconds=1.0)
+    for _ in range(5):
+        sink.write(epoch)  # never raises
+    assert sink.failures == EpochSink.MAX_FAILURES  # and stops trying after three in a row
+    assert "not written" in caplog.text
+
+
+def test_bad_dataset_fails_before_any_model(tmp_path: Path) -> None:
+    missing = tmp_path / "data.jsonl"
+    done = run_trial(spec(tmp_path, dataset={"source": str(missing)}))
+    assert done.status is TrialState.FAILED and done.oom_kind is None
+    assert f"{missing}:1: file not found" in done.error
+    assert done.epochs_completed == 0 and done.wall_seconds < 5
+
+
+def test_invalid_trial_file(tmp_path: Path) -> None:
+    path = tmp_path / "trial.json"
+    path.write_text(json.dumps({"sweep": "s", "trialId": "t1", "lane": "l", "model": "m",
+                                "method": "full", "training": {"precision": "fp16"}}))
+    done = subprocess.run([sys.executable, "-m", "worker", "run", "--trial", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == ExitCode.FAILED
+    last = TrialResult.from_output(done.stdout)
+    assert last is not None and last.status is TrialState.FAILED
+    assert "fp16 is not supported" in last.error

@@ -1,0 +1,100 @@
+"""`python -m worker run --trial FILE`: the worker contract (DESIGN.md, "The worker contract").
+
+Runs one trial and always ends the same way, whatever happened: one TrialResult in the store
+(when a URL is known) and in `<outputDir>/result.json`, printed as the last stdout line, and
+the exit code of its state: 0 succeeded, 3 out of memory (any kind), 1 anything else. An
+exception anywhere, setup included, becomes a failed result rather than a bare traceback.
+
+`python -m worker probe --trial FILE` runs only the probe step on the longest batch (does
+the trial fit?) and prints the result line, storing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from orchestrator.lifecycle import ExitCode
+from orchestrator.trial import TrialResult, TrialSpec
+
+log = logging.getLogger("worker")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "run one trial and report its result"),
+        ("probe", "only the probe step on the longest batch: does the trial fit?"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--trial", required=True, type=Path, help="the trial as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(run(args.trial, probe_only=args.command == "probe"))
+
+
+def run(path: Path, *, probe_only: bool = False) -> ExitCode:
+    from worker.result import deliver, exit_code, failure_result
+
+    started_at, t0 = datetime.now(UTC), time.time()
+    try:
+        trial = TrialSpec.read(path)
+    except Exception as error:
+        return _unreadable_trial(path, error)
+    try:
+        from worker.train import run_trial
+
+        result = run_trial(trial, probe_only=probe_only)
+    except BaseException as error:  # KeyboardInterrupt too: the result must still go out.
+        log.exception("trial %s failed outside training", trial.trial_id)
+        result = failure_result(
+            trial, error, started_at=started_at, wall_seconds=time.time() - t0
+        )
+    _disconnect_ray()  # so that no forwarded worker log line comes after the result line
+    if probe_only:
+        print(result.json_line(), flush=True)
+    else:
+        deliver(result, trial)
+    return exit_code(result)
+
+
+def _disconnect_ray() -> None:
+    if "ray" not in sys.modules:
+        return
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception as error:
+        log.warning("ray.shutdown failed: %s", error)
+
+
+def _unreadable_trial(path: Path, error: Exception) -> ExitCode:
+    """A trial file that does not validate: exit 1, with a failed result line when the file
+    at least names the trial (there is no trusted store URL or output dir to write to)."""
+    message = f"invalid trial file {path}: {error}"
+    log.error("%s", message)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        identity = {k: raw[k] for k in ("sweep", "trialId", "lane", "model", "method")}
+        identity.update({k: raw[k] for k in ("namespace", "attempt") if k in raw})
+        result = TrialResult.model_validate({**identity, "status": "failed", "error": message})
+    except Exception:
+        return ExitCode.FAILED
+    print(result.json_line(), flush=True)
+    return ExitCode.FAILED

@@ -1,0 +1,245 @@
+"""Build a trial's model for its method: full fine-tuning, LoRA (peft) or QLoRA (NF4 + LoRA).
+
+Two ways to get weights:
+- `init: random` (and every `ladder/*` model, which exists only as an architecture): a
+  `T5ForConditionalGeneration` built from the catalogue's numbers, nothing downloaded.
+- `init: pretrained`: `from_pretrained` on a local path or hub id.
+
+FLAN-T5 (T5 v1.1) has an LM head of its own, not tied to the input embedding, and does not
+scale decoder outputs by d_model**-0.5. transformers 5 forces `tie_word_embeddings=True` for
+T5 in `T5Config.__post_init__` (and derives `scale_decoder_outputs` from the flag it was
+given), so a random model is built tied and then untied here: the head gets a fresh Parameter
+and the config says untied, so no later `tie_weights()` ties it back. Parameter counts then
+match the published ones (tests/unit/worker/test_models.py).
+
+QLoRA quantizes what transformers' bitsandbytes path quantizes: every block nn.Linear except
+`wo` (T5 keeps it in fp32, `_keep_in_fp32_modules`) and the LM head.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import bitsandbytes as bnb
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from torch import nn
+from transformers import BitsAndBytesConfig, PreTrainedModel, T5Config, T5ForConditionalGeneration
+
+from orchestrator.catalog import BUILTIN_ONLY, T5Architecture, architecture
+from orchestrator.lifecycle import Method
+from orchestrator.spec import ModelInit, Precision, Training
+from orchestrator.trial import TrialSpec
+from worker.tokenizer import TextTokenizer, load_tokenizer
+
+__all__ = [
+    "ModelInfo",
+    "ModelLoadError",
+    "build_model",
+    "compute_dtype",
+    "count_parameters",
+    "quantize_nf4",
+    "random_t5",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model or tokenizer cannot be loaded (unknown id, offline, missing files)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    trainable_parameters: int
+    total_parameters: int
+    quantized: bool
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) elements. `parameters()` yields a shared tensor once; a 4-bit weight
+    counts its logical elements (bitsandbytes packs two per byte), as peft reports them."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def compute_dtype(training: Training) -> torch.dtype:
+    return torch.float32 if training.precision is Precision.FP32 else torch.bfloat16
+
+
+def t5_config(arch: T5Architecture) -> T5Config:
+    # tie_word_embeddings=False is what makes T5Config set scale_decoder_outputs=False (T5
+    # v1.1); the tie flag itself is forced True by transformers 5 and corrected after build.
+    return T5Config(
+        vocab_size=arch.vocab_size,
+        d_model=arch.d_model,
+        d_ff=arch.d_ff,
+        d_kv=arch.d_kv,
+        num_heads=arch.num_heads,
+        num_layers=arch.num_layers,
+        num_decoder_layers=arch.num_decoder_layers,
+        relative_attention_num_buckets=arch.relative_attention_num_buckets,
+        relative_attention_max_distance=arch.relative_attention_max_distance,
+        feed_forward_proj=arch.feed_forward_proj,
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,  # pad, as in every T5; the byte tokenizer's pad is 0 too
+    )
+
+
+def untie_lm_head(model: T5ForConditionalGeneration, *, reinitialise: bool) -> None:
+    """Give the LM head its own weight and make the config say so."""
+    if model.lm_head.weight is model.shared.weight and reinitialise:
+        weight = torch.empty_like(model.lm_head.weight)
+        if weight.device.type != "meta":
+            # T5PreTrainedModel._init_weights' rule for an untied head.
+            nn.init.normal_(weight, mean=0.0, std=model.config.initializer_factor)
+        model.lm_head.weight = nn.Parameter(weight)
+    model.config.tie_word_embeddings = False
+    tied = getattr(model, "all_tied_weights_keys", None)
+    if isinstance(tied, dict):
+        tied.pop("lm_head.weight", None)  # so save_pretrained writes the head
+
+
+def random_t5(arch: T5Architecture) -> T5ForConditionalGeneration:
+    """A randomly initialised FLAN-T5-shaped model (on the current default device)."""
+    model = T5ForConditionalGeneration(t5_config(arch))
+    untie_lm_head(model, reinitialise=True)
+    return model
+
+
+def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype) -> int:
+    """Replace block nn.Linear layers by bitsandbytes NF4 `Linear4bit`, in memory.
+
+    The weights quantize when the model is moved to a device (`.to(device)`), on CPU too. Not
+    through save + from_pretrained: transformers 5 would re-tie the LM head on reload.
+    Returns how many layers were replaced.
+    """
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or []) | {"lm_head"}
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear) or name in keep:
+                continue
+            quantized = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=dtype,
+                quant_type="nf4",
+            )
+            quantized.weight = bnb.nn.Params4bit(
+                data=child.weight.data, requires_grad=False, quant_type="nf4"
+            )
+            if child.bias is not None:
+                quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, quantized)
+            replaced += 1
+    return replaced
+
+
+def _from_pretrained(trial: TrialSpec, device: torch.device) -> PreTrainedModel:
+    kwargs: dict[str, object] = {}
+    if trial.method is Method.QLORA:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute_dtype(trial.training),
+        )
+        kwargs["device_map"] = {"": device}
+    else:
+        # Full and LoRA train fp32 master weights; bf16 comes from autocast.
+        kwargs["dtype"] = torch.float32
+    try:
+        model = T5ForConditionalGeneration.from_pretrained(trial.model, **kwargs)
+    except OSError as error:
+        raise ModelLoadError(
+            f"cannot load pretrained model {trial.model!r}: {error}. Use a local path, make the "
+            "hub reachable (or HF_HUB_OFFLINE=0), or set training.init: random"
+        ) from error
+    if model.lm_head.weight is not model.shared.weight:
+        untie_lm_head(model, reinitialise=False)  # FLAN-T5's own head: keep it untied
+    elif architecture(trial.model) is not None:
+        log.warning("%s loaded with its LM head tied to the embedding", trial.model)
+    return model
+
+
+def _tokenizer(trial: TrialSpec, random_init: bool) -> TextTokenizer:
+    name = trial.training.tokenizer
+    if name is None:
+        name = "byte" if random_init else trial.model
+    try:
+        return load_tokenizer(name)
+    except OSError as error:
+        raise ModelLoadError(f"cannot load tokenizer {name!r}: {error}") from error
+
+
+def build_model(
+    trial: TrialSpec, device: torch.device
+) -> tuple[nn.Module, TextTokenizer, ModelInfo]:
+    """The trial's model on `device`, ready to train, with its tokenizer and parameter counts."""
+    training = trial.training
+    if training.precision not in (Precision.BF16, Precision.FP32):
+        raise ValueError(f"precision {training.precision} is not supported for T5")
+    random_init = training.init is ModelInit.RANDOM or trial.model in BUILTIN_ONLY
+    tokenizer = _tokenizer(trial, random_init)
+    dtype = compute_dtype(training)
+
+    if random_init:
+        arch = architecture(trial.model)
+        if arch is None:
+            raise ModelLoadError(
+                f"{trial.model!r} has no built-in architecture, so init: random cannot build "
+                f"it; known: see orchestrator.catalog.ARCHITECTURES"
+            )
+        if tokenizer.vocab_size > arch.vocab_size:
+            raise ValueError(
+                f"{trial.model} has {arch.vocab_size} embeddings, fewer than the "
+                f"{tokenizer.vocab_size} ids of its tokenizer"
+            )
+        model: nn.Module = random_t5(arch)
+        if trial.method is Method.QLORA:
+            quantize_nf4(model, dtype)
+        model = model.to(device)  # quantizes the Params4bit weights
+    else:
+        model = _from_pretrained(trial, device)
+        if trial.method is not Method.QLORA:
+            model = model.to(device)
+
+    if trial.method.uses_adapters:
+        if trial.rank is None or trial.alpha is None:
+            raise ValueError(f"method {trial.method} needs a LoRA rank and alpha")
+        if trial.method is Method.QLORA:
+            # Freezes the base, upcasts norms to fp32; gradient checkpointing is set below for
+            # every method alike, so it is not asked for here.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=trial.rank,
+                lora_alpha=trial.alpha,
+                target_modules=training.target_modules,
+                lora_dropout=training.lora_dropout,
+                bias="none",
+                task_type="SEQ_2_SEQ_LM",
+            ),
+        )
+    if training.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad (embeddings may be
+        # frozen). transformers 5 names it activation checkpointing.
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+        model.config.use_cache = False
+
+    trainable, total = count_parameters(model)
+    info = ModelInfo(trainable, total, quantized=trial.method is Method.QLORA)
+    log.info("%s %s: %d of %d parameters trainable", trial.model, trial.method, trainable, total)
+    return model, tokenizer, info

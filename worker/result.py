@@ -1,0 +1,179 @@
+"""Where a trial's outcome goes: the store (live epochs, the final result), a file and stdout.
+
+The store is best effort while training (an unreachable database must never fail or stall a
+run) and insistent at the end (`save_with_retry`). Whatever happens to the store, the result
+is also written to `<outputDir>/result.json` and printed as the last stdout line
+(`TrialResult.json_line()`), which is what backends read when the database is away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.lifecycle import ExitCode, TrialState
+from orchestrator.outcome import excerpt
+from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
+from worker.memory import classify_failure, exception_chain
+
+__all__ = [
+    "DB_URL_ENV",
+    "EpochSink",
+    "deliver",
+    "error_text",
+    "exit_code",
+    "failure_result",
+    "mark_running",
+    "store_url",
+]
+
+log = logging.getLogger(__name__)
+
+DB_URL_ENV = "LADDER_DB_URL"
+RESULT_FILE = "result.json"
+# Ray's wrappers around the exception that really happened; error texts name the latter.
+_WRAPPERS = frozenset({
+    "TrainingFailedError", "WorkerGroupError", "ControllerError", "UserExceptionWithTraceback",
+    "RayTaskError", "RayTrainError",
+})
+
+
+def store_url(trial: TrialSpec) -> str | None:
+    """LADDER_DB_URL in the environment, else the trial's `dbUrl`, else None (no store).
+
+    A relative SQLite path is made absolute here, against the driver's working directory:
+    Ray Train runs workers in a directory of its own, where it would name another file.
+    """
+    url = os.environ.get(DB_URL_ENV) or trial.db_url or None
+    if url is None or not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    if Path(database).is_absolute():
+        return url
+    absolute = parsed.set(database=str(Path(database).resolve()))
+    return absolute.render_as_string(hide_password=False)
+
+
+def error_text(error: BaseException, limit: int = 3000) -> str:
+    """'Type: message' of the root cause (through Ray's wrappers), then the end of the
+    wrapper's text (where Ray puts the worker's traceback); at most `limit` characters."""
+    root = next(
+        (e for e in exception_chain(error) if type(e).__name__ not in _WRAPPERS
+         and not type(e).__name__.startswith("RayTaskError")),
+        error,
+    )
+    head = f"{type(root).__name__}: {root}"
+    cap = limit if root is error else limit // 2  # leave room for the wrapper's text
+    if len(head) > cap:
+        head = head[: cap - 3] + "..."
+    if root is error:
+        return head
+    room = limit - len(head) - 5  # "\n\n" and excerpt's "..."
+    return f"{head}\n\n{excerpt(str(error), room)}"
+
+
+def failure_result(
+    trial: TrialSpec,
+    error: BaseException,
+    *,
+    started_at: datetime | None = None,
+    wall_seconds: float | None = None,
+) -> TrialResult:
+    """A classified failure for an exception raised outside training (setup, CLI)."""
+    state, kind = classify_failure(error, budget_set=trial.memory_budget_bytes is not None)
+    return TrialResult.for_trial(
+        trial,
+        status=state,
+        oom_kind=kind,
+        error=error_text(error),
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+        wall_seconds=wall_seconds,
+    )
+
+
+def exit_code(result: TrialResult) -> ExitCode:
+    if result.status is TrialState.SUCCEEDED:
+        return ExitCode.SUCCEEDED
+    if result.status is TrialState.OOM:
+        return ExitCode.OOM
+    return ExitCode.FAILED
+
+
+def _factory(url: str) -> Any:
+    from orchestrator.store import open_store
+
+    return open_store(url)
+
+
+def mark_running(trial: TrialSpec, started_at: datetime) -> None:
+    """Record the attempt as running (so live epochs have a row to attach to); best effort."""
+    url = store_url(trial)
+    if url is None:
+        return
+    try:
+        from orchestrator.store import record_attempt
+
+        with _factory(url).begin() as session:
+            record_attempt(session, trial, status=TrialState.RUNNING, started_at=started_at)
+    except Exception as error:
+        log.warning("store: cannot record trial %s as running: %s", trial.trial_id, error)
+
+
+class EpochSink:
+    """Rank 0's live epoch writer. Store errors are logged, never raised; after three in a
+    row it stops trying, so a database that hangs does not slow every epoch down."""
+
+    MAX_FAILURES = 3
+
+    def __init__(self, trial: TrialSpec, url: str | None) -> None:
+        self.trial, self.url = trial, url
+        self.failures = 0
+
+    def write(self, record: EpochRecord) -> None:
+        if self.url is None or self.failures >= self.MAX_FAILURES:
+            return
+        t = self.trial
+        try:
+            from orchestrator.store import record_epoch
+
+            with _factory(self.url).begin() as session:
+                record_epoch(session, t.namespace, t.sweep, t.trial_id, t.attempt, record)
+            self.failures = 0
+        except Exception as error:
+            self.failures += 1
+            log.warning("store: epoch %d of trial %s not written: %s",
+                        record.epoch, t.trial_id, error)
+
+
+def deliver(result: TrialResult, trial: TrialSpec) -> bool:
+    """Store the result (with retries), write result.json, print the result line last.
+
+    Returns whether the store has it. Never raises: this is the worker's last word.
+    """
+    stored = False
+    url = store_url(trial)
+    if url is not None:
+        try:
+            from orchestrator.store import record_result, save_with_retry
+
+            save_with_retry(_factory(url), lambda session: record_result(session, result))
+            stored = True
+        except Exception as error:
+            log.error("store: result of trial %s not written: %s", trial.trial_id, error)
+    try:
+        path = Path(trial.output_dir) / RESULT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(result.model_dump_json(by_alias=True, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        log.error("cannot write %s: %s", RESULT_FILE, error)
+    print(result.json_line(), flush=True)
+    return stored

@@ -1,0 +1,505 @@
+"""One trial: DSS fine-tuning with Ray Train (TorchTrainer + Accelerate), measured end to end.
+
+`run_trial` (the driver) validates the data, starts a TorchTrainer and turns whatever happens
+into one TrialResult; it never raises for a training failure. `train_loop_per_worker` runs on
+every Ray Train worker and `train` is its body, the whole recipe in one screen:
+
+    build model -> probe step on the longest batch (an OOM verdict in seconds)
+    -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation] -> report
+
+The recipe is the paper's (PAPER.md, "Training recipe"): AdamW, ReduceLROnPlateau on the
+evaluation loss, every example trained twice per step (`predict:` -> label, `explain:` ->
+rationale), loss = a * L_label + (1 - a) * L_rationale.
+
+Batching: `training.batchSize` is the total batch of one optimizer step over all workers, so
+each worker takes max(1, batchSize // workers) examples per step (the paper: 8 = 1 x 8 GPUs).
+When batchSize is not a multiple of the worker count the effective batch is rounded down (to
+at least one example per worker); there is no gradient accumulation.
+
+Ray Train V2 (Ray 2.60) keeps reported metrics for the driver only when they come with a
+checkpoint, and `fit()` raises on failure without handing back its Result. So rank 0 reports
+every epoch with a tiny checkpoint (summary.json, no weights), and after a failure the driver
+reads the last one back with `Result.from_path`; on success rank 0's return value
+(`Result.return_value`) is the summary.
+
+accelerate, ray and transformers are imported where they are used, so that a broken dataset
+is refused in about a second, before any of them loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from orchestrator.lifecycle import TrialState
+from orchestrator.spec import Precision
+from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
+from worker.data.dss import DatasetError, DSSExample, load_dss, split_train_eval
+from worker.memory import HostMemoryBudget, classify_failure
+from worker.result import EpochSink, error_text, mark_running, store_url
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from worker.data.batching import EncodedExample
+    from worker.generation import GenerationScore
+    from worker.telemetry import Sampler, TrialTelemetry
+    from worker.tokenizer import TextTokenizer
+
+__all__ = ["LoopConfig", "dss_forward", "dss_loss", "run_trial", "train_loop_per_worker"]
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SUMMARY_FILE = "summary.json"
+
+
+# --- the DSS loss ----------------------------------------------------------------------------
+
+
+def dss_loss(label_loss: Tensor, rationale_loss: Tensor | None, a: float) -> Tensor:
+    """a * L_label + (1 - a) * L_rationale; with a = 1 the rationale plays no part at all."""
+    if a == 1.0:
+        return label_loss
+    if rationale_loss is None:
+        raise ValueError(f"the DSS loss with a={a} needs the rationale loss")
+    return a * label_loss + (1.0 - a) * rationale_loss
+
+
+def dss_forward(
+    model: Callable[..., Any], batch: Mapping[str, Tensor], a: float
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(loss, label loss, rationale loss) of one batch; a = 1 skips the `explain:` pass."""
+    label_loss = model(
+        input_ids=batch["predict_input_ids"],
+        attention_mask=batch["predict_attention_mask"],
+        labels=batch["labels"],
+    ).loss
+    rationale_loss = None
+    if a != 1.0:
+        rationale_loss = model(
+            input_ids=batch["explain_input_ids"],
+            attention_mask=batch["explain_attention_mask"],
+            labels=batch["rationale_labels"],
+        ).loss
+    return dss_loss(label_loss, rationale_loss, a), label_loss, rationale_loss
+
+
+# --- on every Ray Train worker ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the driver hands every worker (pickled by Ray)."""
+
+    trial_json: str  # the TrialSpec as JSON, validated again on the worker
+    train: list[DSSExample]
+    eval: list[DSSExample]
+    started_at: float  # time.time() when the driver started: time to first step counts setup
+    db_url: str | None  # where rank 0 writes epochs live; None: no live writes
+    probe_only: bool = False  # stop after the probe step (`python -m worker probe`)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train's entry point on each worker: devices, budget, telemetry, then `train`."""
+    from accelerate import Accelerator
+
+    import worker.models  # noqa: F401 - transformers, peft, bitsandbytes: before the baseline
+    from worker.memory import apply_cuda_budget
+    from worker.telemetry import Sampler
+
+    loop: LoopConfig = config["loop"]
+    trial = TrialSpec.model_validate_json(loop.trial_json)
+    bf16 = trial.training.precision is Precision.BF16
+    # Ray Train has set up the process group (gloo on CPU, nccl on GPU); Accelerate joins it.
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = trial.training.tf32
+        torch.backends.cudnn.allow_tf32 = trial.training.tf32
+        if trial.memory_budget_bytes is not None:
+            apply_cuda_budget(trial.memory_budget_bytes, device)
+    else:
+        torch.set_num_threads(trial.resources.cpus_per_worker)
+    # On CPU the budget is measured against this baseline; on CUDA the allocator enforces it.
+    host = HostMemoryBudget(trial.memory_budget_bytes if device.type == "cpu" else None)
+    with Sampler(device, on_rss=host.observe) as sampler:
+        return train(trial, loop, accelerator, host, sampler)
+
+
+def train(
+    trial: TrialSpec, loop: LoopConfig, accelerator: Accelerator, host: HostMemoryBudget,
+    sampler: Sampler,
+) -> dict[str, Any] | None:
+    from worker.data.batching import encode_examples, length_grouped_batches, longest_batch, shard
+    from worker.models import build_model
+
+    cfg, a = trial.training, trial.dss_alpha
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(trial.seed)  # every rank builds the same initial weights
+    model, tokenizer, info = build_model(trial, device)
+    host.check("building the model")
+    train_set = encode_examples(loop.train, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens)
+    eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens)
+    per_worker = max(1, cfg.batch_size // world)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, fused=device.type == "cuda",
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_plateau.factor, patience=cfg.lr_plateau.patience
+    )
+    host.check("creating the optimizer")
+    probe = to_device(train_set, longest_batch(train_set, per_worker), tokenizer, device)
+    probe_step(accelerator, model, optimizer, probe, a)
+    host.check("the probe step on the longest batch")
+    progress = Progress(
+        first_step_seconds=time.time() - loop.started_at, trainable=info.trainable_parameters,
+        total=info.total_parameters, sink=EpochSink(trial, loop.db_url) if rank == 0 else None,
+    )
+    if loop.probe_only:
+        progress.telemetry = gather_telemetry(sampler)  # a collective: every rank calls it
+        return progress.summary() if rank == 0 else None
+    torch.manual_seed(trial.seed + 1 + rank)  # dropout: different masks on different ranks
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        batches = length_grouped_batches(train_set, per_worker, trial.seed, epoch)
+        losses = torch.zeros(3, device=device)  # loss, label loss, rationale loss
+        steps = examples = 0
+        started = time.perf_counter()
+        for indices in shard(batches, rank, world):
+            batch = to_device(train_set, indices, tokenizer, device)
+            with accelerator.autocast():
+                loss, label_loss, rationale_loss = dss_forward(model, batch, a)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            rationale = rationale_loss if rationale_loss is not None else torch.zeros_like(loss)
+            losses += torch.stack([loss, label_loss, rationale]).detach().float()
+            steps, examples = steps + 1, examples + len(indices)
+        totals = torch.cat([losses, losses.new_tensor([steps, examples])])
+        loss_sum, label_sum, rationale_sum, steps, examples = accelerator.reduce(
+            totals, reduction="sum").tolist()  # the training loop's only host sync
+        seconds = progress.trained(time.perf_counter() - started, int(examples))
+        learning_rate = optimizer.param_groups[0]["lr"]
+        eval_loss = evaluate(accelerator, model, eval_set, tokenizer, per_worker, a)
+        plateau.step(eval_loss)
+        host.check(f"epoch {epoch}")
+        if epoch == cfg.epochs or (cfg.generate_every and epoch % cfg.generate_every == 0):
+            progress.score = generation_score(
+                accelerator, model, eval_set, loop.eval, tokenizer, per_worker, trial)
+        telemetry = gather_telemetry(sampler)
+        progress.add(EpochRecord(
+            epoch=epoch, train_loss=loss_sum / steps, train_label_loss=label_sum / steps,
+            train_rationale_loss=None if a == 1.0 else rationale_sum / steps,
+            eval_loss=eval_loss, learning_rate=learning_rate,
+            samples_per_second=examples / seconds, wall_seconds=seconds,
+            peak_gpu_memory_bytes=telemetry.peak_gpu_memory_bytes,
+            peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
+        ), telemetry)
+        report(progress.summary() if rank == 0 else None, epoch)
+    return progress.summary() if rank == 0 else None
+
+
+def to_device(
+    encoded: Sequence[EncodedExample], indices: Sequence[int], tokenizer: TextTokenizer,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    from worker.data.batching import collate
+
+    batch = collate([encoded[i] for i in indices], tokenizer.pad_token_id)
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def probe_step(
+    accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+    batch: Mapping[str, Tensor], a: float,
+) -> None:
+    """One real step on the longest batch: forward, backward (with DDP's all-reduce) and an
+    optimizer step, which allocates AdamW's state, so the run's peak memory comes in seconds.
+
+    It measures and does not train: the gradients are zeroed before a step at learning rate 0
+    (no update, whatever the gradient held) and the optimizer state is dropped afterwards.
+    """
+    model.train()
+    with accelerator.autocast():
+        loss, _, _ = dss_forward(model, batch, a)
+    accelerator.backward(loss)
+    learning_rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad.zero_()
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    optimizer.state.clear()
+
+
+@torch.no_grad()
+def evaluate(
+    accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
+    tokenizer: TextTokenizer, per_worker: int, a: float,
+) -> float:
+    """The DSS-weighted loss over the eval split, averaged per example. Each rank takes a
+    share of the batches and runs the model without its DDP wrapper (no collectives), so the
+    shares need not be equal."""
+    from worker.data.batching import length_grouped_batches
+
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    net = accelerator.unwrap_model(model)
+    net.eval()
+    total = torch.zeros(2, device=device)  # sum of loss x examples, examples
+    for indices in length_grouped_batches(eval_set, per_worker, seed=0, epoch=0)[rank::world]:
+        with accelerator.autocast():
+            loss, _, _ = dss_forward(net, to_device(eval_set, indices, tokenizer, device), a)
+        total += torch.stack([loss.float() * len(indices), total.new_tensor(float(len(indices)))])
+    net.train()
+    loss_sum, count = accelerator.reduce(total, reduction="sum").tolist()
+    return loss_sum / count
+
+
+def generation_score(
+    accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
+    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: TrialSpec,
+) -> GenerationScore:
+    """Greedy generation on (at most generateLimit of) the eval split, shared by the ranks."""
+    from worker.generation import GenerationScore, generate_texts, score_generations
+
+    limit = min(trial.training.generate_limit or len(eval_set), len(eval_set))
+    mine = list(range(limit))[accelerator.process_index :: accelerator.num_processes]
+    score = GenerationScore()
+    if mine:
+        with accelerator.autocast():
+            texts = generate_texts(
+                accelerator.unwrap_model(model), tokenizer, [eval_set[i] for i in mine],
+                batch_size=per_worker, max_new_tokens=trial.training.max_output_tokens,
+                device=accelerator.device,
+            )
+        score = score_generations(texts, [examples[i].label for i in mine])
+    counts = torch.tensor([score.examples, score.exact, score.json_valid],
+                          dtype=torch.float64, device=accelerator.device)
+    examples_n, exact, valid = accelerator.reduce(counts, reduction="sum").tolist()
+    return GenerationScore(int(examples_n), int(exact), int(valid))
+
+
+def gather_telemetry(sampler: Sampler) -> TrialTelemetry:
+    """Every worker's peaks so far, merged (a collective: all ranks call it)."""
+    from accelerate.utils import gather_object
+
+    from worker.telemetry import merge_telemetry
+
+    return merge_telemetry(gather_object([sampler.snapshot()]))
+
+
+def report(summary: dict[str, Any] | None, epoch: int) -> None:
+    """Every rank reports (it is a barrier). Rank 0 attaches the summary as a tiny checkpoint
+    (summary.json, no weights): the only way Ray Train V2 keeps anything for the driver."""
+    import ray.train
+
+    if summary is None:
+        ray.train.report({"epoch": epoch})
+        return
+    latest = summary["epochs"][-1]
+    metrics = {k: latest[k] for k in ("epoch", "train_loss", "eval_loss", "learning_rate")}
+    with tempfile.TemporaryDirectory() as directory:
+        Path(directory, SUMMARY_FILE).write_text(json.dumps(summary), encoding="utf-8")
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_dir_name=f"epoch-{epoch:05d}",
+        )
+
+
+class Progress:
+    """The trial so far, as rank 0 sees it: what the driver turns into the TrialResult."""
+
+    def __init__(
+        self, *, first_step_seconds: float, trainable: int, total: int, sink: EpochSink | None
+    ) -> None:
+        from worker.telemetry import TrialTelemetry
+
+        self.first_step_seconds, self.trainable, self.total = first_step_seconds, trainable, total
+        self.sink = sink
+        self.epochs: list[EpochRecord] = []
+        self.telemetry = TrialTelemetry()
+        self.score: GenerationScore | None = None
+        self.train_seconds = 0.0
+        self.examples = 0
+
+    def trained(self, seconds: float, examples: int) -> float:
+        """Count one epoch's training (not evaluation) time and examples; returns seconds."""
+        self.train_seconds += seconds
+        self.examples += examples
+        return seconds
+
+    def add(self, record: EpochRecord, telemetry: TrialTelemetry) -> None:
+        self.epochs.append(record)
+        self.telemetry = telemetry
+        if self.sink is not None:
+            self.sink.write(record)
+
+    def summary(self) -> dict[str, Any]:
+        """TrialResult fields, JSON-ready (Ray persists it with the checkpoint)."""
+        finite = [r for r in self.epochs if math.isfinite(r.eval_loss)]
+        best = min(finite, key=lambda r: (r.eval_loss, r.epoch), default=None)
+        t = self.telemetry
+        return {
+            "epochs": [r.model_dump(mode="json") for r in self.epochs],
+            "epochs_completed": len(self.epochs),
+            "best_eval_loss": best.eval_loss if best else None,
+            "best_epoch": best.epoch if best else None,
+            "samples_per_second": (
+                self.examples / self.train_seconds if self.train_seconds > 0 else None
+            ),
+            "time_to_first_step_seconds": self.first_step_seconds,
+            "trainable_parameters": self.trainable,
+            "total_parameters": self.total,
+            "exact_match": self.score.exact_match if self.score else None,
+            "json_valid_rate": self.score.json_valid_rate if self.score else None,
+            "peak_host_memory_bytes": t.peak_host_memory_bytes,
+            "peak_gpu_memory_bytes": t.peak_gpu_memory_bytes,
+            "total_gpu_memory_bytes": t.total_gpu_memory_bytes,
+            "gpu_memory_per_device": t.gpu_memory_per_device,
+            "peak_torch_allocated_bytes": t.peak_torch_allocated_bytes,
+            "peak_torch_reserved_bytes": t.peak_torch_reserved_bytes,
+        }
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def run_trial(trial: TrialSpec, *, probe_only: bool = False) -> TrialResult:
+    """Run one trial attempt and return its result: success, or a classified failure.
+
+    `probe_only`: stop after the probe step; success then means "the trial fits".
+    """
+    started_at, t0 = datetime.now(UTC), time.time()
+
+    def finish(status: TrialState, **fields: Any) -> TrialResult:
+        return TrialResult.for_trial(
+            trial, status=status, started_at=started_at, finished_at=datetime.now(UTC),
+            wall_seconds=time.time() - t0, **fields,
+        )
+
+    # The data first: a broken dataset must fail in a second, before any model exists.
+    try:
+        ds = trial.dataset
+        examples = load_dss(ds.source, labels_must_be_json=ds.labels_must_be_json, size=ds.size,
+                            preamble=ds.preamble.value, seed=ds.split_seed)
+        train_split, eval_split = split_train_eval(examples, ds.eval_fraction, ds.split_seed)
+    except (DatasetError, ValueError) as error:
+        return finish(TrialState.FAILED, error=error_text(error))
+
+    if not probe_only:
+        mark_running(trial, started_at)
+    storage = Path(trial.output_dir).resolve() / "ray"
+    name = f"{trial.trial_id}-a{trial.attempt}-{started_at:%Y%m%d-%H%M%S-%f}"
+    loop = LoopConfig(trial.model_dump_json(), train_split, eval_split, t0,
+                      None if probe_only else store_url(trial), probe_only)
+    try:
+        summary = fit(trial, loop, storage, name)
+    except Exception as error:
+        state, kind = classify_failure(error, budget_set=trial.memory_budget_bytes is not None)
+        log.error("trial %s ended %s: %s", trial.trial_id, state.value, error_text(error, 500))
+        return finish(state, oom_kind=kind, error=error_text(error),
+                      **summary_fields(last_summary(storage / name)))
+    return finish(TrialState.SUCCEEDED, **summary_fields(summary))
+
+
+def fit(trial: TrialSpec, loop: LoopConfig, storage: Path, name: str) -> dict[str, Any]:
+    """Run the TorchTrainer; rank 0's summary on success, Ray's exception on failure."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    connect_ray()
+    res = trial.resources
+    per_worker = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"loop": loop},
+        scaling_config=ScalingConfig(
+            num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker={k: v for k, v in per_worker.items() if v},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            # A failed attempt is the escalation logic's to retry, not Ray Train's.
+            failure_config=FailureConfig(max_failures=0),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    summary = trainer.fit().return_value
+    if not isinstance(summary, dict):
+        raise RuntimeError(f"rank 0 returned no summary (got {type(summary).__name__})")
+    return summary
+
+
+def connect_ray() -> bool:
+    """Join the Ray cluster (RAY_ADDRESS, set inside a Ray job) or start a local runtime.
+
+    Returns whether this call connected (False: Ray was already initialised by the caller).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS") or None
+    runtime_env = None
+    if address is None:
+        # A runtime of our own: its workers must import this checkout, installed or not.
+        paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}}
+    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
+             configure_logging=False)
+    return True
+
+
+def last_summary(run_path: Path) -> dict[str, Any]:
+    """The summary rank 0 attached to its last checkpoint, or {} if no epoch completed."""
+    try:
+        from ray.train import Result
+
+        checkpoint = Result.from_path(str(run_path)).checkpoint
+        if checkpoint is None:
+            return {}
+        with checkpoint.as_directory() as directory:
+            return dict(json.loads(Path(directory, SUMMARY_FILE).read_text(encoding="utf-8")))
+    except Exception as error:  # Nothing reported yet, or storage not visible from here.
+        log.debug("no reported progress under %s: %s", run_path, error)
+        return {}
+
+
+_IDENTITY_AND_OUTCOME = frozenset({
+    "sweep", "namespace", "trial_id", "lane", "attempt", "model", "model_index", "method",
+    "rank", "alpha", "dss_alpha", "seed", "status", "oom_kind", "error", "started_at",
+    "finished_at", "wall_seconds",
+})
+
+
+def summary_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrialResult fields of a worker summary (Ray may add keys of its own)."""
+    fields = {
+        k: v for k, v in summary.items()
+        if k in TrialResult.model_fields and k not in _IDENTITY_AND_OUTCOME and v is not None
+    }
+    if "epochs" in fields:
+        fields["epochs"] = [EpochRecord.model_validate(e) for e in fields["epochs"]]
+    return fields
