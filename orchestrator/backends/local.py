@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # Logical CPUs for a Ray runtime Ladder starts itself; more than the cores is fine for CPU
 # trials of tiny models, and lets a 2-core laptop run two 1-worker trials side by side.
 DEFAULT_LOGICAL_CPUS = max(4, os.cpu_count() or 1)
+AGENT_WAIT_SECONDS = 120.0
 
 
 def job_id(spec: TrialSpec) -> str:
@@ -111,18 +112,26 @@ class LocalRayBackend:
         entrypoint = shlex.join(
             [sys.executable, "-m", "worker", "run", "--trial", str(trial_file.resolve())]
         )
-        try:
-            self._client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=submission,
-                runtime_env={"env_vars": self._job_env()},
-                entrypoint_num_cpus=0,
-                metadata={"ladder.dev/sweep": spec.sweep, "ladder.dev/trial": spec.trial_id},
-            )
-        except RuntimeError as error:
-            # Already submitted (a restarted runner re-planning the same attempt): adopt it.
-            if "already exists" not in str(error):
-                raise
+        # Ray's job agent comes up a little after `ray.init()` returns; until then submissions
+        # are refused with "No available agent", which is no fault of the trial.
+        deadline = time.monotonic() + AGENT_WAIT_SECONDS
+        while True:
+            try:
+                self._client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=submission,
+                    runtime_env={"env_vars": self._job_env()},
+                    entrypoint_num_cpus=0,
+                    metadata={"ladder.dev/sweep": spec.sweep, "ladder.dev/trial": spec.trial_id},
+                )
+                break
+            except RuntimeError as error:
+                # Already submitted (a restarted runner re-planning the attempt): adopt it.
+                if "already exists" in str(error):
+                    break
+                if "No available agent" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
         self._jobs[(spec.trial_id, spec.attempt)] = spec
         return submission
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_address() -> Iterator[str]:
     """The GCS address of a local Ray runtime; 4 logical CPUs (more than the 2 real cores) so
     that a 2-worker trial and Ray Train's controller always find room."""
