@@ -441,11 +441,15 @@ def loss_curves(data: SweepData, path: Path) -> Path:
     Up to LEGEND_LANES lanes each get a colour and a legend entry; a larger grid is coloured
     by method, each trial a thin line and the method's mean eval loss per epoch in bold.
     """
-    with_epochs = [r for r in data.results if r.epochs]
-    models = [m for m in data.models if any(r.model == m for r in with_epochs)] or ["(none)"]
     order = list(data.lane_info)
-    lanes = sorted({r.lane for r in with_epochs},
-                   key=lambda name: order.index(name) if name in order else len(order))
+
+    def lane_order(name: str) -> int:
+        return order.index(name) if name in order else len(order)
+
+    with_epochs = sorted((r for r in data.results if r.epochs),
+                         key=lambda r: (lane_order(r.lane), r.model_index))
+    models = [m for m in data.models if any(r.model == m for r in with_epochs)] or ["(none)"]
+    lanes = sorted({r.lane for r in with_epochs}, key=lane_order)
     by_lane = len(lanes) <= LEGEND_LANES
     figure = _new_figure(4.2 * len(models) + (3.2 if by_lane else 1.6), 4.4)
     figure.suptitle(f"Per-epoch loss, sweep {data.sweep.name}: eval (solid), train (dashed)",
