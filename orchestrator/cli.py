@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, Group
@@ -64,14 +64,19 @@ def db_url(option: str | None) -> str:
     return url
 
 
+def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
+    """Print every problem of a SpecError, each with its field path, and exit 1."""
+    errors.print(f"[red]✗ {error.source}: {what}[/red]")
+    for path, message in error.problems:
+        errors.print(f"  [bold]{path}[/bold]: {message}")
+    raise typer.Exit(1) from None
+
+
 def _load(file: Path) -> Sweep:
     try:
         return load_sweep(file)
     except SpecError as error:
-        errors.print(f"[red]✗ {error.source}: invalid Sweep[/red]")
-        for path, message in error.problems:
-            errors.print(f"  [bold]{path}[/bold]: {message}")
-        raise typer.Exit(1) from None
+        _spec_error(error)
 
 
 def _open_store(url: str):
@@ -238,6 +243,9 @@ def run(
                   f"{_redact(url)}; starting Ray…")
     started = time.monotonic()
     backend.start()
+    if backend.reused_runtime:
+        console.print("Reusing the Ray runtime an earlier `ladder run` left running "
+                      "(its trials are adopted, not run again).")
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     task = progress.add_task("trials", total=spec.potential_trials)
@@ -409,18 +417,42 @@ def controller(
     peering: Annotated[str | None, typer.Option(help="Kopf peering name, for several "
                                                      "replicas (needs Kopf's peering CRD).")]
     = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(envvar="LADDER_METRICS_PORT", min=0, max=65535,
+                                 help="Serve Prometheus /metrics on this port (all "
+                                      "interfaces).")
+    ] = None,
+    default_execution: Annotated[
+        str | None, typer.Option(envvar="LADDER_DEFAULT_EXECUTION",
+                                 help="JSON object of spec.execution defaults; each Sweep's "
+                                      "own keys win.")
+    ] = None,
+    allow_privileged_trials: Annotated[
+        bool, typer.Option(envvar="LADDER_ALLOW_PRIVILEGED_TRIALS",
+                           help="Accept Sweeps whose trial pods mount host paths.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the Kubernetes controller: Sweeps in, KubeRay RayJobs out."""
-    from orchestrator.operator.controller import ControllerOptions, run_controller
+    from orchestrator.operator.controller import (
+        ControllerOptions,
+        parse_execution_defaults,
+        run_controller,
+    )
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        defaults = parse_execution_defaults(default_execution)
+    except SpecError as error:
+        _spec_error(error, "invalid execution defaults")
     run_controller(ControllerOptions(
         db_url=db_url(db), namespaces=tuple(namespace or ()), db_secret=db_secret or None,
         liveness=liveness or None, kubeconfig=kubeconfig, peering=peering,
+        execution_defaults=defaults, allow_privileged_trials=allow_privileged_trials,
+        metrics_port=metrics_port,
     ))
 
 
@@ -442,10 +474,7 @@ def submit(
         applied = apply_sweeps(file, namespace=namespace, kubeconfig=kubeconfig,
                                context=context)
     except SpecError as error:
-        errors.print(f"[red]✗ {error.source}: invalid Sweep[/red]")
-        for path, message in error.problems:
-            errors.print(f"  [bold]{path}[/bold]: {message}")
-        raise typer.Exit(1) from None
+        _spec_error(error)
     except (KubeError, OSError) as error:
         errors.print(f"[red]✗ {error}[/red]")
         raise typer.Exit(1) from None

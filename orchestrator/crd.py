@@ -19,6 +19,8 @@ PLURAL, SINGULAR, SHORT_NAME = "sweeps", "sweep", "sw"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 _DROP = {"title", "$defs", "default_factory"}
+# The fields that define the trial ids (see the immutability rule below).
+GRID_FIELDS = ("ladder", "methods", "adapters", "axes")
 
 # CEL rules on `spec`, as (rule, message, fieldPath).
 SPEC_RULES: list[dict[str, str]] = [
@@ -52,8 +54,12 @@ SPEC_RULES: list[dict[str, str]] = [
     },
     {
         # The grid defines the trial ids; changing it under a running sweep would orphan them.
-        "rule": "self.ladder == oldSelf.ladder && self.methods == oldSelf.methods && "
-        "self.adapters == oldSelf.adapters && self.axes == oldSelf.axes",
+        # Each field may be left out (the spec's default applies), so compare presence too.
+        "rule": " && ".join(
+            f"(has(self.{key}) ? has(oldSelf.{key}) && self.{key} == oldSelf.{key} "
+            f": !has(oldSelf.{key}))"
+            for key in GRID_FIELDS
+        ),
         "message": "the grid (ladder, methods, adapters, axes) is immutable; create a new Sweep",
     },
 ]

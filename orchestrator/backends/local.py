@@ -1,5 +1,8 @@
 """Run trials as Ray jobs on a local Ray runtime (started by Ladder, or `RAY_ADDRESS`).
 
+Without an address, the runtime is a private head of our own (see `ray_head.py`): free
+ports, its own token, found again by the next `ladder run` if this one is killed.
+
 Each trial attempt is one Ray job whose entrypoint is the worker contract,
 `python -m worker run --trial FILE`, exactly what a KubeRay RayJob runs on a cluster. The
 job's submission id is derived from the trial id and attempt, so submitting twice is a no-op
@@ -16,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.backends.ray_head import SharedHead
 from orchestrator.lifecycle import OOMKind, TrialState
 from orchestrator.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.scheduler import Capacity
@@ -27,6 +31,18 @@ log = logging.getLogger(__name__)
 # trials of tiny models, and lets a 2-core laptop run two 1-worker trials side by side.
 DEFAULT_LOGICAL_CPUS = max(4, os.cpu_count() or 1)
 AGENT_WAIT_SECONDS = 120.0
+
+
+def _reload_ray_auth_settings() -> None:
+    """Make this process see RAY_AUTH_MODE / RAY_AUTH_TOKEN as they are now.
+
+    Ray reads both once, when it is imported; what `ray.init()` itself does when it turns
+    token mode on is what we do here (ray/_private/authentication/authentication_token_setup).
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def job_id(spec: TrialSpec) -> str:
@@ -65,7 +81,8 @@ class LocalRayBackend:
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self._client = None
-        self._started_ray = False
+        self._head: SharedHead | None = None
+        self._saved_env: dict[str, str | None] = {}
         self._jobs: dict[tuple[str, int], TrialSpec] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -74,30 +91,44 @@ class LocalRayBackend:
         from ray.job_submission import JobSubmissionClient
 
         t0 = time.monotonic()
-        if self.address:
-            context = ray.init(
-                address=self.address, logging_level=logging.WARNING, ignore_reinit_error=True
-            )
+        if not self.address:
+            self._head = SharedHead(self.runs_dir)
+            head = self._head.acquire(num_cpus=self.num_cpus or DEFAULT_LOGICAL_CPUS,
+                                      num_gpus=self.num_gpus)
+            # The driver (this process) and the jobs it submits authenticate with the head's
+            # token; Ray reads it from the environment.
+            for key, value in head.env().items():
+                self._saved_env[key] = os.environ.get(key)
+                os.environ[key] = value
+            _reload_ray_auth_settings()
+            address, url = head.address, head.dashboard_url
         else:
-            context = ray.init(
-                num_cpus=self.num_cpus or DEFAULT_LOGICAL_CPUS,
-                num_gpus=self.num_gpus,
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                logging_level=logging.WARNING,
-                ignore_reinit_error=True,
-            )
-            self._started_ray = True
-        url = context.dashboard_url or "127.0.0.1:8265"
+            address, url = self.address, None
+        context = ray.init(address=address, logging_level=logging.WARNING,
+                           ignore_reinit_error=True)
+        url = url or context.dashboard_url or "127.0.0.1:8265"
         self._client = JobSubmissionClient(url if "://" in url else f"http://{url}")
         log.info("Ray runtime ready in %.1fs (dashboard %s)", time.monotonic() - t0, url)
 
-    def stop(self) -> None:
-        if self._started_ray:
-            import ray
+    @property
+    def reused_runtime(self) -> bool:
+        """True when an earlier `ladder run` left its Ray head running and we took it over."""
+        return self._head is not None and self._head.reused
 
-            ray.shutdown()
-            self._started_ray = False
+    def stop(self) -> None:
+        import ray
+
+        ray.shutdown()
+        if self._head is not None:
+            self._head.release()
+            self._head = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+        _reload_ray_auth_settings()
 
     def capacity(self) -> Capacity:
         import ray

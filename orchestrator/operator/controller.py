@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,28 @@ class ControllerOptions:
     kubeconfig: str | None = None
     peering: str | None = None
     workers: int = 8
+    # The chart's `execution` values (LADDER_DEFAULT_EXECUTION), under each Sweep's own.
+    execution_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # LADDER_ALLOW_PRIVILEGED_TRIALS: let Sweeps give trial pods host access (hostPath).
+    allow_privileged_trials: bool = False
+    # LADDER_METRICS_PORT: serve /metrics here (all interfaces: Prometheus scrapes the pod).
+    metrics_port: int | None = None
+    metrics_address: str = "0.0.0.0"
+
+
+def parse_execution_defaults(text: str | None, *, source: str = "LADDER_DEFAULT_EXECUTION"
+                             ) -> dict[str, Any]:
+    """The JSON object of execution defaults; SpecError naming `source` when it is not one."""
+    if not text or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpecError(source, [("execution", f"not valid JSON: {error}")]) from None
+    if not isinstance(value, dict):
+        raise SpecError(source, [("execution", f"must be a JSON object, not "
+                                               f"{type(value).__name__}")])
+    return value
 
 
 def run_controller(
@@ -44,6 +67,7 @@ def run_controller(
 
     import orchestrator.operator.handlers  # noqa: F401 (registers the handlers)
     from orchestrator import store
+    from orchestrator.metrics import LadderMetrics
     from orchestrator.operator.kube import Kube, load_config
     from orchestrator.operator.manifests import SecretRef
     from orchestrator.operator.reconcile import Reconciler
@@ -51,7 +75,18 @@ def run_controller(
     sessions = store.open_store(options.db_url)
     api = load_config(options.kubeconfig)
     secret = SecretRef.parse(options.db_secret) if options.db_secret else None
-    reconciler = Reconciler(Kube(api), sessions, db_secret=secret)
+    metrics = None
+    if options.metrics_port is not None:
+        metrics = LadderMetrics()
+        metrics.watch_store(sessions)
+        server = metrics.serve(options.metrics_port, address=options.metrics_address)
+        log.info("metrics on http://%s:%d/metrics", options.metrics_address,
+                 server.server_port)
+    reconciler = Reconciler(
+        Kube(api), sessions, db_secret=secret, metrics=metrics,
+        execution_defaults=options.execution_defaults,
+        allow_privileged_trials=options.allow_privileged_trials,
+    )
     memo = kopf.Memo(
         reconciler=reconciler,
         peering=options.peering is not None,

@@ -157,9 +157,40 @@ class ExecutionConfig(_Config):
         return value
 
 
-def execution_config(sweep: Sweep) -> ExecutionConfig:
-    """The controller's view of `spec.execution` (raises pydantic's ValidationError)."""
-    return ExecutionConfig.model_validate(sweep.spec.execution)
+def merged_execution(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    """The installation's execution defaults (the chart's `execution`, passed to the
+    controller as LADDER_DEFAULT_EXECUTION) under a Sweep's own `spec.execution`.
+
+    Mappings merge key by key, so a Sweep that sets `worker.memory` keeps the default
+    `worker.cpu`; anything else (lists included) is replaced whole by the Sweep's value.
+    """
+    merged = dict(defaults)
+    for key, value in own.items():
+        base = merged.get(key)
+        if isinstance(base, Mapping) and isinstance(value, Mapping):
+            merged[key] = merged_execution(base, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def execution_config(
+    sweep: Sweep, defaults: Mapping[str, Any] | None = None
+) -> ExecutionConfig:
+    """The controller's view of `spec.execution` over the installation's defaults
+    (raises pydantic's ValidationError)."""
+    return ExecutionConfig.model_validate(merged_execution(defaults or {}, sweep.spec.execution))
+
+
+def host_access(execution: Mapping[str, Any]) -> list[str]:
+    """The `spec.execution` fields that would give trial pods access to their node, as field
+    paths. Of what the builders put into pods (see ExecutionConfig), only hostPath volumes
+    can; an installation without `allowPrivilegedTrials` refuses Sweeps that ask for one."""
+    return [
+        f"spec.execution.volumes[{index}].hostPath"
+        for index, volume in enumerate(execution.get("volumes") or [])
+        if isinstance(volume, Mapping) and "hostPath" in volume
+    ]
 
 
 def sweep_capacity(config: ExecutionConfig) -> Capacity:

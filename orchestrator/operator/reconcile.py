@@ -42,6 +42,7 @@ from orchestrator import store
 from orchestrator.estimate import predicted_oom_fn
 from orchestrator.grid import Grid, Trial, expand, trial_spec
 from orchestrator.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.metrics import LadderMetrics
 from orchestrator.operator.conditions import desired_conditions, merge_conditions
 from orchestrator.operator.kube import Cluster, KubeError
 from orchestrator.operator.manifests import (
@@ -51,6 +52,7 @@ from orchestrator.operator.manifests import (
     cluster_name,
     decode_trial,
     execution_config,
+    host_access,
     outcome_from_rayjob,
     owned_by,
     rayjob_manifest,
@@ -138,10 +140,16 @@ class Reconciler:
         *,
         db_secret: SecretRef | None = None,
         clock: Callable[[], datetime] = _now,
+        execution_defaults: Mapping[str, Any] | None = None,
+        allow_privileged_trials: bool = False,
+        metrics: LadderMetrics | None = None,
     ) -> None:
         self.cluster = cluster
         self.sessions = sessions
         self.db_secret = db_secret
+        self.execution_defaults = dict(execution_defaults or {})
+        self.allow_privileged_trials = allow_privileged_trials
+        self.metrics = metrics
         self.clock = clock
         self._states: dict[tuple[str, str], _SweepState] = {}
         self._states_lock = threading.Lock()
@@ -183,10 +191,17 @@ class Reconciler:
 
     # --- one pass --------------------------------------------------------------------------
     def _pass(self, namespace: str, name: str) -> PassResult | None:
+        started = time.monotonic()
         body = self.cluster.get_sweep(namespace, name)
         if body is None:
             return None
         result = self._reconcile_body(body)
+        if self.metrics is not None:
+            elapsed = time.monotonic() - started
+            self.metrics.reconcile_seconds.labels(name, namespace).observe(elapsed)
+            for _ in result.launched:
+                # A trial this pass launched became launchable at the latest when it began.
+                self.metrics.launch_latency_seconds.labels(name, namespace).observe(elapsed)
         self.passes += 1
         self.last_success = time.monotonic()
         return result
@@ -208,7 +223,14 @@ class Reconciler:
         result = PassResult()
         try:
             sweep = sweep_from_body(body)
-            config = execution_config(sweep)
+            refused = [] if self.allow_privileged_trials else host_access(sweep.spec.execution)
+            if refused:
+                raise SpecError(sweep.name, [
+                    (path, "host access is not allowed in this installation "
+                           "(the chart's allowPrivilegedTrials is false)")
+                    for path in refused
+                ])
+            config = execution_config(sweep, self.execution_defaults)
         except (SpecError, ValidationError) as error:
             return self._invalid(body, error, result)
         grid = self._grid(sweep, uid)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,13 @@ from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for(
@@ -38,13 +46,16 @@ class ControllerProcess:
     """`ladder controller` in a subprocess, watching one namespace."""
 
     def __init__(self, *, kubeconfig: Path, namespace: str, db_url: str, log_dir: Path,
-                 interval: float = 1.0, liveness: str = "") -> None:
+                 interval: float = 1.0, liveness: str = "",
+                 env: dict[str, str] | None = None, db_secret: str = "ladder-db/url") -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.db_url = db_url
         self.log_dir = log_dir
         self.interval = interval
         self.liveness = liveness
+        self.env = dict(env or {})
+        self.db_secret = db_secret
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -61,11 +72,12 @@ class ControllerProcess:
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
             ),
+            **self.env,
         }
         command = [
             sys.executable, "-c", "from orchestrator.cli import main; main()", "controller",
             "--namespace", self.namespace, "--db", self.db_url,
-            "--db-secret", "ladder-db/url", "--liveness", self.liveness,
+            "--db-secret", self.db_secret, "--liveness", self.liveness,
         ]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as out:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from orchestrator.grid import expand, trial_spec
+from orchestrator.operator.kube import Kube, load_config
 from orchestrator.operator.manifests import (
     ExecutionConfig,
     SecretRef,
@@ -30,6 +32,7 @@ from orchestrator.operator.manifests import (
 )
 from orchestrator.spec import load_sweep_text
 from tests.helm.chart import CHART, MONITORING_APIS, REPO_ROOT, run_helm, template_text
+from tests.k8s.operator_harness import ControllerProcess, free_port, wait_for
 
 if TYPE_CHECKING:
     from tests.k8s.conftest import ControlPlane
@@ -204,6 +207,85 @@ def test_chart_applies_cluster_wide_and_its_role_is_enough_and_no_more(
     assert workers["replicas"] == 8
     proc = control_plane.kubectl("get", "secrets", "-n", namespace, kubeconfig=kubeconfig)
     assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
+
+    # And the real controller, logged in as that ServiceAccount and configured by the
+    # Deployment's own environment, serves a Sweep end to end: RayJobs built from the chart's
+    # execution defaults, status written, metrics served on the chart's port.
+    _controller_runs_with_the_charts_role_and_env(control_plane, text, kubeconfig, sweeps,
+                                                   f"{full}-db/url", tmp_path)
+
+
+SMALL_SWEEP = """
+apiVersion: ladder.dev/v1alpha1
+kind: Sweep
+metadata: {name: chart-e2e}
+spec:
+  ladder: [ladder/t5-tiny-s, ladder/t5-tiny-m]
+  methods: [full]
+  training: {epochs: 1, precision: fp32, init: random}
+  resources: {workers: 1, gpusPerWorker: 1}
+"""
+
+
+def _deployment_env(text: str) -> dict[str, str]:
+    deployment = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e["value"] for e in env if "value" in e}
+
+
+def _controller_runs_with_the_charts_role_and_env(
+    control_plane: ControlPlane, text: str, kubeconfig: Path, namespace: str, db_secret: str,
+    tmp_path: Path,
+) -> None:
+    env = _deployment_env(text)
+    assert env["LADDER_ALLOW_PRIVILEGED_TRIALS"] == "false"
+    metrics_port = free_port()
+    env["LADDER_METRICS_PORT"] = str(metrics_port)  # the chart's 9400 may be taken here
+    controller = ControllerProcess(
+        kubeconfig=kubeconfig, namespace=namespace, db_url=f"sqlite:///{tmp_path / 'c.db'}",
+        log_dir=tmp_path / "controller", env=env, db_secret=db_secret,
+        liveness=f"http://127.0.0.1:{free_port()}/healthz",
+    )
+    kube = Kube(load_config(str(control_plane.kubeconfig)))
+    controller.start()
+    try:
+        control_plane.kubectl_ok("-n", namespace, "apply", "-f", "-", input=SMALL_SWEEP)
+        (rayjob,) = wait_for("the controller to create the first RayJob",
+                             lambda: kube.list_rayjobs(namespace, "chart-e2e"),
+                             timeout=90, diagnose=controller.logs)
+        defaults = json.loads(env["LADDER_DEFAULT_EXECUTION"])
+        workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+        assert workers["containers"][0]["image"] == defaults["image"]
+        assert workers["nodeSelector"] == defaults["nodeSelector"]
+        assert workers["containers"][0]["resources"]["limits"]["memory"] == \
+            defaults["worker"]["memory"]
+        status = wait_for("the Sweep's status", lambda: (kube.get_sweep(
+            namespace, "chart-e2e") or {}).get("status"), diagnose=controller.logs)
+        assert status["phase"] == "Running", status
+
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                            timeout=5) as response:
+                    body = response.read().decode()
+            except OSError:
+                return None
+            return body if 'ladder_reconcile_duration_seconds_count{' in body else None
+
+        body = wait_for("the controller's metrics", scrape, diagnose=controller.logs)
+        assert 'sweep="chart-e2e"' in body and "ladder_sweep_trials" in body
+
+        # A Sweep asking for host access is refused: the chart does not allow it.
+        hostile = SMALL_SWEEP.replace("chart-e2e", "chart-host") + (
+            "  execution:\n    volumes: [{name: h, hostPath: {path: /}}]\n")
+        control_plane.kubectl_ok("-n", namespace, "apply", "-f", "-", input=hostile)
+        refused = wait_for("the host-access Sweep to be refused", lambda: (kube.get_sweep(
+            namespace, "chart-host") or {}).get("status"), diagnose=controller.logs)
+        assert refused["reason"] == "InvalidSpec", refused
+        assert "volumes[0].hostPath" in refused["message"]
+        assert kube.list_rayjobs(namespace, "chart-host") == []
+    finally:
+        controller.stop()
 
 
 def test_chart_applies_for_watched_namespaces_only(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from orchestrator import store
 from orchestrator.lifecycle import OOMKind, TrialState
 from orchestrator.operator.kube import Kube, load_config
 from tests.k8s.kuberay_standin import Behaviour, KubeRayStandIn
-from tests.k8s.operator_harness import REPO_ROOT, ControllerProcess, dump, wait_for
+from tests.k8s.operator_harness import REPO_ROOT, ControllerProcess, dump, free_port, wait_for
 
 if TYPE_CHECKING:
     from tests.k8s.conftest import ControlPlane
@@ -109,11 +108,6 @@ def standin(kube: Kube, namespace: str) -> Iterator[KubeRayStandIn]:
 
 # --- helpers -----------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 

@@ -114,18 +114,41 @@ def test_long_names_are_refused(
     assert code != 0 and "metadata.name: at most 40 characters" in out, out
 
 
+# The grid as written in full, and with its optional fields (adapters, axes) left out.
+FULL_ONLY = """
+apiVersion: ladder.dev/v1alpha1
+kind: Sweep
+metadata: {name: NAME}
+spec:
+  ladder: [ladder/t5-tiny-s, ladder/t5-tiny-m]
+  methods: [full]
+  resources: {workers: 1, gpusPerWorker: 0}
+"""
+
+
+@pytest.mark.parametrize("template", [pytest.param(VALID, id="every-grid-field"),
+                                      pytest.param(FULL_ONLY, id="optional-fields-left-out")])
 def test_grid_is_immutable(
-    control_plane: ControlPlane, sweep_crd: list[str], k8s_namespace: str
+    control_plane: ControlPlane, sweep_crd: list[str], k8s_namespace: str, template: str
 ) -> None:
-    text = VALID.replace("NAME", "fixed")
+    name = "fixed" if template is VALID else "fixed-partial"
+    text = template.replace("NAME", name)
     assert apply(control_plane, k8s_namespace, text)[0] == 0
     code, out = apply(control_plane, k8s_namespace,
                       text.replace("ladder/t5-tiny-m]", "ladder/t5-tiny-l]"))
     assert code != 0 and "immutable" in out, out
-    # Fields outside the grid may change.
+    # Adding a grid field that was left out changes the grid too.
+    code, out = apply(control_plane, k8s_namespace,
+                      text.replace("  resources:", "  axes: {seed: [0, 1]}\n  resources:"))
+    assert code != 0 and "immutable" in out, out
+    # Fields outside the grid may change, and the status can be written.
     code, out = apply(control_plane, k8s_namespace,
                       text.replace("  resources:", "  parallelism: 3\n  resources:"))
     assert code == 0, out
+    patched = control_plane.kubectl(
+        "-n", k8s_namespace, "patch", "sweep", name, "--subresource=status", "--type=merge",
+        "-p", '{"status": {"phase": "Running"}}')
+    assert patched.returncode == 0, patched.stderr
 
 
 @pytest.mark.parametrize("execution", [

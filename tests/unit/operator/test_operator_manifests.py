@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.grid import Trial, expand, trial_spec
+from orchestrator.operator.controller import parse_execution_defaults
 from orchestrator.operator.manifests import (
     ANNOTATION_MODEL,
     DEFAULT_IMAGE,
@@ -34,8 +35,10 @@ from orchestrator.operator.manifests import (
     attempt_of,
     decode_trial,
     execution_config,
+    host_access,
     is_dns_label,
     label_value,
+    merged_execution,
     owned_by,
     rayjob_manifest,
     rayjob_name,
@@ -44,7 +47,14 @@ from orchestrator.operator.manifests import (
     trial_output_dir,
 )
 from orchestrator.scheduler import Capacity
-from orchestrator.spec import MAX_SWEEP_NAME, PAPER_LADDER, Sweep, SweepSpec, load_sweep_text
+from orchestrator.spec import (
+    MAX_SWEEP_NAME,
+    PAPER_LADDER,
+    SpecError,
+    Sweep,
+    SweepSpec,
+    load_sweep_text,
+)
 from orchestrator.trial import TrialSpec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -448,3 +458,61 @@ def test_bare_spec_without_namespace() -> None:
     sweep = Sweep(name="s", spec=SweepSpec(ladder=["m"], methods=["full"]))
     manifest, _ = build(sweep, expand(sweep).all_trials()[0])
     assert "namespace" not in manifest["metadata"]
+
+
+# --- installation execution defaults ---------------------------------------------------------
+
+
+
+@pytest.mark.parametrize(("defaults", "own", "expected"), [
+    pytest.param({}, {"image": "a"}, {"image": "a"}, id="no-defaults"),
+    pytest.param({"image": "a"}, {}, {"image": "a"}, id="defaults-only"),
+    pytest.param({"image": "a"}, {"image": "b"}, {"image": "b"}, id="sweep-wins"),
+    pytest.param({"worker": {"cpu": "16", "memory": "160Gi"}}, {"worker": {"memory": "8Gi"}},
+                 {"worker": {"cpu": "16", "memory": "8Gi"}}, id="mappings-merge"),
+    pytest.param({"tolerations": [{"key": "a"}]}, {"tolerations": []}, {"tolerations": []},
+                 id="lists-replaced"),
+    pytest.param({"worker": {"resources": {"ephemeral-storage": "100Gi"}}},
+                 {"worker": {"resources": {"nvidia.com/mig-1g.10gb": 1}}},
+                 {"worker": {"resources": {"ephemeral-storage": "100Gi",
+                                           "nvidia.com/mig-1g.10gb": 1}}}, id="nested"),
+])
+def test_execution_defaults_merge_under_the_sweep(
+    defaults: dict, own: dict, expected: dict
+) -> None:
+    before = json.dumps(defaults, sort_keys=True)
+    assert merged_execution(defaults, own) == expected
+    assert json.dumps(defaults, sort_keys=True) == before  # the defaults are not mutated
+
+
+@pytest.mark.parametrize(("execution", "found"), [
+    pytest.param({}, [], id="nothing"),
+    pytest.param({"volumes": [{"name": "c", "persistentVolumeClaim": {"claimName": "hf"}}]},
+                 [], id="pvc-is-fine"),
+    pytest.param({"volumes": [{"name": "c", "emptyDir": {}},
+                              {"name": "h", "hostPath": {"path": "/"}}]},
+                 ["spec.execution.volumes[1].hostPath"], id="host-path"),
+])
+def test_host_access_names_the_field(execution: dict, found: list[str]) -> None:
+    assert host_access(execution) == found
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param(None, {}, id="unset"),
+    pytest.param("  ", {}, id="blank"),
+    pytest.param('{"image": "w:1", "capacity": {"gpus": 8}}',
+                 {"image": "w:1", "capacity": {"gpus": 8}}, id="object"),
+])
+def test_execution_defaults_from_the_environment(text: str | None, expected: dict) -> None:
+    assert parse_execution_defaults(text) == expected
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    pytest.param("{image: w}", "not valid JSON", id="not-json"),
+    pytest.param("[1, 2]", "must be a JSON object, not list", id="not-an-object"),
+])
+def test_bad_execution_defaults_are_refused(text: str, problem: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_execution_defaults(text)
+    assert caught.value.source == "LADDER_DEFAULT_EXECUTION"
+    assert problem in caught.value.problems[0][1]

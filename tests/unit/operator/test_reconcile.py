@@ -421,3 +421,73 @@ def test_resource_changes_apply_to_later_launches(
     assert group["replicas"] == 2
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
+
+
+# --- installation settings: execution defaults, host access, metrics -------------------------
+
+
+def _pod_spec(cluster: FakeCluster, group: str = "worker") -> dict[str, Any]:
+    (name, *_) = cluster.jobs()
+    cluster_spec = cluster.rayjobs[(NS, name)]["spec"]["rayClusterSpec"]
+    source = cluster_spec["headGroupSpec"] if group == "head" else \
+        cluster_spec["workerGroupSpecs"][0]
+    return source["template"]["spec"]
+
+
+def test_installation_defaults_apply_under_the_sweeps_own_execution(
+    cluster: FakeCluster, sessions: Any
+) -> None:
+    defaults = {"image": "registry.example/ladder-worker:1.0",
+                "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                "worker": {"cpu": "16", "memory": "160Gi"}}
+    reconciler = Reconciler(cluster, sessions, execution_defaults=defaults)
+    cluster.add_sweep("qs", {**SPEC, "methods": ["full"],
+                             "execution": {"worker": {"memory": "32Gi"}}})
+    reconciler.reconcile(NS, "qs")
+    pod = _pod_spec(cluster)
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example/ladder-worker:1.0"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # The Sweep's worker.memory wins; the installation's worker.cpu stays.
+    assert container["resources"]["limits"]["memory"] == "32Gi"
+    assert container["resources"]["limits"]["cpu"] == "16"
+
+
+HOST_PATH = {"volumes": [{"name": "data", "emptyDir": {}},
+                         {"name": "host", "hostPath": {"path": "/var/lib"}}],
+             "volumeMounts": [{"name": "host", "mountPath": "/host"}]}
+
+
+@pytest.mark.parametrize("allowed", [pytest.param(False, id="refused-by-default"),
+                                     pytest.param(True, id="allowed-by-the-installation")])
+def test_host_path_volumes_need_the_installations_consent(
+    cluster: FakeCluster, sessions: Any, allowed: bool
+) -> None:
+    reconciler = Reconciler(cluster, sessions, allow_privileged_trials=allowed)
+    cluster.add_sweep("qs", {**SPEC, "methods": ["full"], "execution": HOST_PATH})
+    result = reconciler.reconcile(NS, "qs")
+    assert result is not None
+    if allowed:
+        assert result.invalid is None and len(cluster.jobs()) == 1
+        assert {"name": "host", "hostPath": {"path": "/var/lib"}} in _pod_spec(cluster)["volumes"]
+    else:
+        assert result.invalid is not None and cluster.jobs() == []
+        assert "spec.execution.volumes[1].hostPath" in result.invalid
+        assert "allowPrivilegedTrials" in cluster.sweeps[(NS, "qs")]["status"]["message"]
+
+
+def test_passes_are_measured_when_the_controller_serves_metrics(
+    cluster: FakeCluster, sessions: Any
+) -> None:
+    from orchestrator.metrics import LadderMetrics
+
+    metrics = LadderMetrics()
+    reconciler = Reconciler(cluster, sessions, metrics=metrics)
+    cluster.add_sweep("qs", SPEC)
+    reconciler.reconcile(NS, "qs")
+    reconciler.reconcile(NS, "qs")
+    labels = {"sweep": "qs", "namespace": NS}
+    count = metrics.registry.get_sample_value("ladder_reconcile_duration_seconds_count", labels)
+    launches = metrics.registry.get_sample_value("ladder_trial_launch_latency_seconds_count",
+                                                 labels)
+    assert (count, launches) == (2.0, 2.0)

@@ -1,0 +1,223 @@
+"""The private Ray head a local `ladder run` starts, finds again after a crash, and stops.
+
+`ray.init()` would start a runtime inside our process, on Ray's fixed ports: its dashboard
+agent always listens on 52365, so a second runtime on the same machine (a colleague's sweep,
+or the leftovers of a `ladder run` that was SIGKILLed) never gets a job agent and every
+submission is refused with "No available agent to submit job". So Ladder starts its head with
+`ray start --head --block` on free loopback ports, in a temporary directory of its own, with a
+token of its own (Ray token authentication), and writes where it is to
+`<runs-dir>/ray-head.json` (mode 0600, it holds the token).
+
+The head outlives a killed `ladder run` on purpose: its jobs (the trials) keep running, and
+the next `ladder run` with the same runs directory finds the head through that file and adopts
+them instead of running them again. Several `ladder run`s sharing a runs directory share the
+head: each holds a shared lock on `ray-head.lock` while it runs, and only the last one out
+(the one that can take the lock exclusively) stops the head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "ray-head.json"
+LOCK_FILE = "ray-head.lock"
+START_TIMEOUT_SECONDS = 120.0
+STOP_GRACE_SECONDS = 3.0  # `ray start --block` takes longer than this to wind down on SIGTERM
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+@dataclass(frozen=True, slots=True)
+class RayHead:
+    """Where a private head is, and what a client needs to talk to it."""
+
+    address: str  # GCS, host:port
+    dashboard_url: str  # job submission API
+    pid: int  # the `ray start --block` process, leader of the head's process group
+    temp_dir: str  # every process of the head has it on its command line
+    token: str
+
+    def env(self) -> dict[str, str]:
+        """Environment of a client (or a job) of this head."""
+        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": self.token}
+
+    def is_alive(self) -> bool:
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if self.temp_dir.encode() not in cmdline:  # the pid was reused by something else
+            return False
+        return _dashboard_up(self.dashboard_url, self.token)
+
+    def stop(self) -> None:
+        """Stop the head and every process it started, including those in sessions of
+        their own (Ray's job supervisors and workers can be)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline and _processes_of(self.temp_dir):
+            time.sleep(0.25)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for pid in _processes_of(self.temp_dir):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _processes_of(temp_dir: str) -> list[int]:
+    """Live processes whose command line names the head's temporary directory."""
+    marker = temp_dir.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _dashboard_up(url: str, token: str) -> bool:
+    request = urllib.request.Request(f"{url}/api/version",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_head(*, num_cpus: int, num_gpus: int | None,
+               timeout: float = START_TIMEOUT_SECONDS) -> RayHead:
+    """Start a private head and wait until its dashboard answers."""
+    temp_dir = tempfile.mkdtemp(prefix="ladder-ray-", dir="/tmp")  # short: socket paths
+    token = secrets.token_hex(32)
+    dashboard_port = free_port()
+    command = [
+        _ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1", f"--port={free_port()}", f"--temp-dir={temp_dir}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--ray-client-server-port={free_port()}",
+        f"--num-cpus={num_cpus}",
+    ]
+    if num_gpus is not None:
+        command.append(f"--num-gpus={num_gpus}")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    log_path = Path(temp_dir) / "ray-start.log"
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    head = RayHead(address="", dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+                   pid=process.pid, temp_dir=temp_dir, token=token)
+    address_file = Path(temp_dir) / "ray_current_cluster"
+    deadline = time.monotonic() + timeout
+    while True:
+        address = address_file.read_text().strip() if address_file.exists() else ""
+        if address and _dashboard_up(head.dashboard_url, token):
+            return RayHead(address=address, dashboard_url=head.dashboard_url, pid=head.pid,
+                           temp_dir=temp_dir, token=token)
+        if process.poll() is not None or time.monotonic() > deadline:
+            output = log_path.read_text(errors="replace")[-2000:]
+            head.stop()
+            raise RuntimeError(f"the local Ray head did not start "
+                               f"(exit {process.returncode}):\n{output}")
+        time.sleep(0.25)
+
+
+class SharedHead:
+    """The head of a runs directory: found if an earlier run left it, else started; stopped
+    by the last run that uses it."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file = runs_dir / STATE_FILE
+        self._lock: IO[str] | None = None
+        self.head: RayHead | None = None
+        self.reused = False
+
+    def acquire(self, *, num_cpus: int, num_gpus: int | None) -> RayHead:
+        self._lock = (self.state_file.parent / LOCK_FILE).open("a+")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # one run at a time finds or starts it
+        try:
+            head = self._read()
+            if head is not None and head.is_alive():
+                self.reused = True
+                log.info("reusing the Ray head %s (pid %d)", head.address, head.pid)
+            else:
+                if head is not None:
+                    head.stop()  # half-dead leftovers
+                head = start_head(num_cpus=num_cpus, num_gpus=num_gpus)
+                self._write(head)
+            self.head = head
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_SH)
+        return head
+
+    def release(self) -> bool:
+        """Stop the head unless another run still uses it; True if it was stopped."""
+        if self._lock is None:
+            return False
+        stopped = False
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another ladder run still uses the Ray head; leaving it running")
+        else:
+            if self.head is not None:
+                self.head.stop()
+                self.state_file.unlink(missing_ok=True)
+                stopped = True
+        finally:
+            self._lock.close()
+            self._lock = None
+        return stopped
+
+    def _read(self) -> RayHead | None:
+        try:
+            return RayHead(**json.loads(self.state_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _write(self, head: RayHead) -> None:
+        descriptor = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(asdict(head), out)
