@@ -368,7 +368,8 @@ def predicts_oom(
 def estimate_trial(spec: SweepSpec, trial: Trial) -> MemoryEstimate | None:
     """The estimate of one trial of a sweep, or None for a model without a known architecture.
 
-    Batch per device: ceil(batchSize / workers), the largest share any worker gets; sequence
+    Batch per device: the examples of one forward/backward pass on a worker (its share of
+    batchSize, or microBatchSize when gradients are accumulated over smaller passes); sequence
     lengths: the training maxima; two DSS forwards unless the lane's DSS loss weight is 1.
     """
     arch = architecture(trial.model)
@@ -380,7 +381,7 @@ def estimate_trial(spec: SweepSpec, trial: Trial) -> MemoryEstimate | None:
         arch,
         trial.lane.method,
         rank=trial.lane.rank,
-        batch_per_device=-(-training.batch_size // workers),
+        batch_per_device=training.pass_batch(workers),
         input_tokens=training.max_input_tokens,
         output_tokens=training.max_output_tokens,
         precision=training.precision,

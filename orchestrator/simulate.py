@@ -153,8 +153,8 @@ class CostModel:
     fits: Callable[[Trial], bool] | None = None  # overrides the memory model's verdict
 
     def per_device_batch(self, spec: SweepSpec, trial: Trial) -> int:
-        workers = trial.resources.workers
-        return max(1, trial.lane.training(spec.training).batch_size // workers)
+        """Examples per optimizer step on one worker (compute)."""
+        return trial.lane.training(spec.training).per_worker_batch(trial.resources.workers)
 
     def cost(self, spec: SweepSpec, trial: Trial) -> TrialCost:
         arch = architecture(trial.model)
@@ -166,6 +166,7 @@ class CostModel:
         gpus = max(1, trial.resources.gpus)
         workers = trial.resources.workers
         batch = self.per_device_batch(spec, trial)
+        passes = training.accumulation_steps(workers)  # forward/backward passes per step
         li, lo = training.max_input_tokens, training.max_output_tokens
         two = lane.dss_alpha != 1.0
 
@@ -179,6 +180,7 @@ class CostModel:
         overhead = self.step_overhead_seconds + blocks * 3 * (2 if two else 1) * (
             self.block_pass_seconds)
         compute = batch * per_sample
+        overhead *= passes  # kernel launches per pass; compute is the same in fewer passes
         trainable = (arch.parameters if method is Method.FULL
                      else adapter_parameters(arch, lane.rank or 0))
         allreduce = 0.0
@@ -187,11 +189,14 @@ class CostModel:
                          if gpus <= self.cluster.gpus_per_node
                          else self.cluster.inter_node_bytes_per_second)
             allreduce = 2 * (workers - 1) / workers * 4 * trainable / bandwidth
-        exposed = max(0.0, allreduce - compute * 2 / 3)  # overlapped with backward
+        # Overlapped with the backward of the step's last pass (the others skip the sync).
+        exposed = max(0.0, allreduce - compute / passes * 2 / 3)
         step = compute + overhead + exposed
         steps = math.ceil(self.train_examples / (batch * workers))
-        eval_steps = math.ceil(self.eval_examples / (batch * workers))
-        evaluation = eval_steps * (compute + overhead) / 3
+        # Evaluation and generation run in passes of the same (micro) size.
+        eval_batch = training.pass_batch(workers)
+        eval_steps = math.ceil(self.eval_examples / (eval_batch * workers))
+        evaluation = eval_steps * (eval_batch * per_sample + overhead / passes) / 3
         generation = eval_steps * self.recipe.max_new_tokens * (
             arch.num_decoder_layers * self.decode_seconds_per_block)
         epoch = steps * step + evaluation
@@ -202,7 +207,8 @@ class CostModel:
             epoch += generation
 
         memory = estimate_memory(
-            arch, method, rank=lane.rank, batch_per_device=batch, input_tokens=li,
+            arch, method, rank=lane.rank, batch_per_device=training.pass_batch(workers),
+            input_tokens=li,
             output_tokens=lo, precision=precision, dss_two_tasks=two,
             gradient_checkpointing=training.gradient_checkpointing,
             attention=self.recipe.attention, data_parallel=workers > 1,
@@ -232,20 +238,27 @@ def fitted_resources(
     spec: SweepSpec, cost: CostModel, choices: tuple[int, ...] = (1, 2, 4, 8)
 ) -> SweepSpec:
     """The spec with per-model worker counts: for each model, the fewest workers (one GPU
-    each) at which every lane's trial fits the device under the cost model's memory model,
-    the largest choice where none does. What a user writes as `resources.overrides`."""
+    each) at which every lane's trial that fits at all fits the device under the cost model's
+    memory model (a trial that fits nowhere, say XL full under DDP, is left to its OOM
+    verdict and does not pull its model onto more GPUs), the largest choice where none fits.
+    What a user writes as `resources.overrides`."""
+
+    def fitting(workers: int) -> tuple[SweepSpec, dict[str, bool]]:
+        trial_spec = spec.model_copy(update={"resources": Resources(
+            workers=workers, gpus_per_worker=1, cpus_per_worker=spec.resources.cpus_per_worker,
+        )})
+        grid = expand(Sweep(name="fit", spec=trial_spec))
+        return trial_spec, {t.trial_id: cost.cost(trial_spec, t).fits
+                            for t in grid.all_trials()}
+
+    verdicts = {workers: fitting(workers) for workers in choices}
+    models = {t.trial_id: t.model for t in expand(Sweep(name="fit", spec=spec)).all_trials()}
     overrides: dict[str, dict[str, int]] = {}
     for model in spec.ladder:
-        chosen = choices[-1]
-        for workers in choices:
-            trial_spec = spec.model_copy(update={"resources": Resources(
-                workers=workers, gpus_per_worker=1, cpus_per_worker=spec.resources.cpus_per_worker,
-            )})
-            grid = expand(Sweep(name="fit", spec=trial_spec))
-            trials = [t for t in grid.all_trials() if t.model == model]
-            if all(cost.cost(trial_spec, t).fits for t in trials):
-                chosen = workers
-                break
+        ids = [trial_id for trial_id, m in models.items() if m == model]
+        feasible = [i for i in ids if any(verdicts[w][1][i] for w in choices)]
+        chosen = next((w for w in choices if feasible and all(verdicts[w][1][i] for i in feasible)),
+                      choices[-1])
         overrides[model] = {"workers": chosen, "gpus_per_worker": 1}
     resources = Resources.model_validate({
         "workers": max(choices), "gpusPerWorker": 1,

@@ -14,7 +14,10 @@ rationale), loss = a * L_label + (1 - a) * L_rationale.
 Batching: `training.batchSize` is the total batch of one optimizer step over all workers, so
 each worker takes max(1, batchSize // workers) examples per step (the paper: 8 = 1 x 8 GPUs).
 When batchSize is not a multiple of the worker count the effective batch is rounded down (to
-at least one example per worker); there is no gradient accumulation.
+at least one example per worker). With `training.microBatchSize` a worker's share runs as
+several smaller forward/backward passes whose gradients add up before the one optimizer step
+(DDP syncs on the last pass only): the paper's total batch of 8 on one GPU with the memory of
+a batch of 1, instead of 8 GPUs that each hold a full replica.
 
 Ray Train V2 (Ray 2.60) keeps reported metrics for the driver only when they come with a
 checkpoint, and `fit()` raises on failure without handing back its Result. So rank 0 reports
@@ -28,6 +31,7 @@ is refused in about a second, before any of them loads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -153,7 +157,8 @@ def train(
     host.check("building the model")
     train_set = encode_examples(loop.train, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens)
     eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens)
-    per_worker = max(1, cfg.batch_size // world)
+    per_worker = cfg.per_worker_batch(world)  # examples per optimizer step on this worker
+    per_pass = cfg.pass_batch(world)  # examples per forward/backward pass (micro-batch)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
         weight_decay=cfg.weight_decay, fused=device.type == "cuda",
@@ -163,7 +168,7 @@ def train(
         optimizer, mode="min", factor=cfg.lr_plateau.factor, patience=cfg.lr_plateau.patience
     )
     host.check("creating the optimizer")
-    probe = to_device(train_set, longest_batch(train_set, per_worker), tokenizer, device)
+    probe = to_device(train_set, longest_batch(train_set, per_pass), tokenizer, device)
     probe_step(accelerator, model, optimizer, probe, a)
     host.check("the probe step on the longest batch")
     progress = Progress(
@@ -182,26 +187,21 @@ def train(
         steps = examples = 0
         started = time.perf_counter()
         for indices in shard(batches, rank, world):
-            batch = to_device(train_set, indices, tokenizer, device)
-            with accelerator.autocast():
-                loss, label_loss, rationale_loss = dss_forward(model, batch, a)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            rationale = rationale_loss if rationale_loss is not None else torch.zeros_like(loss)
-            losses += torch.stack([loss, label_loss, rationale]).detach().float()
+            passes = [to_device(train_set, indices[i:i + per_pass], tokenizer, device)
+                      for i in range(0, len(indices), per_pass)]
+            losses += train_step(accelerator, model, optimizer, passes, a)
             steps, examples = steps + 1, examples + len(indices)
         totals = torch.cat([losses, losses.new_tensor([steps, examples])])
         loss_sum, label_sum, rationale_sum, steps, examples = accelerator.reduce(
             totals, reduction="sum").tolist()  # the training loop's only host sync
         seconds = progress.trained(time.perf_counter() - started, int(examples))
         learning_rate = optimizer.param_groups[0]["lr"]
-        eval_loss = evaluate(accelerator, model, eval_set, tokenizer, per_worker, a)
+        eval_loss = evaluate(accelerator, model, eval_set, tokenizer, per_pass, a)
         plateau.step(eval_loss)
         host.check(f"epoch {epoch}")
         if epoch == cfg.epochs or (cfg.generate_every and epoch % cfg.generate_every == 0):
             progress.score = generation_score(
-                accelerator, model, eval_set, loop.eval, tokenizer, per_worker, trial)
+                accelerator, model, eval_set, loop.eval, tokenizer, per_pass, trial)
         telemetry = gather_telemetry(sampler)
         progress.add(EpochRecord(
             epoch=epoch, train_loss=loss_sum / steps, train_label_loss=label_sum / steps,
@@ -213,6 +213,42 @@ def train(
         ), telemetry)
         report(progress.summary() if rank == 0 else None, epoch)
     return progress.summary() if rank == 0 else None
+
+
+def train_step(
+    accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+    passes: Sequence[Mapping[str, Tensor]], a: float,
+) -> Tensor:
+    """One optimizer step over a worker's batch, run as one or more forward/backward passes
+    (micro-batches). Each task's loss is a mean over target tokens, so a pass's loss is
+    weighted by its share of the batch's tokens of that task: the gradients add up to exactly
+    those of the whole batch in one pass. DDP all-reduces on the last pass only. Returns the
+    step's (loss, label loss, rationale loss) over the whole batch."""
+    from worker.data.batching import IGNORE_INDEX
+
+    def tokens(key: str) -> list[int]:
+        return [int((batch[key] != IGNORE_INDEX).sum()) for batch in passes]
+
+    label_tokens = tokens("labels")
+    rationale_tokens = tokens("rationale_labels") if a != 1.0 else [1] * len(passes)
+    losses = torch.zeros(3, device=accelerator.device)
+    for number, batch in enumerate(passes):
+        label_share = label_tokens[number] / max(1, sum(label_tokens))
+        rationale_share = rationale_tokens[number] / max(1, sum(rationale_tokens))
+        last = number == len(passes) - 1 or accelerator.num_processes == 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                _, label_loss, rationale_loss = dss_forward(model, batch, a)
+                label_loss = label_loss * label_share
+                if rationale_loss is not None:
+                    rationale_loss = rationale_loss * rationale_share
+                loss = dss_loss(label_loss, rationale_loss, a)
+            accelerator.backward(loss)
+        rationale = rationale_loss if rationale_loss is not None else torch.zeros_like(loss)
+        losses += torch.stack([loss, label_loss, rationale]).detach().float()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses
 
 
 def to_device(

@@ -265,8 +265,9 @@ def test_estimate_trial_uses_the_trials_share_of_the_batch() -> None:
     small, unknown = grid.trials[grid.lanes[0].name]
     e = estimate_trial(spec, small)
     assert e is not None
+    # 8 over 3 workers: each takes 8 // 3 = 2 per step, as the worker does.
     assert e == estimate_memory(
-        ARCHITECTURES[SMALL], Method.FULL, rank=None, batch_per_device=3, input_tokens=512,
+        ARCHITECTURES[SMALL], Method.FULL, rank=None, batch_per_device=2, input_tokens=512,
         output_tokens=128, precision=Precision.BF16, dss_two_tasks=False, data_parallel=True,
     )
     assert estimate_trial(spec, unknown) is None
