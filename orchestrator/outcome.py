@@ -9,6 +9,7 @@ must never be mistaken for an ordinary failure.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from orchestrator.lifecycle import ExitCode, OOMKind, TrialState
 
@@ -53,3 +54,25 @@ def excerpt(text: str, limit: int = 2000) -> str:
     """The end of a long log or traceback: where the error is."""
     text = text.strip()
     return text if len(text) <= limit else "..." + text[-limit:]
+
+
+STALLED = "stalled: no progress for {seconds} s"
+
+
+def stall_reason(
+    last_progress: datetime | None, now: datetime, timeout_seconds: float | None
+) -> str | None:
+    """Why a running attempt is to be stopped as hung, or None while it may go on.
+
+    `last_progress` is the last sign of life the worker left (the attempt became running,
+    an epoch was written); an attempt silent for more than `timeout_seconds` has stalled.
+    No timeout (None) or nothing known about its progress: never stalled.
+    """
+    if timeout_seconds is None or last_progress is None:
+        return None
+    if last_progress.tzinfo is None:
+        last_progress = last_progress.replace(tzinfo=UTC)
+    silent = (now - last_progress).total_seconds()
+    if silent <= timeout_seconds:
+        return None
+    return STALLED.format(seconds=f"{timeout_seconds:g}")

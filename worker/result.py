@@ -1,8 +1,11 @@
 """Where a trial's outcome goes: the store (live epochs, the final result), a file and stdout.
 
 The store is best effort while training (an unreachable database must never fail or stall a
-run) and insistent at the end (`save_with_retry`). Whatever happens to the store, the result
-is also written to `<outputDir>/result.json` and printed as the last stdout line
+run) and insistent at the end: `deliver` keeps retrying the result write with backoff
+(`save_with_retry`, again and again) for up to LADDER_RESULT_RETRY_SECONDS (default 600), so a
+database restarted or failed over while the trial ends still gets the result; the epochs
+written live while it was away travel with the result. Whatever happens to the store, the
+result is also written to `<outputDir>/result.json` and printed as the last stdout line
 (`TrialResult.json_line()`), which is what backends read when the database is away.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DB_URL_ENV = "LADDER_DB_URL"
+RESULT_RETRY_ENV = "LADDER_RESULT_RETRY_SECONDS"
+DEFAULT_RESULT_RETRY_SECONDS = 600.0
 RESULT_FILE = "result.json"
 # Ray's wrappers around the exception that really happened; error texts name the latter.
 _WRAPPERS = frozenset({
@@ -154,8 +161,52 @@ class EpochSink:
                         record.epoch, t.trial_id, error)
 
 
+def result_retry_seconds() -> float:
+    """How long `deliver` keeps trying the store: LADDER_RESULT_RETRY_SECONDS, default 600."""
+    text = os.environ.get(RESULT_RETRY_ENV, "").strip()
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_RESULT_RETRY_SECONDS
+    except ValueError:
+        log.warning("%s=%r is not a number; using %.0f s", RESULT_RETRY_ENV, text,
+                    DEFAULT_RESULT_RETRY_SECONDS)
+        return DEFAULT_RESULT_RETRY_SECONDS
+
+
+def store_result(
+    url: str,
+    result: TrialResult,
+    *,
+    within: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Write `result` to the store at `url`, retrying transient failures (a database that is
+    down, restarting or failing over) with backoff for up to `within` seconds; the last
+    failure propagates, and so does at once any failure that is not transient."""
+    from orchestrator.store import is_transient, record_result, save_with_retry
+
+    give_up = clock() + within
+    pause = 1.0
+    while True:
+        try:
+            # open_store connects (and migrates) first: inside the loop, so a database that
+            # is away when the trial ends is waited for too.
+            save_with_retry(_factory(url), lambda session: record_result(session, result),
+                            attempts=3, backoff=0.5, max_backoff=2.0, sleep=sleep)
+            return
+        except Exception as error:
+            left = give_up - clock()
+            if not is_transient(error) or left <= 0:
+                raise
+            log.warning("store: result of trial %s not written yet (%s); trying again for "
+                        "%.0f s more", result.trial_id, type(error).__name__, left)
+            sleep(min(pause, left))
+            pause = min(pause * 2, 10.0)
+
+
 def deliver(result: TrialResult, trial: TrialSpec) -> bool:
-    """Store the result (with retries), write result.json, print the result line last.
+    """Store the result (retrying for LADDER_RESULT_RETRY_SECONDS), write result.json, print
+    the result line last.
 
     Returns whether the store has it. Never raises: this is the worker's last word.
     """
@@ -163,9 +214,7 @@ def deliver(result: TrialResult, trial: TrialSpec) -> bool:
     url = store_url(trial)
     if url is not None:
         try:
-            from orchestrator.store import record_result, save_with_retry
-
-            save_with_retry(_factory(url), lambda session: record_result(session, result))
+            store_result(url, result, within=result_retry_seconds())
             stored = True
         except Exception as error:
             log.error("store: result of trial %s not written: %s", trial.trial_id, error)

@@ -10,6 +10,11 @@ at once, so none of them decides anything itself: they all run the same idempote
 - Sweep deleted: a finalizer (`ladder.dev/finalizer`) holds the Sweep until its RayJobs are
   gone; the store keeps every result.
 
+A store that is away (PostgreSQL restarting, failing over) or an API server that answers
+with a transient error makes a pass fail with `kopf.TemporaryError`: Kopf retries it after
+one reconcile interval, and the timer keeps ticking, so the controller backs off and carries
+on by itself once the store is back; nothing is decided while it is away.
+
 The Reconciler comes in through Kopf's `memo` (`memo.reconciler`), set up by
 `orchestrator.operator.controller.run_controller` (the `ladder controller` command).
 """
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from typing import Any
 
 import kopf
 
+from orchestrator import store
 from orchestrator.crd import GROUP, PLURAL, VERSION
 from orchestrator.operator.kube import KubeError
 from orchestrator.operator.manifests import (
@@ -39,6 +46,13 @@ log = logging.getLogger(__name__)
 FINALIZER = "ladder.dev/finalizer"
 ANNOTATION_PREFIX = "ladder.dev"
 RECONCILE_INTERVAL = float(os.environ.get("LADDER_RECONCILE_INTERVAL", "5"))
+# Peering (`ladder controller --peering NAME`, several replicas): the replica of the highest
+# priority acts, the others pause (Kopf pauses *all* replicas of equal priority, so each
+# replica draws its own unless LADDER_PEERING_PRIORITY sets it); a replica that dies without
+# saying goodbye (SIGKILL, a lost node) is taken over once its keep-alive is older than
+# LADDER_PEERING_LIFETIME seconds.
+PEERING_PRIORITY_ENV = "LADDER_PEERING_PRIORITY"
+PEERING_LIFETIME_ENV = "LADDER_PEERING_LIFETIME"
 DELETE_RETRY_DELAY = 2.0
 SWEEPS = (GROUP, VERSION, PLURAL)
 RAYJOBS = (RAY_GROUP, RAY_VERSION, RAYJOB_PLURAL)
@@ -58,6 +72,14 @@ def _pass(memo: Any, namespace: str, name: str) -> None:
         if error.transient:
             raise kopf.TemporaryError(str(error), delay=RECONCILE_INTERVAL) from error
         raise
+    except Exception as error:
+        if store.is_transient(error):
+            log.warning("store unavailable during a pass over sweep %s/%s; retrying in "
+                        "%.0f s: %s", namespace, name, RECONCILE_INTERVAL,
+                        type(error).__name__)
+            raise kopf.TemporaryError(f"store unavailable: {type(error).__name__}",
+                                      delay=RECONCILE_INTERVAL) from error
+        raise
 
 
 @kopf.on.startup()
@@ -75,6 +97,12 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if getattr(memo, "peering", False):
         settings.peering.name = memo.peering_name
         settings.peering.clusterwide = getattr(memo, "clusterwide", False)
+        priority = os.environ.get(PEERING_PRIORITY_ENV)
+        settings.peering.priority = (int(priority) if priority
+                                     else random.SystemRandom().randint(1, 1_000_000))
+        settings.peering.lifetime = int(os.environ.get(PEERING_LIFETIME_ENV, "60"))
+        log.info("peering %r with priority %d, lifetime %d s", memo.peering_name,
+                 settings.peering.priority, settings.peering.lifetime)
     settings.execution.max_workers = getattr(memo, "workers", 8)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -119,6 +147,11 @@ def sweep_deleted(name: str, namespace: str, memo: Any, **_: Any) -> None:
         result = reconciler.reconcile(namespace, name)
     except KubeError as error:
         raise kopf.TemporaryError(str(error), delay=DELETE_RETRY_DELAY) from error
+    except Exception as error:
+        if store.is_transient(error):
+            raise kopf.TemporaryError(f"store unavailable: {type(error).__name__}",
+                                      delay=DELETE_RETRY_DELAY) from error
+        raise
     if result is not None and result.remaining_rayjobs:
         raise kopf.TemporaryError(
             f"waiting for {result.remaining_rayjobs} RayJobs to be deleted",

@@ -145,6 +145,11 @@ class ExecutionConfig(_Config):
     )
     ttl_seconds_after_finished: int = Field(DEFAULT_TTL_SECONDS, ge=0)
     active_deadline_seconds: int | None = Field(None, ge=1)
+    stall_timeout_seconds: float | None = Field(
+        None, gt=0, description="Stop a running trial that shows no progress (no new epoch "
+        "in the store) for this long, and record the attempt as failed ('stalled: no "
+        "progress for N s'); it then retries like any failure. Unset: never.",
+    )
     capacity: dict[str, int] | None = Field(
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )

@@ -15,6 +15,10 @@ Observe:
    RayJob that is gone (deleted behind the controller's back, or never created because the
    controller died between recording and creating it): cancelled, so the lane relaunches it
    as the next attempt. A RayJob without a store row (a store that lost it) is adopted.
+   A running attempt silent for longer than `execution.stallTimeoutSeconds` (no epoch, no
+   other write of its worker; `outcome.stall_reason` decides) has hung: its RayJob is deleted
+   and the attempt recorded as failed, "stalled: no progress for N s" (it retries like any
+   failure).
 
 Plan: `plan(grid, spec, Observed(...))` with the attempts from the store.
 
@@ -43,6 +47,7 @@ from orchestrator.estimate import predicted_oom_fn
 from orchestrator.grid import Grid, Trial, expand, trial_spec
 from orchestrator.lifecycle import LaneState, OOMKind, TrialState
 from orchestrator.metrics import LadderMetrics
+from orchestrator.outcome import stall_reason
 from orchestrator.operator.conditions import desired_conditions, merge_conditions
 from orchestrator.operator.kube import Cluster, KubeError
 from orchestrator.operator.manifests import (
@@ -321,7 +326,7 @@ class Reconciler:
         sweep: Sweep,
         config: ExecutionConfig,
         trials: Mapping[str, Trial],
-        rayjobs: Mapping[tuple[str, int], dict[str, Any]],
+        rayjobs: dict[tuple[str, int], dict[str, Any]],
         result: PassResult,
     ) -> None:
         namespace, name = sweep.namespace, sweep.name
@@ -365,10 +370,46 @@ class Reconciler:
                 live = running_state(rayjob)
                 if live is TrialState.RUNNING and row.status == TrialState.PENDING:
                     with self.sessions.begin() as session:
-                        store.mark_attempt(session, namespace, name, key[0], key[1], live)
+                        row = store.mark_attempt(session, namespace, name, key[0], key[1],
+                                                 live)
+                if row.status == TrialState.RUNNING:
+                    self._stop_if_stalled(body, sweep, trial, row, rayjobs, config, result)
                 continue
             state, kind, reason = outcome
             self._settle(body, sweep, trial, key, state, kind, reason, result)
+
+    def _stop_if_stalled(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        trial: Trial,
+        row: store.TrialRow,
+        rayjobs: dict[tuple[str, int], dict[str, Any]],
+        config: ExecutionConfig,
+        result: PassResult,
+    ) -> None:
+        """Stop a running attempt with no progress for `execution.stallTimeoutSeconds`.
+
+        The RayJob goes first: a controller that dies right after finds the attempt running
+        without a RayJob and records it cancelled (then relaunches), so a hung job is never
+        left behind an attempt already recorded as failed."""
+        progress = [t for t in (row.started_at, row.updated_at) if t is not None]
+        reason = stall_reason(max(progress, default=None), self.clock(),
+                              config.stall_timeout_seconds)
+        if reason is None:
+            return
+        key = (row.trial_id, row.attempt)
+        job = rayjobs.pop(key)
+        job_name = job["metadata"]["name"]
+        log.warning("trial %s attempt %d (RayJob %s/%s): %s", row.trial_id, row.attempt,
+                    sweep.namespace, job_name, reason)
+        if self.cluster.delete_rayjob(sweep.namespace, job_name):
+            result.deleted.append(job_name)
+        self._settle(body, sweep, trial, key, TrialState.FAILED, None, reason, result)
+        if result.settled[key] is TrialState.FAILED:
+            self.cluster.event(body, WARNING, "TrialStalled",
+                               f"Trial {_describe(trial)} attempt {row.attempt} stopped: "
+                               f"{reason} (RayJob {job_name} deleted)")
 
     def _pods(self, namespace: str, rayjob: Mapping[str, Any]) -> list[dict[str, Any]]:
         cluster = cluster_name(rayjob)

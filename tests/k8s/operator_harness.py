@@ -47,7 +47,8 @@ class ControllerProcess:
 
     def __init__(self, *, kubeconfig: Path, namespace: str, db_url: str, log_dir: Path,
                  interval: float = 1.0, liveness: str = "",
-                 env: dict[str, str] | None = None, db_secret: str = "ladder-db/url") -> None:
+                 env: dict[str, str] | None = None, db_secret: str = "ladder-db/url",
+                 peering: str | None = None, name: str = "controller") -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.db_url = db_url
@@ -56,12 +57,14 @@ class ControllerProcess:
         self.liveness = liveness
         self.env = dict(env or {})
         self.db_secret = db_secret
+        self.peering = peering
+        self.name = name
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"controller-{self.starts}.log"
+        return self.log_dir / f"{self.name}-{self.starts}.log"
 
     def start(self) -> ControllerProcess:
         self.starts += 1
@@ -78,6 +81,7 @@ class ControllerProcess:
             sys.executable, "-c", "from orchestrator.cli import main; main()", "controller",
             "--namespace", self.namespace, "--db", self.db_url,
             "--db-secret", self.db_secret, "--liveness", self.liveness,
+            *(["--peering", self.peering] if self.peering else []),
         ]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as out:
@@ -104,9 +108,9 @@ class ControllerProcess:
     def logs(self) -> str:
         texts = []
         for index in range(1, self.starts + 1):
-            path = self.log_dir / f"controller-{index}.log"
+            path = self.log_dir / f"{self.name}-{index}.log"
             if path.exists():
-                texts.append(f"--- controller start {index} ---\n"
+                texts.append(f"--- {self.name} start {index} ---\n"
                              + path.read_text(errors="replace")[-6000:])
         return "\n".join(texts)
 
