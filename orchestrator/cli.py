@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -66,9 +67,10 @@ def db_url(option: str | None) -> str:
 
 def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
     """Print every problem of a SpecError, each with its field path, and exit 1."""
-    errors.print(f"[red]✗ {error.source}: {what}[/red]")
+    # Paths and messages quote what the user wrote: escaped, so `[...]` in it is not markup.
+    errors.print(f"[red]✗ {escape(error.source)}: {what}[/red]")
     for path, message in error.problems:
-        errors.print(f"  [bold]{path}[/bold]: {message}")
+        errors.print(f"  [bold]{escape(path)}[/bold]: {escape(message)}")
     raise typer.Exit(1) from None
 
 

@@ -12,7 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.spec import API_VERSION, KIND, MAX_LIST, MAX_SWEEP_NAME, SweepSpec
+from pydantic.alias_generators import to_camel
+
+from orchestrator.spec import (
+    API_VERSION,
+    KIND,
+    MAX_LIST,
+    MAX_SWEEP_NAME,
+    MAX_TEXT,
+    PAPER_ADAPTERS,
+    SWEEP_NAME_RE,
+    Axes,
+    SweepSpec,
+)
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL, SINGULAR, SHORT_NAME = "sweeps", "sweep", "sw"
@@ -21,6 +33,34 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 _DROP = {"title", "$defs", "default_factory"}
 # The fields that define the trial ids (see the immutability rule below).
 GRID_FIELDS = ("ladder", "methods", "adapters", "axes")
+
+
+
+def _grid_size_rule() -> str:
+    """CEL for `SweepSpec.potential_trials`, with the model's defaults for omitted fields
+    (the apiserver fills in only the defaults the schema states; list defaults are not)."""
+    default_methods = SweepSpec.model_fields["methods"].get_default(call_default_factory=True)
+    default_pairs = sum(len(a.alphas) for a in PAPER_ADAPTERS)
+    default_adapter_methods = sum(1 for m in default_methods if m.uses_adapters)
+    default_full = int(any(not m.uses_adapters for m in default_methods))
+    full = f"(has(self.methods) ? ('full' in self.methods ? 1 : 0) : {default_full})"
+    adapter_methods = (
+        f"(has(self.methods) ? size(self.methods.filter(m, m != 'full')) "
+        f": {default_adapter_methods})"
+    )
+    pairs = (
+        f"(has(self.adapters) ? self.adapters.map(a, size(a.alphas)).sum() : {default_pairs})"
+    )
+    points = " * ".join(
+        f"(has(self.axes) && has(self.axes.{axis}) ? size(self.axes.{axis}) : 1)"
+        for axis in (to_camel(name) for name in Axes.model_fields)
+    )
+    max_trials = SweepSpec.model_fields["max_trials"].default
+    return (
+        f"({full} + {adapter_methods} * {pairs}) * {points} * size(self.ladder) "
+        f"<= (has(self.maxTrials) ? self.maxTrials : {max_trials})"
+    )
+
 
 # CEL rules on `spec`, as (rule, message, fieldPath).
 SPEC_RULES: list[dict[str, str]] = [
@@ -53,6 +93,13 @@ SPEC_RULES: list[dict[str, str]] = [
         "fieldPath": ".adapters",
     },
     {
+        # Oversized grids: the same count as `SweepSpec.potential_trials`.
+        "rule": _grid_size_rule(),
+        "message": "maxTrials: the grid has more potential trials than maxTrials; shrink the "
+        "grid or raise maxTrials",
+        "fieldPath": ".maxTrials",
+    },
+    {
         # The grid defines the trial ids; changing it under a running sweep would orphan them.
         # Each field may be left out (the spec's default applies), so compare presence too.
         "rule": " && ".join(
@@ -68,10 +115,29 @@ ALPHA_RULE = {
     "message": "alphas must not repeat",
     "fieldPath": ".alphas",
 }
+# `targetModules` is a string or a list of strings: no single structural type, so the schema
+# keeps it untyped (`x-kubernetes-preserve-unknown-fields`). CEL cannot see an untyped value
+# ("unable to convert structural schema to CEL declarations"), but OpenAPI's keywords apply to
+# the values of their own type only: a string is checked by the length bounds, a list by the
+# item bounds and `items`. What stays unsaid is the type itself (a number or a mapping is
+# accepted by the apiserver): the controller refuses it with the same model.
+TARGET_MODULES_BOUNDS: dict[str, Any] = {
+    "minLength": 1,
+    "maxLength": MAX_TEXT,
+    "minItems": 1,
+    "maxItems": MAX_LIST,
+    "items": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
+}
 ROOT_RULES = [
     {
         "rule": f"size(self.metadata.name) <= {MAX_SWEEP_NAME}",
         "message": f"metadata.name: at most {MAX_SWEEP_NAME} characters (it prefixes RayJob names)",
+    },
+    {
+        # The apiserver allows dots in a custom resource's name; RayJob names and label values
+        # built from it do not.
+        "rule": f"self.metadata.name.matches('{SWEEP_NAME_RE.pattern}')",
+        "message": "metadata.name: must be a DNS label (lowercase letters, digits, '-')",
     },
 ]
 
@@ -147,6 +213,11 @@ def spec_schema() -> dict[str, Any]:
     schema["x-kubernetes-validations"] = SPEC_RULES
     adapter = schema["properties"]["adapters"]["items"]
     adapter["x-kubernetes-validations"] = [ALPHA_RULE]
+    # Axis values must not repeat (`Axes._unique_values`): a set-typed list says exactly that.
+    for axis in schema["properties"]["axes"]["properties"].values():
+        axis["x-kubernetes-list-type"] = "set"
+    training = schema["properties"]["training"]["properties"]
+    training["targetModules"].update(TARGET_MODULES_BOUNDS)
     # Bound the overrides map, or the apiserver refuses the CEL rule that walks it as too
     # costly ("estimated rule cost exceeds budget").
     schema["properties"]["resources"]["properties"]["overrides"]["maxProperties"] = MAX_LIST

@@ -8,6 +8,8 @@ wire (Kubernetes convention) and snake_case in Python. Defaults are the paper's 
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from enum import StrEnum
@@ -35,8 +37,13 @@ KIND = "Sweep"
 MAX_SWEEP_NAME = 40
 # Lists are bounded so the CRD's CEL rules have a bounded cost.
 MAX_LIST = 32
+# Free-text strings are bounded: a model id or path, a dataset source, a tokenizer.
+MAX_TEXT = 256
+MAX_SOURCE = 1024
 SWEEP_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?|[kmgtpe]i?)?$")
+# Exactly the suffixes `parse_quantity` knows (no milli-bytes), so the CRD's pattern, which is
+# this regex, accepts what the model accepts and nothing else.
+QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|[kKMGTPE])?$")
 _QUANTITY_FACTORS = {
     None: 1,
     "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -52,6 +59,15 @@ def parse_quantity(text: str | int) -> int:
     if match is None or match.group(2) not in _QUANTITY_FACTORS:
         raise ValueError(f"{text!r} is not a memory quantity such as '24Gi', '512Mi' or '2G'")
     return int(float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)])
+
+
+class FieldError(ValueError):
+    """A whole-model rule that is about one field: `parse_sweep` reports it at `field`
+    (a camelCase path relative to the model that raised it), as the CRD's CEL rules do."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
 
 
 class _Model(BaseModel):
@@ -125,14 +141,23 @@ class Training(_Model):
     lr_plateau: LRPlateau = LRPlateau()
     precision: Precision = Precision.BF16
     tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
-    target_modules: str | list[str] = "all-linear"
+    target_modules: (
+        Annotated[str, Field(max_length=MAX_TEXT)]
+        | Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]],
+            Field(max_length=MAX_LIST),
+        ]
+    ) = "all-linear"
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     max_input_tokens: int = Field(1400, ge=8)
     max_output_tokens: int = Field(1024, ge=8)
     weight_decay: float = Field(0.0, ge=0)
     init: ModelInit = ModelInit.PRETRAINED
     tokenizer: str | None = Field(
-        None, description="Tokenizer path or id; default: the model's own, 'byte' for random init."
+        None,
+        min_length=1,
+        max_length=MAX_TEXT,
+        description="Tokenizer path or id; default: the model's own, 'byte' for random init.",
     )
     gradient_checkpointing: bool = False
     generate_every: int = Field(
@@ -160,7 +185,7 @@ class Training(_Model):
 class Dataset(_Model):
     """Where the DSS examples come from and how they are split."""
 
-    source: str = Field("builtin:querydsl", min_length=1)
+    source: str = Field("builtin:querydsl", min_length=1, max_length=MAX_SOURCE)
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
     size: int | None = Field(None, ge=2, description="Examples from a builtin generator.")
@@ -271,7 +296,9 @@ class Axes(_Model):
         for name in type(self).model_fields:
             values = getattr(self, name)
             if values is not None and len(set(values)) != len(values):
-                raise ValueError(f"axis {to_camel(name)} repeats a value: {values}")
+                raise FieldError(
+                    to_camel(name), f"axis {to_camel(name)} repeats a value: {values}"
+                )
         return self
 
 
@@ -291,7 +318,7 @@ PAPER_LADDER = (
 class SweepSpec(_Model):
     """The whole Sweep: what to train (the grid), how, and where."""
 
-    ladder: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+    ladder: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]] = Field(
         min_length=1, max_length=MAX_LIST
     )
     methods: list[Method] = Field(
@@ -341,14 +368,17 @@ class SweepSpec(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
         if any(m.uses_adapters for m in self.methods) and not self.adapters:
-            raise ValueError("adapters: lora and qlora need at least one {rank, alphas} pair")
+            raise FieldError("adapters", "lora and qlora need at least one {rank, alphas} pair")
         unknown = sorted(set(self.resources.overrides) - set(self.ladder))
         if unknown:
-            raise ValueError(f"resources.overrides names models not in the ladder: {unknown}")
+            raise FieldError(
+                "resources.overrides", f"names models that are not in the ladder: {unknown}"
+            )
         if self.potential_trials > self.max_trials:
-            raise ValueError(
+            raise FieldError(
+                "maxTrials",
                 f"the grid has {self.potential_trials} potential trials, more than maxTrials="
-                f"{self.max_trials}; shrink the grid or raise maxTrials"
+                f"{self.max_trials}; shrink the grid or raise maxTrials",
             )
         return self
 
@@ -406,14 +436,16 @@ class SpecError(ValueError):
         super().__init__(f"{source}: invalid Sweep\n{lines}")
 
 
+# Tags pydantic puts in an error's location for the union or validator member it tried.
+_MEMBER_TAGS = ("function-", "union[", "list[", "literal[", "constrained-")
+
+
 def _error_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     path = prefix
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith(("function-", "union[", "list[", "literal[")) or part in (
-            "str", "int", "float", "bool",
-        ):
+        elif part.startswith(_MEMBER_TAGS) or part in ("str", "int", "float", "bool"):
             # pydantic names the union member it tried; users never wrote that.
             continue
         else:
@@ -427,8 +459,37 @@ def _problems(error: ValidationError, prefix: str) -> list[tuple[str, str]]:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field"
-        problems.append((_error_path(prefix, item["loc"]), message))
+        loc = item["loc"]
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):
+            loc = (*loc, *cause.field.split("."))
+        problems.append((_error_path(prefix, loc), message))
     return problems
+
+
+def _as_json(body: Mapping[str, Any], source: str, prefix: str) -> str:
+    """The spec as JSON text: validating JSON in strict mode refuses what the apiserver refuses
+    (`epochs: "5"`, `tf32: "yes"`, `rank: 8.5`) instead of coercing it."""
+
+    def unsupported(value: object) -> Any:
+        raise TypeError(f"a {type(value).__name__} is not a JSON value")
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TypeError(f"{value} is not a JSON number")
+        if isinstance(value, Mapping):
+            if not all(isinstance(key, str) for key in value):
+                raise TypeError("mapping keys must be strings")
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(item) for item in value]
+        return value
+
+    try:
+        return json.dumps(finite(body), default=unsupported, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise SpecError(source, [(prefix or "spec", f"not a JSON-like document: {error}")]) \
+            from None
 
 
 def parse_sweep(
@@ -455,8 +516,9 @@ def parse_sweep(
         body, prefix = document, ""
     if not isinstance(body, Mapping):
         raise SpecError(source, [(prefix or "spec", "expected a mapping")])
+    text = _as_json(body, source, prefix)
     try:
-        spec = SweepSpec.model_validate(body, by_alias=True, by_name=False)
+        spec = SweepSpec.model_validate_json(text, strict=True, by_alias=True, by_name=False)
     except ValidationError as error:
         raise SpecError(source, _problems(error, prefix)) from None
     try:
