@@ -47,7 +47,6 @@ from orchestrator.estimate import predicted_oom_fn
 from orchestrator.grid import Grid, Trial, expand, trial_spec
 from orchestrator.lifecycle import LaneState, OOMKind, TrialState
 from orchestrator.metrics import LadderMetrics
-from orchestrator.outcome import stall_reason
 from orchestrator.operator.conditions import desired_conditions, merge_conditions
 from orchestrator.operator.kube import Cluster, KubeError
 from orchestrator.operator.manifests import (
@@ -66,6 +65,7 @@ from orchestrator.operator.manifests import (
     sweep_capacity,
     trial_output_dir,
 )
+from orchestrator.outcome import stall_reason
 from orchestrator.plan import (
     CancelTrial,
     LaunchTrial,

@@ -19,15 +19,16 @@ from pathlib import Path
 import pytest
 
 from orchestrator.operator.kube import Kube, load_config
-from tests.k8s.conftest import (  # noqa: F401 (fixtures and the build hook, shared)
-    REPO_ROOT,
-    ControlPlane,
-    control_plane,
-    kuberay_crds,
-    pytest_collection_finish,
-)
+from tests.k8s import conftest as k8s
+from tests.k8s.conftest import REPO_ROOT, ControlPlane
 from tests.reliability.pgserver import PostgresServer
 from tests.reliability.rig import Rig
+
+# Shared with tests/k8s: the control plane fixtures, and the hook that builds its binaries
+# before the first test (a cache hit after the first build).
+control_plane = k8s.control_plane
+kuberay_crds = k8s.kuberay_crds
+pytest_collection_finish = k8s.pytest_collection_finish
 
 SOAK_ENV = "LADDER_SOAK"
 HERE = Path(__file__).resolve().parent
