@@ -37,6 +37,8 @@ COLUMNS: Final = ("input", "label", "rationale")
 #: KiB; anything near this size is a corrupt or wrong file, and the cap bounds memory use.
 MAX_LINE_BYTES: Final = 1024 * 1024
 
+# UTF-32 LE begins with the UTF-16 LE mark, so the tuple is checked as a whole.
+_WIDE_BOMS: Final = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _JSONL_SUFFIXES: Final = frozenset({".jsonl", ".json"})
 _CSV_SUFFIXES: Final = frozenset({".csv"})
 _DEFAULT_BUILTIN_SIZE: Final = 1000
@@ -191,6 +193,16 @@ def _lines(source: str, handle: IO[bytes]) -> Iterator[tuple[int, str]]:
             raise DatasetError(source, number, f"line too long (more than {MAX_LINE_BYTES} bytes)")
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # A UTF-8 byte order mark (spreadsheet exports) is not data.
+        elif number == 1 and raw.startswith(_WIDE_BOMS):
+            raise DatasetError(source, number, "file is UTF-16 or UTF-32 (byte order mark); "
+                               "save it as UTF-8")
+        if b"\x00" in content:
+            # Valid UTF-8, but never in text: UTF-16 without a byte order mark, or binary data.
+            column = content.index(b"\x00") + 1
+            raise DatasetError(
+                source, number,
+                f"NUL byte at column {column} (a UTF-16 or binary file? save it as UTF-8 text)",
+            )
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -242,6 +254,11 @@ def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list
             last_line = number
             yield text
 
+    # A quoted field may span lines, so the per-line cap alone does not bound a field: the csv
+    # module's own field limit (128 KiB by default, process-wide) is raised to the same cap,
+    # and a longer field is reported as such rather than as "malformed CSV".
+    if csv.field_size_limit() < MAX_LINE_BYTES:
+        csv.field_size_limit(MAX_LINE_BYTES)
     reader = csv.reader(feed(), strict=True)
     header: list[str] | None = None
     columns: dict[str, int] = {}
@@ -254,6 +271,11 @@ def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list
         except StopIteration:
             break
         except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                raise DatasetError(
+                    source, record_start,
+                    f"field too long (more than {csv.field_size_limit()} characters)",
+                ) from exc
             raise DatasetError(source, record_start, f"malformed CSV ({exc})") from exc
         if not row or all(not cell.strip() for cell in row):
             continue  # Blank line between records.
@@ -266,6 +288,11 @@ def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list
                     record_start,
                     f"header is missing column(s) {', '.join(missing)} "
                     f"(found: {', '.join(header)})",
+                )
+            repeated = [name for name in COLUMNS if header.count(name) > 1]
+            if repeated:
+                raise DatasetError(
+                    source, record_start, f"header repeats column(s) {', '.join(repeated)}"
                 )
             columns = {name: header.index(name) for name in COLUMNS}
             continue
