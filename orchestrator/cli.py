@@ -87,7 +87,10 @@ def _open_store(url: str):
     try:
         return store.open_store(url)
     except Exception as error:
-        errors.print(f"[red]✗ cannot open the store {store.redact_url(url)}: {error}[/red]")
+        # The driver's message may quote the URL it was given, password included.
+        reason = escape(store.redact_secrets(str(error)))
+        where = escape(store.redact_url(url))
+        errors.print(f"[red]✗ cannot open the store {where}: {reason}[/red]")
         raise typer.Exit(1) from None
 
 

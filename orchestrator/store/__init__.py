@@ -21,6 +21,7 @@ from orchestrator.store.engine import (
     head_revisions,
     migrate,
     open_store,
+    redact_secrets,
     redact_url,
     session_factory,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "record_attempt",
     "record_epoch",
     "record_result",
+    "redact_secrets",
     "redact_url",
     "results",
     "save_with_retry",

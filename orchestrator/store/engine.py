@@ -41,8 +41,16 @@ def database_url(url: str | URL | None = None) -> str:
     return os.environ.get(DB_URL_ENV) or DEFAULT_DB_URL
 
 
-_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>://[^:/@?#]*:)[^@/?#]*(?P<tail>@)")
+_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>(?:^|://)[^:/@?#\s]*:)[^@/?#\s]*(?P<tail>@)")
 _PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
+# In free text (an error message, a traceback, a KubeRay status): a URL's `user:PASSWORD@`,
+# and libpq's `password=...` (a DSN's key=value form, a URL's query), quoted or not.
+_PASSWORD_IN_TEXT_URL = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@?#'\"]*:)[^\s@/?#'\"]+(?P<tail>@)"
+)
+_PASSWORD_IN_TEXT_PARAM = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&#'\",;)]+)", re.IGNORECASE
+)
 
 
 def redact_url(url: str | URL) -> str:
@@ -51,11 +59,23 @@ def redact_url(url: str | URL) -> str:
         url = url.render_as_string(hide_password=False)
     try:
         rendered = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        # Not a SQLAlchemy URL (a typo, a DSN): still never echo a password back.
+    except (ArgumentError, ValueError):
+        # Not a SQLAlchemy URL (a typo, a DSN, a bad port): still never echo a password back.
         rendered = _PASSWORD_IN_NETLOC.sub(r"\g<head>***\g<tail>", url)
     # libpq also accepts the password as a query parameter.
-    return _PASSWORD_IN_QUERY.sub(r"\g<head>***", rendered)
+    return redact_secrets(_PASSWORD_IN_QUERY.sub(r"\g<head>***", rendered))
+
+
+def redact_secrets(text: str) -> str:
+    """Free text with every database password in it shown as `***`.
+
+    Error messages travel from a worker to the store, and from there into a Sweep's status,
+    its Kubernetes events, the controller's logs and `ladder results`; a driver's message or a
+    traceback may quote the URL it was given. The store writes errors through this (see
+    `repository.error_excerpt`), and so does the controller for text it did not read from it.
+    """
+    text = _PASSWORD_IN_TEXT_URL.sub(r"\g<head>***\g<tail>", text)
+    return _PASSWORD_IN_TEXT_PARAM.sub(r"\g<head>***", text)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
 
 from orchestrator.lifecycle import OOMKind, TrialState
 from orchestrator.spec import Sweep
+from orchestrator.store.engine import redact_secrets
 from orchestrator.store.models import (
     ERROR_EXCERPT_CHARS,
     EpochRow,
@@ -85,14 +86,15 @@ def replaceable_states(status: TrialState) -> tuple[TrialState, ...]:
 
 
 def error_excerpt(error: str | None) -> str | None:
-    """An error message fit for the `error` column: at most 4000 characters, no NUL bytes.
+    """An error message fit for the `error` column: at most 4000 characters, no NUL bytes,
+    no database password (`redact_secrets`: errors are shown in statuses, events, results).
 
     Keeps the end: a traceback's last lines name the exception. NULs are replaced because
     PostgreSQL refuses them in text, which would lose the whole result.
     """
     if error is None:
         return None
-    error = error.replace("\x00", "\ufffd")
+    error = redact_secrets(error.replace("\x00", "\ufffd"))
     if len(error) > ERROR_EXCERPT_CHARS:
         error = "\u2026" + error[-(ERROR_EXCERPT_CHARS - 1):]
     return error
