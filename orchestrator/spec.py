@@ -475,8 +475,11 @@ def _as_json(body: Mapping[str, Any], source: str, prefix: str) -> str:
         raise TypeError(f"a {type(value).__name__} is not a JSON value")
 
     def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise TypeError(f"{value} is not a JSON number")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise TypeError(f"{value} is not a JSON number")
+            # The apiserver takes 2.0 for an integer field (and stores 2): so does the model.
+            return int(value) if value.is_integer() else value
         if isinstance(value, Mapping):
             if not all(isinstance(key, str) for key in value):
                 raise TypeError("mapping keys must be strings")

@@ -186,3 +186,19 @@ class TestExpansion:
     def test_lane_count_property_matches_the_model_defaults(self) -> None:
         spec = SweepSpec.model_validate({"ladder": ["a", "b"]})
         assert spec.potential_trials == 2 * 25
+
+
+@FUZZ
+@given(value=st.integers(1, 10**6))
+def test_integral_floats_are_integers_as_on_the_apiserver(value: int) -> None:
+    """kube-apiserver accepts `epochs: 2.0` for an integer field and stores 2; so does
+    `parse_sweep`. A fractional value is refused by both (see the invalid corpus)."""
+    sweep = parse_sweep({"ladder": ["m"], "methods": ["full"], "parallelism": float(value),
+                         "training": {"epochs": float(value)}})
+    assert sweep.spec.parallelism == sweep.spec.training.epochs == value
+    try:
+        parse_sweep({"ladder": ["m"], "methods": ["full"], "parallelism": value + 0.5})
+    except SpecError as error:
+        assert [p for p, _ in error.problems] == ["parallelism"]
+    else:  # pragma: no cover
+        raise AssertionError("a fractional parallelism parsed")
