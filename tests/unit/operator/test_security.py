@@ -5,7 +5,8 @@
   `ladder results`; the CLI prints store URLs redacted.
 - Metrics never carry user free text as labels, and every label name is a declared one.
 - A Sweep cannot make the controller create objects in another namespace: whatever
-  `spec.execution` says, every RayJob is in the Sweep's namespace and owned by the Sweep.
+  `spec.execution` says, every RayJob is in the Sweep's namespace and owned by the Sweep, and
+  no pod of it asks for privileges or the node's namespaces.
 
 The reconcile path runs against the in-memory FakeCluster of test_reconcile.py and a real
 SQLite store; the CLI runs through typer's CliRunner.
@@ -219,7 +220,25 @@ EXECUTIONS = [
                   "dbSecret": {"name": "kube-system", "key": "url"},
                   "runtimeEnv": {"namespace": "kube-system"}},
                  id="service-account-and-secrets"),
+    pytest.param({"securityContext": {"privileged": True}, "hostNetwork": True, "hostPID": True,
+                  "head": {"securityContext": {"privileged": True}, "hostIPC": True},
+                  "worker": {"securityContext": {"allowPrivilegeEscalation": True}}},
+                 id="privileged-pod-settings"),
 ]
+# Pod settings that reach the node; `spec.execution` can ask for none of them (hostPath
+# volumes need the installation's consent: test_reconcile.py, host_path_volumes_need_...).
+NODE_ACCESS = ("privileged", "hostNetwork", "hostPID", "hostIPC", "hostPath",
+               "allowPrivilegeEscalation")
+
+
+def _keys(node: Any) -> Iterator[str]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield str(key)
+            yield from _keys(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _keys(item)
 
 
 def _metadata_namespaces(node: Any) -> Iterator[str]:
@@ -246,6 +265,7 @@ def test_rayjobs_stay_in_the_sweeps_namespace(
     for (namespace, _), job in cluster.rayjobs.items():  # ...each in the Sweep's namespace
         assert namespace == NS and job["metadata"]["namespace"] == NS
         assert set(_metadata_namespaces(job)) <= {NS}, job
+        assert not set(_keys(job)) & set(NODE_ACCESS), job
         assert job["metadata"]["ownerReferences"] == [{
             "apiVersion": API_VERSION, "kind": KIND, "name": "qs",
             "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
