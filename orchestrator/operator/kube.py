@@ -121,6 +121,7 @@ class Kube:
     def _call(self, what: str, fn: Any, *args: Any, missing_ok: bool = False,
               conflict_ok: bool = False, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as TransportError
 
         try:
             return fn(*args, **kwargs)
@@ -130,7 +131,9 @@ class Kube:
             if conflict_ok and error.status == 409:
                 return None
             raise _wrap(error, what) from None
-        except (OSError, ValueError) as error:  # connection refused, TLS, timeouts
+        # Connection refused or reset, TLS, timeouts (urllib3's MaxRetryError and friends are
+        # no OSError): the API server is away, e.g. restarting. Transient (status 0).
+        except (OSError, ValueError, TransportError) as error:
             raise KubeError(f"{what}: {error}", 0) from None
 
     # --- sweeps ---------------------------------------------------------------------------
