@@ -47,3 +47,12 @@ def test_ladder_validate_refuses_naming_the_field(path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         load_sweep(path)
     assert field in [where for where, _ in caught.value.problems], caught.value.problems
+
+
+def test_user_text_in_messages_is_printed_verbatim(tmp_path: Path) -> None:
+    """Messages quote what the user wrote; `rich` must print it, not read it as markup."""
+    path = tmp_path / "markup.yaml"
+    path.write_text("ladder: ['[red]m[/red]', '[red]m[/red]']\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "400"})
+    assert result.exit_code == 1
+    assert "model '[red]m[/red]' appears twice in the ladder" in result.output, result.output
