@@ -3,7 +3,8 @@
 Runs one trial and always ends the same way, whatever happened: one TrialResult in the store
 (when a URL is known) and in `<outputDir>/result.json`, printed as the last stdout line, and
 the exit code of its state: 0 succeeded, 3 out of memory (any kind), 1 anything else. An
-exception anywhere, setup included, becomes a failed result rather than a bare traceback.
+exception anywhere, setup included, becomes a failed result rather than a bare traceback; a
+SIGTERM (the trial stopped from outside) becomes a cancelled one.
 
 `python -m worker probe --trial FILE` runs only the probe step on the longest batch (does
 the trial fit?) and prints the result line, storing nothing.
@@ -14,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from orchestrator.lifecycle import ExitCode
+from orchestrator.lifecycle import ExitCode, TrialState
 from orchestrator.trial import TrialResult, TrialSpec
 
 log = logging.getLogger("worker")
@@ -47,6 +50,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(run(args.trial, probe_only=args.command == "probe"))
 
 
+# Set by the SIGTERM handler: whatever exception the stop surfaces as on its way out (Ray
+# Train may wrap it in its own), the trial was stopped, it did not fail.
+STOP_REQUESTED = threading.Event()
+
+
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM: the trial is stopped from outside (Ray's stop_job, a deleted RayJob, a
+    cancelled sweep). Unwind the way Ray's own handler does (SystemExit, which Ray Train lets
+    through), remembering that it was a stop."""
+    if STOP_REQUESTED.is_set():
+        return  # one stop is enough; let the result go out
+    STOP_REQUESTED.set()
+    sys.exit(signum)
+
+
+def _stopped(result: TrialResult) -> TrialResult:
+    """The result as it stood (epochs done, figures so far), recorded as cancelled."""
+    return result.model_copy(update={
+        "status": TrialState.CANCELLED, "oom_kind": None,
+        "error": "cancelled: stopped from outside (SIGTERM)",
+    })
+
+
 def run(path: Path, *, probe_only: bool = False) -> ExitCode:
     from worker.result import deliver, exit_code, failure_result
 
@@ -55,15 +81,29 @@ def run(path: Path, *, probe_only: bool = False) -> ExitCode:
         trial = TrialSpec.read(path)
     except Exception as error:
         return _unreadable_trial(path, error)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         from worker.train import run_trial
 
         result = run_trial(trial, probe_only=probe_only)
-    except BaseException as error:  # KeyboardInterrupt too: the result must still go out.
-        log.exception("trial %s failed outside training", trial.trial_id)
-        result = failure_result(
-            trial, error, started_at=started_at, wall_seconds=time.time() - t0
-        )
+    except BaseException as error:  # a stop too: the result must still go out.
+        if isinstance(error, KeyboardInterrupt):
+            STOP_REQUESTED.set()
+        if STOP_REQUESTED.is_set():
+            # No classification: the stop may have cut an import short (a half-imported ray).
+            result = TrialResult.for_trial(
+                trial, status=TrialState.FAILED, started_at=started_at,
+                finished_at=datetime.now(UTC), wall_seconds=time.time() - t0,
+            )
+        else:
+            log.exception("trial %s failed outside training", trial.trial_id)
+            result = failure_result(
+                trial, error, started_at=started_at, wall_seconds=time.time() - t0
+            )
+    if STOP_REQUESTED.is_set() and result.status is not TrialState.SUCCEEDED:
+        log.warning("trial %s was stopped from outside", trial.trial_id)
+        result = _stopped(result)
     _disconnect_ray()  # so that no forwarded worker log line comes after the result line
     if probe_only:
         print(result.json_line(), flush=True)

@@ -36,7 +36,9 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -503,8 +505,13 @@ def connect_ray() -> bool:
         # A runtime of our own: its workers must import this checkout, installed or not.
         paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}}
+    # ray.init() replaces the SIGTERM handler with its own (sys.exit); the worker's (a stop is
+    # a cancellation, see worker/cli.py) must stay.
+    handler = signal.getsignal(signal.SIGTERM)
     ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
              configure_logging=False)
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
     return True
 
 

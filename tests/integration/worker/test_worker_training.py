@@ -122,3 +122,53 @@ def test_bad_dataset_fails_with_the_file_named(tmp_path: Path) -> None:
     assert result.error.startswith(f"DatasetError: {data}:2: line is not valid JSON")
     (row,) = stored(url)
     assert row.status is TrialState.FAILED and row.error == result.error
+
+
+@pytest.mark.parametrize("moment", [
+    pytest.param("starting", id="before-training"),
+    pytest.param("training", id="during-training"),
+])
+def test_sigterm_is_a_cancellation_not_a_failure(
+    moment: str, ray_address: str, tmp_path: Path
+) -> None:
+    """Ray's stop_job and a deleted RayJob end the worker with SIGTERM: the trial was stopped,
+    it did not fail, and the result still goes out (stdout, store)."""
+    import signal
+    import sqlite3
+    import time
+
+    url = f"sqlite:///{tmp_path / 'ladder.db'}"
+    trial = tiny_trial(tmp_path, "full", training={
+        "epochs": 200, "batchSize": 4, "precision": "fp32", "init": "random",
+        "maxInputTokens": 96, "maxOutputTokens": 64})
+    path = trial.write(tmp_path / "trial.json")
+    env = {**os.environ, "LADDER_DB_URL": url, "RAY_ADDRESS": ray_address,
+           "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen([sys.executable, "-m", "worker", "run", "--trial", str(path)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+
+    def state() -> str | None:
+        try:
+            with sqlite3.connect(tmp_path / "ladder.db") as db:
+                row = db.execute("SELECT status FROM trials").fetchone()
+                epochs = db.execute("SELECT count(*) FROM epochs").fetchone()[0]
+        except sqlite3.OperationalError:
+            return None
+        if row is None:
+            return None
+        return "training" if epochs else row[0]
+
+    deadline = time.monotonic() + 300
+    wanted = "running" if moment == "starting" else "training"
+    while state() != wanted and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker.poll() is None, worker.communicate()[1][-3000:]
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=120)
+    result = TrialResult.from_output(out)
+    assert result is not None, err[-3000:]
+    assert result.status is TrialState.CANCELLED and "cancelled" in (result.error or "")
+    assert worker.returncode == ExitCode.FAILED
+    (row,) = stored(url)
+    assert row.status is TrialState.CANCELLED
