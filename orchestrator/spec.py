@@ -160,12 +160,32 @@ class Training(_Model):
         description="Tokenizer path or id; default: the model's own, 'byte' for random init.",
     )
     gradient_checkpointing: bool = False
+    micro_batch_size: int | None = Field(
+        None, ge=1,
+        description="Examples per forward/backward pass on a worker: its share of batchSize "
+        "is split into passes of this size whose gradients add up before one optimizer step "
+        "(the same total batch with the memory of the smaller pass). Unset: one pass.",
+    )
     generate_every: int = Field(
         0, ge=0, description="Greedy-generation metrics every k epochs; 0: only after the last."
     )
     generate_limit: int | None = Field(
         None, ge=1, description="Evaluate generation on at most this many eval examples."
     )
+
+    def per_worker_batch(self, workers: int) -> int:
+        """Examples each worker takes per optimizer step: batchSize // workers, at least one
+        (the paper: 8 = 1 x 8 GPUs)."""
+        return max(1, self.batch_size // max(1, workers))
+
+    def pass_batch(self, workers: int) -> int:
+        """Examples in one forward/backward pass on a worker (what sets activation memory)."""
+        share = self.per_worker_batch(workers)
+        return min(share, self.micro_batch_size) if self.micro_batch_size else share
+
+    def accumulation_steps(self, workers: int) -> int:
+        """Forward/backward passes per optimizer step on a worker."""
+        return -(-self.per_worker_batch(workers) // self.pass_batch(workers))
 
     @field_validator("precision", mode="before")
     @classmethod
