@@ -42,6 +42,12 @@ SWEEP_LABELS = ("sweep", "namespace")
 TRIAL_LABELS = (*SWEEP_LABELS, "trial", "lane", "model", "method", "rank", "alpha",
                 "dss_alpha", "seed")
 LANE_LABELS = (*SWEEP_LABELS, "lane", "method", "rank", "alpha", "dss_alpha", "seed")
+# Labels whose values come from closed sets: a trial's or lane's state, an OOM's kind, a
+# sweep's phase.
+STATE_LABEL, KIND_LABEL, PHASE_LABEL = "state", "kind", "phase"
+# Every label name a metric of this module carries (plus the histograms' `le`); the values
+# are grid coordinates, ids and enum values, never free text such as an error message.
+LABEL_NAMES = frozenset({*TRIAL_LABELS, *LANE_LABELS, STATE_LABEL, KIND_LABEL, PHASE_LABEL})
 
 # (metric name, TrialRow attribute, help) of per-trial result gauges.
 TRIAL_FIGURES = (
@@ -89,16 +95,16 @@ class _Families:
     def __init__(self) -> None:
         self.trials = GaugeMetricFamily(
             "ladder_trials", "Trials by the state of their latest attempt.",
-            labels=[*SWEEP_LABELS, "state"],
+            labels=[*SWEEP_LABELS, STATE_LABEL],
         )
         self.finished = CounterMetricFamily(
             "ladder_trial_attempts_finished",
             "Trial attempts that ended, by outcome (retried attempts included).",
-            labels=[*SWEEP_LABELS, "state"],
+            labels=[*SWEEP_LABELS, STATE_LABEL],
         )
         self.ooms = GaugeMetricFamily(
             "ladder_trial_ooms", "Trials whose latest attempt ran out of memory, by kind.",
-            labels=[*SWEEP_LABELS, "kind"],
+            labels=[*SWEEP_LABELS, KIND_LABEL],
         )
         self.potential = GaugeMetricFamily(
             "ladder_sweep_trials_potential",
@@ -112,7 +118,7 @@ class _Families:
         )
         self.phase = GaugeMetricFamily(
             "ladder_sweep_phase", "1 for the sweep's current phase, 0 for the others.",
-            labels=[*SWEEP_LABELS, "phase"],
+            labels=[*SWEEP_LABELS, PHASE_LABEL],
         )
         self.activity = GaugeMetricFamily(
             "ladder_sweep_last_activity_timestamp_seconds",
@@ -122,11 +128,11 @@ class _Families:
         self.ceilings = GaugeMetricFamily(
             "ladder_lane_ceiling_model_index",
             "Ladder index of the largest model that fitted in the lane (-1: none yet).",
-            labels=[*LANE_LABELS, "model", "state"],
+            labels=[*LANE_LABELS, "model", STATE_LABEL],
         )
         # `state` (of the latest attempt) lets paper forms keep to succeeded trials, while
         # an OOM's peak memory or a failure's wall time stays visible.
-        self.figures = {name: GaugeMetricFamily(name, doc, labels=[*TRIAL_LABELS, "state"])
+        self.figures = {name: GaugeMetricFamily(name, doc, labels=[*TRIAL_LABELS, STATE_LABEL])
                         for name, _, doc in TRIAL_FIGURES}
         self.live = {name: GaugeMetricFamily(name, doc, labels=list(TRIAL_LABELS))
                      for name, _, doc in LIVE_FIGURES}

@@ -28,7 +28,13 @@ from typer.testing import CliRunner
 from orchestrator import store
 from orchestrator.cli import app
 from orchestrator.lifecycle import LaneState, Method, OOMKind, TrialState
-from orchestrator.metrics import LANE_LABELS, TRIAL_LABELS, LadderMetrics
+from orchestrator.metrics import (
+    KIND_LABEL,
+    LABEL_NAMES,
+    PHASE_LABEL,
+    STATE_LABEL,
+    LadderMetrics,
+)
 from orchestrator.operator.reconcile import Reconciler
 from orchestrator.plan import SweepPhase
 from orchestrator.spec import API_VERSION, KIND
@@ -151,13 +157,13 @@ class TestNoSecretLeaks:
 
 # --- metrics: bounded labels, no free text ----------------------------------------------------
 
-# Every label name a Ladder metric may carry (orchestrator/metrics.py), and the histogram's.
-DECLARED_LABELS = {*TRIAL_LABELS, *LANE_LABELS, "state", "kind", "phase", "le"}
+# Every label name a Ladder metric may carry (orchestrator/metrics.py), and the histograms'.
+DECLARED_LABELS = {*LABEL_NAMES, "le"}
 # Label values drawn from closed sets.
 CLOSED_VALUES = {
-    "state": {s.value for s in TrialState} | {s.value for s in LaneState},
-    "kind": {k.value for k in OOMKind},
-    "phase": {p.value for p in SweepPhase},
+    STATE_LABEL: {s.value for s in TrialState} | {s.value for s in LaneState},
+    KIND_LABEL: {k.value for k in OOMKind},
+    PHASE_LABEL: {p.value for p in SweepPhase},
     "method": {m.value for m in Method},
 }
 NASTY_ERROR = (f'RuntimeError: "quoted" \'single\' {{braces}} label="x"\nsecond line\r\n'
