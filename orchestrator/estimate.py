@@ -391,6 +391,13 @@ def estimate_trial(spec: SweepSpec, trial: Trial) -> MemoryEstimate | None:
     )
 
 
+def estimated_bytes(spec: SweepSpec, trial: Trial) -> int | None:
+    """Peak bytes per device the estimator expects of a trial, stored with every attempt so
+    that reports can set it against the measured peak."""
+    estimate = estimate_trial(spec, trial)
+    return None if estimate is None else estimate.total_bytes
+
+
 def predicted_oom_fn(
     spec: SweepSpec, *, margin: float = DEFAULT_MARGIN
 ) -> Callable[[Trial], bool] | None:

@@ -257,6 +257,36 @@ def ceilings_table(data: SweepData) -> Table:
     return Table(headers, rows)
 
 
+def estimator_rows(data: SweepData) -> list[tuple[TrialResult, float]]:
+    """Trials with both the estimate made before launch and a measured GPU peak (the
+    allocator's reserve of the busiest device), with estimate / measured."""
+    return [(r, r.estimated_memory_bytes / r.peak_torch_reserved_bytes)
+            for r in data.succeeded
+            if r.estimated_memory_bytes and r.peak_torch_reserved_bytes]
+
+
+def estimator_section(data: SweepData) -> Section:
+    title = "Memory estimate against the measured peak"
+    pairs = estimator_rows(data)
+    if not pairs:
+        return Section(title, [
+            "No trial has both the estimate and a GPU peak (CPU trials record host memory "
+            "only), so the estimator's error cannot be measured from this sweep; "
+            "docs/benchmarks.md has the GPU figures where a GPU was available."])
+    rows = [[r.trial_id, _short(r.model), r.method.value, fmt_opt(r.rank),
+             fmt_bytes(r.estimated_memory_bytes), fmt_bytes(r.peak_torch_reserved_bytes),
+             fmt_bytes(r.peak_gpu_memory_bytes), f"{ratio:.2f}"] for r, ratio in pairs]
+    errors = [abs(ratio - 1) for _, ratio in pairs]
+    within = sum(e <= 0.2 for e in errors)
+    text = [f"{len(pairs)} trials; mean absolute error {100 * sum(errors) / len(errors):.0f}%, "
+            f"{within} within 20% (the target). The measured peak is the CUDA allocator's "
+            "reserve on the busiest device (what runs out); NVML's figure adds the CUDA "
+            "context and other processes."]
+    headers = ["trial", "model", "method", "rank", "estimate", "measured (torch reserved)",
+               "NVML peak", "estimate / measured"]
+    return Section(title, text, table=Table(headers, rows, frozenset({4, 5, 6, 7})))
+
+
 def summary_lines(data: SweepData) -> list[str]:
     counts: dict[str, int] = defaultdict(int)
     for r in data.results:
@@ -534,6 +564,7 @@ def sections(data: SweepData, top: int) -> list[Section]:
     out.append(Section("Lane ceilings", ["The largest model of each lane's ladder that "
                                           "fitted, and where the lane stopped."],
                        table=ceilings_table(data)))
+    out.append(estimator_section(data))
     out.append(Section("Per-epoch loss", image="loss_curves.png",
                        image_alt="Per-epoch train and eval loss"))
     return out

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
 from orchestrator.escalation import AttemptObservation
+from orchestrator.estimate import estimated_bytes
 from orchestrator.grid import Grid, Trial, expand, trial_spec
 from orchestrator.lifecycle import OOMKind, TrialState
 from orchestrator.plan import (
@@ -156,6 +157,7 @@ class LocalSweepRunner:
                     store.record_attempt(
                         session, spec, status=TrialState.RUNNING,
                         started_at=datetime.now(UTC),
+                        estimated_memory_bytes=estimated_bytes(self.sweep.spec, action.trial),
                     )
                 try:
                     name = self.backend.launch(spec)
@@ -172,7 +174,9 @@ class LocalSweepRunner:
             elif isinstance(action, RecordOutcome):
                 spec = self._spec(action.trial, action.attempt)
                 with self.sessions.begin() as session:
-                    store.record_attempt(session, spec, status=TrialState.PENDING)
+                    store.record_attempt(
+                        session, spec, status=TrialState.PENDING,
+                        estimated_memory_bytes=estimated_bytes(self.sweep.spec, action.trial))
                 self._mark(action.trial, action.attempt, action.state, action.oom_kind,
                            action.reason)
                 events.append(RunnerEvent("recorded", action.trial, action.attempt,

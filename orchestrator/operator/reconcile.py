@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
-from orchestrator.estimate import predicted_oom_fn
+from orchestrator.estimate import estimated_bytes, predicted_oom_fn
 from orchestrator.grid import Grid, Trial, expand, trial_spec
 from orchestrator.lifecycle import LaneState, OOMKind, TrialState
 from orchestrator.metrics import LadderMetrics
@@ -522,7 +522,9 @@ class Reconciler:
             elif isinstance(action, RecordOutcome):
                 spec = self._spec(sweep, config, trial, attempt)
                 with self.sessions.begin() as session:
-                    store.record_attempt(session, spec, status=TrialState.PENDING)
+                    store.record_attempt(
+                        session, spec, status=TrialState.PENDING,
+                        estimated_memory_bytes=estimated_bytes(sweep.spec, trial))
                 self._mark(sweep, trial, attempt, action.state, action.oom_kind, action.reason)
                 if action.state is TrialState.OOM:
                     self.cluster.event(body, WARNING, "TrialOOM",
@@ -553,7 +555,7 @@ class Reconciler:
         with self.sessions.begin() as session:
             store.record_attempt(
                 session, spec, status=TrialState.PENDING, started_at=self.clock(),
-                rayjob_name=job_name,
+                rayjob_name=job_name, estimated_memory_bytes=estimated_bytes(sweep.spec, trial),
             )
         try:
             created = self.cluster.create_rayjob(manifest)

@@ -58,6 +58,12 @@ def loss(spec: TrialSpec) -> float:
     return round(value, 6)
 
 
+def _memory(spec: TrialSpec) -> int:
+    """Peak GPU memory of a fixture trial, summed over its 2 devices."""
+    return (4 + 8 * spec.model_index) * 2**30 if spec.method is Method.FULL else (
+        (2 + 5 * spec.model_index) * 2**30)
+
+
 def result_for(spec: TrialSpec, gpus: bool) -> TrialResult:
     best = loss(spec)
     epochs = [
@@ -69,14 +75,14 @@ def result_for(spec: TrialSpec, gpus: bool) -> TrialResult:
                     peak_host_memory_bytes=(300 + 50 * spec.model_index) * 2**20)
         for n in range(1, 4)
     ]
-    memory = (4 + 8 * spec.model_index) * 2**30 if spec.method is Method.FULL else (
-        (2 + 5 * spec.model_index) * 2**30)
+    memory = _memory(spec)
     wall = 300.0 * (1 + spec.model_index) * (1.5 if spec.method is Method.FULL else 1.0)
     return TrialResult.for_trial(
         spec, status=TrialState.SUCCEEDED, started_at=T0,
         finished_at=T0 + timedelta(seconds=wall), wall_seconds=wall,
         samples_per_second=40.0 / (1 + spec.model_index),
         peak_gpu_memory_bytes=memory // 2 if gpus else None,
+        peak_torch_reserved_bytes=memory // 2 - 2**28 if gpus else None,
         total_gpu_memory_bytes=memory if gpus else None,
         gpu_memory_per_device=[memory // 2] * 2 if gpus else [],
         peak_host_memory_bytes=(300 + 50 * spec.model_index) * 2**20,
@@ -92,7 +98,10 @@ def write_sweep(sessions: sessionmaker[Session], sweep: Sweep, *, gpus: bool) ->
     for trial in expand(sweep).all_trials():
         spec = trial_spec(sweep, trial, attempt=1, output_dir="runs")
         with sessions.begin() as session:
-            store.record_attempt(session, spec, status=TrialState.RUNNING, started_at=T0)
+            # The estimate made before launch: 10% above what the fixture's trials reserve.
+            store.record_attempt(session, spec, status=TrialState.RUNNING, started_at=T0,
+                                 estimated_memory_bytes=int(
+                                     1.1 * (_memory(spec) // 2 - 2**28)))
             lane = trial.lane
             if lane.method is Method.FULL and trial.model_index == 2:
                 store.record_result(session, TrialResult.for_trial(
@@ -170,6 +179,11 @@ def test_report_renders_every_paper_form(gpu_store, tmp_path: Path) -> None:
     assert "| completed | google/flan-t5-large | - |" in ceilings
     assert "| failed |" in ceilings  # the lane whose large trial failed (no retry left)
 
+    # The estimator's error, from every succeeded trial with both figures: 10% over each.
+    estimates = markdown.split("## Memory estimate against the measured peak")[1]
+    assert f"{len(data.succeeded)} trials; mean absolute error 10%" in estimates
+    assert "| 1.10 |" in estimates
+
 
 def test_cpu_sweep_reports_host_memory_and_skips_table4(tmp_path: Path) -> None:
     sessions = store.open_store(f"sqlite:///{tmp_path / 'cpu.db'}")
@@ -178,6 +192,7 @@ def test_cpu_sweep_reports_host_memory_and_skips_table4(tmp_path: Path) -> None:
     markdown = written.markdown.read_text()
     assert "host memory, peak RSS" in markdown and "CPU only" in markdown
     assert "Table 4" not in markdown
+    assert "the estimator's error cannot be measured from this sweep" in markdown
     for image in written.images:
         assert_real_png(image)
 

@@ -54,6 +54,7 @@ def test_quickstart_climbs_and_stops_at_the_budget(tmp_path: Path) -> None:
     assert all((r["status"], r["oom_kind"]) == ("oom", "budget")
                for r in by_model["ladder/t5-tiny-l"])
     for record in records:
+        assert record["estimated_memory_bytes"] > 0  # every attempt carries the estimate
         if record["status"] == "succeeded":
             assert record["best_eval_loss"] > 0 and record["samples_per_second"] > 0
             assert record["peak_host_memory_bytes"] > 0 and record["wall_seconds"] > 0

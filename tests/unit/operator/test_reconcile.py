@@ -491,3 +491,21 @@ def test_passes_are_measured_when_the_controller_serves_metrics(
     launches = metrics.registry.get_sample_value("ladder_trial_launch_latency_seconds_count",
                                                  labels)
     assert (count, launches) == (2.0, 2.0)
+
+
+def test_every_attempt_stores_the_memory_estimate(cluster: FakeCluster, reconciler: Reconciler,
+                                                  sessions: Any) -> None:
+    from orchestrator.estimate import estimated_bytes
+    from orchestrator.grid import expand
+    from orchestrator.operator.reconcile import sweep_from_body
+
+    body = cluster.add_sweep("qs", SPEC)
+    reconciler.reconcile(NS, "qs")
+    sweep = sweep_from_body(body)
+    trials = {t.trial_id: t for t in expand(sweep).all_trials()}
+    launched = rows(sessions)
+    assert len(launched) == 2
+    for (trial_id, _), row in launched.items():
+        expected = estimated_bytes(sweep.spec, trials[trial_id])
+        assert expected is not None and expected > 0
+        assert row.estimated_memory_bytes == expected
