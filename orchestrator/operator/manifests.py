@@ -31,6 +31,7 @@ How a trial attempt becomes a RayJob (`ray.io/v1`, KubeRay v1.7):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -341,6 +342,19 @@ def _resources(cpu: str | int | None, memory: str | None, extra: Mapping[str, An
     return out
 
 
+# Trial pods get the restricted Pod Security profile's settings that any Ray image runs with
+# (KubeRay's pod-security sample sets the same): no privilege escalation, no Linux
+# capabilities, the runtime's seccomp profile. `spec.execution` has no key that loosens them.
+# (`runAsNonRoot` is left out: images whose USER is a name, such as rayproject/ray's `ray`,
+# cannot be verified as non-root by the kubelet and would not start; Ladder's worker image
+# runs as a numeric non-root user.)
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def _container_env(config: ExecutionConfig, db_secret: SecretRef | None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     if db_secret is not None:
@@ -373,11 +387,12 @@ def _pod_template(
     if config.image_pull_policy:
         body["imagePullPolicy"] = config.image_pull_policy
     body["env"] = _container_env(config, db_secret)
+    body["securityContext"] = copy.deepcopy(CONTAINER_SECURITY)
     if resources:
         body["resources"] = resources
     if mounts:
         body["volumeMounts"] = mounts
-    pod: dict[str, Any] = {"containers": [body]}
+    pod: dict[str, Any] = {"containers": [body], "securityContext": copy.deepcopy(POD_SECURITY)}
     if volumes:
         pod["volumes"] = volumes
     if config.service_account_name:

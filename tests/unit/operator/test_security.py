@@ -233,18 +233,26 @@ EXECUTIONS = [
 ]
 # Pod settings that reach the node; `spec.execution` can ask for none of them (hostPath
 # volumes need the installation's consent: test_reconcile.py, host_path_volumes_need_...).
-NODE_ACCESS = ("privileged", "hostNetwork", "hostPID", "hostIPC", "hostPath",
-               "allowPrivilegeEscalation")
+NODE_ACCESS = ("privileged", "hostNetwork", "hostPID", "hostIPC", "hostPath")
 
 
-def _keys(node: Any) -> Iterator[str]:
+def _items(node: Any) -> Iterator[tuple[str, Any]]:
     if isinstance(node, Mapping):
         for key, value in node.items():
-            yield str(key)
-            yield from _keys(value)
+            yield str(key), value
+            yield from _items(value)
     elif isinstance(node, list):
         for item in node:
-            yield from _keys(item)
+            yield from _items(item)
+
+
+def _pods(job: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    cluster = job["spec"].get("rayClusterSpec")
+    if cluster is None:  # a standing cluster (clusterSelector): no pods of ours
+        return
+    yield cluster["headGroupSpec"]["template"]["spec"]
+    for group in cluster["workerGroupSpecs"]:
+        yield group["template"]["spec"]
 
 
 def _metadata_namespaces(node: Any) -> Iterator[str]:
@@ -271,7 +279,13 @@ def test_rayjobs_stay_in_the_sweeps_namespace(
     for (namespace, _), job in cluster.rayjobs.items():  # ...each in the Sweep's namespace
         assert namespace == NS and job["metadata"]["namespace"] == NS
         assert set(_metadata_namespaces(job)) <= {NS}, job
-        assert not set(_keys(job)) & set(NODE_ACCESS), job
+        assert not {k for k, _ in _items(job)} & set(NODE_ACCESS), job
+        assert not [v for k, v in _items(job) if k == "allowPrivilegeEscalation" and v], job
+        for pod in _pods(job):
+            assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+            for container in pod["containers"]:
+                assert container["securityContext"] == {
+                    "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
         assert job["metadata"]["ownerReferences"] == [{
             "apiVersion": API_VERSION, "kind": KIND, "name": "qs",
             "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
