@@ -12,6 +12,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -492,6 +493,8 @@ def _as_json(body: Mapping[str, Any], source: str, prefix: str) -> str:
     (`epochs: "5"`, `tf32: "yes"`, `rank: 8.5`) instead of coercing it."""
 
     def unsupported(value: object) -> Any:
+        if isinstance(value, date):  # an unquoted YAML timestamp: kubectl sends a string
+            return value.isoformat()
         raise TypeError(f"a {type(value).__name__} is not a JSON value")
 
     def finite(value: Any) -> Any:

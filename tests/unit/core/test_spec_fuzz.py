@@ -112,6 +112,11 @@ def test_non_json_values_are_spec_errors() -> None:
             raise AssertionError(f"{document!r} parsed")
 
 
+def test_yaml_timestamps_are_strings_as_kubectl_sends_them() -> None:
+    sweep = load_sweep_text("ladder: [m]\nexecution: {since: 2026-01-02}\n")
+    assert sweep.spec.execution == {"since": "2026-01-02"}
+
+
 # Valid specs: every axis, a few values each, within the grid limit.
 small_unique = lambda values: st.lists(values, min_size=1, max_size=3, unique=True)  # noqa: E731
 
