@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from ray.train import WorkerGroupError
 from orchestrator.lifecycle import ExitCode, OOMKind, TrialState
 from orchestrator.trial import RESULT_PREFIX, EpochRecord, TrialResult, TrialSpec
 from worker.memory import MemoryBudgetExceeded
-from worker.result import EpochSink, deliver, error_text, exit_code, store_url
+from worker.result import EpochSink, deliver, error_text, exit_code, store_result, store_url
 from worker.train import run_trial
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -71,13 +72,50 @@ def test_deliver_without_a_reachable_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("LADDER_DB_URL", f"sqlite:///{tmp_path}/no/such/dir/ladder.db")
+    monkeypatch.setenv("LADDER_RESULT_RETRY_SECONDS", "1")
     trial = spec(tmp_path)
     done = result(trial, TrialState.OOM, oom_kind=OOMKind.BUDGET, error="over budget")
+    started = time.monotonic()
     assert deliver(done, trial) is False
+    assert time.monotonic() - started >= 1.0  # it kept trying for LADDER_RESULT_RETRY_SECONDS
     last = capsys.readouterr().out.splitlines()[-1]
     assert TrialResult.from_output(last) == done
     saved = TrialResult.model_validate_json((tmp_path / "out/result.json").read_text())
     assert saved == done
+
+
+def test_result_write_waits_for_a_store_that_comes_back(tmp_path: Path) -> None:
+    """A store that cannot be opened (here: its directory is missing, sqlite3's "unable to
+    open database file", an OperationalError like a refused connection) is retried with
+    backoff; once it is there again, the result lands."""
+    from orchestrator.store import open_store, results, to_result
+
+    home = tmp_path / "store"
+    url = f"sqlite:///{home}/ladder.db"
+    done = result(spec(tmp_path), best_eval_loss=1.5)
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 4:
+            home.mkdir()  # the store is back
+        time.sleep(min(seconds, 0.05))
+
+    store_result(url, done, within=60, sleep=pause)
+    assert len(pauses) >= 4
+    with open_store(url)() as session:
+        (row,) = results(session)
+        assert to_result(row) == done
+
+
+def test_result_write_gives_up_after_its_deadline(tmp_path: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    done = result(spec(tmp_path))
+    started = time.monotonic()
+    with pytest.raises(OperationalError):
+        store_result(f"sqlite:///{tmp_path}/missing/ladder.db", done, within=1.0)
+    assert 1.0 <= time.monotonic() - started < 10
 
 
 def test_deliver_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
