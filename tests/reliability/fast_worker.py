@@ -6,7 +6,8 @@ RayJobs, store, retries). So this program takes the worker's place in the entryp
 controller writes (`<python> -m worker run --trial FILE`, with `execution.python` pointing
 at a shim that runs `main`) and honours the rest of the worker contract for real:
 
-- reads the resolved trial from FILE (`TrialSpec`);
+- reads the resolved trial from FILE (`TrialSpec`); writes its pid to
+  `<outputDir>/worker.pid` (so a test can kill it);
 - records the attempt as running, writes one epoch row per epoch live (`worker.result`'s
   `mark_running` and `EpochSink`: best effort, as in the real worker);
 - ends with one `TrialResult` delivered by the real `worker.result.deliver` (the store, with
@@ -43,8 +44,13 @@ def expected_loss(trial: TrialSpec, epoch: int) -> float:
     return round(1.0 / (epoch + trial.model_index + 1), 6)
 
 
+PID_FILE = "worker.pid"
+
+
 def run(trial: TrialSpec) -> TrialResult:
     started, t0 = datetime.now(UTC), time.monotonic()
+    # Where a test finds this process to kill it (a Ray worker dying mid-trial).
+    (Path(trial.output_dir) / PID_FILE).write_text(str(os.getpid()), encoding="utf-8")
     mark_running(trial, started)
     sink = EpochSink(trial, store_url(trial))
     epochs: list[EpochRecord] = []

@@ -139,11 +139,20 @@ class Rig:
         return "\n".join(parts)
 
     def wait_finished(self, name: str, *, timeout: float = 180) -> dict[str, Any]:
-        return wait_for(
+        """The Sweep's final status, once its phase is final and the stand-in has seen every
+        entrypoint exit (the status turns final on the worker's result in the store, a
+        moment before its process ends and its RayJob is Complete)."""
+        status = wait_for(
             f"sweep {name} to finish",
             lambda: (s := self.status(name)).get("phase") in ("Succeeded", "Failed") and s,
             timeout=timeout, interval=0.5, diagnose=lambda: self.diagnose(name),
         )
+        if self.standin is not None:
+            standin = self.standin
+            wait_for("every trial process to end", lambda: all(
+                job.done for job in list(standin.jobs.values())), timeout=60,
+                diagnose=lambda: self.diagnose(name))
+        return status
 
 
 def assert_sweep_intact(rig: Rig, name: str) -> None:
