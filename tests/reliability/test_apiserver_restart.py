@@ -23,7 +23,7 @@ from tests.reliability.rig import Rig, assert_sweep_intact
 
 pytestmark = pytest.mark.k8s
 
-DOWN_SECONDS = 5.0
+DOWN_SECONDS = 3.0
 
 
 def run_script(cp: ControlPlane, script: str) -> None:
@@ -36,7 +36,7 @@ def run_script(cp: ControlPlane, script: str) -> None:
 def test_sweep_survives_an_apiserver_restart(rig: Rig, control_plane: ControlPlane) -> None:
     name = "apirestart"
     controller = rig.controller()
-    rig.submit(name, epoch_seconds=2.0)
+    rig.submit(name, epoch_seconds=1.5)
     wait_for("two trials past their first epoch", lambda: sum(
         r.status == TrialState.RUNNING and r.epochs_completed >= 1 for r in rig.rows(name)
     ) == 2, timeout=90, interval=0.2, diagnose=lambda: rig.diagnose(name))

@@ -74,7 +74,7 @@ def test_a_killed_worker_fails_its_attempt_and_the_retry_runs(rig: Rig) -> None:
     name = "wkill"
     text = SWEEP.replace("methods: [full, lora]", "methods: [full]")
     rig.cp.kubectl_ok("-n", rig.namespace, "apply", "-f", "-",
-                      input=rig.sweep_text(name, text=text, epoch_seconds=2.0))
+                      input=rig.sweep_text(name, text=text, epoch_seconds=1.5))
     controller = rig.controller()
     first = wait_for("tiny-s past its first epoch", lambda: next((
         r for r in rig.rows(name) if r.model == SMALL and r.status == TrialState.RUNNING
