@@ -277,6 +277,10 @@ def run(
     finally:
         backend.stop()
     _summary(sweep, status, time.monotonic() - started)
+    if runner.interrupted:
+        errors.print("[yellow]Interrupted: the running trials were stopped and recorded as "
+                     "cancelled. Run the same command again to resume.[/yellow]")
+        raise typer.Exit(130)
     if status.phase.value == "Failed":
         raise typer.Exit(1)
 

@@ -250,6 +250,11 @@ class LocalSweepRunner:
         except KeyboardInterrupt:
             return self.cancel()
 
+    @property
+    def interrupted(self) -> bool:
+        """True once Ctrl-C (or `cancel()`) stopped the run before the sweep ended."""
+        return self._cancelling
+
     def cancel(self) -> SweepStatus:
         """Stop every running trial and record it as cancelled; nothing is left half-written."""
         self._cancelling = True

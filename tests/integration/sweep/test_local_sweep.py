@@ -144,3 +144,26 @@ def test_resume_after_sigkill_runs_every_trial_once(tmp_path: Path) -> None:
     latest = results(db, tmp_path)
     assert len(latest) == 6  # 2 lanes x 3 models, each exactly once
     assert {r["status"] for r in latest} <= {"succeeded", "oom"}
+
+
+def test_ctrl_c_stops_running_trials_and_records_them_cancelled(tmp_path: Path) -> None:
+    sweep = _small_sweep(tmp_path / "ctrlc.yaml")
+    db_file = tmp_path / "ladder.db"
+    args = [*LADDER, "run", str(sweep), "--db", f"sqlite:///{db_file}",
+            "--runs-dir", str(tmp_path / "runs")]
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while "running" not in [s for _, _, s in _states(db_file)]:
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.5)
+    time.sleep(3)  # into the trial's start-up
+    run.send_signal(signal.SIGINT)  # what Ctrl-C sends the foreground process
+    out, err = run.communicate(timeout=180)
+    assert run.returncode == 130, out[-3000:] + err[-3000:]
+    assert "Interrupted" in err and "resume" in err
+    states = [s for _, _, s in _states(db_file)]
+    assert "cancelled" in states
+    assert "running" not in states and "pending" not in states  # nothing half-written
+    assert not (tmp_path / "runs/ray-head.json").exists()  # its Ray head stopped with it
