@@ -149,9 +149,10 @@ class Rig:
         )
         if self.standin is not None:
             standin = self.standin
-            wait_for("every trial process to end", lambda: all(
-                job.done for job in list(standin.jobs.values())), timeout=60,
-                diagnose=lambda: self.diagnose(name))
+            wait_for("every trial process to end and its RayJob to say so", lambda: all(
+                job.done for job in list(standin.jobs.values())) and all(
+                (j.get("status") or {}).get("jobDeploymentStatus") in ("Complete", "Failed")
+                for j in self.rayjobs(name)), timeout=60, diagnose=lambda: self.diagnose(name))
         return status
 
 
