@@ -32,9 +32,9 @@ def test_sweep_survives_a_store_outage(pg_rig: Rig, postgres_server: PostgresSer
     rig = pg_rig
     name = f"pg-{int(outage)}"
     controller = rig.controller()
-    rig.submit(name, epoch_seconds=3.0)
+    rig.submit(name, epoch_seconds=2.0)
     # Stop the database while the first rung's trials are between their first epoch (written
-    # live) and their result (3 s later): both will end while it is away.
+    # live) and their result (2 s later): both will end while it is away.
     wait_for("two trials past their first epoch", lambda: sum(
         r.status == TrialState.RUNNING and r.epochs_completed >= 1 for r in rig.rows(name)
     ) == 2, timeout=90, interval=0.1, diagnose=lambda: rig.diagnose(name))
