@@ -76,7 +76,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for this session that tests may stop and start."""
     if os.environ.get("LADDER_SKIP_POSTGRES") == "1":
         pytest.skip("LADDER_SKIP_POSTGRES=1")
-    server = PostgresServer()
+    try:
+        server = PostgresServer()
+    except RuntimeError as error:  # no server binaries: fail loudly, as tests/integration
+        pytest.fail(str(error), pytrace=False)
     try:
         server.start()
         yield server
