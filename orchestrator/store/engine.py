@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,25 @@ def redact_secrets(text: str) -> str:
     return _PASSWORD_IN_TEXT_PARAM.sub(r"\g<head>***", text)
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode (it stays so: only the first connection switches).
+
+    The switch needs an exclusive lock and SQLite may refuse it at once, busy_timeout or
+    not, while another process opens the same new file; so wait for it here."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() in ("wal", "memory"):
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -86,7 +107,7 @@ def _configure_sqlite(engine: Engine) -> None:
             # busy_timeout first: switching to WAL itself needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             # WAL: readers (the CLI, the dashboard exporter) never block the writing runner.
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor)
             # SQLite ignores foreign keys (and ON DELETE CASCADE) unless asked, per connection.
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
