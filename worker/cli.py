@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,13 +56,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 STOP_REQUESTED = threading.Event()
 
 
+# Seconds a stopped trial has to unwind on its own before the watchdog ends it: the SystemExit
+# can land inside library code that swallows it (Ray Train's setup does, now and then).
+STOP_GRACE_SECONDS = 10.0
+# Held by whoever delivers the result: the unwinding main thread or the watchdog, never both.
+_DELIVERING = threading.Lock()
+_on_stuck: list[Callable[[], None]] = []  # what the watchdog does for the current trial
+
+
 def _stop_on_sigterm(signum: int, _frame: object) -> None:
     """SIGTERM: the trial is stopped from outside (Ray's stop_job, a deleted RayJob, a
-    cancelled sweep). Unwind the way Ray's own handler does (SystemExit, which Ray Train lets
-    through), remembering that it was a stop."""
+    cancelled sweep). Unwind the way Ray's own handler does (SystemExit), remembering that it
+    was a stop, with a watchdog in case the unwinding gets stuck."""
     if STOP_REQUESTED.is_set():
         return  # one stop is enough; let the result go out
     STOP_REQUESTED.set()
+    if _on_stuck:
+        watchdog = threading.Timer(STOP_GRACE_SECONDS, _on_stuck[0])
+        watchdog.daemon = True
+        watchdog.start()
     sys.exit(signum)
 
 
@@ -81,6 +94,22 @@ def run(path: Path, *, probe_only: bool = False) -> ExitCode:
         trial = TrialSpec.read(path)
     except Exception as error:
         return _unreadable_trial(path, error)
+    def stuck() -> None:
+        if not _DELIVERING.acquire(blocking=False):
+            return  # the main thread is delivering its own result
+        log.warning("trial %s did not unwind within %.0f s of SIGTERM; ending it",
+                    trial.trial_id, STOP_GRACE_SECONDS)
+        stopped = _stopped(TrialResult.for_trial(
+            trial, status=TrialState.CANCELLED, started_at=started_at,
+            finished_at=datetime.now(UTC), wall_seconds=time.time() - t0))
+        if probe_only:
+            print(stopped.json_line(), flush=True)
+        else:
+            deliver(stopped, trial)
+        sys.stdout.flush()
+        os._exit(int(ExitCode.FAILED))
+
+    _on_stuck[:] = [stuck]
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -105,10 +134,11 @@ def run(path: Path, *, probe_only: bool = False) -> ExitCode:
         log.warning("trial %s was stopped from outside", trial.trial_id)
         result = _stopped(result)
     _disconnect_ray()  # so that no forwarded worker log line comes after the result line
-    if probe_only:
-        print(result.json_line(), flush=True)
-    else:
-        deliver(result, trial)
+    with _DELIVERING:
+        if probe_only:
+            print(result.json_line(), flush=True)
+        else:
+            deliver(result, trial)
     return exit_code(result)
 
 
