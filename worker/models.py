@@ -39,6 +39,7 @@ __all__ = [
     "build_model",
     "compute_dtype",
     "count_parameters",
+    "fit_embeddings",
     "quantize_nf4",
     "random_t5",
 ]
@@ -181,6 +182,19 @@ def _tokenizer(trial: TrialSpec, random_init: bool) -> TextTokenizer:
         raise ModelLoadError(f"cannot load tokenizer {name!r}: {error}") from error
 
 
+def fit_embeddings(model: PreTrainedModel, tokenizer: TextTokenizer) -> None:
+    """Grow the embedding and LM head when the tokenizer has more ids than the model has rows.
+
+    Only ids added to a pretrained tokenizer (see `worker.tokenizer`) can need it; FLAN-T5's
+    spare rows usually hold them. New rows get transformers' mean-of-the-rest initialisation.
+    """
+    rows = model.get_input_embeddings().num_embeddings
+    if tokenizer.vocab_size <= rows:
+        return
+    log.info("growing %d embedding rows to %d for the tokenizer", rows, tokenizer.vocab_size)
+    model.resize_token_embeddings(tokenizer.vocab_size)
+
+
 def build_model(
     trial: TrialSpec, device: torch.device
 ) -> tuple[nn.Module, TextTokenizer, ModelInfo]:
@@ -210,6 +224,7 @@ def build_model(
         model = model.to(device)  # quantizes the Params4bit weights
     else:
         model = _from_pretrained(trial, device)
+        fit_embeddings(model, tokenizer)
         if trial.method is not Method.QLORA:
             model = model.to(device)
 

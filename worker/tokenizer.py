@@ -7,18 +7,41 @@ same interface, so data encoding and evaluation code never know which one they h
 
 Both append eos and both can truncate from the head or the tail: DSS inputs put the question at
 the end of a long preamble, so inputs are truncated keeping the tail, and the question survives.
+
+FLAN-T5's SentencePiece vocabulary has no piece containing "{" or "}" (T5's authors dropped
+every C4 page with braces): they encode to <unk>, so a Query DSL label could never be
+generated and exact match would be 0 for every trial. `HFTokenizer` therefore adds, as tokens
+of their own, the printable ASCII characters that no piece of the vocabulary contains. No piece
+can straddle such a character, so nothing else is split differently; SentencePiece only starts
+the stretch after one as a new word, which adds a space there on decoding (harmless to JSON
+compared as parsed). FLAN-T5's embedding has 32,128 rows for 32,100 pieces, so the added ids
+fit without resizing the model; `worker.models` resizes any model that has no room.
 """
 
 from __future__ import annotations
 
+import logging
+import string
 from collections.abc import Iterable
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "Keep", "TextTokenizer", "load_tokenizer"]
+__all__ = [
+    "ByteTokenizer",
+    "HFTokenizer",
+    "Keep",
+    "TextTokenizer",
+    "load_tokenizer",
+    "unrepresentable_characters",
+]
 
 Keep = Literal["head", "tail"]
 
+log = logging.getLogger(__name__)
+
 _REPLACEMENT: Final = "\ufffd".encode()
+
+# Characters a structured target (JSON, code) may need; whitespace is the normaliser's business.
+_PRINTABLE: Final = tuple(c for c in string.printable if not c.isspace())
 
 
 @runtime_checkable
@@ -132,6 +155,16 @@ class HFTokenizer:
         # Labels are masked by position (see batching.collate), not by id, so falling back to
         # eos for padding does not hide the real eos from the loss.
         self._pad = int(pad) if pad is not None else self._eos
+        self.added_characters = unrepresentable_characters(self._tok)
+        if self.added_characters:
+            self._tok.add_tokens(list(self.added_characters))
+            log.info(
+                "tokenizer %s cannot write %s: added as tokens %d..%d",
+                name_or_path,
+                " ".join(self.added_characters),
+                len(self._tok) - len(self.added_characters),
+                len(self._tok) - 1,
+            )
 
     @property
     def pad_token_id(self) -> int:
@@ -160,6 +193,25 @@ class HFTokenizer:
             if i != self._pad:
                 kept.append(i)
         return str(self._tok.decode(kept, skip_special_tokens=True))
+
+
+def unrepresentable_characters(tok: Any) -> tuple[str, ...]:
+    """Printable ASCII characters that a transformers tokenizer can only encode as unk.
+
+    A character counts when it does not survive encode/decode and no ordinary piece of the
+    vocabulary contains it (special tokens such as "</s>" do not count: they are never
+    produced from text), so adding it as a token cannot change how any other text splits.
+    """
+    special = set(tok.all_special_tokens)
+    pieces = [piece for piece in tok.get_vocab() if piece not in special]
+    missing = []
+    for char in _PRINTABLE:
+        if any(char in piece for piece in pieces):
+            continue
+        ids = tok(char, add_special_tokens=False)["input_ids"]
+        if tok.decode(ids, skip_special_tokens=True).strip() != char:
+            missing.append(char)
+    return tuple(missing)
 
 
 def load_tokenizer(name_or_path: str | None) -> TextTokenizer:

@@ -139,6 +139,41 @@ def test_pretrained_from_a_local_directory(tmp_path: Path, method: str) -> None:
     assert loaded.config.tie_word_embeddings is False
 
 
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_pretrained_model_grows_rows_for_added_characters(
+    tmp_path: Path, t5_like_tokenizer: Path, method: str
+) -> None:
+    """A checkpoint with fewer embedding rows than its tokenizer (once "{" and "}" are added)
+    is resized, and a label with braces trains through it: ids past the old rows would
+    otherwise index out of range."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from worker.tokenizer import HFTokenizer
+
+    raw_rows = HFTokenizer(str(t5_like_tokenizer)).vocab_size - 8  # too few for the added ids
+    config = T5Config(
+        vocab_size=raw_rows, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path)
+    adapters = method != "full"
+    spec = TrialSpec(
+        sweep="s", trial_id="t", lane="l", model=str(tmp_path), method=method,
+        rank=4 if adapters else None, alpha=8 if adapters else None,
+        training={"init": "pretrained", "precision": "fp32", "tokenizer": str(t5_like_tokenizer)},
+    )
+    model, tokenizer, _ = build_model(spec, torch.device("cpu"))
+    base = model.get_base_model() if adapters else model
+    assert base.get_input_embeddings().num_embeddings == tokenizer.vocab_size
+    assert base.get_output_embeddings().out_features == tokenizer.vocab_size
+    labels = torch.tensor([tokenizer.encode('{"size": 3}', 32)])
+    assert int(labels.max()) >= raw_rows  # the brace's id is one of the new rows
+    inputs = torch.tensor([tokenizer.encode("how many", 32)])
+    loss = model(input_ids=inputs, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
 def test_pretrained_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
     from worker.models import ModelLoadError
 

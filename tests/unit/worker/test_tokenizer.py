@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import string
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.data import generate_querydsl
 from worker.tokenizer import ByteTokenizer, HFTokenizer, TextTokenizer, load_tokenizer
 
 BYTE = ByteTokenizer()
@@ -118,7 +121,9 @@ class TestHFTokenizer:
         tok = load_tokenizer(str(local_hf_tokenizer))
         assert isinstance(tok, HFTokenizer)
         assert isinstance(tok, TextTokenizer)
-        assert (tok.pad_token_id, tok.eos_token_id, tok.vocab_size) == (0, 1, 10)
+        # The ten words plus one token per printable character no word contains.
+        assert (tok.pad_token_id, tok.eos_token_id) == (0, 1)
+        assert tok.vocab_size == 10 + len(tok.added_characters)
 
     def test_encode_appends_eos(self, local_hf_tokenizer: Path) -> None:
         tok = HFTokenizer(str(local_hf_tokenizer))
@@ -139,3 +144,59 @@ class TestHFTokenizer:
         tok = HFTokenizer(str(local_hf_tokenizer))
         with pytest.raises(ValueError, match="max_length"):
             tok.encode("how", 0)
+
+
+class TestCharactersTheVocabularyLacks:
+    """FLAN-T5's vocabulary cannot write "{" or "}"; the wrapper adds what a JSON label needs."""
+
+    def test_braces_are_added_and_nothing_a_piece_contains(self, t5_like_tokenizer: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tok = HFTokenizer(str(t5_like_tokenizer))
+        assert {"{", "}"} <= set(tok.added_characters)
+        raw = AutoTokenizer.from_pretrained(str(t5_like_tokenizer))
+        pieces = [p for p in raw.get_vocab() if p not in raw.all_special_tokens]
+        for char in tok.added_characters:
+            assert not any(char in piece for piece in pieces), char
+        assert tok.vocab_size == len(raw) + len(tok.added_characters)
+
+    def test_without_the_wrapper_a_brace_is_lost(self, t5_like_tokenizer: Path) -> None:
+        """The failure being fixed: the raw tokenizer turns braces into unk."""
+        from transformers import AutoTokenizer
+
+        raw = AutoTokenizer.from_pretrained(str(t5_like_tokenizer))
+        ids = raw('{"size": 3}', add_special_tokens=False)["input_ids"]
+        assert raw.unk_token_id in ids
+        assert "{" not in raw.decode(ids, skip_special_tokens=True)
+
+    def test_every_generated_label_survives_as_json(self, t5_like_tokenizer: Path) -> None:
+        tok = HFTokenizer(str(t5_like_tokenizer))
+        for example in generate_querydsl(n=300, seed=7, preamble="short"):
+            ids = tok.encode(example.label, 10**6)
+            assert json.loads(tok.decode(ids)) == json.loads(example.label), example.label
+
+    def test_text_without_added_characters_splits_as_before(self, t5_like_tokenizer: Path) -> None:
+        from transformers import AutoTokenizer
+
+        raw = AutoTokenizer.from_pretrained(str(t5_like_tokenizer))
+        tok = HFTokenizer(str(t5_like_tokenizer))
+        for example in generate_querydsl(n=50, seed=3, preamble="short"):
+            text = example.rationale
+            if any(c in text for c in tok.added_characters):
+                continue
+            assert tok.encode(text, 10**6)[:-1] == raw(text, add_special_tokens=False)["input_ids"]
+
+    def test_a_complete_vocabulary_gets_nothing(self, tmp_path: Path) -> None:
+        """A tokenizer with a piece for every printable character is left exactly as it was."""
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        words = ["<pad>", "</s>", "<unk>", *string.printable.strip()]
+        core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+        core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+        PreTrainedTokenizerFast(
+            tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+        ).save_pretrained(tmp_path)
+        tok = HFTokenizer(str(tmp_path))
+        assert tok.added_characters == ()
+        assert tok.vocab_size == len(words)
