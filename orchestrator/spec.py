@@ -109,6 +109,20 @@ class Preamble(StrEnum):
     SHORT = "short"  # a few lines, for quick CPU runs
 
 
+class SaveModel(StrEnum):
+    """Which trained weights a trial keeps in `<trial output>/model` when it ends."""
+
+    NONE = "none"  # measure only: the paper wrote a full checkpoint every epoch and used none
+    BEST = "best"  # the epoch with the lowest eval loss, rewritten each time it improves
+    FINAL = "final"  # the weights after the last epoch, written once
+
+    def saves_after(self, epoch: int, epochs: int, best_epoch: int | None) -> bool:
+        """Whether the weights as they stand after `epoch` (of `epochs`) are to be written."""
+        if self is SaveModel.BEST:
+            return best_epoch == epoch
+        return self is SaveModel.FINAL and epoch == epochs
+
+
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
@@ -172,6 +186,11 @@ class Training(_Model):
     )
     generate_limit: int | None = Field(
         None, ge=1, description="Evaluate generation on at most this many eval examples."
+    )
+    save_model: SaveModel = Field(
+        SaveModel.NONE,
+        description="Keep the trained weights in the trial's output directory (adapters only "
+        "for LoRA and QLoRA, with the tokenizer): none, best (lowest eval loss) or final.",
     )
 
     def per_worker_batch(self, workers: int) -> int:

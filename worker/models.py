@@ -18,8 +18,12 @@ QLoRA quantizes what transformers' bitsandbytes path quantizes: every block nn.L
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import bitsandbytes as bnb
 import torch
@@ -31,7 +35,7 @@ from orchestrator.catalog import BUILTIN_ONLY, T5Architecture, architecture
 from orchestrator.lifecycle import Method
 from orchestrator.spec import ModelInit, Precision, Training
 from orchestrator.trial import TrialSpec
-from worker.tokenizer import TextTokenizer, load_tokenizer
+from worker.tokenizer import HFTokenizer, TextTokenizer, load_tokenizer
 
 __all__ = [
     "ModelInfo",
@@ -42,6 +46,7 @@ __all__ = [
     "fit_embeddings",
     "quantize_nf4",
     "random_t5",
+    "save_trained",
 ]
 
 log = logging.getLogger(__name__)
@@ -258,3 +263,36 @@ def build_model(
     info = ModelInfo(trainable, total, quantized=trial.method is Method.QLORA)
     log.info("%s %s: %d of %d parameters trainable", trial.model, trial.method, trainable, total)
     return model, tokenizer, info
+
+
+MANIFEST = "ladder-model.json"
+
+
+def save_trained(
+    model: nn.Module, tokenizer: TextTokenizer, directory: Path, manifest: dict[str, Any]
+) -> Path:
+    """Write the trained weights to `directory`, replacing what is there only once complete.
+
+    A peft model writes its adapter (what LoRA and QLoRA trained; load it over the base model
+    named in the manifest), a full fine-tune the whole model. A pretrained tokenizer is saved
+    with it, its added characters included; the byte tokenizer needs no files. The weights go
+    to a sibling directory first and are swapped in by rename, so a trial stopped mid-write
+    leaves the previous save (or none), never half of one.
+    """
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(str(staging))  # type: ignore[operator]
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.save_pretrained(str(staging))
+    tokenizer_name = "included" if isinstance(tokenizer, HFTokenizer) else "byte"
+    (staging / MANIFEST).write_text(
+        json.dumps({**manifest, "tokenizer": tokenizer_name}, indent=2) + "\n", encoding="utf-8"
+    )
+    previous = directory.with_name(directory.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if directory.exists():
+        directory.rename(previous)
+    staging.rename(directory)
+    shutil.rmtree(previous, ignore_errors=True)
+    return directory

@@ -184,6 +184,10 @@ class HFTokenizer:
         ids = list(self._tok(text, add_special_tokens=False)["input_ids"])
         return [*_truncate(ids, max_length - 1, keep), self._eos]
 
+    def save_pretrained(self, directory: str) -> None:
+        """Write the tokenizer, added characters included, beside saved weights."""
+        self._tok.save_pretrained(directory)
+
     def decode(self, ids: Iterable[int]) -> str:
         kept: list[int] = []
         for raw in ids:

@@ -5,7 +5,8 @@ into one TrialResult; it never raises for a training failure. `train_loop_per_wo
 every Ray Train worker and `train` is its body, the whole recipe in one screen:
 
     build model -> probe step on the longest batch (an OOM verdict in seconds)
-    -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation] -> report
+    -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation]
+       -> [save the weights: training.saveModel best/final, rank 0] -> report
 
 The recipe is the paper's (PAPER.md, "Training recipe"): AdamW, ReduceLROnPlateau on the
 evaluation loss, every example trained twice per step (`predict:` -> label, `explain:` ->
@@ -50,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from orchestrator.lifecycle import TrialState
-from orchestrator.spec import Precision
+from orchestrator.spec import Precision, SaveModel
 from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_train_eval
 from worker.memory import HostMemoryBudget, classify_failure
@@ -116,10 +117,12 @@ class LoopConfig:
     started_at: float  # time.time() when the driver started: time to first step counts setup
     db_url: str | None  # where rank 0 writes epochs live; None: no live writes
     probe_only: bool = False  # stop after the probe step (`python -m worker probe`)
+    model_dir: str | None = None  # where rank 0 keeps the weights (training.saveModel)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train's entry point on each worker: devices, budget, telemetry, then `train`."""
+    import ray.train
     from accelerate import Accelerator
 
     import worker.models  # noqa: F401 - transformers, peft, bitsandbytes: before the baseline
@@ -130,7 +133,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     trial = TrialSpec.model_validate_json(loop.trial_json)
     bf16 = trial.training.precision is Precision.BF16
     # Ray Train has set up the process group (gloo on CPU, nccl on GPU); Accelerate joins it.
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
+    # Without cpu=True Accelerate only looks for accelerators: on a CPU-only worker it would
+    # see one process, skip DDP, and every worker would train alone on all the data.
+    accelerator = Accelerator(
+        mixed_precision="bf16" if bf16 else "no", cpu=trial.resources.gpus_per_worker == 0
+    )
+    expected = ray.train.get_context().get_world_size()
+    if accelerator.num_processes != expected:
+        raise RuntimeError(
+            f"Accelerate sees {accelerator.num_processes} processes where Ray Train started "
+            f"{expected} workers: gradients would not be synchronised"
+        )
     device = accelerator.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = trial.training.tf32
@@ -150,7 +163,7 @@ def train(
     sampler: Sampler,
 ) -> dict[str, Any] | None:
     from worker.data.batching import encode_examples, length_grouped_batches, longest_batch, shard
-    from worker.models import build_model
+    from worker.models import build_model, save_trained
 
     cfg, a = trial.training, trial.dss_alpha
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -213,6 +226,13 @@ def train(
             peak_gpu_memory_bytes=telemetry.peak_gpu_memory_bytes,
             peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
         ), telemetry)
+        if rank == 0 and loop.model_dir and cfg.save_model.saves_after(
+                epoch, cfg.epochs, progress.best_epoch):
+            save_trained(accelerator.unwrap_model(model), tokenizer, Path(loop.model_dir), {
+                "sweep": trial.sweep, "trial": trial.trial_id, "attempt": trial.attempt,
+                "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
+                "alpha": trial.alpha, "epoch": epoch, "eval_loss": eval_loss,
+            })
         report(progress.summary() if rank == 0 else None, epoch)
     return progress.summary() if rank == 0 else None
 
@@ -393,11 +413,20 @@ class Progress:
         if self.sink is not None:
             self.sink.write(record)
 
+    @property
+    def best(self) -> EpochRecord | None:
+        """The epoch with the lowest finite eval loss (the earliest of equals)."""
+        finite = [r for r in self.epochs if math.isfinite(r.eval_loss)]
+        return min(finite, key=lambda r: (r.eval_loss, r.epoch), default=None)
+
+    @property
+    def best_epoch(self) -> int | None:
+        best = self.best
+        return best.epoch if best else None
+
     def summary(self) -> dict[str, Any]:
         """TrialResult fields, JSON-ready (Ray persists it with the checkpoint)."""
-        finite = [r for r in self.epochs if math.isfinite(r.eval_loss)]
-        best = min(finite, key=lambda r: (r.eval_loss, r.epoch), default=None)
-        t = self.telemetry
+        best, t = self.best, self.telemetry
         return {
             "epochs": [r.model_dump(mode="json") for r in self.epochs],
             "epochs_completed": len(self.epochs),
@@ -449,8 +478,10 @@ def run_trial(trial: TrialSpec, *, probe_only: bool = False) -> TrialResult:
         mark_running(trial, started_at)
     storage = Path(trial.output_dir).resolve() / "ray"
     name = f"{trial.trial_id}-a{trial.attempt}-{started_at:%Y%m%d-%H%M%S-%f}"
+    saves = trial.training.save_model is not SaveModel.NONE and not probe_only
     loop = LoopConfig(trial.model_dump_json(), train_split, eval_split, t0,
-                      None if probe_only else store_url(trial), probe_only)
+                      None if probe_only else store_url(trial), probe_only,
+                      str(Path(trial.output_dir).resolve() / "model") if saves else None)
     try:
         summary = fit(trial, loop, storage, name)
     except Exception as error:

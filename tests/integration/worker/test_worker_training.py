@@ -6,6 +6,7 @@ Ray Train starting worker processes that import torch, transformers and peft.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,9 +45,12 @@ def stored(url: str) -> list[TrialResult]:
         return [to_result(row) for row in results(session, with_epochs=True)]
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+@pytest.mark.parametrize(
+    ("method", "save_model"), [("full", "final"), ("lora", "best"), ("qlora", "best")]
+)
 def test_trains_and_stores(
-    method: str, ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    method: str, save_model: str, ray_address: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from worker.result import deliver
     from worker.train import run_trial
@@ -54,6 +58,9 @@ def test_trains_and_stores(
     url = f"sqlite:///{tmp_path / 'ladder.db'}"
     monkeypatch.setenv("LADDER_DB_URL", url)
     trial = tiny_trial(tmp_path, method)
+    trial = trial.model_copy(
+        update={"training": trial.training.model_copy(update={"save_model": save_model})}
+    )
     result = run_trial(trial)
 
     assert result.status is TrialState.SUCCEEDED, result.error
@@ -73,6 +80,13 @@ def test_trains_and_stores(
     assert 0 <= result.exact_match <= 1 and 0 <= result.json_valid_rate <= 1
     assert result.trainable_parameters <= result.total_parameters
     assert (result.trainable_parameters < result.total_parameters) == (method != "full")
+
+    # Rank 0 kept the weights: the adapter for LoRA/QLoRA, of the epoch saveModel names.
+    manifest = json.loads((tmp_path / "run" / "model" / "ladder-model.json").read_text())
+    saved_epoch = result.best_epoch if save_model == "best" else 3
+    assert (manifest["epoch"], manifest["method"]) == (saved_epoch, method)
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    assert (tmp_path / "run" / "model" / weights).stat().st_size > 0
 
     # Rank 0 wrote the epochs live; the final write then records the whole result.
     (live,) = stored(url)

@@ -200,3 +200,85 @@ def test_gradient_checkpointing(method: str) -> None:
     assert model.is_activation_checkpointing
     _train_step(model)
     assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+class TestSaveTrained:
+    """`training.saveModel`: the weights written, reloadable, and never half-written."""
+
+    @staticmethod
+    def spec(method: str) -> TrialSpec:
+        adapters = method != "full"
+        return TrialSpec(
+            sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s", method=method,
+            rank=4 if adapters else None, alpha=8 if adapters else None,
+            training={"init": "random", "precision": "fp32"},
+        )
+
+    @pytest.mark.parametrize("method", ["full", "lora"])
+    def test_round_trip_gives_the_same_outputs(self, tmp_path: Path, method: str) -> None:
+        import json
+
+        from peft import PeftModel
+        from transformers import T5ForConditionalGeneration
+
+        from worker.models import MANIFEST, save_trained
+
+        torch.manual_seed(0)
+        model, tokenizer, _ = build_model(self.spec(method), torch.device("cpu"))
+        with torch.no_grad():  # LoRA's B starts at zero: move every trainable weight
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.01)
+        target = save_trained(model, tokenizer, tmp_path / "model", {"epoch": 2})
+
+        assert json.loads((target / MANIFEST).read_text()) == {"epoch": 2, "tokenizer": "byte"}
+        if method == "full":
+            assert (target / "model.safetensors").exists()
+            reloaded = T5ForConditionalGeneration.from_pretrained(target)
+        else:
+            assert (target / "adapter_model.safetensors").exists()
+            assert not (target / "model.safetensors").exists()  # the adapter only
+            torch.manual_seed(0)
+            base = random_t5(ARCHITECTURES["ladder/t5-tiny-s"])
+            reloaded = PeftModel.from_pretrained(base, target)
+        ids = torch.tensor([ByteTokenizer().encode("how many", 16)])
+        model.eval()
+        reloaded.eval()
+        with torch.no_grad():
+            expected = model(input_ids=ids, decoder_input_ids=ids).logits
+            actual = reloaded(input_ids=ids, decoder_input_ids=ids).logits
+        torch.testing.assert_close(actual, expected)
+
+    def test_a_pretrained_tokenizer_is_saved_with_its_added_characters(
+        self, tmp_path: Path, t5_like_tokenizer: Path
+    ) -> None:
+        from worker.models import save_trained
+        from worker.tokenizer import HFTokenizer
+
+        tokenizer = HFTokenizer(str(t5_like_tokenizer))
+        model = random_t5(ARCHITECTURES["ladder/t5-tiny-s"])
+        target = save_trained(model, tokenizer, tmp_path / "model", {})
+        again = HFTokenizer(str(target))
+        assert again.vocab_size == tokenizer.vocab_size
+        assert again.added_characters == ()  # already in the saved vocabulary
+        assert again.encode('{"size": 3}', 64) == tokenizer.encode('{"size": 3}', 64)
+
+    def test_a_failed_write_keeps_the_previous_save(self, tmp_path: Path) -> None:
+        from worker.models import MANIFEST, save_trained
+
+        class BrokenMidWrite(nn.Module):
+            def save_pretrained(self, directory: str) -> None:
+                (Path(directory) / "model.safetensors").write_bytes(b"half")
+                raise OSError("disk full")
+
+        model = random_t5(ARCHITECTURES["ladder/t5-tiny-s"])
+        target = save_trained(model, ByteTokenizer(), tmp_path / "model", {"epoch": 1})
+        before = sorted(p.name for p in target.iterdir())
+        with pytest.raises(OSError, match="disk full"):
+            save_trained(BrokenMidWrite(), ByteTokenizer(), target, {"epoch": 2})
+        assert sorted(p.name for p in target.iterdir()) == before
+        assert '"epoch": 1' in (target / MANIFEST).read_text()
+        # The next save succeeds over the leftover partial directory.
+        save_trained(model, ByteTokenizer(), target, {"epoch": 3})
+        assert '"epoch": 3' in (target / MANIFEST).read_text()
+        assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no partial, no previous
