@@ -46,10 +46,16 @@ def stored(url: str) -> list[TrialResult]:
 
 
 @pytest.mark.parametrize(
-    ("method", "save_model"), [("full", "final"), ("lora", "best"), ("qlora", "best")]
+    ("method", "save_model", "micro_batch"),
+    [
+        pytest.param("full", "final", None, id="full"),
+        # Two passes of one example per step on each worker: DDP syncs on the second only.
+        pytest.param("lora", "best", 1, id="lora-micro-batches"),
+        pytest.param("qlora", "best", None, id="qlora"),
+    ],
 )
 def test_trains_and_stores(
-    method: str, save_model: str, ray_address: str, tmp_path: Path,
+    method: str, save_model: str, micro_batch: int | None, ray_address: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from worker.result import deliver
@@ -59,7 +65,8 @@ def test_trains_and_stores(
     monkeypatch.setenv("LADDER_DB_URL", url)
     trial = tiny_trial(tmp_path, method)
     trial = trial.model_copy(
-        update={"training": trial.training.model_copy(update={"save_model": save_model})}
+        update={"training": trial.training.model_copy(
+            update={"save_model": save_model, "micro_batch_size": micro_batch})}
     )
     result = run_trial(trial)
 
