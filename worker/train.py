@@ -248,22 +248,25 @@ def train_step(
     step's (loss, label loss, rationale loss) over the whole batch."""
     from worker.data.batching import IGNORE_INDEX
 
-    def tokens(key: str) -> list[int]:
-        return [int((batch[key] != IGNORE_INDEX).sum()) for batch in passes]
+    def shares(key: str) -> Tensor | list[float]:
+        """Each pass's share of the batch's target tokens of one task, kept on the device:
+        counting on the host would stall a GPU every step. One pass: the whole batch."""
+        if len(passes) == 1:
+            return [1.0]
+        counts = torch.stack([(batch[key] != IGNORE_INDEX).sum() for batch in passes])
+        return counts / counts.sum().clamp(min=1)
 
-    label_tokens = tokens("labels")
-    rationale_tokens = tokens("rationale_labels") if a != 1.0 else [1] * len(passes)
+    label_shares = shares("labels")
+    rationale_shares = shares("rationale_labels") if a != 1.0 else [1.0] * len(passes)
     losses = torch.zeros(3, device=accelerator.device)
     for number, batch in enumerate(passes):
-        label_share = label_tokens[number] / max(1, sum(label_tokens))
-        rationale_share = rationale_tokens[number] / max(1, sum(rationale_tokens))
         last = number == len(passes) - 1 or accelerator.num_processes == 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
                 _, label_loss, rationale_loss = dss_forward(model, batch, a)
-                label_loss = label_loss * label_share
+                label_loss = label_loss * label_shares[number]
                 if rationale_loss is not None:
-                    rationale_loss = rationale_loss * rationale_share
+                    rationale_loss = rationale_loss * rationale_shares[number]
                 loss = dss_loss(label_loss, rationale_loss, a)
             accelerator.backward(loss)
         rationale = rationale_loss if rationale_loss is not None else torch.zeros_like(loss)

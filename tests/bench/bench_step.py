@@ -3,12 +3,12 @@
     python tests/bench/bench_step.py [--quick] [--model ladder/t5-tiny-m] [--method full]
                                      [--device cpu|cuda] [--precision fp32|bf16]
 
-worker/train.py's step is inline in `train()` (not a callable of its own), so this builds
-the same step from the worker's pieces, line for line: `worker.models.build_model`, the batches
-of `worker.data.batching` collated per step (`worker.train.to_device`), Accelerate's
-`prepare`/`autocast`/`backward`, `worker.train.dss_forward` (the DSS loss) and the on-device
-running sums the worker keeps. The anchor is what a person would write by hand: the same
-model (built the same way, same seed), the same batches already collated and on the device,
+The worker's side is the worker's own code: `worker.models.build_model`, the batches of
+`worker.data.batching` collated per step (`worker.train.to_device`), Accelerate's `prepare`,
+and `worker.train.train_step` (autocast, the DSS loss, token-weighted passes, backward, AdamW
+step) with the on-device running sums `train()` keeps. The anchor is what a person would
+write by hand: the same model (built the same way, same seed), the same batches already
+collated and on the device,
 `model(...).loss` twice, a * L_label + (1 - a) * L_rationale, `backward`, `step`,
 `zero_grad`. Both run in this process, interleaved round by round (A B A B ...) so that a
 busy machine slows both alike; the figure is the median samples/s over rounds (one sample =
@@ -58,7 +58,7 @@ def run(
     from worker.data.batching import encode_examples, length_grouped_batches
     from worker.data.dss import load_dss
     from worker.models import build_model
-    from worker.train import dss_forward, to_device
+    from worker.train import to_device, train_step
 
     if device == "cpu":
         torch.set_num_threads(threads)  # the worker's own setting: cpus_per_worker
@@ -79,22 +79,14 @@ def run(
                               lr=1e-4, fused=dev.type == "cuda")
     w_model, w_opt = accelerator.prepare(w_model, w_opt)
     w_model.train()
-    sums = torch.zeros(5, device=dev)
+    sums = torch.zeros(3, device=dev)
 
     def worker_steps(indices_list: list[list[int]]) -> None:
         nonlocal sums
-        for indices in indices_list:
-            b = to_device(encoded, indices, tokenizer, dev)
-            with accelerator.autocast():
-                loss, label_loss, rationale_loss = dss_forward(w_model, b, a)
-            accelerator.backward(loss)
-            w_opt.step()
-            w_opt.zero_grad(set_to_none=True)
-            rationale = rationale_loss if rationale_loss is not None else sums.new_zeros(())
-            sums += torch.stack([
-                loss.detach().float(), label_loss.detach().float(), rationale.detach().float(),
-                sums.new_tensor(1.0), sums.new_tensor(float(len(indices))),
-            ])
+        for indices in indices_list:  # as train() does: one pass per step (no micro-batches)
+            sums += train_step(
+                accelerator, w_model, w_opt, [to_device(encoded, indices, tokenizer, dev)], a
+            )
 
     # --- the hand-written loop: same model, data, batch and precision ----------------------
     torch.manual_seed(trial.seed)
