@@ -11,7 +11,7 @@ Environment:
                         a failed build or start fails those tests loudly.
     LADDER_CP_KEEP=1    leave a control plane that this session started running.
     LADDER_CP_DIR, LADDER_CP_CACHE, LADDER_CP_*_PORT: see controlplane/env.sh.
-    LADDER_SHARED_CRDS  folder with the CRD bundles (default <repo>/../shared/crds).
+    LADDER_SHARED_CRDS  folder with the CRD bundles (default <repo>/tests/crds).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 
 CONTROLPLANE_DIR = Path(__file__).resolve().parent / "controlplane"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_CRDS = Path(os.environ.get("LADDER_SHARED_CRDS", REPO_ROOT.parent / "shared" / "crds"))
+SHARED_CRDS = Path(os.environ.get("LADDER_SHARED_CRDS", REPO_ROOT / "tests" / "crds"))
 KUBERAY_CRDS = SHARED_CRDS / "kuberay-v1.7.0"
 PROMETHEUS_OPERATOR_CRDS = SHARED_CRDS / "prometheus-operator-v0.93.0"
 
@@ -245,8 +245,8 @@ def control_plane() -> Iterator[ControlPlane]:
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         pytest.fail(
-            f"{what} not found at {path} (expected shared/ beside the repository; "
-            "override with LADDER_SHARED_CRDS)",
+            f"{what} not found at {path} (the copies live in tests/crds; "
+            "LADDER_SHARED_CRDS overrides the folder)",
             pytrace=False,
         )
     return path

@@ -58,7 +58,7 @@ from orchestrator.spec import (
 from orchestrator.trial import TrialSpec
 
 ROOT = Path(__file__).resolve().parents[3]
-RAYJOB_CRD = ROOT.parent / "shared" / "crds" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"
+RAYJOB_CRD = ROOT / "tests" / "crds" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"
 UID = "0b7e2a9c-5f7e-4c1e-9d1a-3f0e6c1b2a11"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
