@@ -12,10 +12,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -361,23 +363,58 @@ def results(
         writer.writeheader()
         writer.writerows(records)
         return
-    table = Table(title=f"{len(records)} trials", show_edge=False)
-    shown = ("trial_id", "lane", "model", "status", "oom_kind", "attempt", "best_eval_loss",
-             "best_epoch", "exact_match", "json_valid_rate", "samples_per_second",
-             "peak_host_memory_bytes", "wall_seconds")
-    for column in shown:
-        table.add_column(column.replace("_", " "), overflow="fold")
-    for record in records:
-        table.add_row(*(_cell(record[c]) for c in shown))
-    console.print(table)
+    console.print(results_table(records, console.width))
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
+    """The results as people read them, in `width` columns: short model names, the OOM kind
+    with the status, memory in GiB, seconds. Every column but the lane keeps its width (the
+    lane is cut with an ellipsis); too narrow for that, the generation metrics, then the wall
+    time, then the trial id are left out.
+    Every field, unformatted, is in --json and --csv."""
+    from orchestrator.formatting import fmt_bytes, fmt_float, fmt_ratio, fmt_seconds
+
+    on_gpu = any(r["peak_gpu_memory_bytes"] is not None for r in records)
+    columns: dict[str, list[str]] = {
+        "trial": [r["trial_id"] for r in records],
+        "lane": [r["lane"] for r in records],
+        "model": [r["model"].rsplit("/", 1)[-1] for r in records],
+        "status": [r["status"] + (f"/{r['oom_kind']}" if r["oom_kind"] else "")
+                   + (f" #{r['attempt']}" if r["attempt"] > 1 else "") for r in records],
+        "eval loss": [fmt_float(r["best_eval_loss"], 4) for r in records],
+        "exact": [fmt_ratio(r["exact_match"]) for r in records],
+        "JSON ok": [fmt_ratio(r["json_valid_rate"]) for r in records],
+        "samples/s": [fmt_float(r["samples_per_second"], 2) for r in records],
+        "peak GPU" if on_gpu else "peak host": [
+            fmt_bytes(r["peak_gpu_memory_bytes"] if on_gpu else r["peak_host_memory_bytes"])
+            for r in records],
+        "wall": [fmt_seconds(r["wall_seconds"]) for r in records],
+    }
+    widths = {h: max([len(h), *map(len, cells)]) for h, cells in columns.items()}
+
+    def room_for_lane() -> int:  # columns are two characters apart, none at the edges
+        others = [w for h, w in widths.items() if h in columns and h != "lane"]
+        return width - sum(others) - 2 * len(others) - 1
+
+    lane_min = 12
+    for optional in (("exact", "JSON ok"), ("wall",), ("trial",)):
+        if room_for_lane() >= lane_min:
+            break
+        for header in optional:
+            del columns[header]
+    table = Table(title=f"{len(records)} trials", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for header in columns:
+        if header == "lane":
+            lane = max(lane_min, min(widths["lane"], room_for_lane()))
+            table.add_column(header, no_wrap=True, overflow="ellipsis", width=lane)
+        else:
+            left = header in ("trial", "model", "status")
+            table.add_column(header, no_wrap=True, min_width=widths[header],
+                             justify="left" if left else "right")
+    for row in zip(*columns.values(), strict=True):
+        table.add_row(*row)
+    return table
 
 
 @dataset_app.command("querydsl")

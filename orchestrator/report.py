@@ -36,6 +36,7 @@ from matplotlib.patches import Rectangle
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
+from orchestrator.formatting import fmt_bytes, fmt_float, fmt_opt, fmt_ratio, fmt_seconds
 from orchestrator.grid import expand
 from orchestrator.lifecycle import Method, TrialState
 from orchestrator.plan import SweepStatus
@@ -139,39 +140,6 @@ def load(sessions: sessionmaker[Session], sweep: str | None = None,
     results.sort(key=lambda r: (r.lane, r.model_index))
     return SweepData(sweep=recorded, status=status, results=results, attempts=len(attempts),
                      lane_info=lanes)
-
-
-# --- formatting ---------------------------------------------------------------------------
-
-
-def fmt_bytes(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 2**30:
-        return f"{value / 2**30:.1f} GiB"
-    return f"{value / 2**20:.0f} MiB"
-
-
-def fmt_seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 3600:
-        return f"{value:,.0f} s ({value / 3600:.1f} h)"
-    return f"{value:.1f} s"
-
-
-def fmt_float(value: float | None, digits: int = 5) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
-
-
-def fmt_opt(value: object) -> str:
-    return "-" if value is None else str(value)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
