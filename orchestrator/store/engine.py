@@ -114,6 +114,9 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.close()
 
 
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
 def create_store_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
     """An Engine for the store URL (`database_url` resolves the default), configured per dialect.
 
@@ -123,6 +126,11 @@ def create_store_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
     """
     resolved = make_url(database_url(url))
     backend = resolved.get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        raise ValueError(
+            f"the store supports SQLite and PostgreSQL URLs (sqlite:///FILE, "
+            f"postgresql+psycopg://...), not {backend!r}"
+        )
     options: dict[str, Any] = {}
     if backend == "sqlite":
         # pysqlite's own busy handler, in case a statement runs before the connect event.

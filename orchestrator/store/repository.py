@@ -106,7 +106,8 @@ def _insert(session: Session, table: sa.Table) -> sqlite.Insert | postgresql.Ins
         return sqlite.insert(table)
     if dialect == "postgresql":
         return postgresql.insert(table)
-    raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect!r}")
+    # create_store_engine refuses other backends; an engine made elsewhere ends here.
+    raise ValueError(f"the store supports SQLite and PostgreSQL, not {dialect!r}")
 
 
 def _sweep_id_query(namespace: str, name: str) -> sa.ScalarSelect[int]:

@@ -123,3 +123,17 @@ class TestOpenStore:
         with factory() as session:
             tables = set(sa.inspect(session.get_bind()).get_table_names())
         assert {"sweeps", "trials", "epochs", "alembic_version"} <= tables
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("mysql://ladder:pw@db/ladder", id="mysql"),
+        pytest.param("mssql+pyodbc://ladder:pw@db/ladder", id="mssql"),
+    ],
+)
+def test_other_databases_are_refused_at_open(url: str) -> None:
+    """The upserts are written for SQLite and PostgreSQL: any other URL fails at once,
+    naming the backend, instead of at the first write."""
+    with pytest.raises(ValueError, match=r"supports SQLite and PostgreSQL.*not '(mysql|mssql)'"):
+        create_store_engine(url)
