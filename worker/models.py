@@ -285,10 +285,10 @@ def save_trained(
     model.save_pretrained(str(staging))  # type: ignore[operator]
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.save_pretrained(str(staging))
-    tokenizer_name = "included" if isinstance(tokenizer, HFTokenizer) else "byte"
-    (staging / MANIFEST).write_text(
-        json.dumps({**manifest, "tokenizer": tokenizer_name}, indent=2) + "\n", encoding="utf-8"
-    )
+        manifest = {**manifest, "tokenizer": "included"}
+    else:
+        manifest = {**manifest, "tokenizer": "byte"}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     previous = directory.with_name(directory.name + ".previous")
     shutil.rmtree(previous, ignore_errors=True)
     if directory.exists():
