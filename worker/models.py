@@ -44,6 +44,7 @@ __all__ = [
     "compute_dtype",
     "count_parameters",
     "fit_embeddings",
+    "keep_off_cpu_packed_path",
     "quantize_nf4",
     "random_t5",
     "save_trained",
@@ -151,6 +152,27 @@ def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype) -> int:
     return replaced
 
 
+def keep_off_cpu_packed_path(model: nn.Module) -> int:
+    """Keep every NF4 layer on bitsandbytes' one CPU path, in training and evaluation alike.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50's `Linear4bit.forward` repacks a layer's weight
+    for a fused kernel the first time it runs outside training mode without grad (evaluation,
+    generation). That path (1) asserts `out_features % 32 == 0`, so an evaluation of any model
+    with a 16-wide projection dies with "N must be divisible by block_n"; (2) computes in bf16,
+    so the same trial's eval loss differs between CPU kinds; and (3) keeps the packed layout
+    when training resumes, where no gradient flows back through the frozen base to earlier
+    layers: QLoRA would silently train on wrong gradients from the second epoch on. Ladder turns
+    the module's fast-path flag off, so every CPU runs the path the training step runs. CUDA is
+    unaffected (the flag only applies to CPU inputs). Returns how many layers it set.
+    """
+    layers = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            layers += 1
+    return layers
+
+
 def _from_pretrained(trial: TrialSpec, device: torch.device) -> PreTrainedModel:
     kwargs: dict[str, object] = {}
     if trial.method is Method.QLORA:
@@ -232,6 +254,8 @@ def build_model(
         fit_embeddings(model, tokenizer)
         if trial.method is not Method.QLORA:
             model = model.to(device)
+    if trial.method is Method.QLORA:
+        keep_off_cpu_packed_path(model)
 
     if trial.method.uses_adapters:
         if trial.rank is None or trial.alpha is None:
