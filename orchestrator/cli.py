@@ -24,9 +24,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator.grid import expand
-from orchestrator.lifecycle import LaneState, TrialState
-from orchestrator.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
+from orchestrator.core.grid import expand
+from orchestrator.core.lifecycle import LaneState, TrialState
+from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
 
 app = typer.Typer(
     name="ladder",
@@ -223,8 +223,8 @@ def run(
 ):
     """Run a sweep on this machine (local Ray runtime, SQLite by default), resuming if needed."""
     from orchestrator.backends.local import LocalRayBackend
-    from orchestrator.estimate import predicted_oom_fn
-    from orchestrator.runner import LocalSweepRunner
+    from orchestrator.backends.runner import LocalSweepRunner
+    from orchestrator.core.estimate import predicted_oom_fn
 
     sweep = _load(file)
     spec = sweep.spec
@@ -310,8 +310,8 @@ def status(
 ):
     """Progress of sweeps in the store: trials by state, lanes and their ceilings."""
     from orchestrator import store
-    from orchestrator.results import sweep_from_row
-    from orchestrator.runner import sweep_status
+    from orchestrator.backends.runner import sweep_status
+    from orchestrator.store.records import sweep_from_row
 
     sessions = _open_store(db_url(db))
     rows = _sweep_rows(sessions, sweep)
@@ -347,7 +347,7 @@ def results(
 ):
     """One record per trial (its latest attempt), as a table, JSON lines or CSV."""
     from orchestrator import store
-    from orchestrator.results import RESULT_COLUMNS, latest_attempts, result_record
+    from orchestrator.store.records import RESULT_COLUMNS, latest_attempts, result_record
 
     sessions = _open_store(db_url(db))
     with sessions() as session:
@@ -372,7 +372,7 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
     lane is cut with an ellipsis); too narrow for that, the generation metrics, then the wall
     time, then the trial id are left out.
     Every field, unformatted, is in --json and --csv."""
-    from orchestrator.formatting import fmt_bytes, fmt_float, fmt_ratio, fmt_seconds
+    from orchestrator.core.formatting import fmt_bytes, fmt_float, fmt_ratio, fmt_seconds
 
     on_gpu = any(r["peak_gpu_memory_bytes"] is not None for r in records)
     columns: dict[str, list[str]] = {

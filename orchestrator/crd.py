@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from orchestrator.spec import (
+from orchestrator.core.spec import (
     API_VERSION,
     KIND,
     MAX_LIST,

@@ -30,11 +30,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
-from orchestrator.grid import expand
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.plan import SweepPhase
-from orchestrator.results import latest_rows, sweep_from_row
-from orchestrator.runner import sweep_status
+from orchestrator.backends.runner import sweep_status
+from orchestrator.core.grid import expand
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.plan import SweepPhase
+from orchestrator.store.records import latest_rows, sweep_from_row
 
 log = logging.getLogger(__name__)
 

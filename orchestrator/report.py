@@ -36,14 +36,14 @@ from matplotlib.patches import Rectangle
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
-from orchestrator.formatting import fmt_bytes, fmt_float, fmt_opt, fmt_ratio, fmt_seconds
-from orchestrator.grid import expand
-from orchestrator.lifecycle import Method, TrialState
-from orchestrator.plan import SweepStatus
-from orchestrator.results import latest_rows, sweep_from_row
-from orchestrator.runner import sweep_status
-from orchestrator.spec import Sweep
-from orchestrator.trial import TrialResult
+from orchestrator.backends.runner import sweep_status
+from orchestrator.core.formatting import fmt_bytes, fmt_float, fmt_opt, fmt_ratio, fmt_seconds
+from orchestrator.core.grid import expand
+from orchestrator.core.lifecycle import Method, TrialState
+from orchestrator.core.plan import SweepStatus
+from orchestrator.core.spec import Sweep
+from orchestrator.core.trial import TrialResult
+from orchestrator.store.records import latest_rows, sweep_from_row
 
 DEFAULT_TOP = 8
 DSS_ALPHAS = (0.5, 1.0)  # Table 4: DSS (rationale + label) against label-only training

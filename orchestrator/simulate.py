@@ -29,20 +29,20 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from orchestrator.catalog import architecture
-from orchestrator.escalation import AttemptObservation
-from orchestrator.estimate import (
+from orchestrator.core.catalog import architecture
+from orchestrator.core.escalation import AttemptObservation
+from orchestrator.core.estimate import (
     Attention,
     adapter_parameters,
     estimate_memory,
     flops_per_sample,
     predicted_oom_fn,
 )
-from orchestrator.grid import Trial, expand
-from orchestrator.lifecycle import Method, OOMKind, TrialState
-from orchestrator.plan import LaunchTrial, Observed, RecordOutcome, plan
-from orchestrator.scheduler import Capacity
-from orchestrator.spec import Precision, Resources, Sweep, SweepSpec
+from orchestrator.core.grid import Trial, expand
+from orchestrator.core.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.plan import LaunchTrial, Observed, RecordOutcome, plan
+from orchestrator.core.scheduler import Capacity
+from orchestrator.core.spec import Precision, Resources, Sweep, SweepSpec
 
 __all__ = [
     "LADDER_RECIPE",

@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from orchestrator.lifecycle import ExitCode, TrialState
-from orchestrator.trial import TrialResult, TrialSpec
+from orchestrator.core.lifecycle import ExitCode, TrialState
+from orchestrator.core.trial import TrialResult, TrialSpec
 
 log = logging.getLogger("worker")
 

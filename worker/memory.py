@@ -12,7 +12,7 @@ smaller card than the one at hand, and so tests hit real OOMs without a GPU:
   created, probe step done, and after every epoch.
 
 `classify_failure` turns any exception (through Ray's wrappers) or text into a state and OOM
-kind; the text rules are shared with the backends (`orchestrator.outcome.classify_text`).
+kind; the text rules are shared with the backends (`orchestrator.core.outcome.classify_text`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 import torch
 
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.outcome import classify_text
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.outcome import classify_text
 
 __all__ = [
     "HostMemoryBudget",
@@ -49,7 +49,7 @@ def format_bytes(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
-class MemoryBudgetExceeded(Exception):  # its name is matched in logs (orchestrator/outcome.py)
+class MemoryBudgetExceeded(Exception):  # its name is matched in logs (orchestrator/core/outcome.py)
     """The trial needs more memory than `escalation.memoryBudget` allows on this device."""
 
     def __init__(self, stage: str, used_bytes: int, budget_bytes: int, device: str = "cpu"):
@@ -182,7 +182,7 @@ def classify_failure(
     OutOfMemoryError (gpu, or budget when a budget capped the allocator), Python's MemoryError
     and Ray's memory-monitor OutOfMemoryError (host). Then the text of every exception in the
     chain: torch's CPU allocator failing is a host OOM, the rest follows the rules the backends
-    apply to logs (`orchestrator.outcome.classify_text`).
+    apply to logs (`orchestrator.core.outcome.classify_text`).
     """
     if isinstance(error, str):
         return _classify_text(error, budget_set)

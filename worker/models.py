@@ -31,10 +31,10 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers import BitsAndBytesConfig, PreTrainedModel, T5Config, T5ForConditionalGeneration
 
-from orchestrator.catalog import BUILTIN_ONLY, T5Architecture, architecture
-from orchestrator.lifecycle import Method
-from orchestrator.spec import ModelInit, Precision, Training
-from orchestrator.trial import TrialSpec
+from orchestrator.core.catalog import BUILTIN_ONLY, T5Architecture, architecture
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import ModelInit, Precision, Training
+from orchestrator.core.trial import TrialSpec
 from worker.tokenizer import HFTokenizer, TextTokenizer, load_tokenizer
 
 __all__ = [
@@ -238,7 +238,7 @@ def build_model(
         if arch is None:
             raise ModelLoadError(
                 f"{trial.model!r} has no built-in architecture, so init: random cannot build "
-                f"it; known: see orchestrator.catalog.ARCHITECTURES"
+                f"it; known: see orchestrator.core.catalog.ARCHITECTURES"
             )
         if tokenizer.vocab_size > arch.vocab_size:
             raise ValueError(

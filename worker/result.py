@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.lifecycle import ExitCode, TrialState
-from orchestrator.outcome import excerpt
-from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.lifecycle import ExitCode, TrialState
+from orchestrator.core.outcome import excerpt
+from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from worker.memory import classify_failure, exception_chain
 
 __all__ = [

@@ -50,9 +50,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from orchestrator.lifecycle import TrialState
-from orchestrator.spec import Precision, SaveModel
-from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.spec import Precision, SaveModel
+from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_train_eval
 from worker.memory import HostMemoryBudget, classify_failure
 from worker.result import EpochSink, error_text, mark_running, store_url

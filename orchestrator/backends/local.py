@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.backends.ray_head import SharedHead
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.outcome import classify_text, excerpt, state_for_exit_code
-from orchestrator.scheduler import Capacity
-from orchestrator.trial import TrialResult, TrialSpec
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
+from orchestrator.core.scheduler import Capacity
+from orchestrator.core.trial import TrialResult, TrialSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.plan import SweepPhase, SweepStatus
+from orchestrator.core.plan import SweepPhase, SweepStatus
 
 READY, PROGRESSING, SUSPENDED = "Ready", "Progressing", "Suspended"
 TRUE, FALSE = "True", "False"

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.spec import SpecError, load_sweep_text, sweep_manifest
+from orchestrator.core.spec import SpecError, load_sweep_text, sweep_manifest
 
 log = logging.getLogger(__name__)
 

@@ -44,12 +44,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from orchestrator.grid import Trial
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.outcome import classify_text, excerpt
-from orchestrator.scheduler import Capacity
-from orchestrator.spec import API_VERSION, KIND, Sweep
-from orchestrator.trial import TrialSpec
+from orchestrator.core.grid import Trial
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.outcome import classify_text, excerpt
+from orchestrator.core.scheduler import Capacity
+from orchestrator.core.spec import API_VERSION, KIND, Sweep
+from orchestrator.core.trial import TrialSpec
 
 RAY_API_VERSION = "ray.io/v1"
 RAYJOB_KIND = "RayJob"

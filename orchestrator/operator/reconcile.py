@@ -43,9 +43,23 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
-from orchestrator.estimate import estimated_bytes, predicted_oom_fn
-from orchestrator.grid import Grid, Trial, expand, trial_spec
-from orchestrator.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.backends.runner import attempt_observations
+from orchestrator.core.estimate import estimated_bytes, predicted_oom_fn
+from orchestrator.core.grid import Grid, Trial, expand, trial_spec
+from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.outcome import stall_reason
+from orchestrator.core.plan import (
+    CancelTrial,
+    LaunchTrial,
+    Observed,
+    Plan,
+    RecordOutcome,
+    SweepPhase,
+    plan,
+    status_dict,
+)
+from orchestrator.core.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
+from orchestrator.core.trial import TrialSpec
 from orchestrator.metrics import LadderMetrics
 from orchestrator.operator.conditions import desired_conditions, merge_conditions
 from orchestrator.operator.kube import Cluster, KubeError
@@ -65,20 +79,6 @@ from orchestrator.operator.manifests import (
     sweep_capacity,
     trial_output_dir,
 )
-from orchestrator.outcome import stall_reason
-from orchestrator.plan import (
-    CancelTrial,
-    LaunchTrial,
-    Observed,
-    Plan,
-    RecordOutcome,
-    SweepPhase,
-    plan,
-    status_dict,
-)
-from orchestrator.runner import attempt_observations
-from orchestrator.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
-from orchestrator.trial import TrialSpec
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from orchestrator.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 
 # Explicit constraint names, so migrations can address constraints by name on every database
 # (SQLite's batch mode needs them to rebuild a table) and autogenerate never sees a rename.

@@ -31,8 +31,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
 
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.spec import Sweep
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.spec import Sweep
+from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from orchestrator.store.engine import redact_secrets
 from orchestrator.store.models import (
     ERROR_EXCERPT_CHARS,
@@ -42,7 +43,6 @@ from orchestrator.store.models import (
     as_utc,
     utcnow,
 )
-from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
 
 log = logging.getLogger(__name__)
 

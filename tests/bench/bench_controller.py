@@ -38,8 +38,8 @@ RECONCILE_BUDGET_MS = 1000.0
 def bench_plan(lanes: int, repeat: int) -> dict[str, Any]:
     from bench_plan import build  # tests/bench/bench_plan.py
 
-    from orchestrator.grid import expand
-    from orchestrator.plan import plan
+    from orchestrator.core.grid import expand
+    from orchestrator.core.plan import plan
 
     sweep, observed = build(lanes)
     start = time.perf_counter()
@@ -68,12 +68,12 @@ def bench_plan(lanes: int, repeat: int) -> dict[str, Any]:
 
 
 def bench_store(url: str, trials: int) -> dict[str, Any]:
-    from orchestrator.grid import expand, trial_spec
-    from orchestrator.lifecycle import TrialState
-    from orchestrator.spec import PAPER_LADDER, Sweep, SweepSpec
+    from orchestrator.core.grid import expand, trial_spec
+    from orchestrator.core.lifecycle import TrialState
+    from orchestrator.core.spec import PAPER_LADDER, Sweep, SweepSpec
+    from orchestrator.core.trial import EpochRecord, TrialResult
     from orchestrator.store import dispose_stores, open_store, record_attempt, record_result
     from orchestrator.store import upsert_sweep as upsert
-    from orchestrator.trial import EpochRecord, TrialResult
 
     seeds = -(-trials // 100)
     spec = SweepSpec(ladder=list(PAPER_LADDER), axes={"seed": list(range(seeds))},

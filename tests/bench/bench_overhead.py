@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.spec import Dataset, ResourceShape, Training  # noqa: E402
-from orchestrator.trial import TrialResult, TrialSpec  # noqa: E402
+from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
+from orchestrator.core.trial import TrialResult, TrialSpec  # noqa: E402
 
 
 def short_trial(output_dir: Path, trial_id: str, gpus: int = 0) -> TrialSpec:

@@ -17,12 +17,12 @@ import argparse
 import statistics
 import time
 
-from orchestrator.escalation import AttemptObservation
-from orchestrator.grid import expand
-from orchestrator.lifecycle import Method, OOMKind, TrialState
-from orchestrator.plan import Observed, plan
-from orchestrator.scheduler import Capacity
-from orchestrator.spec import PAPER_LADDER, Sweep, SweepSpec
+from orchestrator.core.escalation import AttemptObservation
+from orchestrator.core.grid import expand
+from orchestrator.core.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.plan import Observed, plan
+from orchestrator.core.scheduler import Capacity
+from orchestrator.core.spec import PAPER_LADDER, Sweep, SweepSpec
 
 IN_FLIGHT = 1000
 CAPPED = 1000

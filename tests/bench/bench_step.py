@@ -34,8 +34,8 @@ TARGET = 0.95
 
 def _trial(model: str, method: str, precision: str, max_in: int, max_out: int,
            batch: int) -> Any:
-    from orchestrator.spec import Training
-    from orchestrator.trial import TrialSpec
+    from orchestrator.core.spec import Training
+    from orchestrator.core.trial import TrialSpec
 
     uses_adapters = method != "full"
     return TrialSpec(
@@ -54,7 +54,7 @@ def run(
     import torch
     from accelerate import Accelerator
 
-    from orchestrator.spec import Precision
+    from orchestrator.core.spec import Precision
     from worker.data.batching import encode_examples, length_grouped_batches
     from worker.data.dss import load_dss
     from worker.models import build_model

@@ -4,14 +4,14 @@
     python tests/bench/gpu_ladder.py --dry [--quick]       # CPU, tiny lengths (CI)
 
 For every (model, method), in a subprocess of its own (so an OOM, or a leaked CUDA context,
-never touches the next): the model at random init (orchestrator.catalog's real FLAN-T5
+never touches the next): the model at random init (orchestrator.core.catalog's real FLAN-T5
 architectures; nothing downloaded), built by `worker.models.build_model`, trained with the
 worker's step (Accelerate bf16 autocast, `worker.train.dss_forward`, fused AdamW) on a batch
 padded to exactly 1400 input and 1024 output tokens (the probe step's worst case), for warm-up
 steps and then timed steps. Recorded per point: samples/s, peak memory from NVML (sampled by
 `worker.telemetry.Sampler`) and torch (`max_memory_allocated`/`max_memory_reserved`), MFU
 against the card's dense bf16 peak (H100 SXM: 989 TFLOP/s) with FLOPs per sample from
-`orchestrator.estimate.flops_per_sample`, and the memory estimator's error against the
+`orchestrator.core.estimate.flops_per_sample`, and the memory estimator's error against the
 measured peak. The batch per device is the largest of 16, 8, 4, 2, 1 that the estimator puts
 under 90% of the card (`--batch N` fixes it); a point that runs out of memory is tried again
 at batch 1, so "fits 80 GB" means "trains at batch 1 with both DSS tasks". Output: JSON and a
@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.catalog import architecture  # noqa: E402
-from orchestrator.estimate import estimate_memory, flops_per_sample  # noqa: E402
-from orchestrator.lifecycle import Method  # noqa: E402
-from orchestrator.spec import PAPER_LADDER, Precision, parse_quantity  # noqa: E402
+from orchestrator.core.catalog import architecture  # noqa: E402
+from orchestrator.core.estimate import estimate_memory, flops_per_sample  # noqa: E402
+from orchestrator.core.lifecycle import Method  # noqa: E402
+from orchestrator.core.spec import PAPER_LADDER, Precision, parse_quantity  # noqa: E402
 
 GiB = 2**30
 TINY_LADDER = ("ladder/t5-tiny-s", "ladder/t5-tiny-m", "ladder/t5-tiny-l")
@@ -57,8 +57,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from accelerate import Accelerator
 
-    from orchestrator.spec import Training
-    from orchestrator.trial import TrialSpec
+    from orchestrator.core.spec import Training
+    from orchestrator.core.trial import TrialSpec
     from worker.models import build_model
     from worker.telemetry import Sampler
     from worker.train import dss_forward

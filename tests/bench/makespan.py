@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.lifecycle import Method  # noqa: E402
+from orchestrator.core.lifecycle import Method  # noqa: E402
+from orchestrator.core.spec import Sweep, load_sweep  # noqa: E402
 from orchestrator.simulate import (  # noqa: E402
     LADDER_RECIPE,
     PAPER_RECIPE,
@@ -42,7 +43,6 @@ from orchestrator.simulate import (  # noqa: E402
     paper_procedure,
     simulate,
 )
-from orchestrator.spec import Sweep, load_sweep  # noqa: E402
 
 PAPER_HOURS = 499.6  # PAPER.md: 86 runs
 DEFAULT_GPU_JSON = ROOT / "bench-results" / "gpu_ladder.json"
@@ -134,7 +134,7 @@ def run(gpu_json: Path | None = None) -> dict[str, Any]:
             "+ generation; step time = per-device batch x seconds per sample + per-step "
             "overhead (kernel launches per block, optimizer) + the gradient all-reduce not "
             "hidden behind backward (NVLink within a node, 12.5 GB/s across nodes).",
-            "Seconds per sample = training FLOPs (orchestrator.estimate.flops_per_sample, at "
+            "Seconds per sample = training FLOPs (orchestrator.core.estimate.flops_per_sample, at "
             "the maximum lengths 1400/1024) / (peak x MFU), or 1 / measured samples/s of the "
             "GPU benchmark where its JSON is given (bf16 points only).",
             "Generation is a latency-bound greedy decode loop: 1,024 tokens x decoder blocks x "

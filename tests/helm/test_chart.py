@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.grid import expand, trial_spec
+from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.spec import load_sweep_text
 from orchestrator.operator.manifests import (
     ExecutionConfig,
     SecretRef,
     rayjob_manifest,
     trial_output_dir,
 )
-from orchestrator.spec import load_sweep_text
 from tests.helm.chart import (
     CHART,
     MONITORING_APIS,

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from orchestrator.grid import expand, trial_spec
+from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.spec import load_sweep_text
 from orchestrator.operator.kube import Kube, load_config
 from orchestrator.operator.manifests import (
     ExecutionConfig,
@@ -30,7 +31,6 @@ from orchestrator.operator.manifests import (
     rayjob_manifest,
     trial_output_dir,
 )
-from orchestrator.spec import load_sweep_text
 from tests.helm.chart import CHART, MONITORING_APIS, REPO_ROOT, run_helm, template_text
 from tests.k8s.operator_harness import ControllerProcess, free_port, wait_for
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from orchestrator import store
-from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.operator.kube import Kube, load_config
 from tests.k8s.kuberay_standin import Behaviour, KubeRayStandIn
 from tests.k8s.operator_harness import REPO_ROOT, ControllerProcess, dump, free_port, wait_for

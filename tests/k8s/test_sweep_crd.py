@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from orchestrator.grid import expand, trial_spec
+from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.spec import load_sweep_text
 from orchestrator.operator.manifests import (
     SecretRef,
     execution_config,
     rayjob_manifest,
     trial_output_dir,
 )
-from orchestrator.spec import load_sweep_text
 
 if TYPE_CHECKING:
     from tests.k8s.conftest import ControlPlane

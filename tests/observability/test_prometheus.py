@@ -48,10 +48,10 @@ import pytest
 import yaml
 
 from orchestrator import store
-from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.backends.runner import sweep_status
+from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.metrics import LIVE_FIGURES, TRIAL_FIGURES, LadderMetrics
-from orchestrator.results import latest_rows, sweep_from_row
-from orchestrator.runner import sweep_status
+from orchestrator.store.records import latest_rows, sweep_from_row
 
 pytestmark = [pytest.mark.observability, pytest.mark.integration]
 

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from worker.result import EpochSink, deliver, exit_code, mark_running, store_url
 
 EPOCHS_ENV = "LADDER_FAST_EPOCHS"

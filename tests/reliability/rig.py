@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import store
-from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.operator.kube import Kube
 from tests.k8s.kuberay_standin import KubeRayStandIn
 from tests.k8s.operator_harness import ControllerProcess, dump, free_port, wait_for

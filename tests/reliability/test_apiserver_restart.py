@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from orchestrator.lifecycle import TrialState
+from orchestrator.core.lifecycle import TrialState
 from tests.k8s.conftest import CONTROLPLANE_DIR, ControlPlane
 from tests.k8s.operator_harness import wait_for
 from tests.reliability.rig import Rig, assert_sweep_intact

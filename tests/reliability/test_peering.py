@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.lifecycle import TrialState
+from orchestrator.core.lifecycle import TrialState
 from tests.k8s.operator_harness import ControllerProcess, wait_for
 from tests.reliability.rig import Rig, assert_sweep_intact
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from orchestrator.lifecycle import TrialState
+from orchestrator.core.lifecycle import TrialState
 from tests.k8s.kuberay_standin import Behaviour, KubeRayStandIn
 from tests.k8s.operator_harness import wait_for
 from tests.reliability.fast_worker import PID_FILE

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from orchestrator.cli import results_table
-from orchestrator.results import RESULT_COLUMNS
+from orchestrator.store.records import RESULT_COLUMNS
 
 
 def record(**fields: Any) -> dict[str, Any]:

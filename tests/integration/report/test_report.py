@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import app
-from orchestrator.grid import expand, trial_spec
-from orchestrator.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.spec import Sweep, SweepSpec
+from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from orchestrator.report import load, render, table3, top_trials
-from orchestrator.spec import Sweep, SweepSpec
-from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.spec import Sweep
+from orchestrator.core.spec import Sweep
+from orchestrator.core.trial import TrialSpec
 from orchestrator.store import open_store
-from orchestrator.trial import TrialSpec
 from tests.integration.store.store_helpers import make_sweep, trial_specs
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator.grid import expand, trial_spec
-from orchestrator.lifecycle import Method, OOMKind, TrialState
-from orchestrator.spec import AdapterSet, Sweep, SweepSpec
+from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.spec import AdapterSet, Sweep, SweepSpec
+from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from orchestrator.store import (
     Base,
     create_store_engine,
@@ -21,7 +22,6 @@ from orchestrator.store import (
     record_result,
     save_with_retry,
 )
-from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.lifecycle import TrialState
+from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.trial import TrialSpec
 from orchestrator.store import EpochRow, TrialRow, epochs_of, to_result
-from orchestrator.trial import TrialSpec
 from tests.integration.store.store_helpers import failed, record_after, succeeded
 
 pytestmark = pytest.mark.integration

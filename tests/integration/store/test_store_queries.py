@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.spec import Sweep
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.spec import Sweep
+from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from orchestrator.store import (
     attempts,
     epochs_of,
@@ -22,7 +23,6 @@ from orchestrator.store import (
     to_result,
     upsert_sweep,
 )
-from orchestrator.trial import EpochRecord, TrialResult, TrialSpec
 from tests.integration.store.store_helpers import (
     T0,
     epoch,

@@ -7,9 +7,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.lifecycle import TrialState
+from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.trial import TrialResult, TrialSpec
 from orchestrator.store import TrialRow, is_transient, record_result, save_with_retry
-from orchestrator.trial import TrialResult, TrialSpec
 from tests.integration.store.store_helpers import succeeded
 
 pytestmark = pytest.mark.integration

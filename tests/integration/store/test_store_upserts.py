@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.spec import Sweep
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.spec import Sweep
+from orchestrator.core.trial import TrialResult, TrialSpec
 from orchestrator.store import (
     EpochRow,
     SweepRow,
@@ -32,7 +33,6 @@ from orchestrator.store import (
     to_result,
     upsert_sweep,
 )
-from orchestrator.trial import TrialResult, TrialSpec
 from tests.integration.store.store_helpers import (
     T0,
     epoch,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.lifecycle import ExitCode, OOMKind, TrialState
-from orchestrator.trial import TrialResult, TrialSpec
+from orchestrator.core.lifecycle import ExitCode, OOMKind, TrialState
+from orchestrator.core.trial import TrialResult, TrialSpec
 
 pytestmark = pytest.mark.integration
 

@@ -1,13 +1,13 @@
 """How `training.batchSize` and `training.microBatchSize` split over workers and passes: one
-rule (orchestrator.spec.Training) that the worker, the estimator and the simulator share."""
+rule (orchestrator.core.spec.Training) that the worker, the estimator and the simulator share."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator.estimate import estimate_trial
-from orchestrator.grid import expand
-from orchestrator.spec import Sweep, SweepSpec, Training
+from orchestrator.core.estimate import estimate_trial
+from orchestrator.core.grid import expand
+from orchestrator.core.spec import Sweep, SweepSpec, Training
 
 
 @pytest.mark.parametrize(("batch", "micro", "workers", "share", "per_pass", "passes"), [

@@ -1,4 +1,4 @@
-"""The lane state machine (orchestrator.escalation): tables of snapshots, an exhaustive walk
+"""The lane state machine (orchestrator.core.escalation): tables of snapshots, an exhaustive walk
 over short outcome sequences against a step-by-step reference, and property tests."""
 
 from __future__ import annotations
@@ -10,10 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.escalation import AttemptObservation, LaneProgress, lane_progress, stop_reason
-from orchestrator.grid import Lane, Trial
-from orchestrator.lifecycle import LaneState, Method, OOMKind, TrialState
-from orchestrator.spec import PAPER_LADDER, Escalation, OnOOM, ResourceShape
+from orchestrator.core.escalation import (
+    AttemptObservation,
+    LaneProgress,
+    lane_progress,
+    stop_reason,
+)
+from orchestrator.core.grid import Lane, Trial
+from orchestrator.core.lifecycle import LaneState, Method, OOMKind, TrialState
+from orchestrator.core.spec import PAPER_LADDER, Escalation, OnOOM, ResourceShape
 
 S, OOM, F, C, K = (
     TrialState.SUCCEEDED,

@@ -1,4 +1,4 @@
-"""The memory estimator and FLOPs model (orchestrator.estimate): monotone where physics says
+"""The memory estimator and FLOPs model (orchestrator.core.estimate): monotone where physics says
 so, ordered by method, and in line with what the paper could and could not fit on 80 GB."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.catalog import ARCHITECTURES
-from orchestrator.estimate import (
+from orchestrator.core.catalog import ARCHITECTURES
+from orchestrator.core.estimate import (
     CUDA_OVERHEAD_BYTES,
     MemoryEstimate,
     adapter_parameters,
@@ -22,9 +22,9 @@ from orchestrator.estimate import (
     predicted_oom_fn,
     predicts_oom,
 )
-from orchestrator.grid import expand
-from orchestrator.lifecycle import Method
-from orchestrator.spec import PAPER_LADDER, Precision, Sweep, SweepSpec, load_sweep
+from orchestrator.core.grid import expand
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import PAPER_LADDER, Precision, Sweep, SweepSpec, load_sweep
 
 GiB = 2**30
 GB80 = 80 * GiB

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.grid import TRIAL_ID_LENGTH, expand, trial_spec
-from orchestrator.lifecycle import Method
-from orchestrator.spec import PAPER_LADDER, Sweep, SweepSpec, load_sweep
+from orchestrator.core.grid import TRIAL_ID_LENGTH, expand, trial_spec
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import PAPER_LADDER, Sweep, SweepSpec, load_sweep
 
 ROOT = Path(__file__).resolve().parents[3]
 

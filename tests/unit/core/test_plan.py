@@ -1,4 +1,4 @@
-"""The core's entry point (orchestrator.plan): whole sweeps simulated to the end by a small
+"""The core's entry point (orchestrator.core.plan): whole sweeps simulated to the end by a small
 driver that carries out each plan's actions, plus the single-plan behaviours."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.escalation import AttemptObservation
-from orchestrator.grid import Grid, Trial, expand
-from orchestrator.lifecycle import LaneState, Method, OOMKind, TrialState
-from orchestrator.plan import (
+from orchestrator.core.escalation import AttemptObservation
+from orchestrator.core.grid import Grid, Trial, expand
+from orchestrator.core.lifecycle import LaneState, Method, OOMKind, TrialState
+from orchestrator.core.plan import (
     BestTrial,
     CancelTrial,
     LaunchTrial,
@@ -24,8 +24,8 @@ from orchestrator.plan import (
     plan,
     status_dict,
 )
-from orchestrator.scheduler import Capacity, demand
-from orchestrator.spec import PAPER_LADDER, AdapterSet, Sweep, SweepSpec
+from orchestrator.core.scheduler import Capacity, demand
+from orchestrator.core.spec import PAPER_LADDER, AdapterSet, Sweep, SweepSpec
 
 S, OOM, F, C = TrialState.SUCCEEDED, TrialState.OOM, TrialState.FAILED, TrialState.CANCELLED
 SMALL, BASE, LARGE, XL = PAPER_LADDER

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.spec import SaveModel, Training
+from orchestrator.core.spec import SaveModel, Training
 
 
 @pytest.mark.parametrize(

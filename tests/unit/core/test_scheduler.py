@@ -1,4 +1,4 @@
-"""Packing lane heads into free capacity (orchestrator.scheduler)."""
+"""Packing lane heads into free capacity (orchestrator.core.scheduler)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.grid import Lane, Trial, expand
-from orchestrator.lifecycle import Method
-from orchestrator.scheduler import Capacity, demand, select_launches, unschedulable
-from orchestrator.spec import PAPER_LADDER, ResourceShape, Sweep, SweepSpec
+from orchestrator.core.grid import Lane, Trial, expand
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.scheduler import Capacity, demand, select_launches, unschedulable
+from orchestrator.core.spec import PAPER_LADDER, ResourceShape, Sweep, SweepSpec
 
 LANE = Lane(index=0, name="full-dss0.5-seed0", method=Method.FULL, rank=None, alpha=None,
             dss_alpha=0.5, seed=0)

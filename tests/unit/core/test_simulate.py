@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from orchestrator.grid import expand
-from orchestrator.lifecycle import Method
+from orchestrator.core.grid import expand
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import PAPER_LADDER, Sweep, load_sweep
 from orchestrator.simulate import (
     LADDER_RECIPE,
     PAPER_RECIPE,
@@ -17,7 +18,6 @@ from orchestrator.simulate import (
     paper_procedure,
     simulate,
 )
-from orchestrator.spec import PAPER_LADDER, Sweep, load_sweep
 
 PAPER_GRID = Path(__file__).resolve().parents[3] / "k8s/examples/paper-grid.yaml"
 SWEEP = load_sweep(PAPER_GRID)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.lifecycle import Method
-from orchestrator.spec import (
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import (
     PAPER_LADDER,
     Precision,
     SpecError,

@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.grid import expand
-from orchestrator.lifecycle import Method
-from orchestrator.spec import (
+from orchestrator.core.grid import expand
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import (
     API_VERSION,
     KIND,
     SpecError,

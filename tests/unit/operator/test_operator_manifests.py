@@ -16,7 +16,17 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.grid import Trial, expand, trial_spec
+from orchestrator.core.grid import Trial, expand, trial_spec
+from orchestrator.core.scheduler import Capacity
+from orchestrator.core.spec import (
+    MAX_SWEEP_NAME,
+    PAPER_LADDER,
+    SpecError,
+    Sweep,
+    SweepSpec,
+    load_sweep_text,
+)
+from orchestrator.core.trial import TrialSpec
 from orchestrator.operator.controller import parse_execution_defaults
 from orchestrator.operator.manifests import (
     ANNOTATION_MODEL,
@@ -46,16 +56,6 @@ from orchestrator.operator.manifests import (
     sweep_selector,
     trial_output_dir,
 )
-from orchestrator.scheduler import Capacity
-from orchestrator.spec import (
-    MAX_SWEEP_NAME,
-    PAPER_LADDER,
-    SpecError,
-    Sweep,
-    SweepSpec,
-    load_sweep_text,
-)
-from orchestrator.trial import TrialSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 RAYJOB_CRD = ROOT / "tests" / "crds" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"

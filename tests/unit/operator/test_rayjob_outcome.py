@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.operator.manifests import (
     cluster_name,
     host_oom,

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from orchestrator import store
-from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.trial import TrialResult
 from orchestrator.operator.manifests import (
     LABEL_SWEEP,
     SecretRef,
@@ -22,7 +23,6 @@ from orchestrator.operator.manifests import (
     decode_trial,
 )
 from orchestrator.operator.reconcile import ANNOTATION_OUTCOME, Reconciler
-from orchestrator.trial import TrialResult
 
 NS = "ml"
 SPEC: dict[str, Any] = {
@@ -495,8 +495,8 @@ def test_passes_are_measured_when_the_controller_serves_metrics(
 
 def test_every_attempt_stores_the_memory_estimate(cluster: FakeCluster, reconciler: Reconciler,
                                                   sessions: Any) -> None:
-    from orchestrator.estimate import estimated_bytes
-    from orchestrator.grid import expand
+    from orchestrator.core.estimate import estimated_bytes
+    from orchestrator.core.grid import expand
     from orchestrator.operator.reconcile import sweep_from_body
 
     body = cluster.add_sweep("qs", SPEC)

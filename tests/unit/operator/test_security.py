@@ -27,7 +27,9 @@ from typer.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import app
-from orchestrator.lifecycle import LaneState, Method, OOMKind, TrialState
+from orchestrator.core.lifecycle import LaneState, Method, OOMKind, TrialState
+from orchestrator.core.plan import SweepPhase
+from orchestrator.core.spec import API_VERSION, KIND
 from orchestrator.metrics import (
     KIND_LABEL,
     LABEL_NAMES,
@@ -36,8 +38,6 @@ from orchestrator.metrics import (
     LadderMetrics,
 )
 from orchestrator.operator.reconcile import Reconciler
-from orchestrator.plan import SweepPhase
-from orchestrator.spec import API_VERSION, KIND
 from tests.unit.operator.test_reconcile import NS, SPEC, FakeCluster, write_result
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "examples" / "quickstart.yaml"

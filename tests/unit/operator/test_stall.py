@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from orchestrator import store
-from orchestrator.lifecycle import TrialState
+from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.outcome import stall_reason
+from orchestrator.core.trial import EpochRecord
 from orchestrator.operator.manifests import ExecutionConfig, decode_trial
 from orchestrator.operator.reconcile import Reconciler
-from orchestrator.outcome import stall_reason
-from orchestrator.trial import EpochRecord
 from tests.unit.operator.test_reconcile import NS, SPEC, FakeCluster
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

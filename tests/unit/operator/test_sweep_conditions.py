@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from orchestrator.lifecycle import TrialState
+from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.plan import SweepPhase, SweepStatus
 from orchestrator.operator.conditions import (
     PROGRESSING,
     READY,
@@ -14,7 +15,6 @@ from orchestrator.operator.conditions import (
     merge_conditions,
     timestamp,
 )
-from orchestrator.plan import SweepPhase, SweepStatus
 
 T0 = datetime(2025, 11, 23, 10, 0, 0, tzinfo=UTC)
 

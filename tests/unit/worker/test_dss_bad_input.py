@@ -116,8 +116,8 @@ def test_a_long_csv_field_under_the_cap_is_accepted(tmp_path: Path) -> None:
 # Ray runtime is touched (`worker.models` is never imported, `ray` never connected).
 DRIVER = """
 import json, sys
-from orchestrator.grid import expand, trial_spec
-from orchestrator.spec import parse_sweep
+from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.spec import parse_sweep
 from worker.train import run_trial
 
 results = []

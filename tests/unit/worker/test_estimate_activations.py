@@ -15,12 +15,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from orchestrator import catalog
-from orchestrator.catalog import T5Architecture
-from orchestrator.estimate import estimate_memory
-from orchestrator.lifecycle import Method
-from orchestrator.spec import ModelInit, Precision, Training
-from orchestrator.trial import TrialSpec
+from orchestrator.core import catalog
+from orchestrator.core.catalog import T5Architecture
+from orchestrator.core.estimate import estimate_memory
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import ModelInit, Precision, Training
+from orchestrator.core.trial import TrialSpec
 from worker.models import build_model
 from worker.train import dss_forward
 

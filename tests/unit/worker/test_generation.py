@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator.catalog import ARCHITECTURES
+from orchestrator.core.catalog import ARCHITECTURES
 from worker.data import DSSExample
 from worker.data.batching import encode_examples
 from worker.generation import GenerationScore, generate_texts, score_generations

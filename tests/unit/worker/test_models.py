@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.catalog import ARCHITECTURES
-from orchestrator.trial import TrialSpec
+from orchestrator.core.catalog import ARCHITECTURES
+from orchestrator.core.trial import TrialSpec
 from worker.models import build_model, count_parameters, random_t5
 from worker.tokenizer import ByteTokenizer
 

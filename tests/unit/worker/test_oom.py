@@ -18,7 +18,7 @@ from ray.train.v2._internal.exceptions import (
     WorkerHealthCheckFailedError,
 )
 
-from orchestrator.lifecycle import OOMKind, TrialState
+from orchestrator.core.lifecycle import OOMKind, TrialState
 from worker.memory import (
     HostMemoryBudget,
     MemoryBudgetExceeded,

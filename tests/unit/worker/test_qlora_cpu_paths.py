@@ -16,8 +16,8 @@ import bitsandbytes.nn.modules as bnb_modules
 import pytest
 import torch
 
-from orchestrator.catalog import ARCHITECTURES, BUILTIN_ONLY
-from orchestrator.trial import TrialSpec
+from orchestrator.core.catalog import ARCHITECTURES, BUILTIN_ONLY
+from orchestrator.core.trial import TrialSpec
 from worker.models import build_model
 
 

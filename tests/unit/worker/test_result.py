@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from ray.train import WorkerGroupError
 
-from orchestrator.lifecycle import ExitCode, OOMKind, TrialState
-from orchestrator.trial import RESULT_PREFIX, EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.lifecycle import ExitCode, OOMKind, TrialState
+from orchestrator.core.trial import RESULT_PREFIX, EpochRecord, TrialResult, TrialSpec
 from worker.memory import MemoryBudgetExceeded
 from worker.result import EpochSink, deliver, error_text, exit_code, store_result, store_url
 from worker.train import run_trial

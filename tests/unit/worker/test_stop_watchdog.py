@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.lifecycle import ExitCode, TrialState
-from orchestrator.trial import TrialResult, TrialSpec
+from orchestrator.core.lifecycle import ExitCode, TrialState
+from orchestrator.core.trial import TrialResult, TrialSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 # run_trial replaced by code that swallows every SystemExit, as a stuck library would.

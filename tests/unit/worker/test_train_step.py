@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from orchestrator.catalog import ARCHITECTURES
+from orchestrator.core.catalog import ARCHITECTURES
 from worker.data.batching import collate, encode_examples
 from worker.data.querydsl import generate_querydsl
 from worker.models import random_t5

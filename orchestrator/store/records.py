@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from orchestrator import store
-from orchestrator.spec import Sweep, SweepSpec
+from orchestrator.core.spec import Sweep, SweepSpec
 
 # The columns of `ladder results`, in order (issue: "one record per trial with at least").
 RESULT_COLUMNS = (

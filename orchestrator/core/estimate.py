@@ -73,13 +73,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
-from orchestrator.catalog import T5Architecture, architecture
-from orchestrator.lifecycle import Method
-from orchestrator.spec import Precision
+from orchestrator.core.catalog import T5Architecture, architecture
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import Precision
 
 if TYPE_CHECKING:
-    from orchestrator.grid import Trial
-    from orchestrator.spec import SweepSpec
+    from orchestrator.core.grid import Trial
+    from orchestrator.core.spec import SweepSpec
 
 __all__ = [
     "CUDA_OVERHEAD_BYTES",

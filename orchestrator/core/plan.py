@@ -31,17 +31,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.escalation import (
+from orchestrator.core.escalation import (
     AttemptObservation,
     LaneProgress,
     lane_progress,
     latest_attempt,
     stop_reason,
 )
-from orchestrator.grid import Grid, Lane, Trial
-from orchestrator.lifecycle import LaneState, OOMKind, TrialState
-from orchestrator.scheduler import Capacity, demand, select_launches, unschedulable
-from orchestrator.spec import Escalation, SweepSpec
+from orchestrator.core.grid import Grid, Lane, Trial
+from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.scheduler import Capacity, demand, select_launches, unschedulable
+from orchestrator.core.spec import Escalation, SweepSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
-from orchestrator.escalation import AttemptObservation
-from orchestrator.estimate import estimated_bytes
-from orchestrator.grid import Grid, Trial, expand, trial_spec
-from orchestrator.lifecycle import OOMKind, TrialState
-from orchestrator.plan import (
+from orchestrator.core.escalation import AttemptObservation
+from orchestrator.core.estimate import estimated_bytes
+from orchestrator.core.grid import Grid, Trial, expand, trial_spec
+from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.plan import (
     CancelTrial,
     LaunchTrial,
     Observed,
@@ -34,9 +34,9 @@ from orchestrator.plan import (
     SweepStatus,
     plan,
 )
-from orchestrator.scheduler import Capacity
-from orchestrator.spec import Sweep
-from orchestrator.trial import TrialSpec
+from orchestrator.core.scheduler import Capacity
+from orchestrator.core.spec import Sweep
+from orchestrator.core.trial import TrialSpec
 
 if TYPE_CHECKING:
     from orchestrator.metrics import LadderMetrics

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from orchestrator.lifecycle import ExitCode, OOMKind, TrialState
+from orchestrator.core.lifecycle import ExitCode, OOMKind, TrialState
 
 # Messages of the CUDA caching allocator and torch's OutOfMemoryError type name.
 _GPU_OOM = re.compile(

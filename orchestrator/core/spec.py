@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from orchestrator.lifecycle import Method
+from orchestrator.core.lifecycle import Method
 
 API_VERSION = "ladder.dev/v1alpha1"
 KIND = "Sweep"

@@ -14,9 +14,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.lifecycle import Method
-from orchestrator.spec import Axes, ResourceShape, Sweep, Training
-from orchestrator.trial import TrialSpec
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import Axes, ResourceShape, Sweep, Training
+from orchestrator.core.trial import TrialSpec
 
 TRIAL_ID_LENGTH = 10
 # Axes that override a field of `training`; dssAlpha and seed are trial fields of their own.

@@ -13,8 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from orchestrator.lifecycle import Method, OOMKind, TrialState
-from orchestrator.spec import Dataset, ResourceShape, Training
+from orchestrator.core.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.spec import Dataset, ResourceShape, Training
 
 
 class TrialSpec(BaseModel):

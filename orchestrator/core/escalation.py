@@ -32,9 +32,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-from orchestrator.grid import Lane, Trial
-from orchestrator.lifecycle import LaneState, OOMKind, TrialState
-from orchestrator.spec import Escalation, OnOOM
+from orchestrator.core.grid import Lane, Trial
+from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.spec import Escalation, OnOOM
 
 
 @dataclass(frozen=True, slots=True)

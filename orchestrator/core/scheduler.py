@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from orchestrator.grid import Trial
+from orchestrator.core.grid import Trial
 
 
 @dataclass(frozen=True, slots=True)
