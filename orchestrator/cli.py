@@ -77,10 +77,15 @@ def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
 
 
 def _load(file: Path) -> Sweep:
+    """The Sweep in FILE, checked as the controller checks it (`spec.execution` included)."""
+    from orchestrator.operator.manifests import checked_execution_config
+
     try:
-        return load_sweep(file)
+        sweep = load_sweep(file)
+        checked_execution_config(sweep)
     except SpecError as error:
-        _spec_error(error)
+        _spec_error(error if error.source == str(file) else SpecError(str(file), error.problems))
+    return sweep
 
 
 def _open_store(url: str):

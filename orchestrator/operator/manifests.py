@@ -41,14 +41,20 @@ from datetime import datetime
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core.grid import Trial
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.spec import API_VERSION, KIND, Sweep
+from orchestrator.core.spec import (
+    API_VERSION,
+    KIND,
+    SpecError,
+    Sweep,
+    validation_problems,
+)
 from orchestrator.core.trial import TrialSpec
 
 RAY_API_VERSION = "ray.io/v1"
@@ -82,8 +88,9 @@ UNBOUNDED = Capacity(gpus=1_000_000, cpus=1_000_000)
 
 MAX_NAME = 63  # a DNS-1123 label (RayJob names become Job, Service and label values)
 MAX_LABEL_VALUE = 63
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Matched with fullmatch: `$` would accept a trailing newline, which Kubernetes refuses.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
 # --- spec.execution -------------------------------------------------------------------------
@@ -160,6 +167,28 @@ class ExecutionConfig(_Config):
     def _capacity_keys(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         if value is not None and not set(value) <= {"gpus", "cpus"}:
             raise ValueError(f"capacity takes gpus and cpus, got {sorted(value)}")
+        if value is not None and any(count < 0 for count in value.values()):
+            raise ValueError(f"capacity counts are at least 0, got {value}")
+        return value
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Ray's `env_vars` is a mapping of names to strings (`runtime_env` merges ours in)."""
+        env_vars = value.get("env_vars")
+        if env_vars is None:
+            return value
+        if not isinstance(env_vars, Mapping):
+            raise ValueError(
+                f"runtimeEnv.env_vars must be a mapping of names to values, got "
+                f"{type(env_vars).__name__}"
+            )
+        for key, item in env_vars.items():
+            if not isinstance(item, str | int | float | bool):
+                raise ValueError(
+                    f"runtimeEnv.env_vars.{key} must be a string or a number, got "
+                    f"{type(item).__name__}"
+                )
         return value
 
 
@@ -186,6 +215,18 @@ def execution_config(
     """The controller's view of `spec.execution` over the installation's defaults
     (raises pydantic's ValidationError)."""
     return ExecutionConfig.model_validate(merged_execution(defaults or {}, sweep.spec.execution))
+
+
+def checked_execution_config(
+    sweep: Sweep, defaults: Mapping[str, Any] | None = None
+) -> ExecutionConfig:
+    """`execution_config`, raising SpecError naming each bad `spec.execution` field (what
+    `ladder validate`, `ladder submit` and the controller all report)."""
+    try:
+        return execution_config(sweep, defaults)
+    except ValidationError as error:
+        problems = validation_problems(error, "spec.execution")
+        raise SpecError(sweep.name, problems) from None
 
 
 def host_access(execution: Mapping[str, Any]) -> list[str]:
@@ -234,12 +275,12 @@ def rayjob_name(sweep: str, trial_id: str, attempt: int) -> str:
 
 
 def is_dns_label(name: str) -> bool:
-    return len(name) <= MAX_NAME and bool(_DNS_LABEL.match(name))
+    return len(name) <= MAX_NAME and bool(_DNS_LABEL.fullmatch(name))
 
 
 def label_value(value: str) -> str:
     """A valid label value for `value`: itself when it is one, else a sanitized, hashed form."""
-    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(value):
         return value
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("-_.")
     keep = MAX_LABEL_VALUE - 7

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
@@ -67,9 +66,9 @@ from orchestrator.operator.manifests import (
     ExecutionConfig,
     SecretRef,
     attempt_of,
+    checked_execution_config,
     cluster_name,
     decode_trial,
-    execution_config,
     host_access,
     outcome_from_rayjob,
     owned_by,
@@ -85,6 +84,8 @@ log = logging.getLogger(__name__)
 NORMAL, WARNING = "Normal", "Warning"
 ANNOTATION_OUTCOME = "ladder.dev/outcome"
 GONE = "RayJob {name} is gone: it was deleted before the attempt finished"
+RECONCILE_ERROR = "ReconcileError"
+ERROR_MESSAGE_CHARS = 1000
 
 
 @dataclass
@@ -97,6 +98,7 @@ class PassResult:
     settled: dict[tuple[str, int], TrialState] = field(default_factory=dict)
     remaining_rayjobs: int = 0
     invalid: str | None = None
+    error: str | None = None  # the pass raised: reported as ReconcileError on the Sweep
 
 
 @dataclass
@@ -200,7 +202,12 @@ class Reconciler:
         body = self.cluster.get_sweep(namespace, name)
         if body is None:
             return None
-        result = self._reconcile_body(body)
+        try:
+            result = self._reconcile_body(body)
+        except Exception as error:
+            if (isinstance(error, KubeError) and error.transient) or store.is_transient(error):
+                raise  # the handler retries after an interval: nothing was decided
+            result = self._failed_pass(body, error)
         if self.metrics is not None:
             elapsed = time.monotonic() - started
             self.metrics.reconcile_seconds.labels(name, namespace).observe(elapsed)
@@ -235,8 +242,8 @@ class Reconciler:
                            "(the chart's allowPrivilegedTrials is false)")
                     for path in refused
                 ])
-            config = execution_config(sweep, self.execution_defaults)
-        except (SpecError, ValidationError) as error:
+            config = checked_execution_config(sweep, self.execution_defaults)
+        except SpecError as error:
             return self._invalid(body, error, result)
         grid = self._grid(sweep, uid)
         trials = {t.trial_id: t for t in grid.all_trials()}
@@ -286,13 +293,10 @@ class Reconciler:
         return result
 
     def _invalid(
-        self, body: Mapping[str, Any], error: Exception, result: PassResult
+        self, body: Mapping[str, Any], error: SpecError, result: PassResult
     ) -> PassResult:
         meta = body["metadata"]
-        if isinstance(error, SpecError):
-            message = "; ".join(f"{path}: {msg}" for path, msg in error.problems)
-        else:
-            message = f"spec.execution: {error}"
+        message = "; ".join(f"{path}: {msg}" for path, msg in error.problems)
         result.invalid = message
         old = body.get("status") or {}
         if old.get("reason") != "InvalidSpec" or old.get("message") != message:
@@ -312,6 +316,42 @@ class Reconciler:
                 generation=meta.get("generation"), now=self.clock(),
             )
             self.cluster.patch_sweep_status(meta.get("namespace") or "", meta["name"], status)
+        return result
+
+    def _failed_pass(self, body: Mapping[str, Any], error: Exception) -> PassResult:
+        """A pass that raised (a bug, or a spec the model let through that the cluster or the
+        store refuses): the Sweep says so in its conditions and an Event, once per message,
+        and the controller carries on with the other Sweeps. The next pass tries again."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+        text = " ".join(str(error).split())[:ERROR_MESSAGE_CHARS]
+        message = store.redact_secrets(f"{type(error).__name__}: {text}")
+        log.error("pass over sweep %s/%s failed: %s", namespace, name, message,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        result = PassResult(error=message)
+        try:
+            old = body.get("status") or {}
+            if old.get("reason") != RECONCILE_ERROR or old.get("message") != message:
+                self.cluster.event(body, WARNING, RECONCILE_ERROR, message)
+                generation = meta.get("generation")
+                status: dict[str, Any] = {"reason": RECONCILE_ERROR, "message": message}
+                status["conditions"] = merge_conditions(
+                    old.get("conditions"),
+                    [{"type": "Ready", "status": "False", "reason": RECONCILE_ERROR,
+                      "message": message},
+                     {"type": "Progressing", "status": "False", "reason": RECONCILE_ERROR,
+                      "message": message}],
+                    generation=generation, now=self.clock(),
+                )
+                self.cluster.patch_sweep_status(namespace, name, status)
+            if meta.get("deletionTimestamp"):
+                # Deleting: the RayJobs go anyway (the store keeps the results).
+                for rayjob in self.cluster.list_rayjobs(namespace, name):
+                    self.cluster.delete_rayjob(namespace, rayjob["metadata"]["name"])
+                result.remaining_rayjobs = len(self.cluster.list_rayjobs(namespace, name))
+        except Exception as second:  # reporting must not turn into a crash loop either
+            log.warning("cannot report the failed pass over sweep %s/%s: %s", namespace, name,
+                        store.redact_secrets(str(second)))
         return result
 
     # --- observe ---------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
+from orchestrator.core import spec
+
 __all__ = [
     "BUILTIN_PREFIX",
     "COLUMNS",
@@ -29,8 +31,9 @@ __all__ = [
     "split_train_eval",
 ]
 
-#: Sources of this form name a generated dataset instead of a file.
-BUILTIN_PREFIX: Final = "builtin:"
+#: Sources of this form name a generated dataset instead of a file (the spec's constant, so
+#: `ladder validate` knows the same names).
+BUILTIN_PREFIX: Final = spec.BUILTIN_PREFIX
 #: The three columns every record must carry, in the order CSV files are written.
 COLUMNS: Final = ("input", "label", "rationale")
 #: One physical line may not exceed this many bytes (newline excluded). Real records are a few
@@ -156,7 +159,7 @@ def split_train_eval(
 
 def _load_builtin(source: str, *, size: int | None, preamble: str, seed: int) -> list[DSSExample]:
     name = source[len(BUILTIN_PREFIX) :]
-    if name != "querydsl":
+    if name not in spec.BUILTIN_DATASETS:
         raise DatasetError(source, None, "unknown built-in dataset (known: builtin:querydsl)")
     # Imported here: the generator is large and only needed for this source.
     from worker.data.querydsl import generate_querydsl
