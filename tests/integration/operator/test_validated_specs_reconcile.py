@@ -13,8 +13,8 @@ quantities around one byte and 8 EiB, builtin dataset names, runtime-environment
 from __future__ import annotations
 
 import copy
-import os
 import itertools
+import os
 from typing import Any
 
 import pytest
