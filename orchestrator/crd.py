@@ -252,6 +252,8 @@ STATUS_SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         },
+        # Lanes left out of `lanes` (at most plan.MAX_STATUS_LANES are listed).
+        "lanesOmitted": {"type": "integer"},
         "conditions": {
             "type": "array",
             "x-kubernetes-list-type": "map",

@@ -9,6 +9,7 @@ idempotent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class Grid:
         raise KeyError(trial_id)
 
 
+@functools.lru_cache(maxsize=4096)  # a grid has at most 5 x 32 distinct axis values
 def _format_number(value: float) -> str:
     """`value` in the fewest characters that read back as exactly `value`: `{:g}` (six
     significant digits, the names of existing sweeps) when it round-trips, else `repr`, so two

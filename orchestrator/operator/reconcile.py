@@ -101,6 +101,15 @@ class PassResult:
     error: str | None = None  # the pass raised: reported as ReconcileError on the Sweep
 
 
+@dataclass(frozen=True)
+class _Expanded:
+    """What a pass needs of a Sweep's grid, computed once per spec."""
+
+    grid: Grid
+    trials: Mapping[str, Trial]
+    predicted_oom: frozenset[str]
+
+
 @dataclass
 class _SweepState:
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -160,7 +169,7 @@ class Reconciler:
         self.clock = clock
         self._states: dict[tuple[str, str], _SweepState] = {}
         self._states_lock = threading.Lock()
-        self._grids: dict[tuple[str, str, str], tuple[str, Grid]] = {}
+        self._grids: dict[tuple[str, str, str], tuple[str, _Expanded]] = {}
         self.passes = 0
         self.last_success: float | None = None
 
@@ -218,13 +227,22 @@ class Reconciler:
         self.last_success = time.monotonic()
         return result
 
-    def _grid(self, sweep: Sweep, uid: str) -> Grid:
-        """The expanded grid, cached per Sweep object and spec (resources may change)."""
+    def _grid(self, sweep: Sweep, uid: str) -> _Expanded:
+        """The expanded grid, its trials by id and the trials predicted to run out of memory,
+        cached per Sweep object and spec (resources may change): a pass over an unchanged
+        Sweep expands and estimates nothing."""
         key = (sweep.namespace, sweep.name, uid)
         spec = sweep.spec.model_dump_json()
         cached = self._grids.get(key)
         if cached is None or cached[0] != spec:
-            cached = self._grids[key] = (spec, expand(sweep))
+            grid = expand(sweep)
+            trials = {t.trial_id: t for t in grid.all_trials()}
+            predicted = predicted_oom_fn(sweep.spec)
+            oom = frozenset(
+                trial_id for trial_id, trial in trials.items()
+                if predicted is not None and predicted(trial)
+            )
+            cached = self._grids[key] = (spec, _Expanded(grid, trials, oom))
         return cached[1]
 
     def _reconcile_body(self, body: Mapping[str, Any]) -> PassResult:
@@ -245,8 +263,8 @@ class Reconciler:
             config = checked_execution_config(sweep, self.execution_defaults)
         except SpecError as error:
             return self._invalid(body, error, result)
-        grid = self._grid(sweep, uid)
-        trials = {t.trial_id: t for t in grid.all_trials()}
+        expanded = self._grid(sweep, uid)
+        grid, trials = expanded.grid, expanded.trials
 
         with self.sessions.begin() as session:
             store.upsert_sweep(session, sweep)
@@ -265,14 +283,10 @@ class Reconciler:
         self._observe(body, sweep, config, trials, rayjobs, result)
         with self.sessions() as session:
             rows = store.attempts(session, namespace, name)
-        predicted = predicted_oom_fn(sweep.spec)
         observed = Observed(
             attempts=attempt_observations(rows),
             capacity=sweep_capacity(config),
-            predicted_oom=frozenset(
-                trial_id for trial_id, trial in trials.items()
-                if predicted is not None and predicted(trial)
-            ),
+            predicted_oom=expanded.predicted_oom,
             deleting=deleting,
         )
         decided = plan(grid, sweep.spec, observed)

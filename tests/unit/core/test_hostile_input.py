@@ -29,16 +29,25 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from orchestrator import crd
-from orchestrator.cli import app
+from orchestrator.cli import PLAN_TABLE_ROWS, app
 from orchestrator.core import grid as grid_module
 from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.lifecycle import LaneState
 from orchestrator.core.manifest_yaml import (
     MAX_DEPTH,
     MAX_MANIFEST_BYTES,
     ManifestError,
     load_documents,
 )
-from orchestrator.core.plan import Observed, plan
+from orchestrator.core.plan import (
+    MAX_STATUS_LANES,
+    LaneStatus,
+    Observed,
+    SweepPhase,
+    SweepStatus,
+    plan,
+    status_dict,
+)
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import (
     INT32_MAX,
@@ -182,6 +191,34 @@ class TestSizeAndShape:
             deep = [deep]
         paths = refused_at(with_(execution={"deep": deep}))
         assert paths[0].startswith("spec.execution.deep[0]")
+
+    def test_the_status_lists_a_bounded_number_of_lanes(self) -> None:
+        lanes = tuple(
+            LaneStatus(f"lane-{i}", LaneState.CAPPED if i % 7 == 0 else LaneState.PENDING,
+                       None, None, None)
+            for i in range(MAX_STATUS_LANES + 500)
+        )
+        status = SweepStatus(SweepPhase.RUNNING, {}, 4 * len(lanes), 0, 0, lanes, None,
+                             "TrialsRunning", "")
+        body = status_dict(status)
+        assert len(body["lanes"]) == MAX_STATUS_LANES
+        assert body["lanesOmitted"] == 500
+        shown = {lane["name"] for lane in body["lanes"]}
+        assert all(lane.name in shown for lane in lanes if lane.state is LaneState.CAPPED)
+        assert [lane["name"] for lane in body["lanes"]] == sorted(
+            shown, key=lambda n: int(n.split("-")[1]))  # lane order kept
+        small = status_dict(SweepStatus(SweepPhase.RUNNING, {}, 4, 0, 0, lanes[:3], None,
+                                        "TrialsRunning", ""))
+        assert len(small["lanes"]) == 3 and small["lanesOmitted"] is None
+
+    def test_plan_prints_a_bounded_table(self, tmp_path: Path) -> None:
+        path = tmp_path / "s.yaml"
+        path.write_text("ladder: [m]\nmethods: [full]\naxes: {seed: [" +
+                        ", ".join(str(i) for i in range(32)) + "], dssAlpha: [" +
+                        ", ".join(str(i / 32) for i in range(32)) + "]}\nmaxTrials: 2000\n")
+        result = CliRunner().invoke(app, ["plan", str(path)], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert f"… and {1024 - PLAN_TABLE_ROWS} more lanes" in result.output
 
     @settings(max_examples=40, deadline=None)
     @given(depth=st.integers(1, 3 * MAX_DEPTH), flow=st.booleans())

@@ -1,6 +1,7 @@
 """An error inside a reconcile pass becomes a condition and an event on its Sweep, never an
 exception that crash-loops the handler (issue 12, class 2); transient errors still go back to
-Kopf, which retries after an interval."""
+Kopf, which retries after an interval. And a pass over an unchanged Sweep does not expand or
+estimate its grid again (class 1: a pass materialises only what it uses)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from orchestrator import store
-from orchestrator.operator import handlers
+from orchestrator.operator import handlers, reconcile
 from orchestrator.operator.kube import KubeError
 from orchestrator.operator.reconcile import RECONCILE_ERROR, Reconciler
 from tests.unit.operator.test_reconcile import NS, SPEC, FakeCluster
@@ -96,3 +97,25 @@ def test_a_deleted_sweep_whose_pass_fails_still_loses_its_rayjobs(sessions: Any)
     result = reconciler.reconcile(NS, "qs")
     assert result is not None and result.error and result.remaining_rayjobs == 0
     assert cluster.jobs() == []
+
+
+def test_a_pass_over_an_unchanged_sweep_expands_nothing(
+    sessions: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = reconcile.expand
+
+    def counting(sweep: Any) -> Any:
+        calls.append(sweep.name)
+        return real(sweep)
+
+    monkeypatch.setattr(reconcile, "expand", counting)
+    cluster = FakeCluster()
+    cluster.add_sweep("qs", SPEC)
+    reconciler = Reconciler(cluster, sessions)
+    for _ in range(3):
+        reconciler.reconcile(NS, "qs")
+    assert calls == ["qs"]
+    cluster.set_spec("qs", parallelism=1)  # a new spec: expanded again
+    reconciler.reconcile(NS, "qs")
+    assert calls == ["qs", "qs"]
