@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -156,7 +157,17 @@ class SaveModel(StrEnum):
 
 
 PositiveInt = Annotated[int, Field(gt=0, le=INT32_MAX)]
-Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
+
+def _int64(value: int) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{value} is beyond a 64-bit integer")
+    return value
+
+
+# A validator, not `Field(ge=, le=)`: the apiserver refuses a CRD whose bounds are +-2**63
+# (they do not survive its float64 reading), and an `integer` there is an int64 already.
+Seed = Annotated[int, AfterValidator(_int64)]
 
 
 class AdapterSet(_Model):

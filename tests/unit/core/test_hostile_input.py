@@ -300,7 +300,8 @@ class TestWhatValidatesReconciles:
     def test_the_crd_bounds_integers_as_the_model_does(self) -> None:
         props = crd.spec_schema()["properties"]
         assert props["adapters"]["items"]["properties"]["rank"]["maximum"] == INT32_MAX
-        assert props["axes"]["properties"]["seed"]["items"]["maximum"] == INT64_MAX
+        # int64 seeds: the apiserver's `integer` is int64 (it refuses a +-2**63 bound).
+        assert "maximum" not in props["axes"]["properties"]["seed"]["items"]
         assert props["ladder"]["items"]["pattern"] == "^[^\\x00]*$"
 
     @pytest.mark.parametrize("runtime_env", [
