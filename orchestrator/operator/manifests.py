@@ -116,6 +116,19 @@ class SecretRef(_Config):
         return cls(name=name, key=key or "url")
 
 
+# A Kubernetes resource quantity as the apiserver parses it (resource.Quantity): pods whose
+# limits are not (non-negative) quantities are refused at create, so the Sweep is refused
+# before that.
+K8S_QUANTITY_RE = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                             r"(?:[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?")
+
+
+def _k8s_quantity(value: str | int | None) -> str | int | None:
+    if isinstance(value, str) and not K8S_QUANTITY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity such as '2', '500m' or '4Gi'")
+    return value
+
+
 class PodShape(_Config):
     """Resources of the head pod, or of each worker pod (CPU defaults to cpusPerWorker)."""
 
@@ -124,6 +137,18 @@ class PodShape(_Config):
     resources: dict[str, str | int] = Field(
         default_factory=dict, description="Extra limits, e.g. {'ephemeral-storage': '50Gi'}."
     )
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantities(cls, value: str | int | None) -> str | int | None:
+        return _k8s_quantity(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_quantities(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        for item in value.values():
+            _k8s_quantity(item)
+        return value
 
 
 class ExecutionConfig(_Config):
@@ -161,6 +186,12 @@ class ExecutionConfig(_Config):
     capacity: dict[str, int] | None = Field(
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )
+
+    @field_validator("shared_memory")
+    @classmethod
+    def _shared_memory_quantity(cls, value: str | None) -> str | None:
+        _k8s_quantity(value)
+        return value
 
     @field_validator("capacity")
     @classmethod

@@ -320,6 +320,20 @@ class TestWhatValidatesReconciles:
         with pytest.raises(SpecError):
             manifests_of(path.read_text(), source="s.yaml", namespace=None)
 
+    @pytest.mark.parametrize(("execution", "path"), [
+        ("{worker: {memory: 16GB}}", "spec.execution.worker.memory"),
+        ("{head: {cpu: '-1'}}", "spec.execution.head.cpu"),
+        ("{head: {resources: {ephemeral-storage: lots}}}", "spec.execution.head.resources"),
+        ("{sharedMemory: 2 GiB}", "spec.execution.sharedMemory"),
+    ])
+    def test_pod_quantities_the_apiserver_refuses_are_refused_by_validate(
+        self, tmp_path: Path, execution: str, path: str
+    ) -> None:
+        file = tmp_path / "s.yaml"
+        file.write_text(HEAD + f"spec:\n  ladder: [m]\n  execution: {execution}\n")
+        result = CliRunner().invoke(app, ["validate", str(file)], env={"COLUMNS": "300"})
+        assert result.exit_code == 1 and f"{path}: " in result.output, result.output
+
     def test_a_namespace_must_be_a_dns_label(self) -> None:
         document = {"apiVersion": "ladder.dev/v1alpha1", "kind": "Sweep",
                     "metadata": {"name": "ok", "namespace": "Bad\x00"}, "spec": BASE}
