@@ -310,7 +310,7 @@ def status(
 ):
     """Progress of sweeps in the store: trials by state, lanes and their ceilings."""
     from orchestrator import store
-    from orchestrator.backends.runner import sweep_status
+    from orchestrator.bookkeeping import sweep_status
     from orchestrator.store.records import sweep_from_row
 
     sessions = _open_store(db_url(db))
