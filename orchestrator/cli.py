@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +25,11 @@ from rich.table import Table
 
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import LaneState, TrialState
+from orchestrator.core.names import (
+    ALLOW_PRIVILEGED_TRIALS_ENV,
+    DEFAULT_EXECUTION_ENV,
+    METRICS_PORT_ENV,
+)
 from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
 
 app = typer.Typer(
@@ -41,7 +45,6 @@ console = Console()
 errors = Console(stderr=True)
 
 DB_HELP = "SQLAlchemy URL of the store (env LADDER_DB_URL; default sqlite:///ladder.db)."
-DEFAULT_DB_URL = "sqlite:///ladder.db"
 
 STATE_STYLES = {
     TrialState.SUCCEEDED: "green", TrialState.OOM: "magenta", TrialState.FAILED: "red",
@@ -60,11 +63,9 @@ def db_url(option: str | None) -> str:
     Trials run in other processes (Ray jobs) with other working directories, so a relative
     SQLite path must be made absolute before it is handed to them.
     """
-    url = option or os.environ.get("LADDER_DB_URL") or DEFAULT_DB_URL
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        url = prefix + str(Path(url[len(prefix):]).resolve())
-    return url
+    from orchestrator.store.engine import resolve_db_url
+
+    return resolve_db_url(option)
 
 
 def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
@@ -464,17 +465,17 @@ def controller(
                                                      "replicas (needs Kopf's peering CRD).")]
     = None,
     metrics_port: Annotated[
-        int | None, typer.Option(envvar="LADDER_METRICS_PORT", min=0, max=65535,
+        int | None, typer.Option(envvar=METRICS_PORT_ENV, min=0, max=65535,
                                  help="Serve Prometheus /metrics on this port (all "
                                       "interfaces).")
     ] = None,
     default_execution: Annotated[
-        str | None, typer.Option(envvar="LADDER_DEFAULT_EXECUTION",
+        str | None, typer.Option(envvar=DEFAULT_EXECUTION_ENV,
                                  help="JSON object of spec.execution defaults; each Sweep's "
                                       "own keys win.")
     ] = None,
     allow_privileged_trials: Annotated[
-        bool, typer.Option(envvar="LADDER_ALLOW_PRIVILEGED_TRIALS",
+        bool, typer.Option(envvar=ALLOW_PRIVILEGED_TRIALS_ENV,
                            help="Accept Sweeps whose trial pods mount host paths.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,

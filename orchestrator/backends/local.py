@@ -21,6 +21,7 @@ from pathlib import Path
 
 from orchestrator.backends.ray_head import SharedHead
 from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL
 from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.trial import TrialResult, TrialSpec
@@ -153,7 +154,7 @@ class LocalRayBackend:
                     submission_id=submission,
                     runtime_env={"env_vars": self._job_env()},
                     entrypoint_num_cpus=0,
-                    metadata={"ladder.dev/sweep": spec.sweep, "ladder.dev/trial": spec.trial_id},
+                    metadata={LABEL_SWEEP: spec.sweep, LABEL_TRIAL: spec.trial_id},
                 )
                 break
             except RuntimeError as error:
@@ -167,7 +168,7 @@ class LocalRayBackend:
         return submission
 
     def _job_env(self) -> dict[str, str]:
-        env = {"LADDER_DB_URL": self.db_url, "PYTHONUNBUFFERED": "1"}
+        env = {DB_URL_ENV: self.db_url, "PYTHONUNBUFFERED": "1"}
         # Workers must import the same `orchestrator` and `worker` packages as we do.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

@@ -33,7 +33,13 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from orchestrator.core.grid import Lane, Trial
-from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.lifecycle import (
+    ACTIVE_STATES,
+    LaneState,
+    OOMKind,
+    TrialState,
+    latest_attempts,
+)
 from orchestrator.core.spec import Escalation, OnOOM
 
 
@@ -76,17 +82,16 @@ class LaneProgress:
         return self.state.is_terminal
 
 
-_ACTIVE_STATES = frozenset({TrialState.PENDING, TrialState.RUNNING})
 _LADDER_ORDER = attrgetter("model_index")
+
+
+def _one_trial(_observation: AttemptObservation) -> None:
+    """The key that puts every observation under one trial (`latest_attempts`)."""
 
 
 def latest_attempt(observations: Sequence[AttemptObservation]) -> AttemptObservation | None:
     """The observation with the highest attempt number (the last one given, on a tie)."""
-    latest: AttemptObservation | None = None
-    for observation in observations:
-        if latest is None or observation.attempt >= latest.attempt:
-            latest = observation
-    return latest
+    return latest_attempts(observations, key=_one_trial).get(None)
 
 
 def lane_progress(
@@ -122,12 +127,11 @@ def lane_progress(
         if observations:
             observed_any = True
             for obs in observations:
-                if obs.state in _ACTIVE_STATES:
+                if obs.state in ACTIVE_STATES:
                     active.append((trial, obs.attempt))
                 elif obs.state is TrialState.FAILED:
                     failures += 1
-                if latest is None or obs.attempt >= latest.attempt:
-                    latest = obs
+            latest = latest_attempt(observations)
         if decided:
             continue  # only looking for active attempts above the decision
         decided = True

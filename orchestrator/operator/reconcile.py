@@ -46,6 +46,7 @@ from orchestrator import bookkeeping, store
 from orchestrator.core.estimate import predicted_oom_fn
 from orchestrator.core.grid import Grid, Trial, expand, trial_spec
 from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.names import ANNOTATION_OUTCOME
 from orchestrator.core.outcome import stall_reason
 from orchestrator.core.plan import (
     CancelTrial,
@@ -81,7 +82,6 @@ from orchestrator.operator.manifests import (
 log = logging.getLogger(__name__)
 
 NORMAL, WARNING = "Normal", "Warning"
-ANNOTATION_OUTCOME = "ladder.dev/outcome"
 GONE = "RayJob {name} is gone: it was deleted before the attempt finished"
 
 

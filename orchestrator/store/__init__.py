@@ -23,6 +23,7 @@ from orchestrator.store.engine import (
     open_store,
     redact_secrets,
     redact_url,
+    resolve_db_url,
     session_factory,
 )
 from orchestrator.store.models import Base, EpochRow, SweepRow, TrialRow
@@ -70,6 +71,7 @@ __all__ = [
     "record_result",
     "redact_secrets",
     "redact_url",
+    "resolve_db_url",
     "results",
     "save_with_retry",
     "session_factory",
