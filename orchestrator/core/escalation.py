@@ -1,6 +1,6 @@
 """The lane state machine: where one lane's climb up the model ladder stands, and what's next.
 
-PAPER.md, "The escalation procedure", and DESIGN.md, "Trial lifecycle and escalation": run the
+docs/paper.md, "The escalation procedure", and docs/architecture.md, "Trial lifecycle": run the
 smallest model; if it succeeds, run the next larger one; stop at the first out-of-memory run
 and record the lane's ceiling (the largest model that fitted). Non-OOM failures are retried
 up to `escalation.retries` times, then fail the lane.

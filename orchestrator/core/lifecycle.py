@@ -23,7 +23,7 @@ class Method(StrEnum):
 
 
 class TrialState(StrEnum):
-    """One trial attempt's state (DESIGN.md, "Trial lifecycle")."""
+    """One trial attempt's state (docs/architecture.md, "Trial lifecycle")."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -67,7 +67,7 @@ class LaneState(StrEnum):
 
 
 class ExitCode(IntEnum):
-    """The worker's exit codes (DESIGN.md, "The worker contract")."""
+    """The worker's exit codes (docs/architecture.md, "The worker contract")."""
 
     SUCCEEDED = 0
     FAILED = 1

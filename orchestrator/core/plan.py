@@ -1,4 +1,6 @@
-"""The core's one entry point: `plan(grid, spec, observed) -> Plan` (DESIGN.md, last part).
+"""The core's one entry point: `plan(grid, spec, observed) -> Plan`.
+
+docs/architecture.md, "The plan loop".
 
 Both backends (the local runner and the Kubernetes controller) observe, call `plan`, and carry
 out its actions; they differ only in how they observe and how they act. `plan` is a pure,

@@ -1,6 +1,6 @@
 """The worker contract's payload: one fully resolved trial, written as JSON for the worker.
 
-`python -m worker run --trial FILE` reads exactly this model (DESIGN.md, "The worker
+`python -m worker run --trial FILE` reads exactly this model (docs/architecture.md, "The worker
 contract"). Everything a trial needs is resolved here (axes applied to the training recipe,
 per-model resources, the memory budget in bytes), so the worker never sees the grid.
 """

@@ -1,4 +1,6 @@
-"""One level-triggered pass over one Sweep: observe, `plan`, act (DESIGN.md, last part).
+"""One level-triggered pass over one Sweep: observe, `plan`, act.
+
+docs/architecture.md, "The plan loop".
 
 Every Kopf handler (create, resume, update, the timer, RayJob events, delete) ends here, so
 a handler re-entered on retry, or two causes arriving together, run the same idempotent

@@ -7,7 +7,7 @@ Typical use::
         upsert_sweep(session, sweep)
     save_with_retry(factory, lambda s: record_result(s, result))   # must not be lost
 
-DESIGN.md, "Store". Only this package touches SQL; the pure core never imports it.
+docs/architecture.md, "Layers". Only this package touches SQL; the pure core never imports it.
 """
 
 from orchestrator.store.engine import (

@@ -44,7 +44,7 @@ from orchestrator.simulate import (  # noqa: E402
     simulate,
 )
 
-PAPER_HOURS = 499.6  # PAPER.md: 86 runs
+PAPER_HOURS = 499.6  # docs/paper.md, "The escalation procedure": 86 runs
 DEFAULT_GPU_JSON = ROOT / "bench-results" / "gpu_ladder.json"
 
 
