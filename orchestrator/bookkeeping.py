@@ -42,7 +42,7 @@ from orchestrator.core.estimate import estimated_bytes
 from orchestrator.core.grid import Trial, expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import Observed, SweepStatus, plan
-from orchestrator.core.scheduler import Capacity
+from orchestrator.core.scheduler import NO_CAPACITY, Capacity
 from orchestrator.core.spec import Sweep, SweepSpec
 from orchestrator.core.trial import TrialResult, TrialSpec
 
@@ -116,7 +116,7 @@ def observe(
 
 def sweep_status(sweep: Sweep, rows: Sequence[store.TrialRow]) -> SweepStatus:
     """A sweep's status from its store rows alone (for `ladder status`, reports, metrics)."""
-    observed = Observed(attempts=attempt_observations(rows), capacity=Capacity(gpus=0, cpus=0))
+    observed = Observed(attempts=attempt_observations(rows), capacity=NO_CAPACITY)
     return plan(expand(sweep), sweep.spec, observed).status
 
 

@@ -50,6 +50,7 @@ class Capacity:
         return cls(gpus=gpus, cpus=cpus)
 
 
+# Nothing free: what a status computed from the store alone plans with (it launches nothing).
 NO_CAPACITY = Capacity(gpus=0, cpus=0)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -437,15 +437,6 @@ class SweepSpec(_Model):
         return self.lane_count * len(self.ladder)
 
 
-class ObjectMeta(BaseModel):
-    """The part of Kubernetes metadata a Sweep manifest needs."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    namespace: str = ""
-
-
 class Sweep(BaseModel):
     """A named spec: what `ladder run` and the controller work on."""
 
@@ -615,5 +606,3 @@ def sweep_manifest(sweep: Sweep) -> dict[str, Any]:
         "spec": sweep.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
 
-
-SpecFormat = Literal["yaml", "json"]

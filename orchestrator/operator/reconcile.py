@@ -160,7 +160,6 @@ class Reconciler:
         self._states_lock = threading.Lock()
         self._grids: dict[tuple[str, str, str], tuple[str, Grid]] = {}
         self.passes = 0
-        self.last_success: float | None = None
 
     # --- entry points ----------------------------------------------------------------------
     def _state(self, namespace: str, name: str) -> _SweepState:
@@ -208,7 +207,6 @@ class Reconciler:
                 # A trial this pass launched became launchable at the latest when it began.
                 self.metrics.launch_latency_seconds.labels(name, namespace).observe(elapsed)
         self.passes += 1
-        self.last_success = time.monotonic()
         return result
 
     def _grid(self, sweep: Sweep, uid: str) -> Grid:

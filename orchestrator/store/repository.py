@@ -54,7 +54,6 @@ TRIALS = cast(sa.Table, TrialRow.__table__)
 EPOCHS = cast(sa.Table, EpochRow.__table__)
 
 NON_TERMINAL = tuple(sorted(ACTIVE_STATES))
-TERMINAL = tuple(state for state in TrialState if state.is_terminal)
 
 # What a TrialResult carries beyond its identity, column for column.
 RESULT_FIELDS = (
