@@ -16,11 +16,11 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.backends.ray_head import SharedHead
-from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.backends.runner import JobOutcome
+from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL
 from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
@@ -50,18 +50,6 @@ def job_id(spec: TrialSpec) -> str:
     """Deterministic Ray job submission id of a trial attempt."""
     namespace = f"{spec.namespace}-" if spec.namespace else ""
     return f"ladder-{namespace}{spec.sweep}-{spec.trial_id}-{spec.attempt}"
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    """A finished job as the backend saw it; `result` when the worker printed one."""
-
-    trial_id: str
-    attempt: int
-    state: TrialState
-    result: TrialResult | None
-    error: str | None
-    oom_kind: OOMKind | None = None
 
 
 class LocalRayBackend:

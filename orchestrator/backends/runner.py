@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -31,13 +32,12 @@ from orchestrator.core.plan import (
     Observed,
     Plan,
     RecordOutcome,
-    SweepPhase,
     SweepStatus,
     plan,
 )
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.trial import TrialResult, TrialSpec
 
 if TYPE_CHECKING:
     from orchestrator.metrics import LadderMetrics
@@ -45,7 +45,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: the runner stopped before this attempt finished"
-FINAL_PHASES = (SweepPhase.SUCCEEDED, SweepPhase.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """A finished job as a backend saw it; `result` when the worker printed one."""
+
+    trial_id: str
+    attempt: int
+    state: TrialState
+    result: TrialResult | None
+    error: str | None
+    oom_kind: OOMKind | None = None
 
 
 class TrialBackend(Protocol):
@@ -56,14 +67,23 @@ class TrialBackend(Protocol):
     def cancel(self, trial_id: str, attempt: int) -> None: ...
     def adopt(self, spec: TrialSpec) -> bool: ...
     def active(self) -> set[tuple[str, int]]: ...
-    def poll(self) -> list: ...
+    def poll(self) -> list[JobOutcome]: ...
+
+
+class RunnerEventKind(StrEnum):
+    """What a `RunnerEvent` reports."""
+
+    LAUNCHED = "launched"  # a trial attempt was launched
+    FINISHED = "finished"  # its job ended (or its launch failed)
+    RECORDED = "recorded"  # the plan settled it without launching (predicted OOM, skipped, ...)
+    CANCELLED = "cancelled"  # the plan cancelled it
 
 
 @dataclass(frozen=True, slots=True)
 class RunnerEvent:
     """Something the runner did, for the live display and the log."""
 
-    kind: str  # launched | finished | recorded | cancelled
+    kind: RunnerEventKind
     trial: Trial
     attempt: int
     state: TrialState | None = None
@@ -129,24 +149,27 @@ class LocalSweepRunner:
                 except Exception as error:
                     self._mark(action.trial, action.attempt, TrialState.FAILED, None,
                                f"launch failed: {error}")
-                    events.append(RunnerEvent("finished", action.trial, action.attempt,
-                                              TrialState.FAILED, detail=str(error)))
+                    events.append(RunnerEvent(RunnerEventKind.FINISHED, action.trial,
+                                              action.attempt, TrialState.FAILED,
+                                              detail=str(error)))
                     continue
                 bookkeeping.record_launch(self.sessions, spec, self.sweep.spec, action.trial,
                                           now=datetime.now(UTC), job_name=name)
-                events.append(RunnerEvent("launched", action.trial, action.attempt))
+                events.append(RunnerEvent(RunnerEventKind.LAUNCHED, action.trial, action.attempt))
             elif isinstance(action, RecordOutcome):
                 bookkeeping.record_planned(
                     self.sessions, self._spec(action.trial, action.attempt), self.sweep.spec,
                     action.trial, action.state, action.oom_kind, action.reason,
                     now=datetime.now(UTC),
                 )
-                events.append(RunnerEvent("recorded", action.trial, action.attempt,
-                                          action.state, action.oom_kind, action.reason))
+                events.append(RunnerEvent(RunnerEventKind.RECORDED, action.trial,
+                                          action.attempt, action.state, action.oom_kind,
+                                          action.reason))
             elif isinstance(action, CancelTrial):
                 self.backend.cancel(action.trial.trial_id, action.attempt)
-                events.append(RunnerEvent("cancelled", action.trial, action.attempt,
-                                          TrialState.CANCELLED, detail=action.reason))
+                events.append(RunnerEvent(RunnerEventKind.CANCELLED, action.trial,
+                                          action.attempt, TrialState.CANCELLED,
+                                          detail=action.reason))
         return events
 
     def _mark(
@@ -166,8 +189,8 @@ class LocalSweepRunner:
             else:
                 self._mark(trial, outcome.attempt, outcome.state, outcome.oom_kind,
                            outcome.error)
-            events.append(RunnerEvent("finished", trial, outcome.attempt, outcome.state,
-                                      outcome.oom_kind, outcome.error or ""))
+            events.append(RunnerEvent(RunnerEventKind.FINISHED, trial, outcome.attempt,
+                                      outcome.state, outcome.oom_kind, outcome.error or ""))
         return events
 
     # -- loop ------------------------------------------------------------------------------
@@ -182,7 +205,7 @@ class LocalSweepRunner:
             now = time.monotonic()
             self.metrics.reconcile_seconds.labels(*labels).observe(now - started)
             for event in events:
-                if event.kind == "launched":
+                if event.kind is RunnerEventKind.LAUNCHED:
                     # Launchable since the outcome that freed it was observed this pass.
                     self.metrics.launch_latency_seconds.labels(*labels).observe(now - started)
         return decided.status, events
@@ -197,7 +220,7 @@ class LocalSweepRunner:
                 status, events = self.step()
                 if self.on_update is not None:
                     self.on_update(status, events)
-                if status.phase in FINAL_PHASES and not self.backend.active():
+                if status.phase.is_finished and not self.backend.active():
                     return status
                 time.sleep(self.poll_interval)
         except KeyboardInterrupt:
