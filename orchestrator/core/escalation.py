@@ -6,9 +6,13 @@ and record the lane's ceiling (the largest model that fitted). Non-OOM failures 
 up to `escalation.retries` times, then fail the lane.
 
 `lane_progress` is a pure function of a snapshot (the lane's trials and every attempt observed
-for them) in the manner of a Ray Tune scheduler decision: it never remembers anything between
-calls, so the same snapshot always gives the same answer and a restarted controller resumes
-exactly where it was. Rules, walking the ladder smallest model first and looking at each
+for them). This is the opposite of a Ray Tune scheduler, which keeps its trials' history in
+memory and is told of each result as it comes (`on_trial_result`, `on_trial_complete`):
+`lane_progress` remembers nothing between calls and reads the whole history from the store each
+time. So the same snapshot always gives the same answer, a restarted controller or runner
+resumes exactly where it was with nothing to rebuild, and two replicas can never disagree.
+
+Rules, walking the ladder smallest model first and looking at each
 trial's latest attempt (by attempt number):
 
 - no attempt: launch attempt 1 of this trial;
