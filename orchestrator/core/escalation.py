@@ -10,7 +10,7 @@ for them). This is the opposite of a Ray Tune scheduler, which keeps its trials'
 memory and is told of each result as it comes (`on_trial_result`, `on_trial_complete`):
 `lane_progress` remembers nothing between calls and reads the whole history from the store each
 time. So the same snapshot always gives the same answer, a restarted controller or runner
-resumes exactly where it was with nothing to rebuild, and two replicas can never disagree.
+resumes exactly where it was, with nothing to rebuild.
 
 Rules, walking the ladder smallest model first and looking at each
 trial's latest attempt (by attempt number):
