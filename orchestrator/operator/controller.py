@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.names import DEFAULT_EXECUTION_ENV
 from orchestrator.core.spec import (
     SpecError,
     load_documents_text,
@@ -46,7 +47,7 @@ class ControllerOptions:
     metrics_address: str = "0.0.0.0"
 
 
-def parse_execution_defaults(text: str | None, *, source: str = "LADDER_DEFAULT_EXECUTION"
+def parse_execution_defaults(text: str | None, *, source: str = DEFAULT_EXECUTION_ENV
                              ) -> dict[str, Any]:
     """The JSON object of execution defaults; SpecError naming `source` when it is not one."""
     if not text or not text.strip():

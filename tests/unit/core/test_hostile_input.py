@@ -50,6 +50,7 @@ from orchestrator.core.plan import (
 )
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import (
+    BUILTIN_DATASETS,
     INT32_MAX,
     INT64_MAX,
     MAX_TRIALS,
@@ -296,6 +297,11 @@ class TestWhatValidatesReconciles:
         assert parse_sweep(with_(dataset={"source": "data/train.jsonl"}))
         rules = crd.spec_schema()["properties"]["dataset"]["x-kubernetes-validations"]
         assert "builtin:querydsl" in rules[0]["rule"] and rules[0]["fieldPath"] == ".source"
+
+    def test_the_spec_knows_the_workers_builtin_datasets(self) -> None:
+        from worker.data.builtin import BUILTINS
+
+        assert set(BUILTIN_DATASETS) == set(BUILTINS)
 
     def test_the_crd_bounds_integers_as_the_model_does(self) -> None:
         props = crd.spec_schema()["properties"]
