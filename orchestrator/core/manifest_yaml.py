@@ -14,9 +14,9 @@ Every command that reads a Sweep file (`validate`, `plan`, `run`, `submit`) goes
   it is parsed; a FILE that is not a regular file (a device, a FIFO, a directory) is refused
   from its `stat`, without being opened for reading;
 - nesting deeper than `MAX_DEPTH` levels is refused with a message (never a RecursionError),
-  and so is alias expansion beyond `MAX_EXPANDED_NODES` nodes (a "billion laughs" file is
-  refused after composing its few hundred nodes, long before anything is expanded) and an
-  alias that refers to its own ancestor.
+  and so is a file of more than `MAX_NODES` nodes, written or expanded from aliases (a
+  "billion laughs" file is refused after composing its few hundred nodes, long before
+  anything is expanded), and an alias that refers to its own ancestor.
 
 Reading a file is the only I/O here; the rest is pure.
 """
@@ -36,9 +36,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 MAX_MANIFEST_BYTES = 1536 * 1024
 # A Sweep is six levels deep at most; `execution` may carry pod fragments a few levels more.
 MAX_DEPTH = 64
-# Alias expansion may add at most this many nodes beyond those written (a document without
-# aliases is never refused by this rule: its expanded size is its written size).
-MAX_EXPANDED_NODES = 100_000
+# A Sweep is a few hundred YAML nodes (lists hold at most 32 items; the largest spec the model
+# takes, every list full, is about 1,700). A file may hold at most this many nodes, written or
+# expanded from aliases: the pure-Python parser takes about 10 us per node, so this bounds a
+# file's parse (a 1.5 MiB flow list of 750,000 numbers took minutes and 680 MB before).
+MAX_NODES = 20_000
 
 _INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
 _FLOAT = re.compile(
@@ -75,13 +77,20 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         self._depth += 1
+        self._nodes += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise ManifestError(
                     _mark(self.peek_event()), f"nested deeper than {MAX_DEPTH} levels"
+                )
+            if self._nodes > MAX_NODES:
+                raise ManifestError(
+                    _mark(self.peek_event()), f"more than {MAX_NODES} YAML nodes (a Sweep "
+                    "has a few hundred)"
                 )
             return super().compose_node(parent, index)  # type: ignore[misc]
         finally:
@@ -131,10 +140,10 @@ _Loader.add_constructor(_INT_TAG, _construct_int)
 _Loader.add_constructor(_FLOAT_TAG, _construct_float)
 
 
-def _check_expansion(root: Node, written: int) -> None:
+def _check_expansion(root: Node) -> None:
     """Refuse a node graph whose aliases expand past the bounds (iterative: no recursion)."""
     sizes: dict[int, tuple[int, int]] = {}  # id -> (expanded nodes, expanded depth)
-    limit = max(written, MAX_EXPANDED_NODES)
+    limit = MAX_NODES
     stack: list[tuple[Node, bool]] = [(root, False)]
     open_: set[int] = set()
     while stack:
@@ -188,7 +197,7 @@ def load_documents(text: str) -> list[Any]:
             node = loader.get_node()
             if node is None:
                 continue
-            _check_expansion(node, _count_written(node))
+            _check_expansion(node)
             document = loader.construct_document(node)
             if document is not None:
                 documents.append(document)
@@ -202,19 +211,6 @@ def load_documents(text: str) -> list[Any]:
         if loader is not None:
             loader.dispose()
     return documents
-
-
-def _count_written(root: Node) -> int:
-    """Distinct nodes of a composed document (an alias is the node it names: not counted)."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.extend(_children(node))
-    return len(seen)
 
 
 def read_manifest_file(path: str | Path) -> str:

@@ -36,6 +36,7 @@ from orchestrator.core.lifecycle import LaneState
 from orchestrator.core.manifest_yaml import (
     MAX_DEPTH,
     MAX_MANIFEST_BYTES,
+    MAX_NODES,
     ManifestError,
     load_documents,
 )
@@ -162,6 +163,14 @@ class TestSizeAndShape:
         found = problems("\n".join(lines))
         assert time.perf_counter() - started < 0.5
         assert "aliases expand to more than" in found[0][1]
+
+    def test_a_wide_file_is_refused_after_its_first_nodes(self) -> None:
+        text = "ladder: [m]\nexecution: {x: [" + "1," * 700_000 + "1]}\n"
+        assert len(text.encode()) < MAX_MANIFEST_BYTES
+        started = time.perf_counter()
+        found = problems(text)
+        assert f"more than {MAX_NODES} YAML nodes" in found[0][1]
+        assert time.perf_counter() - started < 10  # 20,000 nodes, not 700,000
 
     def test_an_alias_inside_its_own_anchor_is_refused(self) -> None:
         found = problems("ladder: [m]\nexecution: &a {x: [*a]}\n")
