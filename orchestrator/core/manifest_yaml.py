@@ -118,7 +118,10 @@ class _Loader(yaml.SafeLoader):
 
 def _construct_int(loader: yaml.SafeLoader, node: Node) -> int:
     text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
-    return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
+    try:
+        return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
+    except ValueError:  # an explicit `!!int abc`
+        raise ManifestError(_mark(node), f"{text!r} is not an integer") from None
 
 
 def _construct_float(loader: yaml.SafeLoader, node: Node) -> float:
@@ -127,7 +130,10 @@ def _construct_float(loader: yaml.SafeLoader, node: Node) -> float:
         return float("-inf") if text.startswith("-") else float("inf")
     if text == ".nan":
         return float("nan")
-    return float(text)
+    try:
+        return float(text)
+    except ValueError:  # an explicit `!!float abc`
+        raise ManifestError(_mark(node), f"{text!r} is not a number") from None
 
 
 for _first, _resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items():
@@ -198,7 +204,13 @@ def load_documents(text: str) -> list[Any]:
             if node is None:
                 continue
             _check_expansion(node)
-            document = loader.construct_document(node)
+            try:
+                document = loader.construct_document(node)
+            except (ValueError, TypeError, AttributeError, LookupError, OverflowError) as error:
+                if isinstance(error, ManifestError):
+                    raise
+                # An explicit tag whose text its constructor cannot read (`!!timestamp x`).
+                raise ManifestError(_mark(node), f"cannot read a value: {error}") from None
             if document is not None:
                 documents.append(document)
     except yaml.YAMLError as error:

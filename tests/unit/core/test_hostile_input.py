@@ -461,6 +461,14 @@ class TestYamlAsKubectlReadsIt:
         found = problems(HEAD + f"spec:\n  ladder: [m]\n  {text}\n")
         assert found[0][0] == path, found
 
+    @pytest.mark.parametrize("tagged", [
+        "!!int abc", "!!float abc", "!!timestamp nope", "!!bool maybe", "!foo x",
+        "!!python/object:os.system x", "!!str [1]",
+    ])
+    def test_explicit_tags_that_do_not_read_are_refused_with_a_line(self, tagged: str) -> None:
+        found = problems(f"ladder: [m]\nexecution: {{x: {tagged}}}\n")
+        assert found[0][0].startswith("line "), found
+
     @pytest.mark.parametrize("text", [
         HEAD + "spec: {ladder: [m]}\n---\n", "---\n" + HEAD + "spec: {ladder: [m]}\n---\n---\n",
         HEAD + "spec: {ladder: [m]}\n...\n---\n",
