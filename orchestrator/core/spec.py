@@ -59,8 +59,9 @@ QUANTITY_RE = re.compile(
     r"^((?:[0-9]*[1-9][0-9]*(?:\.[0-9]+)?)|(?:[0-9]+\.[0-9]*[1-9][0-9]*))"
     r"(Ki|Mi|Gi|Ti|Pi|Ei|[kKMGTPE])?$"
 )
-# The ceiling of `maxTrials` (and so of a grid): `plan` over this many trials takes about a
-# second and 200 MB (docs/benchmarks.md), and the controller expands the grid of every Sweep.
+# The ceiling of `maxTrials` (and so of a grid): the controller expands the grid of every
+# Sweep; at this size `expand` and `plan` take seconds and tens of MB (docs/benchmarks.md,
+# section 6).
 MAX_TRIALS = 100_000
 # Integer bounds of what stores and runs a value: the store's INTEGER columns (rank, alpha,
 # attempt, epoch) and Kubernetes' int32 fields (replicas) take int32; seeds are stored as
@@ -70,7 +71,8 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 # PostgreSQL cannot store NUL in text or JSONB; the CRD refuses it in the model's strings.
 NO_NUL_PATTERN = "^[^\\x00]*$"
-# Sources of this form name a generated dataset (the worker's `worker.data.dss`).
+# Sources of this form name a generated dataset: the worker's `worker.data.builtin.BUILTINS`
+# (a test ties the two lists; the core does not import the worker).
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATASETS = ("querydsl",)
 _QUANTITY_FACTORS = {
