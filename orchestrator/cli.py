@@ -42,7 +42,7 @@ app.add_typer(dataset_app, name="dataset")
 # so neither console reads markup (`[/x]`, `[link=...]`) or emoji codes (`:smile:`) in what it
 # prints. Styles are attached to spans with `say` (rich Text), never written into strings.
 console = Console(markup=False, emoji=False)
-errors = Console(stderr=True, markup=False, emoji=False)
+errors = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)  # one line each
 
 DB_HELP = "SQLAlchemy URL of the store (env LADDER_DB_URL; default sqlite:///ladder.db)."
 DEFAULT_DB_URL = "sqlite:///ladder.db"
@@ -104,8 +104,7 @@ def _open_store(url: str):
         return store.open_store(url)
     except Exception as error:
         # The driver's message may quote the URL it was given, password included.
-        fail(f"cannot open the store {store.redact_url(url)}: "
-             f"{store.redact_secrets(str(error))}")
+        fail(f"cannot open the store {store.redact_url(url)}: {store.error_text(error)}")
 
 
 @app.command()
@@ -526,6 +525,7 @@ def controller(
     """Run the Kubernetes controller: Sweeps in, KubeRay RayJobs out."""
     from orchestrator.operator.controller import (
         ControllerOptions,
+        StartupError,
         parse_execution_defaults,
         run_controller,
     )
@@ -538,12 +538,15 @@ def controller(
         defaults = parse_execution_defaults(default_execution)
     except SpecError as error:
         _spec_error(error, "invalid execution defaults")
-    run_controller(ControllerOptions(
-        db_url=db_url(db), namespaces=tuple(namespace or ()), db_secret=db_secret or None,
-        liveness=liveness or None, kubeconfig=kubeconfig, peering=peering,
-        execution_defaults=defaults, allow_privileged_trials=allow_privileged_trials,
-        metrics_port=metrics_port,
-    ))
+    try:
+        run_controller(ControllerOptions(
+            db_url=db_url(db), namespaces=tuple(namespace or ()), db_secret=db_secret or None,
+            liveness=liveness or None, kubeconfig=kubeconfig, peering=peering,
+            execution_defaults=defaults, allow_privileged_trials=allow_privileged_trials,
+            metrics_port=metrics_port,
+        ))
+    except StartupError as error:
+        fail(f"the controller cannot start: {error}")
 
 
 @app.command()

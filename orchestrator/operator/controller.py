@@ -21,6 +21,11 @@ DEFAULT_DB_SECRET = "ladder-db/url"
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 
 
+class StartupError(RuntimeError):
+    """The controller cannot start: no store, no kubeconfig, or no API server. One line,
+    naming the problem (and never a password)."""
+
+
 @dataclass
 class ControllerOptions:
     """What `ladder controller` takes."""
@@ -68,12 +73,20 @@ def run_controller(
     import orchestrator.operator.handlers  # noqa: F401 (registers the handlers)
     from orchestrator import store
     from orchestrator.metrics import LadderMetrics
-    from orchestrator.operator.kube import Kube, load_config
+    from orchestrator.operator.kube import Kube, KubeError, load_config
     from orchestrator.operator.manifests import SecretRef
     from orchestrator.operator.reconcile import Reconciler
 
-    sessions = store.open_store(options.db_url)
-    api = load_config(options.kubeconfig)
+    try:
+        sessions = store.open_store(options.db_url)
+    except Exception as error:  # the driver's message may quote the URL, password included
+        raise StartupError(f"cannot open the store {store.redact_url(options.db_url)}: "
+                           f"{store.error_text(error)}") from None
+    try:
+        api = load_config(options.kubeconfig)
+        Kube(api).check_reachable()
+    except KubeError as error:
+        raise StartupError(str(error)) from None
     secret = SecretRef.parse(options.db_secret) if options.db_secret else None
     metrics = None
     if options.metrics_port is not None:
