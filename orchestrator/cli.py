@@ -64,9 +64,24 @@ def say(*parts: str | tuple[str, str]) -> Text:
 
 
 def fail(message: str) -> NoReturn:
-    """The one-line error of a command: `✗ message` on stderr, exit 1, no traceback."""
-    errors.print(say(("✗ " + message, "red")))
+    """The one-line error of a command: `✗ message` on stderr, exit 1, no traceback; any
+    password in it is redacted (`store.redact_secrets`, the one redaction path)."""
+    errors.print(say(("✗ " + _redacted(message), "red")))
     raise typer.Exit(1)
+
+
+def _redacted(text: str) -> str:
+    from orchestrator.store import redact_secrets
+
+    return redact_secrets(text)
+
+
+def _logging(level: int, **options: Any) -> None:
+    """Log at `level`, every record redacted (a DEBUG line may quote a store URL)."""
+    from orchestrator.store import install_log_redaction
+
+    install_log_redaction()
+    logging.basicConfig(level=level, **options)
 
 
 def db_url(option: str | None) -> str:
@@ -84,9 +99,10 @@ def db_url(option: str | None) -> str:
 
 def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
     """Print every problem of a SpecError, each with its field path, and exit 1."""
-    errors.print(say((f"✗ {error.source}: {what}", "red")))
+    # A message may quote what the user wrote (a model id that is a URL with a password).
+    errors.print(say((f"✗ {_redacted(error.source)}: {what}", "red")))
     for path, message in error.problems:
-        errors.print(say("  ", (path, "bold"), f": {message}"))
+        errors.print(say("  ", (path, "bold"), f": {_redacted(message)}"))
     raise typer.Exit(1) from None
 
 
@@ -269,7 +285,7 @@ def run(
     sweep = sweep.model_copy(update={"spec": spec})
     url = db_url(db)
     sessions = _open_store(url)
-    logging.basicConfig(level=logging.WARNING)
+    _logging(logging.WARNING)
     metrics = None
     if metrics_port is not None:
         from orchestrator.metrics import LadderMetrics
@@ -320,11 +336,8 @@ def run(
 
 def _reason(error: BaseException) -> str:
     """An exception as one line a user may see: its type and message, passwords redacted."""
-    from orchestrator.store import redact_secrets
-
     message = " ".join(str(error).split())
-    return redact_secrets(f"{type(error).__name__}: {message}" if message
-                          else type(error).__name__)
+    return _redacted(f"{type(error).__name__}: {message}" if message else type(error).__name__)
 
 
 def _redact(url: str) -> str:
@@ -530,10 +543,8 @@ def controller(
         run_controller,
     )
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _logging(logging.DEBUG if verbose else logging.INFO,
+             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         defaults = parse_execution_defaults(default_execution)
     except SpecError as error:

@@ -77,6 +77,7 @@ def run_controller(
     from orchestrator.operator.manifests import SecretRef
     from orchestrator.operator.reconcile import Reconciler
 
+    store.install_log_redaction()  # Kopf's DEBUG lines and the events it posts included
     try:
         sessions = store.open_store(options.db_url)
     except Exception as error:  # the driver's message may quote the URL, password included

@@ -290,9 +290,14 @@ class Reconciler:
     ) -> PassResult:
         meta = body["metadata"]
         if isinstance(error, SpecError):
-            message = "; ".join(f"{path}: {msg}" for path, msg in error.problems)
-        else:
-            message = f"spec.execution: {error}"
+            problems = error.problems
+        else:  # the field and pydantic's message only: never the input it quotes
+            problems = [
+                (".".join(["spec.execution", *map(str, item["loc"])]), item["msg"])
+                for item in error.errors(include_input=False, include_url=False)
+            ]
+        # Status and event text may quote what the user wrote (a URL with a password).
+        message = store.redact_secrets("; ".join(f"{path}: {msg}" for path, msg in problems))
         result.invalid = message
         old = body.get("status") or {}
         if old.get("reason") != "InvalidSpec" or old.get("message") != message:

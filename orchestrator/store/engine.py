@@ -14,6 +14,7 @@ import re
 import sqlite3
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,32 @@ def redact_secrets(text: str) -> str:
     """
     text = _PASSWORD_IN_TEXT_URL.sub(r"\g<head>***\g<tail>", text)
     return _PASSWORD_IN_TEXT_PARAM.sub(r"\g<head>***", text)
+
+
+def install_log_redaction() -> None:
+    """Redact every log record of this process as it is made (`redact_secrets`), whatever the
+    logger, level or handler: DEBUG lines that quote a URL, a traceback's text, and what Kopf
+    turns into Kubernetes events. Idempotent."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "_ladder_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: leave it to the handler to report
+            return record
+        record.msg, record.args = redact_secrets(message), None
+        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = redact_secrets(text)
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info)
+        return record
+
+    factory._ladder_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def error_text(error: BaseException) -> str:
