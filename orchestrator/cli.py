@@ -533,6 +533,24 @@ def controller(
         bool, typer.Option(envvar="LADDER_ALLOW_PRIVILEGED_TRIALS",
                            help="Accept Sweeps whose trial pods mount host paths.")
     ] = False,
+    allow_trial_service_account: Annotated[
+        bool, typer.Option(envvar="LADDER_ALLOW_TRIAL_SERVICE_ACCOUNT",
+                           help="Let Sweeps choose their pods' serviceAccountName.")
+    ] = False,
+    allowed_trial_secrets: Annotated[
+        str, typer.Option(envvar="LADDER_ALLOWED_TRIAL_SECRETS",
+                          help="Comma-separated Secrets, besides the store's, that Sweeps may "
+                               "mount or reference; '*' for any.")
+    ] = "",
+    allow_trial_projected_tokens: Annotated[
+        bool, typer.Option(envvar="LADDER_ALLOW_TRIAL_PROJECTED_TOKENS",
+                           help="Let Sweeps mount projected service-account tokens.")
+    ] = False,
+    allow_trial_network_volumes: Annotated[
+        bool, typer.Option(envvar="LADDER_ALLOW_TRIAL_NETWORK_VOLUMES",
+                           help="Let Sweeps mount network and node volumes (nfs, iscsi, "
+                                "cephfs, csi, ...).")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the Kubernetes controller: Sweeps in, KubeRay RayJobs out."""
@@ -542,6 +560,7 @@ def controller(
         parse_execution_defaults,
         run_controller,
     )
+    from orchestrator.operator.manifests import TrialPodPolicy
 
     _logging(logging.DEBUG if verbose else logging.INFO,
              format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -555,6 +574,14 @@ def controller(
             liveness=liveness or None, kubeconfig=kubeconfig, peering=peering,
             execution_defaults=defaults, allow_privileged_trials=allow_privileged_trials,
             metrics_port=metrics_port,
+            pod_policy=TrialPodPolicy(
+                host_paths=allow_privileged_trials,
+                service_account=allow_trial_service_account,
+                secrets=frozenset(n.strip() for n in allowed_trial_secrets.split(",")
+                                  if n.strip()),
+                projected_tokens=allow_trial_projected_tokens,
+                network_volumes=allow_trial_network_volumes,
+            ),
         ))
     except StartupError as error:
         fail(f"the controller cannot start: {error}")

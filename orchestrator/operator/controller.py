@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from orchestrator.core.spec import SpecError, load_sweep_text, sweep_manifest
+from orchestrator.operator.manifests import TrialPodPolicy
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class ControllerOptions:
     execution_defaults: Mapping[str, Any] = field(default_factory=dict)
     # LADDER_ALLOW_PRIVILEGED_TRIALS: let Sweeps give trial pods host access (hostPath).
     allow_privileged_trials: bool = False
+    # What Sweeps may give their pods besides (docs/security.md, the chart's trialPods).
+    pod_policy: TrialPodPolicy = field(default_factory=TrialPodPolicy)
     # LADDER_METRICS_PORT: serve /metrics here (all interfaces: Prometheus scrapes the pod).
     metrics_port: int | None = None
     metrics_address: str = "0.0.0.0"
@@ -100,6 +103,7 @@ def run_controller(
         Kube(api), sessions, db_secret=secret, metrics=metrics,
         execution_defaults=options.execution_defaults,
         allow_privileged_trials=options.allow_privileged_trials,
+        pod_policy=options.pod_policy,
     )
     memo = kopf.Memo(
         reconciler=reconciler,
