@@ -58,6 +58,8 @@ def parse_execution_defaults(text: str | None, *, source: str = "LADDER_DEFAULT_
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise SpecError(source, [("execution", f"not valid JSON: {error}")]) from None
+    except RecursionError:
+        raise SpecError(source, [("execution", "JSON nested too deeply")]) from None
     if not isinstance(value, dict):
         raise SpecError(source, [("execution", f"must be a JSON object, not "
                                                f"{type(value).__name__}")])
