@@ -527,6 +527,10 @@ def _pod_template(
         pod["volumes"] = volumes
     if config.service_account_name:
         pod["serviceAccountName"] = config.service_account_name
+    else:
+        # Trials need no Kubernetes API: the namespace's default service account's token is
+        # not mounted (a service account chosen by the installation keeps its own default).
+        pod["automountServiceAccountToken"] = False
     if config.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
     if config.node_selector:

@@ -196,3 +196,22 @@ def test_the_controller_reads_the_permissions_from_the_chart_env(
     (options,) = seen
     assert options.pod_policy == TrialPodPolicy(
         service_account=True, secrets=frozenset({"hf-token", "wandb"}), network_volumes=True)
+
+
+def test_trial_pods_get_no_api_token_unless_given_a_service_account(
+    cluster: FakeCluster, sessions: Any
+) -> None:
+    """The namespace's default service account's token is not mounted into trial pods; a
+    service account the installation chose keeps Kubernetes' default."""
+    cluster.add_sweep("plain", {**SPEC, "methods": ["full"]})
+    cluster.add_sweep("chosen", {**SPEC, "methods": ["full"]})
+    Reconciler(cluster, sessions, db_secret=STORE).reconcile(NS, "plain")
+    Reconciler(cluster, sessions, db_secret=STORE,
+               execution_defaults={"serviceAccountName": "trainer"}).reconcile(NS, "chosen")
+    pods = {job["metadata"]["labels"]["ladder.dev/sweep"]:
+            job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+            for job in cluster.rayjobs.values()}
+    assert pods["plain"]["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pods["plain"]
+    assert pods["chosen"]["serviceAccountName"] == "trainer"
+    assert "automountServiceAccountToken" not in pods["chosen"]
