@@ -15,19 +15,43 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import LaneState, TrialState
+from orchestrator.core.names import (
+    ALLOW_PRIVILEGED_TRIALS_ENV,
+    ALLOW_TRIAL_NETWORK_VOLUMES_ENV,
+    ALLOW_TRIAL_PROJECTED_TOKENS_ENV,
+    ALLOW_TRIAL_SERVICE_ACCOUNT_ENV,
+    ALLOWED_TRIAL_SECRETS_ENV,
+    DEBUG_ENV,
+    DEFAULT_EXECUTION_ENV,
+    METRICS_PORT_ENV,
+)
+from orchestrator.core.plan import SweepPhase, SweepStatus
 from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from orchestrator.backends.runner import RunnerEvent
+    from orchestrator.store import SweepRow
 
 app = typer.Typer(
     name="ladder",
@@ -45,7 +69,6 @@ console = Console(markup=False, emoji=False)
 errors = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)  # one line each
 
 DB_HELP = "SQLAlchemy URL of the store (env LADDER_DB_URL; default sqlite:///ladder.db)."
-DEFAULT_DB_URL = "sqlite:///ladder.db"
 
 STATE_STYLES = {
     TrialState.SUCCEEDED: "green", TrialState.OOM: "magenta", TrialState.FAILED: "red",
@@ -90,11 +113,9 @@ def db_url(option: str | None) -> str:
     Trials run in other processes (Ray jobs) with other working directories, so a relative
     SQLite path must be made absolute before it is handed to them.
     """
-    url = option or os.environ.get("LADDER_DB_URL") or DEFAULT_DB_URL
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        url = prefix + str(Path(url[len(prefix):]).resolve())
-    return url
+    from orchestrator.store.engine import resolve_db_url
+
+    return resolve_db_url(option)
 
 
 def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
@@ -194,10 +215,12 @@ def _line_after(target: Console) -> Iterator[None]:
             target.line()
 
 
-def _event_line(event: Any) -> Text | None:
+def _event_line(event: RunnerEvent) -> Text | None:
     """A runner event as a line of `ladder run`'s live view (None: nothing to show)."""
+    from orchestrator.backends.runner import RunnerEventKind
+
     trial = event.trial
-    if event.kind == "launched":
+    if event.kind is RunnerEventKind.LAUNCHED:
         return say(f"→ {trial.trial_id} {trial.lane.name} {trial.model} attempt {event.attempt}")
     if event.state is None:
         return None
@@ -206,7 +229,7 @@ def _event_line(event: Any) -> Text | None:
                 STATE_STYLES.get(event.state, "white")))
 
 
-def _status_view(sweep: Sweep, status: Any, progress: Progress, task: Any) -> Group:
+def _status_view(sweep: Sweep, status: SweepStatus, progress: Progress, task: TaskID) -> Group:
     progress.update(task, completed=status.trials_done, total=status.trials_total)
     table = Table(expand=False, show_edge=False, pad_edge=False)
     for column in ("lane", "state", "ceiling", "stopped at"):
@@ -225,7 +248,7 @@ def _status_view(sweep: Sweep, status: Any, progress: Progress, task: Any) -> Gr
     return Group(progress, table, counts)
 
 
-def _summary(sweep: Sweep, status: Any, elapsed: float) -> None:
+def _summary(sweep: Sweep, status: SweepStatus, elapsed: float) -> None:
     console.rule(f"Sweep {sweep.name}: {status.phase.value}")
     if status.best is not None:
         best = status.best
@@ -309,7 +332,7 @@ def run(
     try:
         with _line_after(console), Live(console=console, refresh_per_second=4,
                                         transient=False) as live:
-            def update(status: Any, events: Any) -> None:
+            def update(status: SweepStatus, events: Sequence[RunnerEvent]) -> None:
                 for event in events:
                     line = _event_line(event)
                     if line is not None:
@@ -330,7 +353,7 @@ def run(
         errors.print(say(("Interrupted: the running trials were stopped and recorded as "
                           "cancelled. Run the same command again to resume.", "yellow")))
         raise typer.Exit(130)
-    if status.phase.value == "Failed":
+    if status.phase is SweepPhase.FAILED:
         raise typer.Exit(1)
 
 
@@ -346,7 +369,7 @@ def _redact(url: str) -> str:
     return redact_url(url)
 
 
-def _sweep_rows(sessions: Any, name: str | None) -> list[Any]:
+def _sweep_rows(sessions: sessionmaker[Session], name: str | None) -> list[SweepRow]:
     from orchestrator import store
 
     with sessions() as session:
@@ -363,7 +386,7 @@ def status(
 ):
     """Progress of sweeps in the store: trials by state, lanes and their ceilings."""
     from orchestrator import store
-    from orchestrator.backends.runner import sweep_status
+    from orchestrator.bookkeeping import sweep_status
     from orchestrator.store.records import sweep_from_row
 
     sessions = _open_store(db_url(db))
@@ -379,7 +402,7 @@ def status(
         _summary(recorded, current, elapsed=_elapsed(sessions, row))
 
 
-def _elapsed(sessions: Any, row: Any) -> float:
+def _elapsed(sessions: sessionmaker[Session], row: SweepRow) -> float:
     from orchestrator import store
 
     with sessions() as session:
@@ -520,34 +543,34 @@ def controller(
                                                      "replicas (needs Kopf's peering CRD).")]
     = None,
     metrics_port: Annotated[
-        int | None, typer.Option(envvar="LADDER_METRICS_PORT", min=0, max=65535,
+        int | None, typer.Option(envvar=METRICS_PORT_ENV, min=0, max=65535,
                                  help="Serve Prometheus /metrics on this port (all "
                                       "interfaces).")
     ] = None,
     default_execution: Annotated[
-        str | None, typer.Option(envvar="LADDER_DEFAULT_EXECUTION",
+        str | None, typer.Option(envvar=DEFAULT_EXECUTION_ENV,
                                  help="JSON object of spec.execution defaults; each Sweep's "
                                       "own keys win.")
     ] = None,
     allow_privileged_trials: Annotated[
-        bool, typer.Option(envvar="LADDER_ALLOW_PRIVILEGED_TRIALS",
+        bool, typer.Option(envvar=ALLOW_PRIVILEGED_TRIALS_ENV,
                            help="Accept Sweeps whose trial pods mount host paths.")
     ] = False,
     allow_trial_service_account: Annotated[
-        bool, typer.Option(envvar="LADDER_ALLOW_TRIAL_SERVICE_ACCOUNT",
+        bool, typer.Option(envvar=ALLOW_TRIAL_SERVICE_ACCOUNT_ENV,
                            help="Let Sweeps choose their pods' serviceAccountName.")
     ] = False,
     allowed_trial_secrets: Annotated[
-        str, typer.Option(envvar="LADDER_ALLOWED_TRIAL_SECRETS",
+        str, typer.Option(envvar=ALLOWED_TRIAL_SECRETS_ENV,
                           help="Comma-separated Secrets, besides the store's, that Sweeps may "
                                "mount or reference; '*' for any.")
     ] = "",
     allow_trial_projected_tokens: Annotated[
-        bool, typer.Option(envvar="LADDER_ALLOW_TRIAL_PROJECTED_TOKENS",
+        bool, typer.Option(envvar=ALLOW_TRIAL_PROJECTED_TOKENS_ENV,
                            help="Let Sweeps mount projected service-account tokens.")
     ] = False,
     allow_trial_network_volumes: Annotated[
-        bool, typer.Option(envvar="LADDER_ALLOW_TRIAL_NETWORK_VOLUMES",
+        bool, typer.Option(envvar=ALLOW_TRIAL_NETWORK_VOLUMES_ENV,
                            help="Let Sweeps mount network and node volumes (nfs, iscsi, "
                                 "cephfs, csi, ...).")
     ] = False,
@@ -638,9 +661,6 @@ def report(
         fail(str(error))
     console.print(say(("✓", "green"), f" wrote {written.markdown}, {written.html} and "
                       f"{len(written.images)} figures"))
-
-
-DEBUG_ENV = "LADDER_DEBUG"
 
 
 def main() -> None:

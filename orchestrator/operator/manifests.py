@@ -47,6 +47,19 @@ from pydantic.alias_generators import to_camel
 
 from orchestrator.core.grid import Trial
 from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.names import (
+    ANNOTATION_MODEL,
+    DB_URL_ENV,
+    LABEL_ATTEMPT,
+    LABEL_LANE,
+    LABEL_MANAGED_BY,
+    LABEL_METHOD,
+    LABEL_SWEEP,
+    LABEL_TRIAL,
+    MANAGED_BY,
+    OOM_EXIT_CODE,
+    TRIAL_JSON_ENV,
+)
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, Sweep
@@ -57,19 +70,9 @@ RAYJOB_KIND = "RayJob"
 RAY_GROUP, RAY_VERSION = RAY_API_VERSION.split("/")
 RAYJOB_PLURAL = "rayjobs"
 
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "ladder"
-LABEL_SWEEP = "ladder.dev/sweep"
-LABEL_LANE = "ladder.dev/lane"
-LABEL_TRIAL = "ladder.dev/trial"
-LABEL_ATTEMPT = "ladder.dev/attempt"
-LABEL_METHOD = "ladder.dev/method"
-ANNOTATION_MODEL = "ladder.dev/model"
 # KubeRay labels every pod of a RayCluster with the cluster's name.
 LABEL_RAY_CLUSTER = "ray.io/cluster"
 
-TRIAL_JSON_ENV = "LADDER_TRIAL_JSON"
-DB_URL_ENV = "LADDER_DB_URL"
 DEFAULT_IMAGE = "ghcr.io/ladder-dev/ladder-worker:0.1.0"
 DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
 DEFAULT_TTL_SECONDS = 600
@@ -661,7 +664,6 @@ JOB_SUCCEEDED, JOB_FAILED, JOB_STOPPED, JOB_RUNNING = "SUCCEEDED", "FAILED", "ST
 DEPLOYMENT_COMPLETE, DEPLOYMENT_FAILED = "Complete", "Failed"
 DEPLOYMENT_RUNNING = "Running"
 _EXIT_CODE = re.compile(r"exit(?:ed with)? code:? (-?\d+)", re.IGNORECASE)
-OOM_EXIT_CODE = 3
 
 
 def cluster_name(rayjob: Mapping[str, Any]) -> str | None:
