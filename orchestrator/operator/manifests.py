@@ -39,7 +39,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -179,6 +179,11 @@ class ExecutionConfig(_Config):
     db_secret: SecretRef | None = Field(None, description="Secret holding LADDER_DB_URL.")
     runtime_env: dict[str, Any] = Field(
         default_factory=dict, description="More Ray runtime_env (pip, working_dir, env_vars)."
+    )
+    submission_mode: Literal["K8sJobMode", "HTTPMode"] = Field(
+        "K8sJobMode", description="How KubeRay submits the Ray job: a submitter pod that runs "
+        "`ray job submit` (K8sJobMode), or the operator posting to the head's dashboard "
+        "itself (HTTPMode; no submitter pod).",
     )
     ttl_seconds_after_finished: int = Field(DEFAULT_TTL_SECONDS, ge=0)
     active_deadline_seconds: int | None = Field(None, ge=1)
@@ -695,7 +700,7 @@ def rayjob_manifest(
         "entrypoint": entrypoint(spec, config),
         "runtimeEnvYAML": yaml.safe_dump(runtime_env(spec, config), sort_keys=True, width=10**6),
         "jobId": name,
-        "submissionMode": "K8sJobMode",
+        "submissionMode": config.submission_mode,
         "backoffLimit": 0,  # Ladder retries (escalation.retries) as new attempts
         "metadata": {
             LABEL_SWEEP: sweep.name,
