@@ -38,10 +38,10 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core.grid import Trial
@@ -72,6 +72,17 @@ DB_URL_ENV = "LADDER_DB_URL"
 DEFAULT_IMAGE = "ghcr.io/ladder-dev/ladder-worker:0.1.0"
 DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
 DEFAULT_TTL_SECONDS = 600
+# The Ray release of Ladder's worker image (docker/worker.Dockerfile's base image), and so
+# the `rayVersion` of every RayCluster Ladder builds unless `execution.rayVersion` says
+# otherwise. KubeRay needs it: a RayJob without it stays Initializing forever (KubeRay v1.6.2
+# logs "failed to parse Ray version"). The controller image has no Ray to ask, hence a
+# constant; a unit test keeps it equal to the Dockerfile's and the chart's.
+WORKER_RAY_VERSION = "2.60.0"
+# Ray token authentication (KubeRay's `authOptions`): Ray 2.52 brought it, Ray 2.60 turns it
+# on by default, and KubeRay accepts `mode: token` only with rayVersion >= 2.52.0.
+AUTH_TOKEN, AUTH_DISABLED = "token", "disabled"
+TOKEN_AUTH_SINCE = (2, 52, 0)
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 GPU_RESOURCE = "nvidia.com/gpu"
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
@@ -84,6 +95,8 @@ MAX_NAME = 63  # a DNS-1123 label (RayJob names become Job, Service and label va
 MAX_LABEL_VALUE = 63
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# What KubeRay's version.ParseGeneric takes: major.minor[.patch], then an optional suffix.
+_RAY_VERSION = re.compile(r"^v?(\d+\.\d+(?:\.\d+)?)(?:[-+.][0-9A-Za-z.+-]*)?$")
 
 
 # --- spec.execution -------------------------------------------------------------------------
@@ -119,6 +132,38 @@ class PodShape(_Config):
     )
 
 
+def ray_release(version: str) -> tuple[int, ...]:
+    """The numeric release of a Ray version ("2.60.0" -> (2, 60, 0); "2.52" -> (2, 52, 0))."""
+    match = _RAY_VERSION.match(version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a Ray version such as {WORKER_RAY_VERSION!r}")
+    numbers = tuple(int(part) for part in match.group(1).split("."))
+    return numbers + (0,) * (3 - len(numbers))
+
+
+class AuthOptions(_Config):
+    """How the trial's Ray head authenticates its clients (KubeRay's `authOptions`).
+
+    - mode `token` (the default for Ray >= 2.52): KubeRay gives the head, the workers and
+      its job submitter the same token, from `secretName` (a Secret with the key
+      `auth_token`, no trailing newline) or, when that is unset, from a Secret it generates
+      per RayCluster (owned by it, gone with it);
+    - mode `disabled`: no token; Ladder also sets RAY_AUTH_MODE=disabled in the trial
+      containers, because Ray 2.60 turns token auth on by default and KubeRay would then be
+      refused by the dashboard ("Missing authentication token") and the RayJob would hang.
+    Unset mode: token for Ray >= 2.52, nothing for older Ray (it has no token auth).
+    """
+
+    mode: Literal["token", "disabled"] | None = None
+    secret_name: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _secret_needs_token(self) -> AuthOptions:
+        if self.secret_name is not None and self.mode == AUTH_DISABLED:
+            raise ValueError("secretName needs mode token, not disabled")
+        return self
+
+
 class ExecutionConfig(_Config):
     """The `spec.execution` keys the Kubernetes controller reads (all optional)."""
 
@@ -126,7 +171,12 @@ class ExecutionConfig(_Config):
     image_pull_policy: str | None = None
     image_pull_secrets: list[str] = Field(default_factory=list)
     service_account_name: str | None = None
-    ray_version: str | None = None
+    ray_version: str = Field(
+        WORKER_RAY_VERSION, description="KubeRay's rayVersion: the Ray release of the image."
+    )
+    auth_options: AuthOptions = Field(
+        AuthOptions(), description="Ray token authentication of trial clusters."
+    )
     python: str = Field("python", description="The interpreter in the image.")
     cluster_selector: dict[str, str] | None = Field(
         None, description="Run on a standing RayCluster (e.g. {'ray.io/cluster': 'gpus'})."
@@ -155,12 +205,38 @@ class ExecutionConfig(_Config):
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )
 
+    @field_validator("ray_version")
+    @classmethod
+    def _ray_version(cls, value: str) -> str:
+        ray_release(value)
+        return value
+
+    @model_validator(mode="after")
+    def _token_needs_new_ray(self) -> ExecutionConfig:
+        if self.auth_options.mode == AUTH_TOKEN and not token_auth_supported(self.ray_version):
+            raise ValueError(
+                f"authOptions.mode token needs rayVersion 2.52.0 or later (KubeRay refuses "
+                f"it), got {self.ray_version}; use authOptions.mode disabled"
+            )
+        return self
+
+    @property
+    def auth_mode(self) -> str | None:
+        """The Ray auth mode trial clusters run with (None: Ray too old to have one)."""
+        if self.auth_options.mode is not None:
+            return self.auth_options.mode
+        return AUTH_TOKEN if token_auth_supported(self.ray_version) else None
+
     @field_validator("capacity")
     @classmethod
     def _capacity_keys(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         if value is not None and not set(value) <= {"gpus", "cpus"}:
             raise ValueError(f"capacity takes gpus and cpus, got {sorted(value)}")
         return value
+
+
+def token_auth_supported(ray_version: str) -> bool:
+    return ray_release(ray_version) >= TOKEN_AUTH_SINCE
 
 
 def merged_execution(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
@@ -363,6 +439,9 @@ def _container_env(config: ExecutionConfig, db_secret: SecretRef | None) -> list
             "valueFrom": {"secretKeyRef": {"name": db_secret.name, "key": db_secret.key}},
         })
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    if config.auth_mode == AUTH_DISABLED:
+        # Ray 2.60 turns token auth on by default; KubeRay sets nothing for `disabled`.
+        env.append({"name": RAY_AUTH_MODE_ENV, "value": AUTH_DISABLED})
     names = {item["name"] for item in env}
     env += [dict(item) for item in config.env if item.get("name") not in names]
     return env
@@ -406,6 +485,17 @@ def _pod_template(
     return {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod}
 
 
+def auth_options(config: ExecutionConfig) -> dict[str, str] | None:
+    """The RayCluster's `authOptions` (None for a Ray release without token auth)."""
+    mode = config.auth_mode
+    if mode is None:
+        return None
+    out = {"mode": mode}
+    if mode == AUTH_TOKEN and config.auth_options.secret_name:
+        out["secretName"] = config.auth_options.secret_name
+    return out
+
+
 def ray_cluster_spec(
     trial: Trial,
     labels: Mapping[str, str],
@@ -422,9 +512,10 @@ def ray_cluster_spec(
     worker_resources = _resources(
         worker_cpu, worker.memory, worker.resources, gpus=shape.gpus_per_worker
     )
-    cluster: dict[str, Any] = {}
-    if config.ray_version:
-        cluster["rayVersion"] = config.ray_version
+    cluster: dict[str, Any] = {"rayVersion": config.ray_version}
+    auth = auth_options(config)
+    if auth is not None:
+        cluster["authOptions"] = auth
     cluster["headGroupSpec"] = {
         # The head runs the driver only; GPUs are on the workers.
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
