@@ -40,7 +40,13 @@ from orchestrator.core.escalation import (
 )
 from orchestrator.core.grid import Grid, Lane, Trial
 from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
-from orchestrator.core.scheduler import Capacity, demand, select_launches, unschedulable
+from orchestrator.core.scheduler import (
+    NO_CAPACITY,
+    Capacity,
+    demand,
+    select_launches,
+    unschedulable,
+)
 from orchestrator.core.spec import Escalation, SweepSpec
 
 
@@ -57,12 +63,20 @@ class Observed:
     - `predicted_oom`: ids of trials whose memory estimate exceeds the device (the caller
       runs the estimator); ignored when `spec.escalation.predictOOM` is false.
     - `deleting`: the sweep is being deleted.
+    - `held`: capacity in use outside this sweep's active attempts: a finished trial's
+      cluster that still holds its GPUs (KubeRay keeps it for `ttlSecondsAfterFinished`),
+      other tenants' pods. It is taken before anything is launched, but a trial needing
+      more than the whole `capacity` is still the only one recorded as unschedulable.
+    - `queued`: (trial id, attempt) of active attempts that wait in a queue (Kueue) and
+      hold nothing until admitted; their demand is not counted as in use.
     """
 
     attempts: Mapping[str, Sequence[AttemptObservation]]
     capacity: Capacity
     predicted_oom: frozenset[str] = frozenset()
     deleting: bool = False
+    held: Capacity = NO_CAPACITY
+    queued: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +252,10 @@ def plan(grid: Grid, spec: SweepSpec, observed: Observed) -> Plan:
 
     launches: list[LaunchTrial] = []
     if not halted:
-        in_use = Capacity.total(demand(t) for w in work for t, _ in w.progress.active)
+        in_use = Capacity.total(
+            demand(t) for w in work for t, a in w.progress.active
+            if (t.trial_id, a) not in observed.queued
+        ).plus(observed.held)
         running = sum(len(w.progress.active) for w in work)
         heads: dict[str, tuple[_LaneWork, int]] = {}
         candidates: list[Trial] = []

@@ -71,7 +71,12 @@ TRIAL_JSON_ENV = "LADDER_TRIAL_JSON"
 DB_URL_ENV = "LADDER_DB_URL"
 DEFAULT_IMAGE = "ghcr.io/ladder-dev/ladder-worker:0.1.0"
 DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
-DEFAULT_TTL_SECONDS = 600
+# KubeRay keeps a finished trial's RayCluster, and its GPUs, this long. The controller counts
+# those GPUs as used until the pods are gone (operator.capacity.held_gpus), so a long TTL
+# slows the sweep and idles GPUs on a shared cluster; a minute is left to look at the pods
+# of a trial that just failed. The driver's log outlives it: KubeRay keeps the submitter Job
+# (K8sJobMode) after deleting the cluster, and the store keeps the error with its log tail.
+DEFAULT_TTL_SECONDS = 60
 # The Ray release of Ladder's worker image (docker/worker.Dockerfile's base image), and so
 # the `rayVersion` of every RayCluster Ladder builds unless `execution.rayVersion` says
 # otherwise. KubeRay needs it: a RayJob without it stays Initializing forever (KubeRay v1.6.2

@@ -58,12 +58,15 @@ from orchestrator.core.plan import (
     plan,
     status_dict,
 )
+from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
 from orchestrator.core.trial import TrialSpec
 from orchestrator.metrics import LadderMetrics
+from orchestrator.operator.capacity import GpuPool, cluster_gpus, held_gpus, queued
 from orchestrator.operator.conditions import desired_conditions, merge_conditions
 from orchestrator.operator.kube import Cluster, KubeError
 from orchestrator.operator.manifests import (
+    UNBOUNDED,
     ExecutionConfig,
     SecretRef,
     attempt_of,
@@ -161,6 +164,7 @@ class Reconciler:
         self._grids: dict[tuple[str, str, str], tuple[str, Grid]] = {}
         self.passes = 0
         self.last_success: float | None = None
+        self._nodes_refused = False
 
     # --- entry points ----------------------------------------------------------------------
     def _state(self, namespace: str, name: str) -> _SweepState:
@@ -255,18 +259,25 @@ class Reconciler:
                 continue
             rayjobs[key] = rayjob
 
+        pods = self._sweep_pods(namespace, name)
         self._observe(body, sweep, config, trials, rayjobs, result)
         with self.sessions() as session:
             rows = store.attempts(session, namespace, name)
         predicted = predicted_oom_fn(sweep.spec)
+        active = frozenset(
+            (r.trial_id, r.attempt) for r in rows if not TrialState(r.status).is_terminal
+        )
+        capacity, held = self._capacity(sweep, config, active, pods)
         observed = Observed(
             attempts=attempt_observations(rows),
-            capacity=sweep_capacity(config),
+            capacity=capacity,
             predicted_oom=frozenset(
                 trial_id for trial_id, trial in trials.items()
                 if predicted is not None and predicted(trial)
             ),
             deleting=deleting,
+            held=held,
+            queued=frozenset(key for key, job in rayjobs.items() if queued(job)),
         )
         decided = plan(grid, sweep.spec, observed)
         result.plan = decided
@@ -313,6 +324,52 @@ class Reconciler:
             )
             self.cluster.patch_sweep_status(meta.get("namespace") or "", meta["name"], status)
         return result
+
+    # --- what the cluster holds (orchestrator.operator.capacity) ----------------------------
+    def _sweep_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        try:
+            return self.cluster.sweep_pods(namespace, name)
+        except KubeError as error:
+            if error.transient:
+                raise
+            log.warning("cannot read the pods of sweep %s/%s: %s", namespace, name, error)
+            return []
+
+    def _capacity(
+        self,
+        sweep: Sweep,
+        config: ExecutionConfig,
+        active: frozenset[tuple[str, int]],
+        pods: list[dict[str, Any]],
+    ) -> tuple[Capacity, Capacity]:
+        """(the capacity the sweep may use, what is held outside its active attempts).
+
+        `execution.capacity` set: that, less the GPUs of this sweep's finished trials whose
+        RayClusters KubeRay still keeps (ttlSecondsAfterFinished). Unset: the cluster's
+        allocatable GPUs, less what every other non-terminal pod requests; unbounded when
+        the nodes cannot be read (no RBAC for them) or there are none (`UNBOUNDED`)."""
+        if config.capacity is None:
+            pool = self._cluster_pool(sweep, active)
+            if pool is not None and pool.nodes:
+                return (Capacity(gpus=pool.allocatable, cpus=UNBOUNDED.cpus),
+                        Capacity(gpus=pool.held, cpus=0))
+        held = held_gpus(pods, sweep.namespace, sweep.name, active)
+        return sweep_capacity(config), Capacity(gpus=held, cpus=0)
+
+    def _cluster_pool(self, sweep: Sweep, active: frozenset[tuple[str, int]]) -> GpuPool | None:
+        try:
+            nodes = self.cluster.list_nodes()
+            pods = self.cluster.active_pods() if nodes else []
+        except KubeError as error:
+            if error.transient:
+                raise
+            if not self._nodes_refused:
+                log.warning("cannot read nodes and pods to size the cluster (%s); sweeps "
+                            "without execution.capacity are bounded by parallelism only",
+                            error)
+                self._nodes_refused = True
+            return None
+        return cluster_gpus(nodes, pods, sweep.namespace, sweep.name, active)
 
     # --- observe ---------------------------------------------------------------------------
     def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: Trial,

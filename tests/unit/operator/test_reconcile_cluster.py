@@ -1,0 +1,101 @@
+"""The reconcile pass against what the real KubeRay operator (v1.6.2) and a shared cluster do,
+on the in-memory fake of test_reconcile: finished RayClusters keep their GPUs until their TTL,
+capacity from the nodes, Kueue-suspended RayJobs, unschedulable pods, host OOMs that KubeRay
+leaves only as an Event, and RayJob statuses with the real operator's fields."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from orchestrator.core.lifecycle import TrialState
+from orchestrator.operator.reconcile import Reconciler
+from tests.unit.operator.test_reconcile import (
+    NS,
+    SPEC,
+    FakeCluster,
+    rows,
+    write_result,
+)
+from tests.unit.operator.test_reconcile import (
+    cluster as cluster,
+)
+from tests.unit.operator.test_reconcile import (
+    reconciler as reconciler,
+)
+from tests.unit.operator.test_reconcile import (
+    sessions as sessions,
+)
+
+GPU = "nvidia.com/gpu"
+# Four lanes whose every trial takes 8 GPUs (8 workers x 1 GPU), as in the paper.
+GPU_SPEC: dict[str, Any] = {
+    **copy.deepcopy(SPEC),
+    "adapters": [{"rank": 8, "alphas": [16]}, {"rank": 16, "alphas": [32]},
+                 {"rank": 32, "alphas": [64]}],
+    "resources": {"workers": 8, "gpusPerWorker": 1},
+    "escalation": {"onOOM": "stop-lane", "retries": 1},
+    "parallelism": 8,
+}
+
+
+def spec_with(**execution: Any) -> dict[str, Any]:
+    return {**copy.deepcopy(GPU_SPEC), "execution": execution}
+
+
+def active_jobs(cluster: FakeCluster) -> list[str]:
+    return sorted(n for (_, n), j in cluster.rayjobs.items()
+                  if (j.get("status") or {}).get("jobDeploymentStatus") not in
+                  ("Complete", "Failed"))
+
+
+def node(name: str, gpus: int) -> dict[str, Any]:
+    return {"metadata": {"name": name},
+            "status": {"allocatable": {GPU: str(gpus)},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def succeed(cluster: FakeCluster, sessions: Any, name: str) -> None:
+    """The worker reports its result and KubeRay marks the job Complete; the RayCluster and
+    its pods stay until ttlSecondsAfterFinished ("TTL has not been met")."""
+    write_result(sessions, cluster, name, status=TrialState.SUCCEEDED, best_eval_loss=0.5)
+    cluster.finish(name, "SUCCEEDED", "Complete")
+
+
+# --- finished clusters keep their GPUs --------------------------------------------------------
+
+
+def test_finished_clusters_keep_their_gpus_until_kuberay_deletes_them(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    """The issue's case: capacity 16; two 8-GPU trials finish but KubeRay keeps their
+    clusters for the TTL. No new RayJob may start until their GPUs are really free."""
+    cluster.add_sweep("qs", spec_with(capacity={"gpus": 16}))
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None and len(first.launched) == 2
+    for name in first.launched:
+        cluster.run_cluster(name)
+        succeed(cluster, sessions, name)
+    held = reconciler.reconcile(NS, "qs")
+    assert held is not None and held.launched == []
+    assert {r.status for r in rows(sessions).values()} == {TrialState.SUCCEEDED}
+
+    cluster.ttl_met(first.launched[0])  # one cluster gone: 8 GPUs free
+    one = reconciler.reconcile(NS, "qs")
+    assert one is not None and len(one.launched) == 1
+    cluster.ttl_met(first.launched[1])
+    two = reconciler.reconcile(NS, "qs")
+    assert two is not None and len(two.launched) == 1
+
+
+def test_a_finished_attempts_pods_that_ended_hold_nothing(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.add_sweep("qs", spec_with(capacity={"gpus": 16}))
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None
+    for name in first.launched:
+        cluster.run_cluster(name, phase="Succeeded")
+        succeed(cluster, sessions, name)
+    again = reconciler.reconcile(NS, "qs")
+    assert again is not None and len(again.launched) == 2
