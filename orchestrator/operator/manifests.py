@@ -612,6 +612,9 @@ def decode_trial(rayjob: Mapping[str, Any]) -> TrialSpec | None:
 
 JOB_SUCCEEDED, JOB_FAILED, JOB_STOPPED, JOB_RUNNING = "SUCCEEDED", "FAILED", "STOPPED", "RUNNING"
 DEPLOYMENT_COMPLETE, DEPLOYMENT_FAILED = "Complete", "Failed"
+# KubeRay v1.3+: the RayJob's spec was refused (e.g. authOptions token with an old Ray);
+# reason ValidationFailed, KubeRay's message says which field. Nothing will ever run.
+DEPLOYMENT_VALIDATION_FAILED = "ValidationFailed"
 DEPLOYMENT_RUNNING = "Running"
 _EXIT_CODE = re.compile(r"exit(?:ed with)? code:? (-?\d+)", re.IGNORECASE)
 OOM_EXIT_CODE = 3
@@ -671,19 +674,71 @@ def host_oom(pods: Sequence[Mapping[str, Any]], since: datetime | None = None) -
     return None
 
 
+# KubeRay deletes a Ray pod whose container terminated (a worker OOMKilled under restart
+# policy Never, or Failed) and makes a new one within ~60 ms: the pod is gone, and the Event
+# it posts on the RayCluster is what is left: reason DeletedWorkerPod (DeletedHeadPod for
+# the head), message "Deleted worker Pod NS/NAME; Pod status: Failed; Pod restart policy:
+# Never; Ray container terminated status: &ContainerStateTerminated{ExitCode:137,Signal:0,
+# Reason:OOMKilled,...}" (KubeRay v1.6.2, raycluster_controller.go).
+KUBERAY_DELETED_POD_EVENTS = frozenset({"DeletedWorkerPod", "DeletedHeadPod"})
+_DELETED_POD = re.compile(r"Deleted (?:worker|head) Pod ([^;\s]+)", re.IGNORECASE)
+_TERMINATED_EXIT = re.compile(r"ExitCode:(-?\d+)")
+
+
+def _event_time(event: Mapping[str, Any]) -> datetime | None:
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        found = _parse_time(event.get(key))
+        if found is not None:
+            return found
+    return _parse_time((event.get("metadata") or {}).get("creationTimestamp"))
+
+
+def host_oom_events(
+    events: Sequence[Mapping[str, Any]], since: datetime | None = None
+) -> str | None:
+    """Why a pod of the job's cluster ran out of host memory, from KubeRay's Events on the
+    RayCluster (the pod itself is already deleted and replaced), if one did (after `since`)."""
+    for event in events:
+        if event.get("reason") not in KUBERAY_DELETED_POD_EVENTS:
+            continue
+        message = str(event.get("message") or "")
+        if "OOMKilled" not in message:
+            continue
+        when = _event_time(event)
+        if since is not None and when is not None and when < since:
+            continue
+        pod = _DELETED_POD.search(message)
+        code = _TERMINATED_EXIT.search(message)
+        name = pod.group(1).rsplit("/", 1)[-1] if pod else "?"
+        tail = f" (exit code {code.group(1)})" if code else ""
+        return f"pod {name} was OOMKilled{tail}; KubeRay deleted and replaced it"
+    return None
+
+
 def outcome_from_rayjob(
     rayjob: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]] = (),
     *,
     budget_set: bool = False,
+    events: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[TrialState, OOMKind | None, str] | None:
     """How a RayJob's attempt ended, from KubeRay's status and its cluster's pods.
 
-    None while the job is still going. Otherwise (state, oom kind, reason):
-    - `jobStatus` SUCCEEDED: succeeded;
+    Read from the fields KubeRay v1.6.2 really writes: `jobStatus` (empty while
+    Initializing), `jobDeploymentStatus` (Initializing, Running, Complete, Failed,
+    ValidationFailed, Suspending, Suspended, Retrying, Waiting), `reason`, `message`,
+    `startTime`, and the `succeeded`/`failed` counters. None while the job is still going
+    (any deployment status but Complete, Failed and ValidationFailed). Otherwise
+    (state, oom kind, reason):
+    - `jobStatus` SUCCEEDED (or Complete with `succeeded` >= 1): succeeded;
     - STOPPED: cancelled (someone stopped the Ray job);
-    - FAILED, or `jobDeploymentStatus` Failed (submission failed, deadline exceeded, ...):
-      a host OOM when a pod of the cluster was OOMKilled or evicted for memory, else the
+    - FAILED, or `jobDeploymentStatus` Failed (AppFailed, SubmissionFailed,
+      DeadlineExceeded, JobDeploymentStatusTransitionGracePeriodExceeded: the submitter
+      ended and the Ray job never reached a terminal state within 30 s) or
+      ValidationFailed (KubeRay refused the spec):
+      a host OOM when a pod of the cluster was OOMKilled (now, or in its last state: the
+      kubelet restarted it) or evicted for memory, or KubeRay's Event says it deleted an
+      OOMKilled pod (`host_oom_events`), else the
       status message is classified (`outcome.classify_text`: a CUDA OOM is `oom/gpu`, our
       budget exception `oom/budget`), else the worker's exit code 3 means an OOM of unknown
       kind, else failed.
@@ -696,18 +751,25 @@ def outcome_from_rayjob(
     message = str(status.get("message") or "")
     text = "; ".join(part for part in (reason, message) if part)
 
-    if job_status == JOB_SUCCEEDED:
+    succeeded = job_status == JOB_SUCCEEDED or (
+        # Complete, and KubeRay's own counter says the job succeeded (jobStatus not copied).
+        not job_status and deployment == DEPLOYMENT_COMPLETE
+        and _count(status.get("succeeded")) > 0
+    )
+    if succeeded:
         return TrialState.SUCCEEDED, None, message or "the Ray job succeeded"
     if job_status == JOB_STOPPED:
         return TrialState.CANCELLED, None, excerpt(text or "the Ray job was stopped")
-    failed = job_status == JOB_FAILED or deployment == DEPLOYMENT_FAILED
+    failed = job_status == JOB_FAILED or deployment in (
+        DEPLOYMENT_FAILED, DEPLOYMENT_VALIDATION_FAILED
+    )
     if not failed and deployment == DEPLOYMENT_COMPLETE:
         # Complete without a terminal job status: the submitter ended without a verdict.
         failed = True
     if not failed:
         return None
     since = _parse_time(status.get("startTime"))
-    killed = host_oom(pods, since)
+    killed = host_oom(pods, since) or host_oom_events(events, since)
     if killed is not None:
         return TrialState.OOM, OOMKind.HOST, excerpt(f"{killed}; {text}" if text else killed)
     state, kind = classify_text(text, budget_set=budget_set)
@@ -716,6 +778,13 @@ def outcome_from_rayjob(
         if match is not None and int(match.group(1)) == OOM_EXIT_CODE:
             state = TrialState.OOM  # the worker's exit code for any OOM; kind unknown
     return state, kind, excerpt(text or f"the RayJob failed ({deployment or job_status})")
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def running_state(rayjob: Mapping[str, Any]) -> TrialState:

@@ -11,7 +11,8 @@ Observe:
    the label that are not this Sweep's (an older Sweep of the same name) are deleted;
 3. the store's attempts. A pending or running attempt is settled from, in this order: the
    worker's own result (the store row turned terminal), its RayJob's status
-   (`manifests.outcome_from_rayjob`, with the pods of its RayCluster for OOMKilled), and a
+   (`manifests.outcome_from_rayjob`, with the pods of its RayCluster and KubeRay's Events on
+   it for OOMKilled), and a
    RayJob that is gone (deleted behind the controller's back, or never created because the
    controller died between recording and creating it): cancelled, so the lane relaunches it
    as the next attempt. A RayJob without a store row (a store that lost it) is adopted.
@@ -421,7 +422,8 @@ class Reconciler:
             outcome = outcome_from_rayjob(rayjob, budget_set=budget_set)
             if outcome is not None and outcome[0] in (TrialState.FAILED, TrialState.OOM):
                 outcome = outcome_from_rayjob(
-                    rayjob, self._pods(namespace, rayjob), budget_set=budget_set
+                    rayjob, self._pods(namespace, rayjob), budget_set=budget_set,
+                    events=self._cluster_events(namespace, rayjob),
                 )
             if outcome is None:
                 live = running_state(rayjob)
@@ -476,6 +478,17 @@ class Reconciler:
             return self.cluster.cluster_pods(namespace, cluster)
         except KubeError as error:
             log.warning("cannot read pods of RayCluster %s: %s", cluster, error)
+            return []
+
+    def _cluster_events(self, namespace: str, rayjob: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """KubeRay's Events on the job's RayCluster (an OOMKilled pod it deleted)."""
+        cluster = cluster_name(rayjob)
+        if not cluster:
+            return []
+        try:
+            return self.cluster.cluster_events(namespace, cluster)
+        except KubeError as error:
+            log.warning("cannot read events of RayCluster %s: %s", cluster, error)
             return []
 
     def _settle(

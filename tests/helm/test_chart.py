@@ -68,6 +68,7 @@ NAMESPACED_RULES = {
     *(("", "pods", v) for v in ("get", "list", "watch")),
     ("", "events", "create"),
     ("", "events", "patch"),
+    ("", "events", "list"),
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import (
     NS,
@@ -99,3 +99,31 @@ def test_a_finished_attempts_pods_that_ended_hold_nothing(
         succeed(cluster, sessions, name)
     again = reconciler.reconcile(NS, "qs")
     assert again is not None and len(again.launched) == 2
+
+
+# --- host OOMs as KubeRay leaves them ---------------------------------------------------------
+
+
+def test_a_worker_kuberay_deleted_for_oomkilled_is_a_host_oom(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    """The OOMKilled worker pod is gone (KubeRay deleted and replaced it in ~60 ms); only its
+    `DeletedWorkerPod` Event on the RayCluster says what happened."""
+    cluster.add_sweep("qs", SPEC)
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None
+    name = first.launched[0]
+    cluster_name = cluster.run_cluster(name)  # replacement pods: all Running, no OOM left
+    cluster.kuberay_events.append({
+        "involvedObject": {"kind": "RayCluster", "name": cluster_name, "namespace": NS},
+        "reason": "DeletedWorkerPod", "type": "Normal",
+        "lastTimestamp": "2025-01-01T00:01:00Z",
+        "message": f"Deleted worker Pod {NS}/{cluster_name}-workers-worker-q8zt4; Pod status: "
+                   "Failed; Pod restart policy: Never; Ray container terminated status: "
+                   "&ContainerStateTerminated{ExitCode:137,Signal:0,Reason:OOMKilled,}",
+    })
+    cluster.finish(name, "FAILED", "Failed", "Job entrypoint command failed with exit code 1")
+    reconciler.reconcile(NS, "qs")
+    (row,) = [r for r in rows(sessions).values() if r.rayjob_name == name]
+    assert (row.status, row.oom_kind) == (TrialState.OOM, OOMKind.HOST)
+    assert "OOMKilled (exit code 137); KubeRay deleted and replaced it" in (row.error or "")
