@@ -221,7 +221,28 @@ def spec_schema() -> dict[str, Any]:
     # Bound the overrides map, or the apiserver refuses the CEL rule that walks it as too
     # costly ("estimated rule cost exceeds budget").
     schema["properties"]["resources"]["properties"]["overrides"]["maxProperties"] = MAX_LIST
+    schema["properties"]["execution"]["properties"] = execution_properties()
     return schema
+
+
+# `spec.execution` stays open (other backends read other keys), but the keys the controller
+# acts on by itself are typed, so `kubectl apply` refuses a bad value. No defaults here: a
+# default stored into the Sweep would override the installation's (the chart's execution
+# values); ExecutionConfig holds the defaults.
+TYPED_EXECUTION_KEYS = ("stallTimeoutSeconds", "unschedulableTimeoutSeconds")
+
+
+def execution_properties() -> dict[str, Any]:
+    from orchestrator.operator.manifests import ExecutionConfig
+
+    raw = ExecutionConfig.model_json_schema(by_alias=True, mode="validation")
+    props = raw["properties"]
+    out = {}
+    for key in TYPED_EXECUTION_KEYS:
+        prop = _structural(props[key], raw.get("$defs", {}))
+        prop.pop("default", None)
+        out[key] = prop
+    return out
 
 
 STATUS_SCHEMA: dict[str, Any] = {

@@ -77,6 +77,10 @@ DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
 # of a trial that just failed. The driver's log outlives it: KubeRay keeps the submitter Job
 # (K8sJobMode) after deleting the cluster, and the store keeps the error with its log tail.
 DEFAULT_TTL_SECONDS = 60
+# A trial whose pods the scheduler keeps refusing is requeued after this long (a shared
+# cluster's GPUs were taken by someone else, a node pool is gone): long enough for a cluster
+# autoscaler to add a node, short enough that a stuck head pod does not sit on its CPUs.
+DEFAULT_UNSCHEDULABLE_TIMEOUT_SECONDS = 600.0
 # The Ray release of Ladder's worker image (docker/worker.Dockerfile's base image), and so
 # the `rayVersion` of every RayCluster Ladder builds unless `execution.rayVersion` says
 # otherwise. KubeRay needs it: a RayJob without it stays Initializing forever (KubeRay v1.6.2
@@ -205,6 +209,13 @@ class ExecutionConfig(_Config):
         None, gt=0, description="Stop a running trial that shows no progress (no new epoch "
         "in the store) for this long, and record the attempt as failed ('stalled: no "
         "progress for N s'); it then retries like any failure. Unset: never.",
+    )
+    unschedulable_timeout_seconds: float = Field(
+        DEFAULT_UNSCHEDULABLE_TIMEOUT_SECONDS, gt=0, description="Requeue a trial whose pods "
+        "the scheduler has refused (PodScheduled=False, Unschedulable) for this long: its "
+        "RayJob is deleted and the attempt recorded as cancelled with the scheduler's "
+        "message; the trial runs again as a new attempt once capacity allows (not a failure). "
+        "Default 600 s.",
     )
     capacity: dict[str, int] | None = Field(
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."

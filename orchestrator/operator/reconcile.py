@@ -19,7 +19,13 @@ Observe:
    A running attempt silent for longer than `execution.stallTimeoutSeconds` (no epoch, no
    other write of its worker; `outcome.stall_reason` decides) has hung: its RayJob is deleted
    and the attempt recorded as failed, "stalled: no progress for N s" (it retries like any
-   failure).
+   failure). A live attempt one of whose pods the scheduler has refused for longer than
+   `execution.unschedulableTimeoutSeconds` is requeued: its RayJob is deleted and the
+   attempt recorded as cancelled with the scheduler's message (the lane runs it again).
+4. what the cluster holds besides the active attempts (`operator.capacity`): the GPUs of
+   finished trials' RayClusters KubeRay still keeps, and, without `execution.capacity`,
+   the nodes' allocatable GPUs less every other pod's request; RayJobs suspended for Kueue
+   hold nothing.
 
 Plan: `plan(grid, spec, Observed(...))` with the attempts from the store.
 
@@ -63,7 +69,14 @@ from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
 from orchestrator.core.trial import TrialSpec
 from orchestrator.metrics import LadderMetrics
-from orchestrator.operator.capacity import GpuPool, cluster_gpus, held_gpus, queued
+from orchestrator.operator.capacity import (
+    GpuPool,
+    cluster_gpus,
+    held_gpus,
+    own_attempt,
+    queued,
+    unschedulable_reason,
+)
 from orchestrator.operator.conditions import desired_conditions, merge_conditions
 from orchestrator.operator.kube import Cluster, KubeError
 from orchestrator.operator.manifests import (
@@ -262,6 +275,7 @@ class Reconciler:
 
         pods = self._sweep_pods(namespace, name)
         self._observe(body, sweep, config, trials, rayjobs, result)
+        self._requeue_unschedulable(body, sweep, config, trials, rayjobs, pods, result)
         with self.sessions() as session:
             rows = store.attempts(session, namespace, name)
         predicted = predicted_oom_fn(sweep.spec)
@@ -371,6 +385,50 @@ class Reconciler:
                 self._nodes_refused = True
             return None
         return cluster_gpus(nodes, pods, sweep.namespace, sweep.name, active)
+
+    def _requeue_unschedulable(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        config: ExecutionConfig,
+        trials: Mapping[str, Trial],
+        rayjobs: dict[tuple[str, int], dict[str, Any]],
+        pods: list[dict[str, Any]],
+        result: PassResult,
+    ) -> None:
+        """Requeue each live attempt one of whose pods the scheduler has refused for
+        `execution.unschedulableTimeoutSeconds`: the RayJob goes first (as for a stall),
+        then the attempt is recorded cancelled with the scheduler's message, so the lane
+        runs the trial again as a new attempt, once the capacity is there (no failure)."""
+        namespace, name = sweep.namespace, sweep.name
+        by_attempt: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for pod in pods:
+            key = own_attempt(pod, namespace, name)
+            if key is not None:
+                by_attempt.setdefault(key, []).append(pod)
+        if not by_attempt:
+            return
+        with self.sessions() as session:
+            live = {(r.trial_id, r.attempt) for r in store.attempts(session, namespace, name)
+                    if not TrialState(r.status).is_terminal}
+        for key in sorted(live & by_attempt.keys() & rayjobs.keys()):
+            why = unschedulable_reason(by_attempt[key], self.clock(),
+                                       config.unschedulable_timeout_seconds)
+            if why is None or key[0] not in trials:
+                continue
+            job_name = rayjobs.pop(key)["metadata"]["name"]
+            reason = f"requeued: {why}"
+            log.warning("trial %s attempt %d (RayJob %s/%s): %s", key[0], key[1], namespace,
+                        job_name, reason)
+            if self.cluster.delete_rayjob(namespace, job_name):
+                result.deleted.append(job_name)
+            trial = trials[key[0]]
+            self._settle(body, sweep, trial, key, TrialState.CANCELLED, None, reason, result)
+            if result.settled[key] is TrialState.CANCELLED:
+                self.cluster.event(body, WARNING, "TrialUnschedulable",
+                                   f"Trial {_describe(trial)} attempt {key[1]} {reason} "
+                                   f"(RayJob {job_name} deleted; it runs again when the "
+                                   f"capacity is there)")
 
     # --- observe ---------------------------------------------------------------------------
     def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: Trial,

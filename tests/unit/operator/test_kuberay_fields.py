@@ -126,3 +126,18 @@ def test_auth_options_fit_the_kuberay_schema(execution: dict[str, Any]) -> None:
     manifest = manifest_for(execution)
     assert unknown_fields(manifest, schema) == []
     jsonschema.Draft4Validator(schema).validate(json.loads(json.dumps(manifest)))
+
+
+def test_unschedulable_timeout_default_and_its_crd_type() -> None:
+    from orchestrator.crd import spec_schema
+
+    assert ExecutionConfig().unschedulable_timeout_seconds == 600
+    assert ExecutionConfig.model_validate(
+        {"unschedulableTimeoutSeconds": 30}).unschedulable_timeout_seconds == 30
+    with pytest.raises(ValidationError):
+        ExecutionConfig.model_validate({"unschedulableTimeoutSeconds": 0})
+    execution = spec_schema()["properties"]["execution"]
+    assert execution["x-kubernetes-preserve-unknown-fields"] is True  # still open
+    typed = execution["properties"]["unschedulableTimeoutSeconds"]
+    assert typed["type"] == "number" and typed["exclusiveMinimum"] is True
+    assert "default" not in typed  # the chart's execution defaults must still apply

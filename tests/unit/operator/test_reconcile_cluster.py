@@ -6,6 +6,7 @@ leaves only as an Event, and RayJob statuses with the real operator's fields."""
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator.core.lifecycle import OOMKind, TrialState
@@ -127,3 +128,49 @@ def test_a_worker_kuberay_deleted_for_oomkilled_is_a_host_oom(
     (row,) = [r for r in rows(sessions).values() if r.rayjob_name == name]
     assert (row.status, row.oom_kind) == (TrialState.OOM, OOMKind.HOST)
     assert "OOMKilled (exit code 137); KubeRay deleted and replaced it" in (row.error or "")
+
+
+# --- pods the scheduler keeps refusing ----------------------------------------------------------
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+INSUFFICIENT = ("0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes "
+                "are available: 2 No preemption victims found for incoming pod.")
+
+
+def refuse_workers(cluster: FakeCluster, cluster_name: str, since: datetime) -> None:
+    """What kube-scheduler writes on pods it cannot place."""
+    for pod in cluster.pods[(NS, cluster_name)]:
+        if pod["metadata"]["labels"]["ray.io/node-type"] == "worker":
+            pod["spec"].pop("nodeName", None)
+            pod["status"] = {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": INSUFFICIENT,
+                "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ")}]}
+
+
+def test_unschedulable_pods_requeue_the_trial_after_the_timeout(
+    cluster: FakeCluster, sessions: Any
+) -> None:
+    reconciler = Reconciler(cluster, sessions, clock=lambda: NOW)
+    cluster.add_sweep("qs", spec_with(unschedulableTimeoutSeconds=300))
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None
+    name = first.launched[0]
+    cluster_name = cluster.run_cluster(name)
+    refuse_workers(cluster, cluster_name, NOW - timedelta(seconds=200))
+    waiting = reconciler.reconcile(NS, "qs")
+    assert waiting is not None and name not in waiting.deleted  # not yet
+
+    refuse_workers(cluster, cluster_name, NOW - timedelta(seconds=301))
+    requeued = reconciler.reconcile(NS, "qs")
+    assert requeued is not None and name in requeued.deleted
+    assert (NS, name) not in cluster.rayjobs
+    (old,) = [r for r in rows(sessions).values() if r.rayjob_name == name]
+    assert old.status == TrialState.CANCELLED
+    assert old.error == (f"requeued: pod {cluster_name}-worker-0 unschedulable for 301 s: "
+                         f"{INSUFFICIENT}")
+    assert "TrialUnschedulable" in cluster.reasons()
+    # The same trial runs again as attempt 2; the lane did not fail.
+    assert any(n == name[:-1] + "2" for n in requeued.launched)
+    status = cluster.sweeps[(NS, "qs")]["status"]
+    assert all(lane["state"] != "failed" for lane in status["lanes"])
