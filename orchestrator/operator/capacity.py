@@ -62,6 +62,39 @@ def holds_resources(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
 
 
+def tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:
+    """Whether one of the tolerations tolerates the taint (Kubernetes' matching rules)."""
+    for toleration in tolerations:
+        effect = toleration.get("effect")
+        if effect and effect != taint.get("effect"):
+            continue
+        key = toleration.get("key")
+        if toleration.get("operator") == "Exists":
+            if not key or key == taint.get("key"):
+                return True
+        elif key == taint.get("key") and (toleration.get("value") or "") == (
+            taint.get("value") or ""
+        ):
+            return True
+    return False
+
+
+def fits_node(
+    node: Mapping[str, Any],
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
+) -> bool:
+    """Whether a trial pod with this node selector and these tolerations may land there."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    if any(labels.get(key) != value for key, value in (node_selector or {}).items()):
+        return False
+    return all(
+        tolerates(tolerations, taint)
+        for taint in (node.get("spec") or {}).get("taints") or []
+        if taint.get("effect") in ("NoSchedule", "NoExecute")
+    )
+
+
 def node_gpus(node: Mapping[str, Any], resource: str = GPU_RESOURCE) -> int:
     """Allocatable GPUs of a node new pods can land on: 0 when cordoned or not Ready."""
     if (node.get("spec") or {}).get("unschedulable"):
@@ -119,14 +152,20 @@ def cluster_gpus(
     namespace: str,
     sweep: str,
     active: Collection[tuple[str, int]],
+    *,
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
 ) -> GpuPool:
     """The cluster's GPU pool, for a sweep without `execution.capacity`.
 
-    `held` is what every non-terminal pod requests (on a counted node, or not bound yet),
-    except the pods of this sweep's active attempts: the scheduler counts those from their
-    demand, whether their pods exist yet or not.
+    `allocatable` sums the nodes the sweep's pods may land on (`execution.nodeSelector`
+    and `tolerations` against the nodes' labels and taints; schedulable and Ready). `held`
+    is what every non-terminal pod on those nodes (or not bound yet) requests, except the
+    pods of this sweep's active attempts: the scheduler counts those from their demand,
+    whether their pods exist yet or not.
     """
-    counted = {(n.get("metadata") or {}).get("name"): node_gpus(n) for n in nodes}
+    counted = {(n.get("metadata") or {}).get("name"): node_gpus(n) for n in nodes
+               if fits_node(n, node_selector, tolerations)}
     counted = {name: gpus for name, gpus in counted.items() if gpus > 0}
     held = 0
     for pod in pods:

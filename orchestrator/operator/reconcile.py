@@ -364,14 +364,16 @@ class Reconciler:
         allocatable GPUs, less what every other non-terminal pod requests; unbounded when
         the nodes cannot be read (no RBAC for them) or there are none (`UNBOUNDED`)."""
         if config.capacity is None:
-            pool = self._cluster_pool(sweep, active)
+            pool = self._cluster_pool(sweep, config, active)
             if pool is not None and pool.nodes:
                 return (Capacity(gpus=pool.allocatable, cpus=UNBOUNDED.cpus),
                         Capacity(gpus=pool.held, cpus=0))
         held = held_gpus(pods, sweep.namespace, sweep.name, active)
         return sweep_capacity(config), Capacity(gpus=held, cpus=0)
 
-    def _cluster_pool(self, sweep: Sweep, active: frozenset[tuple[str, int]]) -> GpuPool | None:
+    def _cluster_pool(
+        self, sweep: Sweep, config: ExecutionConfig, active: frozenset[tuple[str, int]]
+    ) -> GpuPool | None:
         try:
             nodes = self.cluster.list_nodes()
             pods = self.cluster.active_pods() if nodes else []
@@ -384,7 +386,8 @@ class Reconciler:
                             error)
                 self._nodes_refused = True
             return None
-        return cluster_gpus(nodes, pods, sweep.namespace, sweep.name, active)
+        return cluster_gpus(nodes, pods, sweep.namespace, sweep.name, active,
+                            node_selector=config.node_selector, tolerations=config.tolerations)
 
     def _requeue_unschedulable(
         self,

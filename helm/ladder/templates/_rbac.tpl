@@ -50,6 +50,16 @@ k8s/rbac/controller.yaml holds the same rules for running the controller by hand
 Cluster-scoped permissions: Kopf's CRD observation, and cluster-wide peering.
 */}}
 {{- define "ladder.rbac.clusterRules" -}}
+{{- if .Values.rbac.readNodes }}
+# Capacity of a shared cluster (Sweeps without execution.capacity): the nodes' allocatable
+# nvidia.com/gpu, less what pods of every namespace already request. Read only.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+{{- end }}
 {{- if .Values.rbac.watchCustomResourceDefinitions }}
 # Kopf: notice CRDs (KubeRay's) installed or changed while it runs.
 - apiGroups: [apiextensions.k8s.io]

@@ -157,3 +157,40 @@ def test_suspended_rayjobs_are_queued() -> None:
     assert queued({"spec": {"suspend": True}})
     assert not queued({"spec": {"suspend": False}})
     assert not queued({"spec": {}})
+
+
+class TestNodeFit:
+    GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+
+    def gpu_node(self, name: str, gpus: int, **labels: str) -> dict[str, Any]:
+        body = node(name, gpus)
+        body["metadata"]["labels"] = {"nvidia.com/gpu.present": "true", **labels}
+        body["spec"]["taints"] = [self.GPU_TAINT]
+        return body
+
+    def test_only_nodes_the_trial_pods_may_land_on(self) -> None:
+        nodes = [self.gpu_node("a", 4), self.gpu_node("b", 4, pool="h100"),
+                 node("unlabelled", 8)]
+        tolerate = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        selector = {"nvidia.com/gpu.present": "true"}
+        pool = cluster_gpus(nodes, [], NS, SWEEP, (), node_selector=selector,
+                            tolerations=tolerate)
+        assert pool.allocatable == 8
+        assert cluster_gpus(nodes, [], NS, SWEEP, (), node_selector={"pool": "h100"},
+                            tolerations=tolerate).allocatable == 4
+        # Without the toleration the tainted GPU nodes are out.
+        assert cluster_gpus(nodes, [], NS, SWEEP, ()).allocatable == 8  # the untainted one
+
+    @pytest.mark.parametrize(("toleration", "ok"), [
+        ({"operator": "Exists"}, True),
+        ({"key": "nvidia.com/gpu", "operator": "Exists"}, True),
+        ({"key": "nvidia.com/gpu", "operator": "Equal", "value": "present"}, True),
+        ({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}, True),
+        ({"key": "nvidia.com/gpu", "operator": "Equal", "value": "other"}, False),
+        ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}, False),
+        ({"key": "other", "operator": "Exists"}, False),
+    ])
+    def test_tolerations(self, toleration: dict[str, Any], ok: bool) -> None:
+        body = self.gpu_node("a", 4)
+        assert (cluster_gpus([body], [], NS, SWEEP, (), tolerations=[toleration])
+                .allocatable == 4) is ok

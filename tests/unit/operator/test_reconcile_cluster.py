@@ -9,6 +9,8 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import (
@@ -174,3 +176,52 @@ def test_unschedulable_pods_requeue_the_trial_after_the_timeout(
     assert any(n == name[:-1] + "2" for n in requeued.launched)
     status = cluster.sweeps[(NS, "qs")]["status"]
     assert all(lane["state"] != "failed" for lane in status["lanes"])
+
+
+# --- capacity from the nodes of a shared cluster -----------------------------------------------
+
+
+def tenant_pod(gpus: int, node_name: str = "gpu-1") -> dict[str, Any]:
+    return {"metadata": {"name": "their-training", "namespace": "team-b", "labels": {}},
+            "spec": {"nodeName": node_name, "containers": [
+                {"name": "main", "resources": {"limits": {GPU: str(gpus)}}}]},
+            "status": {"phase": "Running"}}
+
+
+def test_without_capacity_the_nodes_free_gpus_bound_the_launches(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    """2 nodes x 8 GPUs, another team already uses 8: one 8-GPU trial fits, not four."""
+    cluster.nodes = [node("gpu-1", 8), node("gpu-2", 8)]
+    cluster.pods[("team-b", "theirs")] = [tenant_pod(8)]
+    cluster.add_sweep("qs", spec_with())
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None and len(first.launched) == 1
+    # Our own running trial's pods are not counted twice.
+    cluster.run_cluster(first.launched[0], node="gpu-2")
+    again = reconciler.reconcile(NS, "qs")
+    assert again is not None and again.launched == []
+    # The other team finishes: its 8 GPUs come back.
+    cluster.pods[("team-b", "theirs")][0]["status"]["phase"] = "Succeeded"
+    freed = reconciler.reconcile(NS, "qs")
+    assert freed is not None and len(freed.launched) == 1
+    assert not [r for r in rows(sessions).values() if r.status == TrialState.FAILED]
+
+
+@pytest.mark.parametrize("nodes", [None, []], ids=["nodes-forbidden", "no-nodes"])
+def test_without_readable_nodes_only_parallelism_bounds(
+    cluster: FakeCluster, reconciler: Reconciler, nodes: list | None
+) -> None:
+    cluster.nodes = nodes
+    cluster.add_sweep("qs", spec_with())
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None and len(first.launched) == 4  # every lane head
+
+
+def test_explicit_capacity_wins_over_the_nodes(
+    cluster: FakeCluster, reconciler: Reconciler
+) -> None:
+    cluster.nodes = [node("gpu-1", 8)]
+    cluster.add_sweep("qs", spec_with(capacity={"gpus": 24}))
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None and len(first.launched) == 3
