@@ -229,7 +229,7 @@ def spec_schema() -> dict[str, Any]:
 # acts on by itself are typed, so `kubectl apply` refuses a bad value. No defaults here: a
 # default stored into the Sweep would override the installation's (the chart's execution
 # values); ExecutionConfig holds the defaults.
-TYPED_EXECUTION_KEYS = ("stallTimeoutSeconds", "unschedulableTimeoutSeconds")
+TYPED_EXECUTION_KEYS = ("stallTimeoutSeconds", "unschedulableTimeoutSeconds", "queueName")
 
 
 def execution_properties() -> dict[str, Any]:

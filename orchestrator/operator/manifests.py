@@ -87,6 +87,9 @@ DEFAULT_UNSCHEDULABLE_TIMEOUT_SECONDS = 600.0
 # logs "failed to parse Ray version"). The controller image has no Ray to ask, hence a
 # constant; a unit test keeps it equal to the Dockerfile's and the chart's.
 WORKER_RAY_VERSION = "2.60.0"
+# Kueue's integration with KubeRay: a RayJob labelled with a LocalQueue and created suspended
+# is admitted by Kueue (which unsuspends it) when the ClusterQueue's quota allows.
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 # Ray token authentication (KubeRay's `authOptions`): Ray 2.52 brought it, Ray 2.60 turns it
 # on by default, and KubeRay accepts `mode: token` only with rayVersion >= 2.52.0.
 AUTH_TOKEN, AUTH_DISABLED = "token", "disabled"
@@ -220,6 +223,11 @@ class ExecutionConfig(_Config):
     capacity: dict[str, int] | None = Field(
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )
+    queue_name: str | None = Field(
+        None, min_length=1, max_length=MAX_LABEL_VALUE, pattern=_LABEL_VALUE.pattern,
+        description="A Kueue LocalQueue: RayJobs are labelled kueue.x-k8s.io/queue-name and "
+        "created suspended for Kueue to admit; they hold no GPUs until admitted.",
+    )
 
     @field_validator("ray_version")
     @classmethod
@@ -234,6 +242,13 @@ class ExecutionConfig(_Config):
                 f"authOptions.mode token needs rayVersion 2.52.0 or later (KubeRay refuses "
                 f"it), got {self.ray_version}; use authOptions.mode disabled"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kueue_needs_own_cluster(self) -> ExecutionConfig:
+        if self.queue_name is not None and self.cluster_selector:
+            raise ValueError("queueName (Kueue) cannot be used with clusterSelector: Kueue "
+                             "admits RayJobs that create their own RayCluster")
         return self
 
     @property
@@ -581,6 +596,8 @@ def rayjob_manifest(
     }
     if sweep.namespace:
         metadata["namespace"] = sweep.namespace
+    if config.queue_name:
+        metadata["labels"] = {**labels, LABEL_KUEUE_QUEUE: config.queue_name}
     body: dict[str, Any] = {
         "entrypoint": entrypoint(spec, config),
         "runtimeEnvYAML": yaml.safe_dump(runtime_env(spec, config), sort_keys=True, width=10**6),
@@ -594,6 +611,8 @@ def rayjob_manifest(
             ANNOTATION_MODEL: trial.model,
         },
     }
+    if config.queue_name:
+        body["suspend"] = True  # Kueue admits it by setting suspend to false
     if config.active_deadline_seconds is not None:
         body["activeDeadlineSeconds"] = config.active_deadline_seconds
     if config.cluster_selector:

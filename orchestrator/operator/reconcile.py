@@ -362,8 +362,10 @@ class Reconciler:
         `execution.capacity` set: that, less the GPUs of this sweep's finished trials whose
         RayClusters KubeRay still keeps (ttlSecondsAfterFinished). Unset: the cluster's
         allocatable GPUs, less what every other non-terminal pod requests; unbounded when
-        the nodes cannot be read (no RBAC for them) or there are none (`UNBOUNDED`)."""
-        if config.capacity is None:
+        the nodes cannot be read (no RBAC for them) or there are none (`UNBOUNDED`), and
+        with `execution.queueName` (Kueue's ClusterQueue quota decides; `parallelism`
+        bounds what Ladder hands to the queue)."""
+        if config.capacity is None and config.queue_name is None:
             pool = self._cluster_pool(sweep, config, active)
             if pool is not None and pool.nodes:
                 return (Capacity(gpus=pool.allocatable, cpus=UNBOUNDED.cpus),

@@ -141,3 +141,39 @@ def test_unschedulable_timeout_default_and_its_crd_type() -> None:
     typed = execution["properties"]["unschedulableTimeoutSeconds"]
     assert typed["type"] == "number" and typed["exclusiveMinimum"] is True
     assert "default" not in typed  # the chart's execution defaults must still apply
+
+
+# --- Kueue (KubeRay's documented integration) ----------------------------------------------------
+
+
+def test_a_queue_name_labels_the_rayjob_and_creates_it_suspended() -> None:
+    manifest = manifest_for({"queueName": "team-a-gpus"})
+    assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
+    assert manifest["spec"]["suspend"] is True
+    # The trial's own labels stay (the controller finds its RayJobs by them).
+    assert manifest["metadata"]["labels"]["ladder.dev/sweep"] == "quickstart"
+    # Kueue admits RayJobs that make their own cluster and delete it at the end.
+    assert manifest["spec"]["shutdownAfterJobFinishes"] is True
+    plain = manifest_for({})
+    assert "suspend" not in plain["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+
+
+def test_a_queued_rayjob_fits_the_kuberay_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = _rayjob_schema()
+    manifest = manifest_for({"queueName": "team-a-gpus"})
+    assert unknown_fields(manifest, schema) == []
+    jsonschema.Draft4Validator(schema).validate(json.loads(json.dumps(manifest)))
+
+
+@pytest.mark.parametrize(("execution", "words"), [
+    ({"queueName": "q", "clusterSelector": {"ray.io/cluster": "gpus"}},
+     "queueName (Kueue) cannot be used with clusterSelector"),
+    ({"queueName": "not a label"}, "should match pattern"),
+    ({"queueName": ""}, "at least 1 character"),
+])
+def test_bad_queue_settings_are_refused(execution: dict, words: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ExecutionConfig.model_validate(execution)
+    assert words in str(caught.value)

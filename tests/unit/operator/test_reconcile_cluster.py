@@ -225,3 +225,45 @@ def test_explicit_capacity_wins_over_the_nodes(
     cluster.add_sweep("qs", spec_with(capacity={"gpus": 24}))
     first = reconciler.reconcile(NS, "qs")
     assert first is not None and len(first.launched) == 3
+
+
+# --- Kueue -------------------------------------------------------------------------------------
+
+
+def admit(cluster: FakeCluster, name: str) -> None:
+    """What Kueue does once the ClusterQueue's quota allows: unsuspend the RayJob."""
+    cluster.rayjobs[(NS, name)]["spec"]["suspend"] = False
+
+
+def test_suspended_rayjobs_wait_for_kueue_and_hold_no_gpus(
+    cluster: FakeCluster, reconciler: Reconciler
+) -> None:
+    cluster.nodes = [node("gpu-1", 8)]  # ignored: with a queue, Kueue's quota decides
+    cluster.add_sweep("qs", spec_with(queueName="team-a", capacity={"gpus": 16}))
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None and len(first.launched) == 2  # what the capacity allows
+    # Once created suspended (queued), they hold nothing: the next pass queues the rest.
+    second = reconciler.reconcile(NS, "qs")
+    assert second is not None and len(second.launched) == 2
+    launched = first.launched + second.launched
+    for name in launched:
+        job = cluster.rayjobs[(NS, name)]
+        assert job["spec"]["suspend"] is True
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        job["status"] = {"jobDeploymentStatus": "Suspended"}
+    assert reconciler.reconcile(NS, "qs").launched == []  # type: ignore[union-attr]
+    # Kueue admits two (16 GPUs): they count against the capacity from now on; admitted
+    # or queued, no attempt is settled while it waits.
+    for name in launched[:2]:
+        admit(cluster, name)
+    again = reconciler.reconcile(NS, "qs")
+    assert again is not None and again.launched == [] and again.settled == {}
+
+
+def test_with_a_queue_and_no_capacity_only_parallelism_bounds(
+    cluster: FakeCluster, reconciler: Reconciler
+) -> None:
+    cluster.nodes = [node("gpu-1", 8)]
+    cluster.add_sweep("qs", {**spec_with(queueName="team-a"), "parallelism": 3})
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None and len(first.launched) == 3
