@@ -95,15 +95,19 @@ def fits_node(
     )
 
 
+def allocatable_gpus(node: Mapping[str, Any], resource: str = GPU_RESOURCE) -> int:
+    """A node's allocatable GPUs, usable now or not."""
+    return _quantity(((node.get("status") or {}).get("allocatable") or {}).get(resource, 0))
+
+
 def node_gpus(node: Mapping[str, Any], resource: str = GPU_RESOURCE) -> int:
-    """Allocatable GPUs of a node new pods can land on: 0 when cordoned or not Ready."""
+    """Allocatable GPUs of a node new pods can land on now: 0 when cordoned or not Ready."""
     if (node.get("spec") or {}).get("unschedulable"):
         return 0
-    status = node.get("status") or {}
-    for condition in status.get("conditions") or []:
+    for condition in (node.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Ready" and condition.get("status") != "True":
             return 0
-    return _quantity((status.get("allocatable") or {}).get(resource, 0))
+    return allocatable_gpus(node, resource)
 
 
 def own_attempt(pod: Mapping[str, Any], namespace: str, sweep: str) -> tuple[str, int] | None:
@@ -135,8 +139,11 @@ def held_gpus(
 
 @dataclass(frozen=True, slots=True)
 class GpuPool:
-    """The cluster's GPUs: allocatable on schedulable nodes, and held by pods already."""
+    """The cluster's GPUs for a sweep's pods: `total` on every node they fit (a node that is
+    NotReady or cordoned for a while still counts: a trial is never recorded unschedulable
+    for that), `allocatable` on those usable now, `held` there by pods already."""
 
+    total: int
     allocatable: int
     held: int
     nodes: int
@@ -144,6 +151,12 @@ class GpuPool:
     @property
     def free(self) -> int:
         return self.allocatable - self.held
+
+    @property
+    def unavailable(self) -> int:
+        """What is not free besides the sweep's own active attempts: held by pods, or on
+        nodes not usable now."""
+        return self.total - self.free
 
 
 def cluster_gpus(
@@ -164,8 +177,8 @@ def cluster_gpus(
     pods of this sweep's active attempts: the scheduler counts those from their demand,
     whether their pods exist yet or not.
     """
-    counted = {(n.get("metadata") or {}).get("name"): node_gpus(n) for n in nodes
-               if fits_node(n, node_selector, tolerations)}
+    fitting = [n for n in nodes if fits_node(n, node_selector, tolerations)]
+    counted = {(n.get("metadata") or {}).get("name"): node_gpus(n) for n in fitting}
     counted = {name: gpus for name, gpus in counted.items() if gpus > 0}
     held = 0
     for pod in pods:
@@ -178,7 +191,8 @@ def cluster_gpus(
         if key is not None and key in active:
             continue
         held += pod_gpus(pod)
-    return GpuPool(allocatable=sum(counted.values()), held=held, nodes=len(nodes))
+    return GpuPool(total=sum(allocatable_gpus(n) for n in fitting),
+                   allocatable=sum(counted.values()), held=held, nodes=len(nodes))
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -360,16 +360,18 @@ class Reconciler:
         """(the capacity the sweep may use, what is held outside its active attempts).
 
         `execution.capacity` set: that, less the GPUs of this sweep's finished trials whose
-        RayClusters KubeRay still keeps (ttlSecondsAfterFinished). Unset: the cluster's
-        allocatable GPUs, less what every other non-terminal pod requests; unbounded when
-        the nodes cannot be read (no RBAC for them) or there are none (`UNBOUNDED`), and
+        RayClusters KubeRay still keeps (ttlSecondsAfterFinished). Unset: the allocatable
+        GPUs of the nodes the sweep's pods fit, less what every other non-terminal pod
+        requests and what is on nodes not usable now (NotReady, cordoned); unbounded when
+        the nodes cannot be read (no RBAC for them) or no node the pods fit has a GPU (a
+        node pool that scales from zero: `UNBOUNDED`), and
         with `execution.queueName` (Kueue's ClusterQueue quota decides; `parallelism`
         bounds what Ladder hands to the queue)."""
         if config.capacity is None and config.queue_name is None:
             pool = self._cluster_pool(sweep, config, active)
-            if pool is not None and pool.nodes:
-                return (Capacity(gpus=pool.allocatable, cpus=UNBOUNDED.cpus),
-                        Capacity(gpus=pool.held, cpus=0))
+            if pool is not None and pool.total > 0:
+                return (Capacity(gpus=pool.total, cpus=UNBOUNDED.cpus),
+                        Capacity(gpus=pool.unavailable, cpus=0))
         held = held_gpus(pods, sweep.namespace, sweep.name, active)
         return sweep_capacity(config), Capacity(gpus=held, cpus=0)
 

@@ -115,11 +115,12 @@ class TestClusterGpus:
             pod("ours-finished", 1, trial="t0", node_name="n2"),
         ]
         pool = cluster_gpus(nodes, pods, NS, SWEEP, active={("t1", 1)})
-        assert pool == GpuPool(allocatable=16, held=7, nodes=3)
+        assert pool == GpuPool(total=24, allocatable=16, held=7, nodes=3)
         assert pool.free == 9
+        assert pool.unavailable == 15  # 7 held + the cordoned node's 8
 
     def test_no_nodes(self) -> None:
-        assert cluster_gpus([], [], NS, SWEEP, active=()) == GpuPool(0, 0, 0)
+        assert cluster_gpus([], [], NS, SWEEP, active=()) == GpuPool(0, 0, 0, 0)
 
 
 class TestUnschedulable:

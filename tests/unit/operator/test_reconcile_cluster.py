@@ -208,6 +208,33 @@ def test_without_capacity_the_nodes_free_gpus_bound_the_launches(
     assert not [r for r in rows(sessions).values() if r.status == TrialState.FAILED]
 
 
+def test_a_node_not_ready_for_a_while_fails_no_trial(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    """One of two 8-GPU nodes goes NotReady: its GPUs are not free, but the trials that
+    need them are not recorded unschedulable either; they wait."""
+    down = node("gpu-2", 8)
+    down["status"]["conditions"] = [{"type": "Ready", "status": "Unknown"}]
+    cluster.nodes = [node("gpu-1", 8), down]
+    cluster.add_sweep("qs", {**spec_with(), "resources": {"workers": 4, "gpusPerWorker": 4}})
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None and first.launched == []
+    assert not rows(sessions)  # nothing recorded: waiting, not failed
+    cluster.nodes = [node("gpu-1", 8), node("gpu-2", 8)]
+    back = reconciler.reconcile(NS, "qs")
+    assert back is not None and len(back.launched) == 1
+
+
+def test_a_gpu_pool_that_scales_from_zero_is_not_a_capacity_of_zero(
+    cluster: FakeCluster, reconciler: Reconciler, sessions: Any
+) -> None:
+    cluster.nodes = [{"metadata": {"name": "cpu-1"}, "status": {"allocatable": {"cpu": "8"}}}]
+    cluster.add_sweep("qs", spec_with())
+    first = reconciler.reconcile(NS, "qs")
+    assert first is not None and len(first.launched) == 4  # the autoscaler adds GPU nodes
+    assert not [r for r in rows(sessions).values() if r.status == TrialState.FAILED]
+
+
 @pytest.mark.parametrize("nodes", [None, []], ids=["nodes-forbidden", "no-nodes"])
 def test_without_readable_nodes_only_parallelism_bounds(
     cluster: FakeCluster, reconciler: Reconciler, nodes: list | None
