@@ -12,10 +12,10 @@ Observe:
 3. the store's attempts. A pending or running attempt is settled from, in this order: the
    worker's own result (the store row turned terminal), its RayJob's status
    (`manifests.outcome_from_rayjob`, with the pods of its RayCluster and KubeRay's Events on
-   it for OOMKilled), and a
-   RayJob that is gone (deleted behind the controller's back, or never created because the
-   controller died between recording and creating it): cancelled, so the lane relaunches it
-   as the next attempt. A RayJob without a store row (a store that lost it) is adopted.
+   it for OOMKilled), and a RayJob that is gone (deleted behind the controller's back, or
+   never created because the controller died between recording and creating it):
+   cancelled, so the lane relaunches it as the next attempt. A RayJob without a store row
+   (a store that lost it) is adopted.
    A running attempt silent for longer than `execution.stallTimeoutSeconds` (no epoch, no
    other write of its worker; `outcome.stall_reason` decides) has hung: its RayJob is deleted
    and the attempt recorded as failed, "stalled: no progress for N s" (it retries like any
@@ -364,9 +364,9 @@ class Reconciler:
         GPUs of the nodes the sweep's pods fit, less what every other non-terminal pod
         requests and what is on nodes not usable now (NotReady, cordoned); unbounded when
         the nodes cannot be read (no RBAC for them) or no node the pods fit has a GPU (a
-        node pool that scales from zero: `UNBOUNDED`), and
-        with `execution.queueName` (Kueue's ClusterQueue quota decides; `parallelism`
-        bounds what Ladder hands to the queue)."""
+        node pool that scales from zero: `UNBOUNDED`). With `execution.queueName` and no
+        capacity, unbounded too: Kueue's ClusterQueue quota decides, and `parallelism`
+        bounds what Ladder hands to the queue."""
         if config.capacity is None and config.queue_name is None:
             pool = self._cluster_pool(sweep, config, active)
             if pool is not None and pool.total > 0:
