@@ -156,10 +156,16 @@ class FakeCluster:
 
     # what KubeRay would do
     def finish(self, name: str, job: str, deployment: str, message: str = "") -> None:
+        """The status KubeRay v1.6.2 leaves at the end (its counters; AppFailed)."""
         status = self.rayjobs[(NS, name)].setdefault("status", {})
         status.update({"jobStatus": job, "jobDeploymentStatus": deployment,
                        "message": message, "rayClusterName": f"{name}-abcde",
-                       "startTime": "2025-01-01T00:00:00Z"})
+                       "startTime": "2025-01-01T00:00:00Z", "jobId": name,
+                       "endTime": "2025-01-01T00:10:00Z",
+                       "succeeded": int(job == "SUCCEEDED"), "failed": int(job == "FAILED"),
+                       "dashboardURL": f"{name}-abcde-head-svc.{NS}.svc.cluster.local:8265"})
+        if deployment == "Failed":
+            status.setdefault("reason", "AppFailed")
 
     def run_cluster(self, name: str, *, node: str | None = "n1",
                     phase: str = "Running") -> str:
