@@ -9,24 +9,42 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import LaneState, TrialState
+from orchestrator.core.names import (
+    ALLOW_PRIVILEGED_TRIALS_ENV,
+    DEFAULT_EXECUTION_ENV,
+    METRICS_PORT_ENV,
+)
+from orchestrator.core.plan import SweepPhase, SweepStatus
 from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from orchestrator.backends.runner import RunnerEvent
+    from orchestrator.store import SweepRow
 
 app = typer.Typer(
     name="ladder",
@@ -41,7 +59,6 @@ console = Console()
 errors = Console(stderr=True)
 
 DB_HELP = "SQLAlchemy URL of the store (env LADDER_DB_URL; default sqlite:///ladder.db)."
-DEFAULT_DB_URL = "sqlite:///ladder.db"
 
 STATE_STYLES = {
     TrialState.SUCCEEDED: "green", TrialState.OOM: "magenta", TrialState.FAILED: "red",
@@ -60,11 +77,9 @@ def db_url(option: str | None) -> str:
     Trials run in other processes (Ray jobs) with other working directories, so a relative
     SQLite path must be made absolute before it is handed to them.
     """
-    url = option or os.environ.get("LADDER_DB_URL") or DEFAULT_DB_URL
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        url = prefix + str(Path(url[len(prefix):]).resolve())
-    return url
+    from orchestrator.store.engine import resolve_db_url
+
+    return resolve_db_url(option)
 
 
 def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
@@ -156,7 +171,7 @@ def plan_command(
     console.print(table)
 
 
-def _status_view(sweep: Sweep, status: Any, progress: Progress, task: Any) -> Group:
+def _status_view(sweep: Sweep, status: SweepStatus, progress: Progress, task: TaskID) -> Group:
     progress.update(task, completed=status.trials_done, total=status.trials_total)
     table = Table(expand=False, show_edge=False, pad_edge=False)
     for column in ("lane", "state", "ceiling", "stopped at"):
@@ -175,7 +190,7 @@ def _status_view(sweep: Sweep, status: Any, progress: Progress, task: Any) -> Gr
     return Group(progress, table, counts or "")
 
 
-def _summary(sweep: Sweep, status: Any, elapsed: float) -> None:
+def _summary(sweep: Sweep, status: SweepStatus, elapsed: float) -> None:
     console.rule(f"Sweep {sweep.name}: {status.phase.value}")
     if status.best is not None:
         best = status.best
@@ -223,7 +238,7 @@ def run(
 ):
     """Run a sweep on this machine (local Ray runtime, SQLite by default), resuming if needed."""
     from orchestrator.backends.local import LocalRayBackend
-    from orchestrator.backends.runner import LocalSweepRunner
+    from orchestrator.backends.runner import LocalSweepRunner, RunnerEventKind
     from orchestrator.core.estimate import predicted_oom_fn
 
     sweep = _load(file)
@@ -258,9 +273,9 @@ def run(
     task = progress.add_task("trials", total=spec.potential_trials)
     try:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
-            def update(status: Any, events: Any) -> None:
+            def update(status: SweepStatus, events: Sequence[RunnerEvent]) -> None:
                 for event in events:
-                    if event.kind == "launched":
+                    if event.kind is RunnerEventKind.LAUNCHED:
                         live.console.print(f"→ {event.trial.trial_id} {event.trial.lane.name} "
                                            f"{event.trial.model} attempt {event.attempt}")
                     elif event.state is not None:
@@ -283,7 +298,7 @@ def run(
         errors.print("[yellow]Interrupted: the running trials were stopped and recorded as "
                      "cancelled. Run the same command again to resume.[/yellow]")
         raise typer.Exit(130)
-    if status.phase.value == "Failed":
+    if status.phase is SweepPhase.FAILED:
         raise typer.Exit(1)
 
 
@@ -293,7 +308,7 @@ def _redact(url: str) -> str:
     return redact_url(url)
 
 
-def _sweep_rows(sessions: Any, name: str | None) -> list[Any]:
+def _sweep_rows(sessions: sessionmaker[Session], name: str | None) -> list[SweepRow]:
     from orchestrator import store
 
     with sessions() as session:
@@ -310,7 +325,7 @@ def status(
 ):
     """Progress of sweeps in the store: trials by state, lanes and their ceilings."""
     from orchestrator import store
-    from orchestrator.backends.runner import sweep_status
+    from orchestrator.bookkeeping import sweep_status
     from orchestrator.store.records import sweep_from_row
 
     sessions = _open_store(db_url(db))
@@ -326,7 +341,7 @@ def status(
         _summary(recorded, current, elapsed=_elapsed(sessions, row))
 
 
-def _elapsed(sessions: Any, row: Any) -> float:
+def _elapsed(sessions: sessionmaker[Session], row: SweepRow) -> float:
     from orchestrator import store
 
     with sessions() as session:
@@ -464,17 +479,17 @@ def controller(
                                                      "replicas (needs Kopf's peering CRD).")]
     = None,
     metrics_port: Annotated[
-        int | None, typer.Option(envvar="LADDER_METRICS_PORT", min=0, max=65535,
+        int | None, typer.Option(envvar=METRICS_PORT_ENV, min=0, max=65535,
                                  help="Serve Prometheus /metrics on this port (all "
                                       "interfaces).")
     ] = None,
     default_execution: Annotated[
-        str | None, typer.Option(envvar="LADDER_DEFAULT_EXECUTION",
+        str | None, typer.Option(envvar=DEFAULT_EXECUTION_ENV,
                                  help="JSON object of spec.execution defaults; each Sweep's "
                                       "own keys win.")
     ] = None,
     allow_privileged_trials: Annotated[
-        bool, typer.Option(envvar="LADDER_ALLOW_PRIVILEGED_TRIALS",
+        bool, typer.Option(envvar=ALLOW_PRIVILEGED_TRIALS_ENV,
                            help="Accept Sweeps whose trial pods mount host paths.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
+from orchestrator.core.execution import ControllerExecution
 from orchestrator.core.spec import (
     API_VERSION,
     KIND,
@@ -226,20 +227,16 @@ def spec_schema() -> dict[str, Any]:
 
 
 # `spec.execution` stays open (other backends read other keys), but the keys the controller
-# acts on by itself are typed, so `kubectl apply` refuses a bad value. No defaults here: a
-# default stored into the Sweep would override the installation's (the chart's execution
-# values); ExecutionConfig holds the defaults.
-TYPED_EXECUTION_KEYS = ("stallTimeoutSeconds", "unschedulableTimeoutSeconds", "queueName")
+# acts on by itself (`core.execution.ControllerExecution`) are typed, so `kubectl apply`
+# refuses a bad value. No defaults here: a default stored into the Sweep would override the
+# installation's (the chart's execution values).
 
 
 def execution_properties() -> dict[str, Any]:
-    from orchestrator.operator.manifests import ExecutionConfig
-
-    raw = ExecutionConfig.model_json_schema(by_alias=True, mode="validation")
-    props = raw["properties"]
+    raw = ControllerExecution.model_json_schema(by_alias=True, mode="validation")
     out = {}
-    for key in TYPED_EXECUTION_KEYS:
-        prop = _structural(props[key], raw.get("$defs", {}))
+    for key, value in raw["properties"].items():
+        prop = _structural(value, raw.get("$defs", {}))
         prop.pop("default", None)
         out[key] = prop
     return out

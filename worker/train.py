@@ -8,7 +8,7 @@ every Ray Train worker and `train` is its body, the whole recipe in one screen:
     -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation]
        -> [save the weights: training.saveModel best/final, rank 0] -> report
 
-The recipe is the paper's (PAPER.md, "Training recipe"): AdamW, ReduceLROnPlateau on the
+The recipe is the paper's (docs/paper.md, "Training recipe"): AdamW, ReduceLROnPlateau on the
 evaluation loss, every example trained twice per step (`predict:` -> label, `explain:` ->
 rationale), loss = a * L_label + (1 - a) * L_rationale.
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.core.names import DEFAULT_EXECUTION_ENV
 from orchestrator.core.spec import SpecError, load_sweep_text, sweep_manifest
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class ControllerOptions:
     metrics_address: str = "0.0.0.0"
 
 
-def parse_execution_defaults(text: str | None, *, source: str = "LADDER_DEFAULT_EXECUTION"
+def parse_execution_defaults(text: str | None, *, source: str = DEFAULT_EXECUTION_ENV
                              ) -> dict[str, Any]:
     """The JSON object of execution defaults; SpecError naming `source` when it is not one."""
     if not text or not text.strip():

@@ -44,8 +44,22 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from orchestrator.core.execution import LABEL_VALUE_PATTERN, MAX_LABEL_VALUE, ControllerExecution
 from orchestrator.core.grid import Trial
 from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.names import (
+    ANNOTATION_MODEL,
+    DB_URL_ENV,
+    LABEL_ATTEMPT,
+    LABEL_LANE,
+    LABEL_MANAGED_BY,
+    LABEL_METHOD,
+    LABEL_SWEEP,
+    LABEL_TRIAL,
+    MANAGED_BY,
+    OOM_EXIT_CODE,
+    TRIAL_JSON_ENV,
+)
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, Sweep
@@ -56,19 +70,9 @@ RAYJOB_KIND = "RayJob"
 RAY_GROUP, RAY_VERSION = RAY_API_VERSION.split("/")
 RAYJOB_PLURAL = "rayjobs"
 
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "ladder"
-LABEL_SWEEP = "ladder.dev/sweep"
-LABEL_LANE = "ladder.dev/lane"
-LABEL_TRIAL = "ladder.dev/trial"
-LABEL_ATTEMPT = "ladder.dev/attempt"
-LABEL_METHOD = "ladder.dev/method"
-ANNOTATION_MODEL = "ladder.dev/model"
 # KubeRay labels every pod of a RayCluster with the cluster's name.
 LABEL_RAY_CLUSTER = "ray.io/cluster"
 
-TRIAL_JSON_ENV = "LADDER_TRIAL_JSON"
-DB_URL_ENV = "LADDER_DB_URL"
 DEFAULT_IMAGE = "ghcr.io/ladder-dev/ladder-worker:0.1.0"
 DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
 # KubeRay keeps a finished trial's RayCluster, and its GPUs, this long. The controller counts
@@ -77,10 +81,6 @@ DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
 # of a trial that just failed. The driver's log outlives it: KubeRay keeps the submitter Job
 # (K8sJobMode) after deleting the cluster, and the store keeps the error with its log tail.
 DEFAULT_TTL_SECONDS = 60
-# A trial whose pods the scheduler keeps refusing is requeued after this long (a shared
-# cluster's GPUs were taken by someone else, a node pool is gone): long enough for a cluster
-# autoscaler to add a node, short enough that a stuck head pod does not sit on its CPUs.
-DEFAULT_UNSCHEDULABLE_TIMEOUT_SECONDS = 600.0
 # The Ray release of Ladder's worker image (docker/worker.Dockerfile's base image), and so
 # the `rayVersion` of every RayCluster Ladder builds unless `execution.rayVersion` says
 # otherwise. KubeRay needs it: a RayJob without it stays Initializing forever (KubeRay v1.6.2
@@ -104,9 +104,8 @@ WORKER_GROUP = "workers"
 UNBOUNDED = Capacity(gpus=1_000_000, cpus=1_000_000)
 
 MAX_NAME = 63  # a DNS-1123 label (RayJob names become Job, Service and label values)
-MAX_LABEL_VALUE = 63
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 # What KubeRay's version.ParseGeneric takes: major.minor[.patch], then an optional suffix.
 _RAY_VERSION = re.compile(r"^v?(\d+\.\d+(?:\.\d+)?)(?:[-+.][0-9A-Za-z.+-]*)?$")
 
@@ -176,8 +175,9 @@ class AuthOptions(_Config):
         return self
 
 
-class ExecutionConfig(_Config):
-    """The `spec.execution` keys the Kubernetes controller reads (all optional)."""
+class ExecutionConfig(ControllerExecution):
+    """The `spec.execution` keys the Kubernetes controller reads (all optional); the
+    timeouts and the Kueue queue come from `core.execution.ControllerExecution`."""
 
     image: str = DEFAULT_IMAGE
     image_pull_policy: str | None = None
@@ -208,25 +208,8 @@ class ExecutionConfig(_Config):
     )
     ttl_seconds_after_finished: int = Field(DEFAULT_TTL_SECONDS, ge=0)
     active_deadline_seconds: int | None = Field(None, ge=1)
-    stall_timeout_seconds: float | None = Field(
-        None, gt=0, description="Stop a running trial that shows no progress (no new epoch "
-        "in the store) for this long, and record the attempt as failed ('stalled: no "
-        "progress for N s'); it then retries like any failure. Unset: never.",
-    )
-    unschedulable_timeout_seconds: float = Field(
-        DEFAULT_UNSCHEDULABLE_TIMEOUT_SECONDS, gt=0, description="Requeue a trial whose pods "
-        "the scheduler has refused (PodScheduled=False, Unschedulable) for this long: its "
-        "RayJob is deleted and the attempt recorded as cancelled with the scheduler's "
-        "message; the trial runs again as a new attempt once capacity allows (not a failure). "
-        "Default 600 s.",
-    )
     capacity: dict[str, int] | None = Field(
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
-    )
-    queue_name: str | None = Field(
-        None, min_length=1, max_length=MAX_LABEL_VALUE, pattern=_LABEL_VALUE.pattern,
-        description="A Kueue LocalQueue: RayJobs are labelled kueue.x-k8s.io/queue-name and "
-        "created suspended for Kueue to admit; they hold no GPUs until admitted.",
     )
 
     @field_validator("ray_version")
@@ -647,7 +630,6 @@ DEPLOYMENT_COMPLETE, DEPLOYMENT_FAILED = "Complete", "Failed"
 DEPLOYMENT_VALIDATION_FAILED = "ValidationFailed"
 DEPLOYMENT_RUNNING = "Running"
 _EXIT_CODE = re.compile(r"exit(?:ed with)? code:? (-?\d+)", re.IGNORECASE)
-OOM_EXIT_CODE = 3
 
 
 def cluster_name(rayjob: Mapping[str, Any]) -> str | None:

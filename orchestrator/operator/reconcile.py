@@ -1,4 +1,6 @@
-"""One level-triggered pass over one Sweep: observe, `plan`, act (DESIGN.md, last part).
+"""One level-triggered pass over one Sweep: observe, `plan`, act.
+
+docs/architecture.md, "The plan loop".
 
 Every Kopf handler (create, resume, update, the timer, RayJob events, delete) ends here, so
 a handler re-entered on retry, or two causes arriving together, run the same idempotent
@@ -42,23 +44,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import store
-from orchestrator.backends.runner import attempt_observations
-from orchestrator.core.estimate import estimated_bytes, predicted_oom_fn
+from orchestrator import bookkeeping, store
+from orchestrator.core.estimate import predicted_oom_fn
 from orchestrator.core.grid import Grid, Trial, expand, trial_spec
 from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.names import ANNOTATION_OUTCOME
 from orchestrator.core.outcome import stall_reason
 from orchestrator.core.plan import (
     CancelTrial,
     LaunchTrial,
-    Observed,
     Plan,
     RecordOutcome,
     SweepPhase,
@@ -100,7 +101,6 @@ from orchestrator.operator.manifests import (
 log = logging.getLogger(__name__)
 
 NORMAL, WARNING = "Normal", "Warning"
-ANNOTATION_OUTCOME = "ladder.dev/outcome"
 GONE = "RayJob {name} is gone: it was deleted before the attempt finished"
 
 
@@ -177,7 +177,6 @@ class Reconciler:
         self._states_lock = threading.Lock()
         self._grids: dict[tuple[str, str, str], tuple[str, Grid]] = {}
         self.passes = 0
-        self.last_success: float | None = None
         self._nodes_refused = False
 
     # --- entry points ----------------------------------------------------------------------
@@ -226,7 +225,6 @@ class Reconciler:
                 # A trial this pass launched became launchable at the latest when it began.
                 self.metrics.launch_latency_seconds.labels(name, namespace).observe(elapsed)
         self.passes += 1
-        self.last_success = time.monotonic()
         return result
 
     def _grid(self, sweep: Sweep, uid: str) -> Grid:
@@ -276,22 +274,17 @@ class Reconciler:
         pods = self._sweep_pods(namespace, name)
         self._observe(body, sweep, config, trials, rayjobs, result)
         self._requeue_unschedulable(body, sweep, config, trials, rayjobs, pods, result)
-        with self.sessions() as session:
-            rows = store.attempts(session, namespace, name)
-        predicted = predicted_oom_fn(sweep.spec)
+        rows, observed = bookkeeping.observe(
+            self.sessions, sweep, trials.values(), sweep_capacity(config),
+            predicted=predicted_oom_fn(sweep.spec), deleting=deleting,
+        )
+        # What the cluster holds besides the active attempts (operator.capacity).
         active = frozenset(
             (r.trial_id, r.attempt) for r in rows if not TrialState(r.status).is_terminal
         )
         capacity, held = self._capacity(sweep, config, active, pods)
-        observed = Observed(
-            attempts=attempt_observations(rows),
-            capacity=capacity,
-            predicted_oom=frozenset(
-                trial_id for trial_id, trial in trials.items()
-                if predicted is not None and predicted(trial)
-            ),
-            deleting=deleting,
-            held=held,
+        observed = replace(
+            observed, capacity=capacity, held=held,
             queued=frozenset(key for key, job in rayjobs.items() if queued(job)),
         )
         decided = plan(grid, sweep.spec, observed)
@@ -464,11 +457,8 @@ class Reconciler:
             spec = decode_trial(rayjob) or self._spec(sweep, config, trials[key[0]], key[1])
             job_name = rayjob["metadata"]["name"]
             log.info("adopting RayJob %s/%s (no store row)", namespace, job_name)
-            with self.sessions.begin() as session:
-                rows[key] = store.record_attempt(
-                    session, spec, status=running_state(rayjob), rayjob_name=job_name,
-                    started_at=self.clock(),
-                )
+            rows[key] = bookkeeping.record_adopted(self.sessions, spec, running_state(rayjob),
+                                                   job_name, now=self.clock())
 
         for key, row in rows.items():
             if TrialState(row.status).is_terminal or key[0] not in trials:
@@ -493,9 +483,8 @@ class Reconciler:
             if outcome is None:
                 live = running_state(rayjob)
                 if live is TrialState.RUNNING and row.status == TrialState.PENDING:
-                    with self.sessions.begin() as session:
-                        row = store.mark_attempt(session, namespace, name, key[0], key[1],
-                                                 live)
+                    row = bookkeeping.record_seen_running(self.sessions, namespace, name,
+                                                          key[0], key[1])
                 if row.status == TrialState.RUNNING:
                     self._stop_if_stalled(body, sweep, trial, row, rayjobs, config, result)
                 continue
@@ -568,17 +557,9 @@ class Reconciler:
         result: PassResult,
     ) -> None:
         """Record an outcome the cluster reports, unless the worker's result got there first."""
-        namespace, name = sweep.namespace, sweep.name
-
-        def write(session: Session) -> store.TrialRow:
-            return store.mark_attempt(
-                session, namespace, name, key[0], key[1], state,
-                oom_kind=kind if state is TrialState.OOM else None, error=reason,
-                finished_at=self.clock(),
-            )
-
-        # mark_attempt never overwrites a terminal row: a worker result stands.
-        row = store.save_with_retry(self.sessions, write)
+        # mark never overwrites a terminal row: a worker result stands.
+        row = bookkeeping.mark(self.sessions, sweep.namespace, sweep.name, key[0], key[1],
+                               state, oom_kind=kind, error=reason, finished_at=self.clock())
         result.settled[key] = TrialState(row.status)
 
     def _announce(
@@ -655,12 +636,10 @@ class Reconciler:
                                    f"Trial {_describe(trial)} attempt {attempt} cancelled: "
                                    f"{action.reason}")
             elif isinstance(action, RecordOutcome):
-                spec = self._spec(sweep, config, trial, attempt)
-                with self.sessions.begin() as session:
-                    store.record_attempt(
-                        session, spec, status=TrialState.PENDING,
-                        estimated_memory_bytes=estimated_bytes(sweep.spec, trial))
-                self._mark(sweep, trial, attempt, action.state, action.oom_kind, action.reason)
+                bookkeeping.record_planned(
+                    self.sessions, self._spec(sweep, config, trial, attempt), sweep.spec, trial,
+                    action.state, action.oom_kind, action.reason, now=self.clock(),
+                )
                 if action.state is TrialState.OOM:
                     self.cluster.event(body, WARNING, "TrialOOM",
                                        f"Trial {_describe(trial)} not launched: {action.reason}")
@@ -687,11 +666,8 @@ class Reconciler:
         job_name = manifest["metadata"]["name"]
         # The store first: a controller that dies after this line finds the attempt, sees no
         # RayJob and records it as cancelled (then relaunches); never two RayJobs for one.
-        with self.sessions.begin() as session:
-            store.record_attempt(
-                session, spec, status=TrialState.PENDING, started_at=self.clock(),
-                rayjob_name=job_name, estimated_memory_bytes=estimated_bytes(sweep.spec, trial),
-            )
+        bookkeeping.record_launch(self.sessions, spec, sweep.spec, trial, now=self.clock(),
+                                  job_name=job_name)
         try:
             created = self.cluster.create_rayjob(manifest)
         except KubeError as error:
@@ -720,13 +696,8 @@ class Reconciler:
         kind: OOMKind | None,
         reason: str | None,
     ) -> None:
-        def write(session: Session) -> None:
-            store.mark_attempt(
-                session, sweep.namespace, sweep.name, trial.trial_id, attempt, state,
-                oom_kind=kind, error=reason, finished_at=self.clock(),
-            )
-
-        store.save_with_retry(self.sessions, write)
+        bookkeeping.mark(self.sessions, sweep.namespace, sweep.name, trial.trial_id, attempt,
+                         state, oom_kind=kind, error=reason, finished_at=self.clock())
 
     # --- status ----------------------------------------------------------------------------
     def _patch_status(

@@ -7,7 +7,7 @@ Typical use::
         upsert_sweep(session, sweep)
     save_with_retry(factory, lambda s: record_result(s, result))   # must not be lost
 
-DESIGN.md, "Store". Only this package touches SQL; the pure core never imports it.
+docs/architecture.md, "Layers". Only this package touches SQL; the pure core never imports it.
 """
 
 from orchestrator.store.engine import (
@@ -23,6 +23,7 @@ from orchestrator.store.engine import (
     open_store,
     redact_secrets,
     redact_url,
+    resolve_db_url,
     session_factory,
 )
 from orchestrator.store.models import Base, EpochRow, SweepRow, TrialRow
@@ -70,6 +71,7 @@ __all__ = [
     "record_result",
     "redact_secrets",
     "redact_url",
+    "resolve_db_url",
     "results",
     "save_with_retry",
     "session_factory",

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from alembic import command
 from alembic.config import Config
@@ -25,10 +25,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator.core.names import DB_URL_ENV, DEFAULT_DB_URL
+
 log = logging.getLogger(__name__)
 
-DB_URL_ENV = "LADDER_DB_URL"
-DEFAULT_DB_URL = "sqlite:///ladder.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Key of the PostgreSQL advisory lock that serializes migrations across processes. Any fixed
@@ -36,11 +36,54 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_KEY = 0x2F1C_5B0E_8D47_A3E1
 
 
+@overload
+def resolve_db_url(
+    explicit: str | None = None, *, fallback: str | None = None, default: str = ...,
+    absolute: bool = True,
+) -> str: ...
+@overload
+def resolve_db_url(
+    explicit: str | None = None, *, fallback: str | None = None, default: None,
+    absolute: bool = True,
+) -> str | None: ...
+def resolve_db_url(
+    explicit: str | None = None,
+    *,
+    fallback: str | None = None,
+    default: str | None = DEFAULT_DB_URL,
+    absolute: bool = True,
+) -> str | None:
+    """The store URL, resolved the one way every part of Ladder resolves it.
+
+    `explicit` (a `--db` option, an argument), else $LADDER_DB_URL, else `fallback` (a
+    trial's `dbUrl`), else `default` (`sqlite:///ladder.db`; None: no store). With
+    `absolute`, a relative SQLite path is made absolute against this process's working
+    directory: trials run in other processes (Ray jobs, Ray Train workers) with working
+    directories of their own, where the same relative path names another file.
+    """
+    url = explicit or os.environ.get(DB_URL_ENV) or fallback or default
+    if url is None or not absolute or not url.startswith("sqlite"):
+        return url
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url  # not a URL: opening the store names the problem
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    if Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(database).resolve())).render_as_string(
+        hide_password=False
+    )
+
+
 def database_url(url: str | URL | None = None) -> str:
-    """The store URL: the argument, else $LADDER_DB_URL, else `sqlite:///ladder.db`."""
-    if url is not None:
-        return url.render_as_string(hide_password=False) if isinstance(url, URL) else url
-    return os.environ.get(DB_URL_ENV) or DEFAULT_DB_URL
+    """The store URL: the argument, else $LADDER_DB_URL, else `sqlite:///ladder.db` (as given:
+    a relative SQLite path stays relative; `resolve_db_url` makes it absolute)."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=False)
+    return resolve_db_url(url, absolute=False)
 
 
 _PASSWORD_IN_NETLOC = re.compile(r"(?P<head>(?:^|://)[^:/@?#\s]*:)[^@/?#\s]*(?P<tail>@)")

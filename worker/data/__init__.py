@@ -1,6 +1,6 @@
 """The DSS dataset: loading and validating, the deterministic split, the built-in generator.
 
-Importing this package never imports torch: the controller validates datasets with it.
+Importing this package never imports torch (`ladder dataset querydsl` runs without it).
 Batching, which needs torch, is imported explicitly from `worker.data.batching`.
 """
 

@@ -5,8 +5,10 @@ from the cause, so `load_dss` validates every record before returning anything a
 exact file and line of the first problem. Files are streamed line by line with a hard per-line
 cap, so a gigantic or binary file is refused without being read whole into memory.
 
-This module must stay free of torch/transformers: the controller image imports it to validate
-a Sweep's dataset before any worker exists.
+Built-in sources (`builtin:NAME`) come from the registry in `builtin.py`; the types shared
+with the generators (`DSSExample`, `DatasetError`, `COLUMNS`) live in `examples.py`. No
+torch/transformers here: the worker loads its data before it builds a model, and
+`ladder dataset querydsl` runs the generator with the controller's dependencies only.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import csv
 import json
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
+
+from worker.data.builtin import load_builtin
+from worker.data.examples import BUILTIN_PREFIX, COLUMNS, DatasetError, DSSExample
 
 __all__ = [
     "BUILTIN_PREFIX",
@@ -29,10 +33,6 @@ __all__ = [
     "split_train_eval",
 ]
 
-#: Sources of this form name a generated dataset instead of a file.
-BUILTIN_PREFIX: Final = "builtin:"
-#: The three columns every record must carry, in the order CSV files are written.
-COLUMNS: Final = ("input", "label", "rationale")
 #: One physical line may not exceed this many bytes (newline excluded). Real records are a few
 #: KiB; anything near this size is a corrupt or wrong file, and the cap bounds memory use.
 MAX_LINE_BYTES: Final = 1024 * 1024
@@ -41,40 +41,8 @@ MAX_LINE_BYTES: Final = 1024 * 1024
 _WIDE_BOMS: Final = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _JSONL_SUFFIXES: Final = frozenset({".jsonl", ".json"})
 _CSV_SUFFIXES: Final = frozenset({".csv"})
-_DEFAULT_BUILTIN_SIZE: Final = 1000
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class DSSExample:
-    """One training example: the model sees `input` and learns `label` and `rationale` from it."""
-
-    input: str
-    label: str
-    rationale: str
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used, with the file, 1-based line and problem in the message.
-
-    The message reads `path:line: problem`, the format editors and CI annotators link to.
-    Problems with the file as a whole (missing, empty, unknown extension) point at line 1 so
-    the format never varies; `line` is None only for sources that are not files (an unknown
-    `builtin:` name).
-    """
-
-    def __init__(self, path: str, line: int | None, problem: str) -> None:
-        self.path = path
-        self.line = line
-        self.problem = problem
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {problem}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions travel between Ray processes by pickle; the default reduce would call
-        # __init__ with the formatted message only and fail.
-        return (type(self), (self.path, self.line, self.problem))
 
 
 def load_dss(
@@ -97,7 +65,7 @@ def load_dss(
     if size is not None and size < 1:
         raise ValueError(f"size must be at least 1, got {size}")
     if source.startswith(BUILTIN_PREFIX):
-        return _load_builtin(source, size=size, preamble=preamble, seed=seed)
+        return load_builtin(source, size=size, preamble=preamble, seed=seed)
 
     path = Path(source)
     if not path.exists():
@@ -149,24 +117,6 @@ def split_train_eval(
     train = [ex for i, ex in enumerate(examples) if i not in eval_ids]
     evaluation = [ex for i, ex in enumerate(examples) if i in eval_ids]
     return train, evaluation
-
-
-# --- built-in datasets -----------------------------------------------------------------------
-
-
-def _load_builtin(source: str, *, size: int | None, preamble: str, seed: int) -> list[DSSExample]:
-    name = source[len(BUILTIN_PREFIX) :]
-    if name != "querydsl":
-        raise DatasetError(source, None, "unknown built-in dataset (known: builtin:querydsl)")
-    # Imported here: the generator is large and only needed for this source.
-    from worker.data.querydsl import generate_querydsl
-
-    try:
-        return generate_querydsl(
-            n=_DEFAULT_BUILTIN_SIZE if size is None else size, seed=seed, preamble=preamble
-        )
-    except ValueError as exc:
-        raise DatasetError(source, None, str(exc)) from exc
 
 
 # --- physical lines --------------------------------------------------------------------------
