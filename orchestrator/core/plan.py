@@ -375,7 +375,8 @@ def _status(spec: SweepSpec, observed: Observed, work: list[_LaneWork]) -> Sweep
     else:
         phase = SweepPhase.PENDING
     reason, message = _condition(
-        phase, counts, total_trials, done, ooms, len(work), best_trial, observed.capacity
+        phase, counts, total_trials, done, ooms, len(work), best_trial, observed.capacity,
+        held=observed.held,
     )
     return SweepStatus(
         phase=phase,
@@ -399,6 +400,8 @@ def _condition(
     lanes: int,
     best: BestTrial | None,
     capacity: Capacity,
+    *,
+    held: Capacity = NO_CAPACITY,
 ) -> tuple[str, str]:
     """A CamelCase reason and a one-sentence message for the sweep's Ready condition."""
     active = counts[TrialState.RUNNING] + counts[TrialState.PENDING]
@@ -422,6 +425,11 @@ def _condition(
         return "Suspended", f"Suspended with {progress}; nothing runs until spec.suspend is false."
     if capacity.is_empty:
         return "NoCapacity", f"Waiting for capacity (no GPU or CPU is available yet); {progress}."
+    if active == 0 and held.gpus > 0:
+        return "WaitingForGPUs", (
+            f"Waiting for GPUs: {held.gpus} are held outside this sweep's running trials "
+            f"(finished trials' clusters not yet deleted, other pods); {progress}."
+        )
     if phase is SweepPhase.PENDING:
         return "Pending", f"No trial launched yet; {progress}."
     return "TrialsRunning", (f"{progress}, {active} running, {ooms} out of memory{best_text}.")

@@ -54,3 +54,13 @@ def test_queued_attempts_hold_nothing() -> None:
     # Admitted (no longer queued): they hold their GPUs again.
     one = frozenset(list(keys)[:1])
     assert len(launches(Observed(attempts=active, capacity=CAPACITY, queued=one))) == 1
+
+
+def test_the_status_says_why_nothing_runs() -> None:
+    decided = plan(GRID, SPEC, Observed(attempts={}, capacity=CAPACITY,
+                                        held=Capacity(gpus=16, cpus=0)))
+    assert decided.status.reason == "WaitingForGPUs"
+    assert decided.status.message.startswith("Waiting for GPUs: 16 are held outside")
+    running = plan(GRID, SPEC, Observed(attempts={}, capacity=CAPACITY,
+                                        held=Capacity(gpus=8, cpus=0)))
+    assert running.status.reason != "WaitingForGPUs"  # one trial launched
