@@ -84,13 +84,14 @@ from orchestrator.operator.manifests import (
     UNBOUNDED,
     ExecutionConfig,
     SecretRef,
+    TrialPodPolicy,
     attempt_of,
     cluster_name,
     decode_trial,
     execution_config,
-    host_access,
     outcome_from_rayjob,
     owned_by,
+    pod_policy_problems,
     rayjob_manifest,
     rayjob_name,
     running_state,
@@ -164,6 +165,7 @@ class Reconciler:
         clock: Callable[[], datetime] = _now,
         execution_defaults: Mapping[str, Any] | None = None,
         allow_privileged_trials: bool = False,
+        pod_policy: TrialPodPolicy | None = None,
         metrics: LadderMetrics | None = None,
     ) -> None:
         self.cluster = cluster
@@ -171,6 +173,13 @@ class Reconciler:
         self.db_secret = db_secret
         self.execution_defaults = dict(execution_defaults or {})
         self.allow_privileged_trials = allow_privileged_trials
+        # What Sweeps may give their pods (docs/security.md): the installation's policy, the
+        # store's Secret, and whatever the installation's own execution defaults hold.
+        policy = pod_policy or TrialPodPolicy()
+        self.pod_policy = replace(
+            policy, host_paths=policy.host_paths or allow_privileged_trials,
+            store_secret=db_secret.name if db_secret is not None else None,
+        ).widened_by(self.execution_defaults)
         self.metrics = metrics
         self.clock = clock
         self._states: dict[tuple[str, str], _SweepState] = {}
@@ -244,13 +253,9 @@ class Reconciler:
         result = PassResult()
         try:
             sweep = sweep_from_body(body)
-            refused = [] if self.allow_privileged_trials else host_access(sweep.spec.execution)
+            refused = pod_policy_problems(sweep.spec.execution, self.pod_policy)
             if refused:
-                raise SpecError(sweep.name, [
-                    (path, "host access is not allowed in this installation "
-                           "(the chart's allowPrivilegedTrials is false)")
-                    for path in refused
-                ])
+                raise SpecError(sweep.name, refused)
             config = execution_config(sweep, self.execution_defaults)
         except (SpecError, ValidationError) as error:
             return self._invalid(body, error, result)
@@ -309,9 +314,14 @@ class Reconciler:
     ) -> PassResult:
         meta = body["metadata"]
         if isinstance(error, SpecError):
-            message = "; ".join(f"{path}: {msg}" for path, msg in error.problems)
-        else:
-            message = f"spec.execution: {error}"
+            problems = error.problems
+        else:  # the field and pydantic's message only: never the input it quotes
+            problems = [
+                (".".join(["spec.execution", *map(str, item["loc"])]), item["msg"])
+                for item in error.errors(include_input=False, include_url=False)
+            ]
+        # Status and event text may quote what the user wrote (a URL with a password).
+        message = store.redact_secrets("; ".join(f"{path}: {msg}" for path, msg in problems))
         result.invalid = message
         old = body.get("status") or {}
         if old.get("reason") != "InvalidSpec" or old.get("message") != message:
@@ -661,7 +671,8 @@ class Reconciler:
     ) -> None:
         spec = self._spec(sweep, config, trial, attempt)
         manifest = rayjob_manifest(
-            sweep, trial, spec, owner_uid=uid, db_url_secret=self.db_secret, config=config
+            sweep, trial, spec, owner_uid=uid, db_url_secret=self.db_secret, config=config,
+            policy=self.pod_policy,
         )
         job_name = manifest["metadata"]["name"]
         # The store first: a controller that dies after this line finds the attempt, sees no
