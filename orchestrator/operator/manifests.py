@@ -42,10 +42,17 @@ from datetime import datetime
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from orchestrator.core.execution import LABEL_VALUE_PATTERN, MAX_LABEL_VALUE, ControllerExecution
+from orchestrator.core.execution import MAX_LABEL_VALUE, ControllerExecution
 from orchestrator.core.grid import Trial
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.names import (
@@ -63,7 +70,13 @@ from orchestrator.core.names import (
 )
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.spec import API_VERSION, KIND, Sweep
+from orchestrator.core.spec import (
+    API_VERSION,
+    KIND,
+    SpecError,
+    Sweep,
+    validation_problems,
+)
 from orchestrator.core.trial import TrialSpec
 
 RAY_API_VERSION = "ray.io/v1"
@@ -105,8 +118,9 @@ WORKER_GROUP = "workers"
 UNBOUNDED = Capacity(gpus=1_000_000, cpus=1_000_000)
 
 MAX_NAME = 63  # a DNS-1123 label (RayJob names become Job, Service and label values)
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
+# Matched with fullmatch: `$` would accept a trailing newline, which Kubernetes refuses.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 # What KubeRay's version.ParseGeneric takes: major.minor[.patch], then an optional suffix.
 _RAY_VERSION = re.compile(r"^v?(\d+\.\d+(?:\.\d+)?)(?:[-+.][0-9A-Za-z.+-]*)?$")
 
@@ -134,6 +148,19 @@ class SecretRef(_Config):
         return cls(name=name, key=key or "url")
 
 
+# A Kubernetes resource quantity as the apiserver parses it (resource.Quantity): pods whose
+# limits are not (non-negative) quantities are refused at create, so the Sweep is refused
+# before that.
+K8S_QUANTITY_RE = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                             r"(?:[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?")
+
+
+def _k8s_quantity(value: str | int | None) -> str | int | None:
+    if isinstance(value, str) and not K8S_QUANTITY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity such as '2', '500m' or '4Gi'")
+    return value
+
+
 class PodShape(_Config):
     """Resources of the head pod, or of each worker pod (CPU defaults to cpusPerWorker)."""
 
@@ -143,10 +170,22 @@ class PodShape(_Config):
         default_factory=dict, description="Extra limits, e.g. {'ephemeral-storage': '50Gi'}."
     )
 
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantities(cls, value: str | int | None) -> str | int | None:
+        return _k8s_quantity(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_quantities(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        for item in value.values():
+            _k8s_quantity(item)
+        return value
+
 
 def ray_release(version: str) -> tuple[int, ...]:
     """The numeric release of a Ray version ("2.60.0" -> (2, 60, 0); "2.52" -> (2, 52, 0))."""
-    match = _RAY_VERSION.match(version)
+    match = _RAY_VERSION.fullmatch(version)
     if match is None:
         raise ValueError(f"{version!r} is not a Ray version such as {WORKER_RAY_VERSION!r}")
     numbers = tuple(int(part) for part in match.group(1).split("."))
@@ -242,11 +281,39 @@ class ExecutionConfig(ControllerExecution):
             return self.auth_options.mode
         return AUTH_TOKEN if token_auth_supported(self.ray_version) else None
 
+    @field_validator("shared_memory")
+    @classmethod
+    def _shared_memory_quantity(cls, value: str | None) -> str | None:
+        _k8s_quantity(value)
+        return value
+
     @field_validator("capacity")
     @classmethod
     def _capacity_keys(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         if value is not None and not set(value) <= {"gpus", "cpus"}:
             raise ValueError(f"capacity takes gpus and cpus, got {sorted(value)}")
+        if value is not None and any(count < 0 for count in value.values()):
+            raise ValueError(f"capacity counts are at least 0, got {value}")
+        return value
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Ray's `env_vars` is a mapping of names to strings (`runtime_env` merges ours in)."""
+        env_vars = value.get("env_vars")
+        if env_vars is None:
+            return value
+        if not isinstance(env_vars, Mapping):
+            raise ValueError(
+                f"runtimeEnv.env_vars must be a mapping of names to values, got "
+                f"{type(env_vars).__name__}"
+            )
+        for key, item in env_vars.items():
+            if not isinstance(item, str | int | float | bool):
+                raise ValueError(
+                    f"runtimeEnv.env_vars.{key} must be a string or a number, got "
+                    f"{type(item).__name__}"
+                )
         return value
 
 
@@ -277,6 +344,18 @@ def execution_config(
     """The controller's view of `spec.execution` over the installation's defaults
     (raises pydantic's ValidationError)."""
     return ExecutionConfig.model_validate(merged_execution(defaults or {}, sweep.spec.execution))
+
+
+def checked_execution_config(
+    sweep: Sweep, defaults: Mapping[str, Any] | None = None
+) -> ExecutionConfig:
+    """`execution_config`, raising SpecError naming each bad `spec.execution` field (what
+    `ladder validate`, `ladder submit` and the controller all report)."""
+    try:
+        return execution_config(sweep, defaults)
+    except ValidationError as error:
+        problems = validation_problems(error, "spec.execution")
+        raise SpecError(sweep.name, problems) from None
 
 
 # --- what a Sweep may give its pods ------------------------------------------------------------
@@ -454,12 +533,12 @@ def rayjob_name(sweep: str, trial_id: str, attempt: int) -> str:
 
 
 def is_dns_label(name: str) -> bool:
-    return len(name) <= MAX_NAME and bool(_DNS_LABEL.match(name))
+    return len(name) <= MAX_NAME and bool(_DNS_LABEL.fullmatch(name))
 
 
 def label_value(value: str) -> str:
     """A valid label value for `value`: itself when it is one, else a sanitized, hashed form."""
-    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(value):
         return value
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("-_.")
     keep = MAX_LABEL_VALUE - 7
