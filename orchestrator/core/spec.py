@@ -14,7 +14,6 @@ import re
 from collections.abc import Mapping
 from datetime import date
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
@@ -563,11 +562,6 @@ def parse_sweep(
         raise SpecError(source, _problems(error, "metadata")) from None
 
 
-def _sweep_name_from_path(path: Path) -> str:
-    stem = re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-")
-    return stem[:MAX_SWEEP_NAME].strip("-") or "sweep"
-
-
 def load_sweep_text(
     text: str, *, source: str = "<sweep>", default_name: str | None = None
 ) -> Sweep:
@@ -582,16 +576,6 @@ def load_sweep_text(
     if document is None:
         raise SpecError(source, [("spec", "the file is empty")])
     return parse_sweep(document, source=source, default_name=default_name)
-
-
-def load_sweep(path: str | Path) -> Sweep:
-    """Load a Sweep from a YAML file (a whole manifest, or a bare spec named after the file)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(str(path), [("file", f"cannot read: {error}")]) from None
-    return load_sweep_text(text, source=str(path), default_name=_sweep_name_from_path(path))
 
 
 def sweep_manifest(sweep: Sweep) -> dict[str, Any]:

@@ -8,7 +8,6 @@ per-model resources, the memory budget in bytes), so the worker never sees the g
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -45,16 +44,6 @@ class TrialSpec(BaseModel):
     db_url: str | None = Field(
         None, description="Store URL; LADDER_DB_URL in the environment takes precedence."
     )
-
-    def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(by_alias=True, indent=2) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def read(cls, path: str | Path) -> TrialSpec:
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
 
 class EpochRecord(BaseModel):
