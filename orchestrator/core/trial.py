@@ -8,6 +8,7 @@ per-model resources, the memory budget in bytes), so the worker never sees the g
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -15,6 +16,15 @@ from pydantic.alias_generators import to_camel
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS, SWEEP_FIELDS
 from orchestrator.core.spec import Dataset, ResourceShape, Training
+
+
+class AttemptKey(NamedTuple):
+    """What names one trial attempt in the store: its sweep, the trial and the attempt."""
+
+    namespace: str
+    sweep: str
+    trial_id: str
+    attempt: int
 
 
 class TrialSpec(BaseModel):
@@ -44,6 +54,10 @@ class TrialSpec(BaseModel):
     db_url: str | None = Field(
         None, description="Store URL; LADDER_DB_URL in the environment takes precedence."
     )
+
+    @property
+    def key(self) -> AttemptKey:
+        return AttemptKey(self.namespace, self.sweep, self.trial_id, self.attempt)
 
 
 class EpochRecord(BaseModel):
