@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from orchestrator.core.spec import MAX_SWEEP_NAME, SpecError, Sweep, load_sweep_text
+from orchestrator.core.spec import MAX_SWEEP_NAME, Sweep, load_sweep_text, read_sweep_file
 from orchestrator.core.trial import TrialSpec
 
 __all__ = ["load_sweep", "read_trial", "write_trial"]
@@ -24,10 +24,7 @@ def _sweep_name_from_path(path: Path) -> str:
 def load_sweep(path: str | Path) -> Sweep:
     """Load a Sweep from a YAML file (a whole manifest, or a bare spec named after the file)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(str(path), [("file", f"cannot read: {error}")]) from None
+    text = read_sweep_file(path)
     return load_sweep_text(text, source=str(path), default_name=_sweep_name_from_path(path))
 
 

@@ -211,20 +211,38 @@ class LocalSweepRunner:
         return decided.status, events
 
     def run(self) -> SweepStatus:
-        """Run until every lane has ended; Ctrl-C cancels running trials cleanly."""
+        """Run until every lane has ended; Ctrl-C cancels running trials cleanly.
+
+        Any other exception also stops the running trials and records them as cancelled
+        (with the reason) before it propagates: no attempt is left marked running."""
         with self.sessions.begin() as session:
             store.upsert_sweep(session, self.sweep)
         self.recover()
         try:
             while True:
                 status, events = self.step()
-                if self.on_update is not None:
-                    self.on_update(status, events)
+                self._notify(status, events)
                 if status.phase.is_finished and not self.backend.active():
                     return status
                 time.sleep(self.poll_interval)
         except KeyboardInterrupt:
             return self.cancel()
+        except Exception as error:
+            self._stop_all(f"cancelled: the runner failed: {type(error).__name__}: {error}")
+            raise
+
+    def _notify(self, status: SweepStatus, events: Sequence[RunnerEvent]) -> None:
+        """Tell the display; a display that fails is dropped (the sweep and the store go on,
+        the failure is logged once), since the store, not the screen, is the record."""
+        if self.on_update is None:
+            return
+        try:
+            self.on_update(status, events)
+        except Exception as error:
+            self.on_update = None
+            log.warning("the live display failed and is switched off (the sweep goes on): "
+                        "%s: %s", type(error).__name__, store.redact_secrets(str(error)))
+            log.debug("display failure", exc_info=True)
 
     @property
     def interrupted(self) -> bool:
@@ -233,14 +251,27 @@ class LocalSweepRunner:
 
     def cancel(self) -> SweepStatus:
         """Stop every running trial and record it as cancelled; nothing is left half-written."""
-        self._cancelling = True
-        for trial_id, attempt in sorted(self.backend.active()):
-            self.backend.cancel(trial_id, attempt)
-        deadline = time.monotonic() + 30
-        while self.backend.active() and time.monotonic() < deadline:
-            self._collect()
-            time.sleep(self.poll_interval)
-        for trial_id, attempt in sorted(self.backend.active()):
-            self._mark(self._trials[trial_id], attempt, TrialState.CANCELLED, None, "cancelled")
+        self._stop_all("cancelled")
         decided = plan(self.grid, self.sweep.spec, self._observe(self.backend.capacity()))
         return decided.status
+
+    def _stop_all(self, reason: str) -> None:
+        self._cancelling = True
+        try:
+            for trial_id, attempt in sorted(self.backend.active()):
+                self.backend.cancel(trial_id, attempt)
+            deadline = time.monotonic() + 30
+            while self.backend.active() and time.monotonic() < deadline:
+                self._collect()
+                time.sleep(self.poll_interval)
+        except Exception as error:  # the backend itself failed: the store is still the record
+            log.warning("could not stop the running trials: %s: %s", type(error).__name__,
+                        store.redact_secrets(str(error)))
+        # Whatever the store still holds open (a job that would not stop, an attempt recorded
+        # as running whose launch never returned) is recorded as cancelled with the reason.
+        with self.sessions() as session:
+            rows = store.attempts(session, self.sweep.namespace, self.sweep.name)
+        for row in rows:
+            if not TrialState(row.status).is_terminal and row.trial_id in self._trials:
+                self._mark(self._trials[row.trial_id], row.attempt, TrialState.CANCELLED, None,
+                           reason)

@@ -43,6 +43,13 @@ PEERING_LIFETIME_ENV = "LADDER_PEERING_LIFETIME"
 METRICS_PORT_ENV = "LADDER_METRICS_PORT"
 DEFAULT_EXECUTION_ENV = "LADDER_DEFAULT_EXECUTION"
 ALLOW_PRIVILEGED_TRIALS_ENV = "LADDER_ALLOW_PRIVILEGED_TRIALS"
+# What a Sweep may give its trial pods (the chart's trialPods; docs/security.md).
+ALLOW_TRIAL_SERVICE_ACCOUNT_ENV = "LADDER_ALLOW_TRIAL_SERVICE_ACCOUNT"
+ALLOWED_TRIAL_SECRETS_ENV = "LADDER_ALLOWED_TRIAL_SECRETS"
+ALLOW_TRIAL_PROJECTED_TOKENS_ENV = "LADDER_ALLOW_TRIAL_PROJECTED_TOKENS"
+ALLOW_TRIAL_NETWORK_VOLUMES_ENV = "LADDER_ALLOW_TRIAL_NETWORK_VOLUMES"
+# Set to show the traceback of an unexpected CLI error (otherwise one line).
+DEBUG_ENV = "LADDER_DEBUG"
 
 # --- the worker contract ------------------------------------------------------------------
 # The exit code of a worker whose trial ran out of memory (lifecycle.ExitCode has them all).

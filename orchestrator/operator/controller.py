@@ -11,15 +11,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrator.core.names import DEFAULT_EXECUTION_ENV
-from orchestrator.core.spec import SpecError, load_sweep_text, sweep_manifest
+from orchestrator.core.spec import (
+    SpecError,
+    load_documents_text,
+    parse_sweep,
+    read_sweep_file,
+    sweep_manifest,
+)
+from orchestrator.operator.manifests import TrialPodPolicy, checked_execution_config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DB_SECRET = "ladder-db/url"
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+class StartupError(RuntimeError):
+    """The controller cannot start: no store, no kubeconfig, or no API server. One line,
+    naming the problem (and never a password)."""
 
 
 @dataclass
@@ -37,6 +47,8 @@ class ControllerOptions:
     execution_defaults: Mapping[str, Any] = field(default_factory=dict)
     # LADDER_ALLOW_PRIVILEGED_TRIALS: let Sweeps give trial pods host access (hostPath).
     allow_privileged_trials: bool = False
+    # What Sweeps may give their pods besides (docs/security.md, the chart's trialPods).
+    pod_policy: TrialPodPolicy = field(default_factory=TrialPodPolicy)
     # LADDER_METRICS_PORT: serve /metrics here (all interfaces: Prometheus scrapes the pod).
     metrics_port: int | None = None
     metrics_address: str = "0.0.0.0"
@@ -51,6 +63,8 @@ def parse_execution_defaults(text: str | None, *, source: str = DEFAULT_EXECUTIO
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise SpecError(source, [("execution", f"not valid JSON: {error}")]) from None
+    except RecursionError:
+        raise SpecError(source, [("execution", "JSON nested too deeply")]) from None
     if not isinstance(value, dict):
         raise SpecError(source, [("execution", f"must be a JSON object, not "
                                                f"{type(value).__name__}")])
@@ -69,12 +83,21 @@ def run_controller(
     import orchestrator.operator.handlers  # noqa: F401 (registers the handlers)
     from orchestrator import store
     from orchestrator.metrics import LadderMetrics
-    from orchestrator.operator.kube import Kube, load_config
+    from orchestrator.operator.kube import Kube, KubeError, load_config
     from orchestrator.operator.manifests import SecretRef
     from orchestrator.operator.reconcile import Reconciler
 
-    sessions = store.open_store(options.db_url)
-    api = load_config(options.kubeconfig)
+    store.install_log_redaction()  # Kopf's DEBUG lines and the events it posts included
+    try:
+        sessions = store.open_store(options.db_url)
+    except Exception as error:  # the driver's message may quote the URL, password included
+        raise StartupError(f"cannot open the store {store.redact_url(options.db_url)}: "
+                           f"{store.error_text(error)}") from None
+    try:
+        api = load_config(options.kubeconfig)
+        Kube(api).check_reachable()
+    except KubeError as error:
+        raise StartupError(str(error)) from None
     secret = SecretRef.parse(options.db_secret) if options.db_secret else None
     metrics = None
     if options.metrics_port is not None:
@@ -87,6 +110,7 @@ def run_controller(
         Kube(api), sessions, db_secret=secret, metrics=metrics,
         execution_defaults=options.execution_defaults,
         allow_privileged_trials=options.allow_privileged_trials,
+        pod_policy=options.pod_policy,
     )
     memo = kopf.Memo(
         reconciler=reconciler,
@@ -125,15 +149,12 @@ def manifests_of(text: str, *, source: str, namespace: str | None,
     Raises SpecError naming the bad field.
     """
     out: list[dict[str, Any]] = []
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as error:
-        raise SpecError(source, [("file", f"not valid YAML: {error}")]) from None
-    if not documents:
-        raise SpecError(source, [("spec", "the file is empty")])
-    for document in documents:
-        sweep = load_sweep_text(yaml.safe_dump(document), source=source,
-                                default_name=default_name)
+    for document in load_documents_text(text, source=source):
+        sweep = parse_sweep(document, source=source, default_name=default_name)
+        try:
+            checked_execution_config(sweep)
+        except SpecError as error:
+            raise SpecError(source, error.problems) from None
         if isinstance(document, Mapping) and "kind" in document:
             manifest = dict(document)
             manifest["metadata"] = dict(manifest.get("metadata") or {})
@@ -159,7 +180,7 @@ def submit(
     """Server-side apply the Sweep(s) in `path`; returns the objects as stored."""
     from orchestrator.operator.kube import Kube, default_namespace, load_config
 
-    text = path.read_text(encoding="utf-8")
+    text = read_sweep_file(path)
     stem = path.stem.lower()
     manifests = manifests_of(text, source=str(path), namespace=namespace, default_name=stem)
     fallback = default_namespace(kubeconfig, context)

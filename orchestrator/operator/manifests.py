@@ -37,11 +37,12 @@ import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core.grid import Trial
@@ -61,7 +62,13 @@ from orchestrator.core.names import (
 )
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.spec import API_VERSION, KIND, Sweep
+from orchestrator.core.spec import (
+    API_VERSION,
+    KIND,
+    SpecError,
+    Sweep,
+    validation_problems,
+)
 from orchestrator.core.trial import TrialSpec
 
 RAY_API_VERSION = "ray.io/v1"
@@ -85,8 +92,9 @@ UNBOUNDED = Capacity(gpus=1_000_000, cpus=1_000_000)
 
 MAX_NAME = 63  # a DNS-1123 label (RayJob names become Job, Service and label values)
 MAX_LABEL_VALUE = 63
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Matched with fullmatch: `$` would accept a trailing newline, which Kubernetes refuses.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
 # --- spec.execution -------------------------------------------------------------------------
@@ -112,6 +120,19 @@ class SecretRef(_Config):
         return cls(name=name, key=key or "url")
 
 
+# A Kubernetes resource quantity as the apiserver parses it (resource.Quantity): pods whose
+# limits are not (non-negative) quantities are refused at create, so the Sweep is refused
+# before that.
+K8S_QUANTITY_RE = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                             r"(?:[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?")
+
+
+def _k8s_quantity(value: str | int | None) -> str | int | None:
+    if isinstance(value, str) and not K8S_QUANTITY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity such as '2', '500m' or '4Gi'")
+    return value
+
+
 class PodShape(_Config):
     """Resources of the head pod, or of each worker pod (CPU defaults to cpusPerWorker)."""
 
@@ -120,6 +141,18 @@ class PodShape(_Config):
     resources: dict[str, str | int] = Field(
         default_factory=dict, description="Extra limits, e.g. {'ephemeral-storage': '50Gi'}."
     )
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantities(cls, value: str | int | None) -> str | int | None:
+        return _k8s_quantity(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_quantities(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        for item in value.values():
+            _k8s_quantity(item)
+        return value
 
 
 class ExecutionConfig(_Config):
@@ -147,6 +180,11 @@ class ExecutionConfig(_Config):
     runtime_env: dict[str, Any] = Field(
         default_factory=dict, description="More Ray runtime_env (pip, working_dir, env_vars)."
     )
+    submission_mode: Literal["K8sJobMode", "HTTPMode"] = Field(
+        "K8sJobMode", description="How KubeRay submits the Ray job: a submitter pod that runs "
+        "`ray job submit` (K8sJobMode), or the operator posting to the head's dashboard "
+        "itself (HTTPMode; no submitter pod).",
+    )
     ttl_seconds_after_finished: int = Field(DEFAULT_TTL_SECONDS, ge=0)
     active_deadline_seconds: int | None = Field(None, ge=1)
     stall_timeout_seconds: float | None = Field(
@@ -158,11 +196,39 @@ class ExecutionConfig(_Config):
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )
 
+    @field_validator("shared_memory")
+    @classmethod
+    def _shared_memory_quantity(cls, value: str | None) -> str | None:
+        _k8s_quantity(value)
+        return value
+
     @field_validator("capacity")
     @classmethod
     def _capacity_keys(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         if value is not None and not set(value) <= {"gpus", "cpus"}:
             raise ValueError(f"capacity takes gpus and cpus, got {sorted(value)}")
+        if value is not None and any(count < 0 for count in value.values()):
+            raise ValueError(f"capacity counts are at least 0, got {value}")
+        return value
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Ray's `env_vars` is a mapping of names to strings (`runtime_env` merges ours in)."""
+        env_vars = value.get("env_vars")
+        if env_vars is None:
+            return value
+        if not isinstance(env_vars, Mapping):
+            raise ValueError(
+                f"runtimeEnv.env_vars must be a mapping of names to values, got "
+                f"{type(env_vars).__name__}"
+            )
+        for key, item in env_vars.items():
+            if not isinstance(item, str | int | float | bool):
+                raise ValueError(
+                    f"runtimeEnv.env_vars.{key} must be a string or a number, got "
+                    f"{type(item).__name__}"
+                )
         return value
 
 
@@ -191,15 +257,156 @@ def execution_config(
     return ExecutionConfig.model_validate(merged_execution(defaults or {}, sweep.spec.execution))
 
 
-def host_access(execution: Mapping[str, Any]) -> list[str]:
-    """The `spec.execution` fields that would give trial pods access to their node, as field
-    paths. Of what the builders put into pods (see ExecutionConfig), only hostPath volumes
-    can; an installation without `allowPrivilegedTrials` refuses Sweeps that ask for one."""
-    return [
-        f"spec.execution.volumes[{index}].hostPath"
-        for index, volume in enumerate(execution.get("volumes") or [])
-        if isinstance(volume, Mapping) and "hostPath" in volume
-    ]
+def checked_execution_config(
+    sweep: Sweep, defaults: Mapping[str, Any] | None = None
+) -> ExecutionConfig:
+    """`execution_config`, raising SpecError naming each bad `spec.execution` field (what
+    `ladder validate`, `ladder submit` and the controller all report)."""
+    try:
+        return execution_config(sweep, defaults)
+    except ValidationError as error:
+        problems = validation_problems(error, "spec.execution")
+        raise SpecError(sweep.name, problems) from None
+
+
+# --- what a Sweep may give its pods ------------------------------------------------------------
+
+# Volume kinds any Sweep may use: they reach neither the node, nor the network, nor Secrets.
+PLAIN_VOLUMES = frozenset({"emptyDir", "configMap", "persistentVolumeClaim", "downwardAPI",
+                           "ephemeral"})
+PLAIN_PROJECTIONS = frozenset({"configMap", "downwardAPI", "clusterTrustBundle"})
+ANY_SECRET = "*"
+
+
+@dataclass(frozen=True)
+class TrialPodPolicy:
+    """What a Sweep's own `spec.execution` may give its trial pods. Each is refused unless the
+    installation permits it (chart values, docs/security.md); the store's Secret is always
+    allowed. The installation's execution defaults are its own choice: `widened_by` admits
+    exactly what they hold."""
+
+    host_paths: bool = False  # allowPrivilegedTrials: hostPath volumes (the node's files)
+    service_account: bool = False  # trialPods.allowServiceAccountName: any name
+    service_accounts: frozenset[str] = frozenset()  # names admitted one by one (the defaults')
+    secrets: frozenset[str] = frozenset()  # trialPods.allowedSecrets; "*": any Secret
+    projected_tokens: bool = False  # trialPods.allowProjectedTokens
+    network_volumes: bool = False  # trialPods.allowNetworkVolumes: nfs, iscsi, cephfs, csi...
+    volumes: frozenset[str] = frozenset()  # whole volumes admitted as written (the defaults')
+    store_secret: str | None = None  # the controller's --db-secret
+
+    def widened_by(self, defaults: Mapping[str, Any]) -> TrialPodPolicy:
+        """This policy, also admitting what the installation's execution defaults hold."""
+        extra = {name for path, name in _secret_names(defaults, "") if name}
+        account = defaults.get("serviceAccountName")
+        return replace(
+            self,
+            service_accounts=self.service_accounts | ({account} if account else set()),
+            secrets=self.secrets | extra,
+            volumes=self.volumes | {_canonical(v) for v in defaults.get("volumes") or []},
+        )
+
+    def secret_allowed(self, name: str) -> bool:
+        return name == self.store_secret or name in self.secrets or ANY_SECRET in self.secrets
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _secret_names(execution: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """Every Secret a pod built from `execution` would read: (field path, Secret name)."""
+    found: list[tuple[str, str]] = []
+    db = execution.get("dbSecret")
+    if isinstance(db, Mapping):
+        found.append((f"{prefix}dbSecret.name", str(db.get("name") or "")))
+    for i, volume in enumerate(_list(execution.get("volumes"))):
+        secret = volume.get("secret")
+        if isinstance(secret, Mapping):
+            found.append((f"{prefix}volumes[{i}].secret.secretName",
+                          str(secret.get("secretName") or "")))
+        projected = volume.get("projected")
+        for j, source in enumerate(_list((projected or {}).get("sources")
+                                         if isinstance(projected, Mapping) else None)):
+            if isinstance(source.get("secret"), Mapping):
+                found.append((f"{prefix}volumes[{i}].projected.sources[{j}].secret.name",
+                              str(source["secret"].get("name") or "")))
+    for i, item in enumerate(_list(execution.get("env"))):
+        ref = (item.get("valueFrom") or {}) if isinstance(item.get("valueFrom"), Mapping) else {}
+        if isinstance(ref.get("secretKeyRef"), Mapping):
+            found.append((f"{prefix}env[{i}].valueFrom.secretKeyRef.name",
+                          str(ref["secretKeyRef"].get("name") or "")))
+    return found
+
+
+def _list(value: Any) -> list[Mapping[str, Any]]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _volume_kind(volume: Mapping[str, Any]) -> str:
+    kinds = [key for key in volume if key != "name"]
+    return kinds[0] if len(kinds) == 1 else "+".join(sorted(kinds)) or "(none)"
+
+
+def pod_policy_problems(
+    execution: Mapping[str, Any], policy: TrialPodPolicy, prefix: str = "spec.execution."
+) -> list[tuple[str, str]]:
+    """What `execution` (a Sweep's own, or a built pod's serviceAccountName / volumes / env)
+    would give trial pods that `policy` does not permit: (field path, why), one per item."""
+    problems: list[tuple[str, str]] = []
+    account = execution.get("serviceAccountName")
+    if account and not policy.service_account and account not in policy.service_accounts:
+        problems.append((f"{prefix}serviceAccountName",
+                         "a Sweep cannot choose its pods' service account in this installation "
+                         "(the chart's trialPods.allowServiceAccountName is false)"))
+    for i, volume in enumerate(_list(execution.get("volumes"))):
+        if _canonical(volume) in policy.volumes:
+            continue
+        kind, where = _volume_kind(volume), f"{prefix}volumes[{i}]"
+        if kind == "hostPath":
+            if not policy.host_paths:
+                problems.append((f"{where}.hostPath",
+                                 "host access is not allowed in this installation "
+                                 "(the chart's allowPrivilegedTrials is false)"))
+        elif kind == "projected":
+            sources = _list((volume.get("projected") or {}).get("sources"))
+            for j, source in enumerate(sources):
+                for key in source:
+                    if key == "serviceAccountToken" and not policy.projected_tokens:
+                        problems.append((f"{where}.projected.sources[{j}].serviceAccountToken",
+                                         "projected service-account tokens are not allowed in "
+                                         "this installation (the chart's "
+                                         "trialPods.allowProjectedTokens is false)"))
+                    elif key not in PLAIN_PROJECTIONS | {"secret", "serviceAccountToken"}:
+                        problems.append((f"{where}.projected.sources[{j}].{key}",
+                                         "is not a projection this installation allows"))
+        elif kind not in PLAIN_VOLUMES | {"secret"} and not policy.network_volumes:
+            problems.append((f"{where}.{kind}",
+                             f"{kind} is a network or node volume, not allowed in this "
+                             "installation (the chart's trialPods.allowNetworkVolumes is false; "
+                             f"allowed: {', '.join(sorted(PLAIN_VOLUMES))})"))
+    volumes_ok = {_canonical(v) for v in _list(execution.get("volumes"))} & policy.volumes
+    for path, name in _secret_names(execution, prefix):
+        if policy.secret_allowed(name):
+            continue
+        index = re.match(rf"{re.escape(prefix)}volumes\[(\d+)\]", path)
+        if index and _canonical(_list(execution.get("volumes"))[int(index[1])]) in volumes_ok:
+            continue
+        problems.append((path, f"Secret {name!r} is not the store's, and this installation does "
+                               "not let Sweeps mount it (the chart's trialPods.allowedSecrets)"))
+    return problems
+
+
+def built_pod_problems(pod: Mapping[str, Any], policy: TrialPodPolicy) -> list[tuple[str, str]]:
+    """The same rules over a pod spec the builders made (defence in depth)."""
+    env = [item for container in _list(pod.get("containers")) for item in _list(
+        container.get("env"))]
+    return pod_policy_problems({"serviceAccountName": pod.get("serviceAccountName"),
+                                "volumes": pod.get("volumes") or [], "env": env},
+                               policy, prefix="pod.")
+
+
+class PodPolicyError(ValueError):
+    """A built pod would hold what the installation does not permit."""
 
 
 def sweep_capacity(config: ExecutionConfig) -> Capacity:
@@ -237,12 +444,12 @@ def rayjob_name(sweep: str, trial_id: str, attempt: int) -> str:
 
 
 def is_dns_label(name: str) -> bool:
-    return len(name) <= MAX_NAME and bool(_DNS_LABEL.match(name))
+    return len(name) <= MAX_NAME and bool(_DNS_LABEL.fullmatch(name))
 
 
 def label_value(value: str) -> str:
     """A valid label value for `value`: itself when it is one, else a sanitized, hashed form."""
-    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(value):
         return value
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("-_.")
     keep = MAX_LABEL_VALUE - 7
@@ -400,6 +607,10 @@ def _pod_template(
         pod["volumes"] = volumes
     if config.service_account_name:
         pod["serviceAccountName"] = config.service_account_name
+    else:
+        # Trials need no Kubernetes API: the namespace's default service account's token is
+        # not mounted (a service account chosen by the installation keeps its own default).
+        pod["automountServiceAccountToken"] = False
     if config.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
     if config.node_selector:
@@ -415,6 +626,7 @@ def ray_cluster_spec(
     annotations: Mapping[str, str],
     config: ExecutionConfig,
     db_secret: SecretRef | None,
+    policy: TrialPodPolicy | None = None,
 ) -> dict[str, Any]:
     """A RayCluster for one trial: a head, and one worker pod per Ray Train worker."""
     shape = trial.resources
@@ -447,6 +659,11 @@ def ray_cluster_spec(
             ),
         }
     ]
+    if policy is not None:
+        for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+            problems = built_pod_problems(group["template"]["spec"], policy)
+            if problems:
+                raise PodPolicyError("; ".join(f"{path}: {why}" for path, why in problems))
     return cluster
 
 
@@ -458,11 +675,13 @@ def rayjob_manifest(
     owner_uid: str,
     db_url_secret: SecretRef | None = None,
     config: ExecutionConfig | None = None,
+    policy: TrialPodPolicy | None = None,
 ) -> dict[str, Any]:
     """The RayJob that runs one attempt of one trial (`spec` is its resolved payload).
 
     `db_url_secret` is the controller's default Secret for `LADDER_DB_URL`;
-    `execution.dbSecret` overrides it per sweep.
+    `execution.dbSecret` overrides it per sweep. With a `policy`, a pod that would hold what
+    it does not permit raises PodPolicyError (the reconciler refuses such Sweeps first).
     """
     config = config if config is not None else execution_config(sweep)
     db_secret = config.db_secret or db_url_secret
@@ -481,7 +700,7 @@ def rayjob_manifest(
         "entrypoint": entrypoint(spec, config),
         "runtimeEnvYAML": yaml.safe_dump(runtime_env(spec, config), sort_keys=True, width=10**6),
         "jobId": name,
-        "submissionMode": "K8sJobMode",
+        "submissionMode": config.submission_mode,
         "backoffLimit": 0,  # Ladder retries (escalation.retries) as new attempts
         "metadata": {
             LABEL_SWEEP: sweep.name,
@@ -498,7 +717,8 @@ def rayjob_manifest(
     else:
         body["shutdownAfterJobFinishes"] = True
         body["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
-        body["rayClusterSpec"] = ray_cluster_spec(trial, labels, annotations, config, db_secret)
+        body["rayClusterSpec"] = ray_cluster_spec(trial, labels, annotations, config, db_secret,
+                                                  policy)
     return {"apiVersion": RAY_API_VERSION, "kind": RAYJOB_KIND, "metadata": metadata, "spec": body}
 
 

@@ -14,6 +14,7 @@ import re
 import sqlite3
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, overload
 
@@ -86,16 +87,30 @@ def database_url(url: str | URL | None = None) -> str:
     return resolve_db_url(url, absolute=False)
 
 
-_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>(?:^|://)[^:/@?#\s]*:)[^@/?#\s]*(?P<tail>@)")
+# A URL's `user:PASSWORD@` ends at the `@` followed by a host and then the URL's end, a `/`,
+# `?` or `#`: so a password with `@` in it (written unencoded, e.g. u:p@ss@host/db) is
+# redacted whole, never cut at its first `@`. A string with a scheme is matched after `://`
+# only (so `sqlite:///a:b@c.db` has no password); one without (`u:pw@host/db`) from its start.
+_USERINFO_END = r"(?P<tail>@)(?=[^@/?#\s'\"]*(?:[/?#\s'\",;)]|$))"
+_PASSWORD_IN_NETLOC = re.compile(
+    r"(?P<head>(?:^(?![A-Za-z][A-Za-z0-9+.-]*://)|://)[^:/@?#\s]*:)[^\s]*?" + _USERINFO_END
+)
 _PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
 # In free text (an error message, a traceback, a KubeRay status): a URL's `user:PASSWORD@`,
 # and libpq's `password=...` (a DSN's key=value form, a URL's query), quoted or not.
 _PASSWORD_IN_TEXT_URL = re.compile(
-    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@?#'\"]*:)[^\s@/?#'\"]+(?P<tail>@)"
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@?#'\"]*:)[^\s'\"]*?" + _USERINFO_END
 )
 _PASSWORD_IN_TEXT_PARAM = re.compile(
     r"(?P<head>\bpassword\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&#'\",;)]+)", re.IGNORECASE
 )
+
+
+def password_has_at(url: str) -> bool:
+    """True when the URL's password holds an unencoded `@` (SQLAlchemy and libpq would cut it
+    there and take the rest of it for the host name, which error messages then quote)."""
+    match = _PASSWORD_IN_NETLOC.search(url)
+    return match is not None and "@" in url[match.end("head"):match.start("tail")]
 
 
 def redact_url(url: str | URL) -> str:
@@ -103,6 +118,8 @@ def redact_url(url: str | URL) -> str:
     if isinstance(url, URL):
         url = url.render_as_string(hide_password=False)
     try:
+        if password_has_at(url):
+            raise ValueError("ambiguous: parsing would cut the password at its first '@'")
         rendered = make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         # Not a SQLAlchemy URL (a typo, a DSN, a bad port): still never echo a password back.
@@ -121,6 +138,41 @@ def redact_secrets(text: str) -> str:
     """
     text = _PASSWORD_IN_TEXT_URL.sub(r"\g<head>***\g<tail>", text)
     return _PASSWORD_IN_TEXT_PARAM.sub(r"\g<head>***", text)
+
+
+def install_log_redaction() -> None:
+    """Redact every log record of this process as it is made (`redact_secrets`), whatever the
+    logger, level or handler: DEBUG lines that quote a URL, a traceback's text, and what Kopf
+    turns into Kubernetes events. Idempotent."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "_ladder_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: leave it to the handler to report
+            return record
+        record.msg, record.args = redact_secrets(message), None
+        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = redact_secrets(text)
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info)
+        return record
+
+    factory._ladder_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+def error_text(error: BaseException) -> str:
+    """An error from opening or using the store as one line a user may see: the driver's own
+    message (without SQLAlchemy's statement and 'Background on this error' link), whitespace
+    folded, every password redacted."""
+    orig = getattr(error, "orig", None)
+    text = str(orig) if isinstance(orig, BaseException) else str(error)
+    return redact_secrets(" ".join(text.split())) or type(error).__name__
 
 
 def _switch_to_wal(cursor: Any) -> None:
@@ -167,7 +219,11 @@ def create_store_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
     PostgreSQL: `pool_pre_ping`, so a connection dropped by a database restart or failover is
     replaced instead of failing the next write.
     """
-    resolved = make_url(database_url(url))
+    raw = database_url(url)
+    if password_has_at(raw):
+        raise ValueError("the password in the URL contains '@': write it percent-encoded, "
+                         "as %40")
+    resolved = make_url(raw)
     backend = resolved.get_backend_name()
     if backend not in SUPPORTED_BACKENDS:
         raise ValueError(

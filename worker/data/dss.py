@@ -29,7 +29,9 @@ __all__ = [
     "MAX_LINE_BYTES",
     "DSSExample",
     "DatasetError",
+    "drop_duplicate_inputs",
     "load_dss",
+    "split_examples",
     "split_train_eval",
 ]
 
@@ -41,6 +43,9 @@ MAX_LINE_BYTES: Final = 1024 * 1024
 _WIDE_BOMS: Final = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _JSONL_SUFFIXES: Final = frozenset({".jsonl", ".json"})
 _CSV_SUFFIXES: Final = frozenset({".csv"})
+# Python's JSON reader recurses once per nested array or object and stops at the interpreter's
+# recursion limit (about 1000 levels) with a RecursionError: refused as a problem of the line.
+TOO_DEEP: Final = "JSON nested too deeply (arrays or objects inside one another, about 1000 levels)"
 
 T = TypeVar("T")
 
@@ -119,6 +124,38 @@ def split_train_eval(
     return train, evaluation
 
 
+def drop_duplicate_inputs(examples: Sequence[DSSExample]) -> tuple[list[DSSExample], int]:
+    """The examples with every repeat of an earlier `input` left out (the first is kept, label
+    and all), and how many were left out. A repeated input could otherwise land on both sides
+    of the split, and evaluation would score what training saw."""
+    seen: set[str] = set()
+    kept: list[DSSExample] = []
+    for example in examples:
+        if example.input not in seen:
+            seen.add(example.input)
+            kept.append(example)
+    return kept, len(examples) - len(kept)
+
+
+def split_examples(
+    source: str, examples: Sequence[DSSExample], eval_fraction: float, split_seed: int
+) -> tuple[list[DSSExample], list[DSSExample], int]:
+    """(train, eval, duplicates dropped): `drop_duplicate_inputs`, then `split_train_eval`.
+
+    No input is in both train and eval. Too few distinct examples to split is a DatasetError
+    that names the file and the count."""
+    unique, dropped = drop_duplicate_inputs(examples)
+    if len(unique) < 2:
+        repeats = f" ({dropped} repeated input(s) dropped)" if dropped else ""
+        raise DatasetError(
+            source, None if source.startswith(BUILTIN_PREFIX) else 1,
+            f"{len(unique)} distinct example(s){repeats}: too few to split into train and "
+            "eval (need at least 2)",
+        )
+    train, evaluation = split_train_eval(unique, eval_fraction, split_seed)
+    return train, evaluation, dropped
+
+
 # --- physical lines --------------------------------------------------------------------------
 
 
@@ -181,6 +218,8 @@ def _read_jsonl(source: str, handle: IO[bytes], labels_must_be_json: bool) -> li
             raise DatasetError(
                 source, number, f"line is not valid JSON ({_json_reason(exc)}){hint}"
             ) from exc
+        except RecursionError:
+            raise DatasetError(source, number, f"line is {TOO_DEEP}{hint}") from None
         if not isinstance(record, dict):
             raise DatasetError(
                 source, number, f"line is not a JSON object (got {_json_type(record)}){hint}"
@@ -286,6 +325,8 @@ def _example(
             raise DatasetError(
                 source, line, f"label is not valid JSON ({_json_reason(exc)})"
             ) from exc
+        except RecursionError:
+            raise DatasetError(source, line, f"label is {TOO_DEEP}") from None
     return DSSExample(input=values["input"], label=values["label"], rationale=values["rationale"])
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from orchestrator import store
+from orchestrator.core.manifest_yaml import load_documents
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import NS, FakeCluster
+from tests.unit.test_invalid_corpus import never_shown
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "invalid-sweeps"
 FILES = sorted(CORPUS.glob("*.yaml"))
@@ -31,7 +32,7 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_the_controller_refuses_naming_the_field(sessions: Any, path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     field = text.splitlines()[0].removeprefix("# expect: ").strip()
-    body = yaml.safe_load(text)
+    (body,) = load_documents(text)  # read as kubectl reads it (YAML 1.2 numbers)
     name = str(body["metadata"]["name"])
     body["metadata"].update({"namespace": NS, "uid": str(uuid.uuid4()), "generation": 1})
     cluster = FakeCluster()
@@ -43,3 +44,5 @@ def test_the_controller_refuses_naming_the_field(sessions: Any, path: Path) -> N
     assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec")
     assert f"{field}: " in status["message"]
     assert cluster.reasons() == ["InvalidSpec"] and cluster.rayjobs == {}
+    for secret in never_shown(path):  # hostile input, class 6: refusals redact
+        assert secret not in status["message"] and secret not in str(cluster.events)

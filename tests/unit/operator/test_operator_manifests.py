@@ -42,14 +42,15 @@ from orchestrator.operator.manifests import (
     UNBOUNDED,
     ExecutionConfig,
     SecretRef,
+    TrialPodPolicy,
     attempt_of,
     decode_trial,
     execution_config,
-    host_access,
     is_dns_label,
     label_value,
     merged_execution,
     owned_by,
+    pod_policy_problems,
     rayjob_manifest,
     rayjob_name,
     sweep_capacity,
@@ -218,6 +219,14 @@ class TestManifest:
         assert spec["backoffLimit"] == 0
         assert spec["jobId"] == manifest["metadata"]["name"]
         assert "clusterSelector" not in spec
+
+    def test_http_submission_mode(self) -> None:
+        # HTTPMode: the operator posts the job to the head's dashboard; no submitter pod.
+        sweep = quickstart({"submissionMode": "HTTPMode"})
+        assert build(sweep, expand(sweep).all_trials()[0])[0]["spec"][
+            "submissionMode"] == "HTTPMode"
+        with pytest.raises(ValueError, match=r"submissionMode|submission_mode"):
+            ExecutionConfig.model_validate({"submissionMode": "SidecarMode"})
 
     def test_default_ttl(self) -> None:
         sweep = quickstart()
@@ -494,7 +503,7 @@ def test_execution_defaults_merge_under_the_sweep(
                  ["spec.execution.volumes[1].hostPath"], id="host-path"),
 ])
 def test_host_access_names_the_field(execution: dict, found: list[str]) -> None:
-    assert host_access(execution) == found
+    assert [path for path, _ in pod_policy_problems(execution, TrialPodPolicy())] == found
 
 
 @pytest.mark.parametrize(("text", "expected"), [
