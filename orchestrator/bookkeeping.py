@@ -44,7 +44,7 @@ from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import Observed, SweepStatus, plan
 from orchestrator.core.scheduler import NO_CAPACITY, Capacity
 from orchestrator.core.spec import Sweep, SweepSpec
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.trial import AttemptKey, TrialResult, TrialSpec
 
 # The state a launch is recorded in, by every backend (see the module docstring).
 LAUNCH_STATE = TrialState.PENDING
@@ -159,16 +159,12 @@ def record_planned(
     with sessions.begin() as session:
         store.record_attempt(session, spec, status=TrialState.PENDING,
                              estimated_memory_bytes=estimated_bytes(sweep_spec, trial))
-    return mark(sessions, spec.namespace, spec.sweep, spec.trial_id, spec.attempt, state,
-                oom_kind=oom_kind, error=reason, finished_at=now)
+    return mark(sessions, spec.key, state, oom_kind=oom_kind, error=reason, finished_at=now)
 
 
 def mark(
     sessions: sessionmaker[Session],
-    namespace: str,
-    sweep: str,
-    trial_id: str,
-    attempt: int,
+    key: AttemptKey,
     state: TrialState,
     *,
     oom_kind: OOMKind | None = None,
@@ -183,7 +179,7 @@ def mark(
     """
     def write(session: Session) -> store.TrialRow:
         return store.mark_attempt(
-            session, namespace, sweep, trial_id, attempt, state,
+            session, key, state,
             oom_kind=oom_kind if state is TrialState.OOM else None, error=error,
             finished_at=finished_at,
         )
@@ -196,13 +192,10 @@ def record_result(sessions: sessionmaker[Session], result: TrialResult) -> store
     return store.save_with_retry(sessions, lambda session: store.record_result(session, result))
 
 
-def record_seen_running(
-    sessions: sessionmaker[Session], namespace: str, sweep: str, trial_id: str, attempt: int
-) -> store.TrialRow:
+def record_seen_running(sessions: sessionmaker[Session], key: AttemptKey) -> store.TrialRow:
     """Record that a backend saw a pending attempt's job running (before its worker did)."""
     with sessions.begin() as session:
-        return store.mark_attempt(session, namespace, sweep, trial_id, attempt,
-                                  TrialState.RUNNING)
+        return store.mark_attempt(session, key, TrialState.RUNNING)
 
 
 def record_adopted(

@@ -45,7 +45,8 @@ from orchestrator.core.names import (
     METRICS_PORT_ENV,
 )
 from orchestrator.core.plan import SweepPhase, SweepStatus
-from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
+from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec
+from orchestrator.files import load_sweep
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker

@@ -27,7 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.core.lifecycle import ExitCode, TrialState
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.trial import TrialResult
+from orchestrator.files import read_trial
 
 log = logging.getLogger("worker")
 
@@ -93,7 +94,7 @@ def run(path: Path, *, probe_only: bool = False) -> ExitCode:
 
     started_at, t0 = datetime.now(UTC), time.time()
     try:
-        trial = TrialSpec.read(path)
+        trial = read_trial(path)
     except Exception as error:
         return _unreadable_trial(path, error)
     def stuck() -> None:

@@ -144,7 +144,7 @@ class EpochSink:
             from orchestrator.store import record_epoch
 
             with _factory(self.url).begin() as session:
-                record_epoch(session, t.namespace, t.sweep, t.trial_id, t.attempt, record)
+                record_epoch(session, t.key, record)
             self.failures = 0
         except Exception as error:
             self.failures += 1

@@ -25,6 +25,7 @@ from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL
 from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.files import write_trial
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class LocalRayBackend:
 
     # -- acting --------------------------------------------------------------------------
     def launch(self, spec: TrialSpec) -> str:
-        trial_file = spec.write(Path(spec.output_dir) / "trial.json")
+        trial_file = write_trial(spec, Path(spec.output_dir) / "trial.json")
         submission = job_id(spec)
         entrypoint = shlex.join(
             [sys.executable, "-m", "worker", "run", "--trial", str(trial_file.resolve())]

@@ -37,7 +37,7 @@ from orchestrator.core.plan import (
 )
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.trial import AttemptKey, TrialResult, TrialSpec
 
 if TYPE_CHECKING:
     from orchestrator.metrics import LadderMetrics
@@ -176,8 +176,8 @@ class LocalSweepRunner:
         self, trial: Trial, attempt: int, state: TrialState, oom_kind: OOMKind | None,
         error: str | None,
     ) -> None:
-        bookkeeping.mark(self.sessions, self.sweep.namespace, self.sweep.name, trial.trial_id,
-                         attempt, state, oom_kind=oom_kind, error=error,
+        key = AttemptKey(self.sweep.namespace, self.sweep.name, trial.trial_id, attempt)
+        bookkeeping.mark(self.sessions, key, state, oom_kind=oom_kind, error=error,
                          finished_at=datetime.now(UTC))
 
     def _collect(self) -> list[RunnerEvent]:

@@ -686,11 +686,6 @@ def parse_sweep(
         raise SpecError(source, validation_problems(error, "metadata")) from None
 
 
-def _sweep_name_from_path(path: Path) -> str:
-    stem = re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-")
-    return stem[:MAX_SWEEP_NAME].strip("-") or "sweep"
-
-
 def load_documents_text(text: str, *, source: str = "<sweep>") -> list[Any]:
     """The non-empty YAML documents of a Sweep file's text (`manifest_yaml`'s rules), or a
     SpecError naming the line, the key or the file."""
@@ -724,13 +719,6 @@ def read_sweep_file(path: str | Path) -> str:
         return read_manifest_file(path)
     except ManifestError as error:
         raise SpecError(str(path), [(error.where, error.message)]) from None
-
-
-def load_sweep(path: str | Path) -> Sweep:
-    """Load a Sweep from a YAML file (a whole manifest, or a bare spec named after the file)."""
-    path = Path(path)
-    text = read_sweep_file(path)
-    return load_sweep_text(text, source=str(path), default_name=_sweep_name_from_path(path))
 
 
 def sweep_manifest(sweep: Sweep) -> dict[str, Any]:

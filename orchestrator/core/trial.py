@@ -8,7 +8,7 @@ per-model resources, the memory budget in bytes), so the worker never sees the g
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -16,6 +16,15 @@ from pydantic.alias_generators import to_camel
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS, SWEEP_FIELDS
 from orchestrator.core.spec import Dataset, ResourceShape, Training
+
+
+class AttemptKey(NamedTuple):
+    """What names one trial attempt in the store: its sweep, the trial and the attempt."""
+
+    namespace: str
+    sweep: str
+    trial_id: str
+    attempt: int
 
 
 class TrialSpec(BaseModel):
@@ -46,15 +55,9 @@ class TrialSpec(BaseModel):
         None, description="Store URL; LADDER_DB_URL in the environment takes precedence."
     )
 
-    def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(by_alias=True, indent=2) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def read(cls, path: str | Path) -> TrialSpec:
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    @property
+    def key(self) -> AttemptKey:
+        return AttemptKey(self.namespace, self.sweep, self.trial_id, self.attempt)
 
 
 class EpochRecord(BaseModel):

@@ -68,7 +68,7 @@ from orchestrator.core.plan import (
 )
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.trial import AttemptKey, TrialSpec
 from orchestrator.metrics import LadderMetrics
 from orchestrator.operator.capacity import (
     GpuPool,
@@ -546,8 +546,8 @@ class Reconciler:
             if outcome is None:
                 live = running_state(rayjob)
                 if live is TrialState.RUNNING and row.status == TrialState.PENDING:
-                    row = bookkeeping.record_seen_running(self.sessions, namespace, name,
-                                                          key[0], key[1])
+                    row = bookkeeping.record_seen_running(
+                        self.sessions, AttemptKey(namespace, name, *key))
                 if row.status == TrialState.RUNNING:
                     self._stop_if_stalled(body, sweep, trial, row, rayjobs, config, result)
                 continue
@@ -621,7 +621,7 @@ class Reconciler:
     ) -> None:
         """Record an outcome the cluster reports, unless the worker's result got there first."""
         # mark never overwrites a terminal row: a worker result stands.
-        row = bookkeeping.mark(self.sessions, sweep.namespace, sweep.name, key[0], key[1],
+        row = bookkeeping.mark(self.sessions, AttemptKey(sweep.namespace, sweep.name, *key),
                                state, oom_kind=kind, error=reason, finished_at=self.clock())
         result.settled[key] = TrialState(row.status)
 
@@ -760,7 +760,8 @@ class Reconciler:
         kind: OOMKind | None,
         reason: str | None,
     ) -> None:
-        bookkeeping.mark(self.sessions, sweep.namespace, sweep.name, trial.trial_id, attempt,
+        bookkeeping.mark(self.sessions,
+                         AttemptKey(sweep.namespace, sweep.name, trial.trial_id, attempt),
                          state, oom_kind=kind, error=reason, finished_at=self.clock())
 
     # --- status ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
 from orchestrator.core.lifecycle import ACTIVE_STATES, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.trial import AttemptKey, EpochRecord, TrialResult, TrialSpec
 from orchestrator.store.engine import redact_secrets
 from orchestrator.store.models import (
     ERROR_EXCERPT_CHARS,
@@ -317,10 +317,7 @@ def record_result(session: Session, result: TrialResult) -> TrialRow:
 
 def mark_attempt(
     session: Session,
-    namespace: str,
-    sweep: str,
-    trial_id: str,
-    attempt: int,
+    key: AttemptKey,
     status: TrialState,
     *,
     oom_kind: OOMKind | None = None,
@@ -333,6 +330,7 @@ def mark_attempt(
     terminal mark without `finished_at` is stamped now. Raises LookupError for an attempt
     that was never recorded.
     """
+    namespace, sweep, trial_id, attempt = key
     status = TrialState(status)
     if oom_kind is not None and status is not TrialState.OOM:
         raise ValueError(f"oom_kind {oom_kind!r} given for status {status.value!r}")
@@ -393,15 +391,13 @@ def _upsert_epochs(
     )
 
 
-def record_epoch(
-    session: Session, namespace: str, sweep: str, trial_id: str, attempt: int, epoch: EpochRecord
-) -> EpochRow:
+def record_epoch(session: Session, key: AttemptKey, epoch: EpochRecord) -> EpochRow:
     """Store one live epoch of a running attempt (idempotent); returns the stored row.
 
     Also advances the attempt's `epochs_completed`, so progress shows before the result.
     Raises LookupError for an attempt that was never recorded.
     """
-    trial = _require_trial(session, namespace, sweep, trial_id, attempt)
+    trial = _require_trial(session, *key)
     _upsert_epochs(session, trial.id, [epoch], overwrite_terminal=False)
     session.execute(
         sa.update(TRIALS)

@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
 from orchestrator.core.trial import TrialResult, TrialSpec  # noqa: E402
+from orchestrator.files import write_trial  # noqa: E402
 
 
 def short_trial(output_dir: Path, trial_id: str, gpus: int = 0) -> TrialSpec:
@@ -58,7 +59,7 @@ def _first_step_after(result: TrialResult, launched_at: float) -> float | None:
 
 
 def run_direct(spec: TrialSpec) -> dict[str, Any]:
-    path = spec.write(Path(spec.output_dir) / "trial.json")
+    path = write_trial(spec, Path(spec.output_dir) / "trial.json")
     env = {k: v for k, v in os.environ.items() if k not in ("LADDER_DB_URL", "RAY_ADDRESS")}
     launched = time.time()
     done = subprocess.run(

@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from orchestrator.core.lifecycle import Method  # noqa: E402
-from orchestrator.core.spec import Sweep, load_sweep  # noqa: E402
+from orchestrator.core.spec import Sweep  # noqa: E402
+from orchestrator.files import load_sweep  # noqa: E402
 from tests.bench.simulate import (  # noqa: E402
     LADDER_RECIPE,
     PAPER_RECIPE,

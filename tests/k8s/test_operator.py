@@ -232,7 +232,7 @@ def test_sigkill_and_restart_make_no_duplicate_rayjobs(
         assert names(kube, namespace, "restart") == first
         time.sleep(0.5)
     assert controller.alive(), why()
-    assert sorted(standin.seen) == first  # each picked up once (in whatever order)
+    assert sorted(standin.seen) == first  # each picked up once (in whatever order it polled)
     rows = attempts(db_url, namespace, "restart")
     assert sorted((r.rayjob_name, r.attempt) for r in rows) == [(n, 1) for n in first]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.files import read_trial
 from worker.result import EpochSink, deliver, exit_code, mark_running, store_url
 
 EPOCHS_ENV = "LADDER_FAST_EPOCHS"
@@ -81,7 +82,7 @@ def run(trial: TrialSpec) -> TrialResult:
 def main(argv: Sequence[str]) -> int:
     """`... -m worker run --trial FILE`, as the controller's entrypoint calls the worker."""
     args = list(argv)
-    trial = TrialSpec.read(Path(args[args.index("--trial") + 1]))
+    trial = read_trial(Path(args[args.index("--trial") + 1]))
     result = run(trial)
     deliver(result, trial)
     return int(exit_code(result))

@@ -19,14 +19,13 @@ from typer.testing import CliRunner
 
 import orchestrator.backends.local as local_backend
 from orchestrator import store
-from orchestrator.backends.local import JobOutcome
-from orchestrator.backends.runner import LocalSweepRunner
+from orchestrator.backends.runner import JobOutcome, LocalSweepRunner
 from orchestrator.cli import app
 from orchestrator.core.grid import expand, trial_spec
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.spec import load_sweep
 from orchestrator.core.trial import TrialSpec
+from orchestrator.files import load_sweep
 
 HOSTILE = ["[/x]", "[bold]b", "[link=https://example.invalid]l", ":smile:"]
 IDS = ["closing-tag", "bold", "link", "emoji"]
@@ -71,8 +70,8 @@ def filled_store(root: Path, text: str) -> str:
         trial = expand(sweep).all_trials()[0]
         spec = trial_spec(sweep, trial, attempt=1, output_dir=str(root / trial.trial_id))
         store.record_attempt(session, spec, status=TrialState.RUNNING)
-        store.mark_attempt(session, sweep.namespace, sweep.name, trial.trial_id, 1,
-                           TrialState.OOM, oom_kind=OOMKind.BUDGET, error=f"worker said {text}")
+        store.mark_attempt(session, spec.key, TrialState.OOM, oom_kind=OOMKind.BUDGET,
+                           error=f"worker said {text}")
     return url
 
 

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.core.spec import SpecError, load_sweep
+from orchestrator.core.spec import SpecError
+from orchestrator.files import load_sweep
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "invalid-sweeps"
 EXPECT = "# expect: "

@@ -25,7 +25,7 @@ from orchestrator.cli import app
 from orchestrator.core.grid import expand, trial_spec
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.spec import Sweep, SweepSpec
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.trial import AttemptKey, EpochRecord, TrialResult, TrialSpec
 from orchestrator.report import load, render, table3, top_trials
 
 pytestmark = pytest.mark.integration
@@ -110,8 +110,9 @@ def write_sweep(sessions: sessionmaker[Session], sweep: Sweep, *, gpus: bool) ->
             elif (lane.method, lane.rank, lane.alpha, lane.dss_alpha, lane.seed,
                   trial.model_index) == (Method.QLORA, 16, 64, 0.5, 1, 2):
                 # Still running: its epochs show in the curves, not in tables or means.
-                store.record_epoch(session, sweep.namespace, sweep.name, spec.trial_id, 1,
-                                   result_for(spec, gpus).epochs[0])
+                store.record_epoch(
+                    session, AttemptKey(sweep.namespace, sweep.name, spec.trial_id, 1),
+                    result_for(spec, gpus).epochs[0])
             elif (lane.method, lane.rank, lane.alpha, lane.dss_alpha, lane.seed,
                   trial.model_index) == (Method.LORA, 8, 8, 1.0, 0, 2):
                 store.record_result(session, TrialResult.for_trial(

@@ -333,10 +333,7 @@ class TestRecordEpoch:
     def live(self, factory: sessionmaker[Session], spec: TrialSpec, number: int,
              **fields: object) -> EpochRow:
         with factory.begin() as session:
-            return record_epoch(
-                session, spec.namespace, spec.sweep, spec.trial_id, spec.attempt,
-                epoch(number, **fields),
-            )
+            return record_epoch(session, spec.key, epoch(number, **fields))
 
     def test_same_epoch_twice_is_one_row(
         self, factory: sessionmaker[Session], running: TrialSpec
@@ -401,7 +398,7 @@ class TestMarkAttempt:
              **fields: object) -> TrialRow:
         with factory.begin() as session:
             return mark_attempt(
-                session, spec.namespace, spec.sweep, spec.trial_id, spec.attempt, status,
+                session, spec.key, status,
                 **fields,  # type: ignore[arg-type]
             )
 

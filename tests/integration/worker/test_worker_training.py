@@ -16,6 +16,7 @@ import pytest
 
 from orchestrator.core.lifecycle import ExitCode, OOMKind, TrialState
 from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.files import write_trial
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +116,7 @@ def test_memory_budget_ends_as_budget_oom(ray_address: str, tmp_path: Path) -> N
     """1 MiB: the model alone exceeds it, so the verdict comes right after it is built."""
     url = f"sqlite:///{tmp_path / 'ladder.db'}"
     trial = tiny_trial(tmp_path, "full", memory_budget_bytes=2**20)
-    done = run_worker(trial.write(tmp_path / "trial.json"),
+    done = run_worker(write_trial(trial, tmp_path / "trial.json"),
                       {"RAY_ADDRESS": ray_address, "LADDER_DB_URL": url})
 
     assert done.returncode == ExitCode.OOM, done.stderr[-3000:]
@@ -135,7 +136,7 @@ def test_bad_dataset_fails_with_the_file_named(tmp_path: Path) -> None:
     data.write_text('{"input": "q", "label": "{}", "rationale": "r"}\n{"input": "q2"\n')
     url = f"sqlite:///{tmp_path / 'ladder.db'}"
     trial = tiny_trial(tmp_path, "lora", dataset={"source": str(data)})
-    done = run_worker(trial.write(tmp_path / "trial.json"), {"LADDER_DB_URL": url})
+    done = run_worker(write_trial(trial, tmp_path / "trial.json"), {"LADDER_DB_URL": url})
 
     assert done.returncode == ExitCode.FAILED, done.stderr[-3000:]
     result = TrialResult.from_output(done.stdout)
@@ -162,7 +163,7 @@ def test_sigterm_is_a_cancellation_not_a_failure(
     trial = tiny_trial(tmp_path, "full", training={
         "epochs": 200, "batchSize": 4, "precision": "fp32", "init": "random",
         "maxInputTokens": 96, "maxOutputTokens": 64})
-    path = trial.write(tmp_path / "trial.json")
+    path = write_trial(trial, tmp_path / "trial.json")
     env = {**os.environ, "LADDER_DB_URL": url, "RAY_ADDRESS": ray_address,
            "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen([sys.executable, "-m", "worker", "run", "--trial", str(path)],

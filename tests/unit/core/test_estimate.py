@@ -24,7 +24,8 @@ from orchestrator.core.estimate import (
 )
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import Method
-from orchestrator.core.spec import PAPER_LADDER, Precision, Sweep, SweepSpec, load_sweep
+from orchestrator.core.spec import PAPER_LADDER, Precision, Sweep, SweepSpec
+from orchestrator.files import load_sweep
 
 GiB = 2**30
 GB80 = 80 * GiB

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from orchestrator.core.grid import TRIAL_ID_LENGTH, expand, trial_spec
 from orchestrator.core.lifecycle import Method
-from orchestrator.core.spec import PAPER_LADDER, Sweep, SweepSpec, load_sweep
+from orchestrator.core.spec import PAPER_LADDER, Sweep, SweepSpec
+from orchestrator.files import load_sweep
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -57,11 +57,11 @@ from orchestrator.core.spec import (
     MAX_TRIALS,
     QUANTITY_RE,
     SpecError,
-    load_sweep,
     load_sweep_text,
     parse_quantity,
     parse_sweep,
 )
+from orchestrator.files import load_sweep
 from orchestrator.operator.controller import manifests_of
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "invalid-yaml"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import Method
-from orchestrator.core.spec import PAPER_LADDER, Sweep, load_sweep
+from orchestrator.core.spec import PAPER_LADDER, Sweep
+from orchestrator.files import load_sweep
 from tests.bench.simulate import (
     LADDER_RECIPE,
     PAPER_RECIPE,

@@ -12,12 +12,12 @@ from orchestrator.core.spec import (
     Precision,
     SpecError,
     SweepSpec,
-    load_sweep,
     load_sweep_text,
     parse_quantity,
     parse_sweep,
     sweep_manifest,
 )
+from orchestrator.files import load_sweep
 
 ROOT = Path(__file__).resolve().parents[3]
 MINIMAL = {"ladder": ["ladder/t5-tiny-s"]}

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from orchestrator import cli, store
 from orchestrator.core.grid import expand, trial_spec
-from orchestrator.core.spec import load_sweep, parse_sweep
+from orchestrator.core.spec import parse_sweep
+from orchestrator.files import load_sweep
 from orchestrator.operator.manifests import (
     ANY_SECRET,
     PodPolicyError,

@@ -14,7 +14,7 @@ import pytest
 from orchestrator import store
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.outcome import stall_reason
-from orchestrator.core.trial import EpochRecord
+from orchestrator.core.trial import AttemptKey, EpochRecord
 from orchestrator.operator.manifests import ExecutionConfig, decode_trial
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import NS, SPEC, FakeCluster
@@ -75,7 +75,7 @@ def test_a_silent_running_trial_is_stopped_and_recorded_as_stalled(sessions: Any
     trial = decode_trial(cluster.rayjobs[(NS, name)])
     assert trial is not None
     with sessions.begin() as session:
-        store.record_epoch(session, NS, "qs", trial.trial_id, 1, EpochRecord(
+        store.record_epoch(session, AttemptKey(NS, "qs", trial.trial_id, 1), EpochRecord(
             epoch=1, train_loss=1.0, train_label_loss=1.0, eval_loss=1.0, learning_rate=0.1,
             samples_per_second=1.0, wall_seconds=1.0))
     time.sleep(1.2)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from orchestrator.core.lifecycle import ExitCode, TrialState
 from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.files import write_trial
 
 ROOT = Path(__file__).resolve().parents[3]
 # run_trial replaced by code that swallows every SystemExit, as a stuck library would.
@@ -35,7 +36,7 @@ sys.exit(cli.main(["run", "--trial", sys.argv[1]]))
 def test_a_swallowed_stop_still_ends_the_trial_as_cancelled(tmp_path: Path) -> None:
     trial = TrialSpec(sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s",
                       method="full", output_dir=str(tmp_path / "out"))
-    path = trial.write(tmp_path / "trial.json")
+    path = write_trial(trial, tmp_path / "trial.json")
     env = {k: v for k, v in os.environ.items() if k != "LADDER_DB_URL"}
     env["PYTHONPATH"] = str(ROOT)
     worker = subprocess.Popen([sys.executable, "-c", SWALLOWING_WORKER, str(path)], cwd=ROOT,
