@@ -199,6 +199,46 @@ def host_access(execution: Mapping[str, Any]) -> list[str]:
     ]
 
 
+# Volume kinds whose files live on one pod or one node: nothing the head and every worker pod
+# share. Anything else (persistentVolumeClaim, nfs, csi, cephfs, ...) is taken as shared; a
+# claim must still be ReadWriteMany (docs/install.md), which is the cluster's to enforce.
+POD_LOCAL_VOLUMES = frozenset({
+    "emptyDir", "hostPath", "configMap", "secret", "downwardAPI", "projected", "ephemeral",
+    "image", "gitRepo",
+})
+
+
+def unshared_outputs(sweep: Sweep, config: ExecutionConfig) -> list[tuple[str, str]]:
+    """(field, reason) for each thing a trial writes on a rank's pod that would be lost.
+
+    A per-trial RayCluster runs the driver on the head and the ranks on worker pods, so
+    `<outputDir>` is a different disk on each. Trial results need no shared storage (rank 0
+    hands its summary to the driver through Ray, worker/train.py); the trained weights do:
+    `training.saveModel` best/final is refused unless `execution.outputDir` lies on a volume
+    mounted on every Ray pod (the builder mounts `execution.volumes` on head and workers
+    alike) that is not pod- or node-local. A standing cluster (`clusterSelector`) is not
+    ours to inspect: its pods must mount shared storage there (docs/install.md).
+    """
+    from orchestrator.core.spec import SaveModel
+
+    if sweep.spec.training.save_model is SaveModel.NONE or config.cluster_selector:
+        return []
+    volumes = {str(v.get("name")): v for v in config.volumes}
+    output = config.output_dir.rstrip("/") + "/"
+    for mount in config.volume_mounts:
+        path = str(mount.get("mountPath", "")).rstrip("/") + "/"
+        volume = volumes.get(str(mount.get("name")))
+        if volume is None or not output.startswith(path) or mount.get("subPathExpr"):
+            continue
+        if not POD_LOCAL_VOLUMES.intersection(volume):
+            return []
+    return [("spec.training.saveModel",
+             f"{sweep.spec.training.save_model.value} keeps the weights on rank 0's pod, "
+             f"which is not the head's; mount shared storage (a ReadWriteMany volume) over "
+             f"spec.execution.outputDir ({config.output_dir}) with spec.execution.volumes "
+             f"and volumeMounts, or set saveModel: none")]
+
+
 def sweep_capacity(config: ExecutionConfig) -> Capacity:
     """`execution.capacity`, else unbounded (only `parallelism` limits the sweep)."""
     if config.capacity is None:

@@ -78,6 +78,7 @@ from orchestrator.operator.manifests import (
     running_state,
     sweep_capacity,
     trial_output_dir,
+    unshared_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,9 @@ class Reconciler:
                     for path in refused
                 ])
             config = execution_config(sweep, self.execution_defaults)
+            unshared = unshared_outputs(sweep, config)
+            if unshared:
+                raise SpecError(sweep.name, unshared)
         except (SpecError, ValidationError) as error:
             return self._invalid(body, error, result)
         grid = self._grid(sweep, uid)
