@@ -122,8 +122,11 @@ def random_t5(arch: T5Architecture) -> T5ForConditionalGeneration:
     return model
 
 
-def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype) -> int:
+def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype, *, double_quant: bool) -> int:
     """Replace block nn.Linear layers by bitsandbytes NF4 `Linear4bit`, in memory.
+
+    `double_quant` (training.qloraDoubleQuant) is bitsandbytes' `compress_statistics`: the
+    same switch as `bnb_4bit_use_double_quant` on the pretrained path.
 
     The weights quantize when the model is moved to a device (`.to(device)`), on CPU too. Not
     through save + from_pretrained: transformers 5 would re-tie the LM head on reload.
@@ -140,10 +143,12 @@ def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype) -> int:
                 child.out_features,
                 bias=child.bias is not None,
                 compute_dtype=dtype,
+                compress_statistics=double_quant,
                 quant_type="nf4",
             )
             quantized.weight = bnb.nn.Params4bit(
-                data=child.weight.data, requires_grad=False, quant_type="nf4"
+                data=child.weight.data, requires_grad=False, quant_type="nf4",
+                compress_statistics=double_quant,
             )
             if child.bias is not None:
                 quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)
@@ -180,6 +185,7 @@ def _from_pretrained(trial: TrialSpec, device: torch.device) -> PreTrainedModel:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=compute_dtype(trial.training),
+            bnb_4bit_use_double_quant=trial.training.qlora_double_quant,
         )
         kwargs["device_map"] = {"": device}
     else:
@@ -247,7 +253,7 @@ def build_model(
             )
         model: nn.Module = random_t5(arch)
         if trial.method is Method.QLORA:
-            quantize_nf4(model, dtype)
+            quantize_nf4(model, dtype, double_quant=training.qlora_double_quant)
         model = model.to(device)  # quantizes the Params4bit weights
     else:
         model = _from_pretrained(trial, device)

@@ -192,6 +192,12 @@ class Training(_Model):
         description="Keep the trained weights in the trial's output directory (adapters only "
         "for LoRA and QLoRA, with the tokenizer): none, best (lowest eval loss) or final.",
     )
+    qlora_double_quant: bool = Field(
+        True,
+        description="QLoRA: quantize the NF4 blocks' absmax constants again (8-bit, one fp32 "
+        "per 256 blocks), as the QLoRA authors' code does; one setting for pretrained and "
+        "random-init models and for the memory estimate.",
+    )
 
     def per_worker_batch(self, workers: int) -> int:
         """Examples each worker takes per optimizer step: batchSize // workers, at least one
