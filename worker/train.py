@@ -188,6 +188,7 @@ def train(
     host.check("creating the optimizer")
     probe = to_device(train_set, longest_batch(train_set, per_pass), tokenizer, device)
     probe_step(accelerator, model, optimizer, probe, a)
+    wait_for_device(device)  # CUDA runs ahead of the host: the probe is done only now
     host.check("the probe step on the longest batch")
     progress = Progress(
         first_step_seconds=time.time() - loop.started_at, trainable=info.trainable_parameters,
@@ -201,6 +202,7 @@ def train(
     torch.manual_seed(trial.seed + 1 + rank)  # dropout: different masks on different ranks
 
     for epoch in range(1, cfg.epochs + 1):
+        sampler.new_epoch()  # this epoch's own memory peaks (the run's are kept)
         model.train()
         batches = length_grouped_batches(train_set, per_worker, trial.seed, epoch)
         losses = torch.zeros(3, device=device)  # loss, label loss, rationale loss
@@ -228,7 +230,7 @@ def train(
             train_rationale_loss=None if a == 1.0 else rationale_sum / steps,
             eval_loss=eval_loss, learning_rate=learning_rate,
             samples_per_second=examples / seconds, wall_seconds=seconds,
-            peak_gpu_memory_bytes=telemetry.peak_gpu_memory_bytes,
+            peak_gpu_memory_bytes=telemetry.epoch_peak_gpu_memory_bytes,
             peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
         ), telemetry)
         if rank == 0 and loop.model_dir and cfg.save_model.saves_after(
@@ -242,6 +244,13 @@ def train(
             publish(loop, progress.summary())
         report(epoch)
     return progress.summary() if rank == 0 else None
+
+
+def wait_for_device(device: torch.device) -> None:
+    """Wait until the device has run everything queued (a no-op off CUDA): a time read
+    after an asynchronous CUDA step measures the step, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_step(
