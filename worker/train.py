@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.spec import Precision, SaveModel
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.trial import WORKER_ENV, EpochRecord, TrialResult, TrialSpec
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_train_eval
 from worker.memory import HostMemoryBudget, classify_failure
 from worker.result import EpochSink, error_text, mark_running, store_url
@@ -543,8 +543,22 @@ def run_trial(trial: TrialSpec, *, probe_only: bool = False) -> TrialResult:
     except Exception as error:
         state, kind = classify_failure(error, budget_set=trial.memory_budget_bytes is not None)
         log.error("trial %s ended %s: %s", trial.trial_id, state.value, error_text(error, 500))
-        return finish(state, oom_kind=kind, error=error_text(error), **summary_fields(reported))
+        fields = summary_fields(reported)
+        note = mid_run_oom_note(state, reported)
+        text = error_text(error) if note is None else f"{note}\n{error_text(error, 2800)}"
+        return finish(state, oom_kind=kind, error=text, **fields)
     return finish(TrialState.SUCCEEDED, **summary_fields(summary))
+
+
+def mid_run_oom_note(state: TrialState, reported: Mapping[str, Any]) -> str | None:
+    """For an OOM after the probe step passed (rank 0 published after it): which epoch ran
+    out of memory. The probe runs the longest batch with the optimizer state in place, so an
+    OOM later points at fragmentation, generation or evaluation, not at the model's size."""
+    if state is not TrialState.OOM or reported.get("time_to_first_step_seconds") is None:
+        return None
+    epoch = int(reported.get("epochs_completed") or 0) + 1
+    return (f"out of memory in epoch {epoch}, after the probe step on the longest batch had "
+            f"passed ({epoch - 1} epochs completed)")
 
 
 def fit(
@@ -609,7 +623,9 @@ def connect_ray() -> bool:
     if address is None:
         # A runtime of our own: its workers must import this checkout, installed or not.
         paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
-        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}}
+        env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        runtime_env = {"env_vars": env}
     # ray.init() replaces the SIGTERM handler with its own (sys.exit); the worker's (a stop is
     # a cancellation, see worker/cli.py) must stay.
     handler = signal.getsignal(signal.SIGTERM)

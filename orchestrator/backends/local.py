@@ -23,7 +23,7 @@ from orchestrator.backends.ray_head import SharedHead
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.trial import WORKER_ENV, TrialResult, TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ class LocalRayBackend:
         return submission
 
     def _job_env(self) -> dict[str, str]:
-        env = {"LADDER_DB_URL": self.db_url, "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+        env.update({"LADDER_DB_URL": self.db_url, "PYTHONUNBUFFERED": "1"})
         # Workers must import the same `orchestrator` and `worker` packages as we do.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

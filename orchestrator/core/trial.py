@@ -145,3 +145,10 @@ class TrialResult(BaseModel):
 
 # The worker's one structured stdout line starts with this, so log lines never parse as one.
 RESULT_PREFIX = "LADDER_RESULT "
+
+# Environment every trial's processes get (the Kubernetes RayJob's runtime env, the local
+# backend's Ray jobs, a worker's own Ray runtime), unless the user set the variable already.
+# Batch shapes change every step, so with fixed segments the caching allocator's reserve can
+# fragment past the probe step's peak and run out of memory mid-run; expandable segments grow
+# in place instead.
+WORKER_ENV: dict[str, str] = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}

@@ -49,7 +49,7 @@ from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, Sweep
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.trial import WORKER_ENV, TrialSpec
 
 RAY_API_VERSION = "ray.io/v1"
 RAYJOB_KIND = "RayJob"
@@ -349,9 +349,13 @@ def entrypoint(spec: TrialSpec, config: ExecutionConfig) -> str:
 
 
 def runtime_env(spec: TrialSpec, config: ExecutionConfig) -> dict[str, Any]:
-    """The Ray job's runtime env: the trial JSON inline, plus `execution.runtimeEnv`."""
+    """The Ray job's runtime env: the trial JSON inline, the worker environment
+    (`trial.WORKER_ENV`, unless `execution.env` or `execution.runtimeEnv` sets the variable),
+    plus `execution.runtimeEnv`."""
     extra = dict(config.runtime_env)
-    env_vars = {str(k): str(v) for k, v in (extra.pop("env_vars", None) or {}).items()}
+    container = {str(item.get("name")) for item in config.env}
+    env_vars = {k: v for k, v in WORKER_ENV.items() if k not in container}
+    env_vars.update({str(k): str(v) for k, v in (extra.pop("env_vars", None) or {}).items()})
     env_vars.update({
         TRIAL_JSON_ENV: spec.model_dump_json(by_alias=True),
         "PYTHONUNBUFFERED": "1",
