@@ -179,7 +179,9 @@ def keep_off_cpu_packed_path(model: nn.Module) -> int:
 
 
 def _from_pretrained(trial: TrialSpec, device: torch.device) -> PreTrainedModel:
-    kwargs: dict[str, object] = {}
+    # Every method loads straight onto its device: without a device map each rank would
+    # first materialise the whole fp32 model in host memory (about 11 GB per rank for XL).
+    kwargs: dict[str, object] = {"device_map": {"": device}}
     if trial.method is Method.QLORA:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -187,7 +189,6 @@ def _from_pretrained(trial: TrialSpec, device: torch.device) -> PreTrainedModel:
             bnb_4bit_compute_dtype=compute_dtype(trial.training),
             bnb_4bit_use_double_quant=trial.training.qlora_double_quant,
         )
-        kwargs["device_map"] = {"": device}
     else:
         # Full and LoRA train fp32 master weights; bf16 comes from autocast.
         kwargs["dtype"] = torch.float32
@@ -251,15 +252,18 @@ def build_model(
                 f"{trial.model} has {arch.vocab_size} embeddings, fewer than the "
                 f"{tokenizer.vocab_size} ids of its tokenizer"
             )
-        model: nn.Module = random_t5(arch)
         if trial.method is Method.QLORA:
+            # Built on the host: the weights quantize as they move, so only NF4 reaches the
+            # device (building there would put the whole fp32 model on it first).
+            model: nn.Module = random_t5(arch)
             quantize_nf4(model, dtype, double_quant=training.qlora_double_quant)
+        else:
+            with torch.device(device):  # initialised in place, no host copy
+                model = random_t5(arch)
         model = model.to(device)  # quantizes the Params4bit weights
     else:
-        model = _from_pretrained(trial, device)
+        model = _from_pretrained(trial, device)  # already on the device
         fit_embeddings(model, tokenizer)
-        if trial.method is not Method.QLORA:
-            model = model.to(device)
     if trial.method is Method.QLORA:
         keep_off_cpu_packed_path(model)
 

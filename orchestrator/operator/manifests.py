@@ -131,14 +131,16 @@ class ExecutionConfig(_Config):
     cluster_selector: dict[str, str] | None = Field(
         None, description="Run on a standing RayCluster (e.g. {'ray.io/cluster': 'gpus'})."
     )
-    head: PodShape = PodShape(cpu="1", memory="4Gi")
-    worker: PodShape = PodShape(memory="16Gi")
+    # The chart's values (helm/ladder/values.yaml `execution`), so a controller run without the
+    # chart builds the same pods; tests/unit/operator/test_gpu_pods.py keeps the two equal.
+    head: PodShape = PodShape(cpu="2", memory="8Gi")
+    worker: PodShape = PodShape(memory="160Gi", resources={"ephemeral-storage": "100Gi"})
     env: list[dict[str, Any]] = Field(default_factory=list, description="Extra container env.")
     volumes: list[dict[str, Any]] = Field(default_factory=list)
     volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    shared_memory: str | None = Field("2Gi", description="/dev/shm size (emptyDir, Memory).")
+    shared_memory: str | None = Field("32Gi", description="/dev/shm size (emptyDir, Memory).")
     output_dir: str = Field(DEFAULT_OUTPUT_DIR, description="Trial outputs inside the pods.")
     db_secret: SecretRef | None = Field(None, description="Secret holding LADDER_DB_URL.")
     runtime_env: dict[str, Any] = Field(

@@ -75,3 +75,24 @@ def test_the_controller_refuses_such_a_sweep_naming_the_field(tmp_path) -> None:
     assert result is not None and result.invalid is not None and cluster.jobs() == []
     assert "spec.training.saveModel" in result.invalid
     assert "spec.training.saveModel" in cluster.sweeps[(NS, "qs")]["status"]["message"]
+
+
+def test_the_builders_defaults_are_the_charts() -> None:
+    """A controller run without the chart builds the pods the chart would (16Gi of memory and
+    2Gi of /dev/shm before, against the chart's 160Gi and 32Gi)."""
+    import yaml
+
+    from orchestrator.operator.manifests import ExecutionConfig
+    from tests.unit.operator.test_operator_manifests import ROOT
+
+    chart = yaml.safe_load((ROOT / "helm/ladder/values.yaml").read_text())["execution"]
+    builder = ExecutionConfig().model_dump(by_alias=True)
+    for key in ("head", "sharedMemory", "outputDir", "ttlSecondsAfterFinished"):
+        got = builder[key]
+        if isinstance(got, dict):
+            got = {k: v for k, v in got.items() if v not in (None, {})}
+        assert got == chart[key], key
+    assert builder["worker"]["memory"] == chart["worker"]["memory"]
+    assert builder["worker"]["resources"] == chart["worker"]["resources"]
+    # cpu stays the Sweep's cpusPerWorker unless an installation sets it (the chart: 16).
+    assert builder["worker"]["cpu"] is None
