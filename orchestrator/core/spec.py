@@ -255,6 +255,27 @@ class Resources(_Model):
     cpus_per_worker: int = Field(1, ge=1)
     overrides: dict[str, ResourceOverride] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _one_gpu_per_worker_when_workers_share(self) -> Resources:
+        """gpusPerWorker > 1 with two or more workers is refused. A worker trains on one GPU
+        (DDP, no model parallelism), so the other GPUs would sit idle; and workers that share
+        a Ray node (a local runtime, a node-sized pod) see the union of their GPUs, where
+        Accelerate builds DDP on GPU LOCAL_RANK while the model sits on Ray's device: a
+        device mismatch at the first step."""
+        shapes = [("gpusPerWorker", self.workers, self.gpus_per_worker)]
+        shapes += [
+            (f"overrides.{model}.gpusPerWorker", shape.workers, shape.gpus_per_worker)
+            for model in self.overrides
+            for shape in [self.for_model(model)]
+        ]
+        for field, workers, gpus in shapes:
+            if gpus > 1 and workers > 1:
+                raise FieldError(field, (
+                    f"{gpus} GPUs per worker with {workers} workers: each worker trains on one "
+                    f"GPU, and workers sharing a node would build DDP on the wrong device; use "
+                    f"gpusPerWorker: 1 with {workers * gpus} workers, or workers: 1"))
+        return self
+
     def for_model(self, model: str) -> ResourceShape:
         override = self.overrides.get(model, ResourceOverride())
         return ResourceShape(
