@@ -38,10 +38,10 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core.grid import Trial
@@ -119,6 +119,9 @@ class PodShape(_Config):
     )
 
 
+PodShapeMode = Literal["auto", "worker", "node"]
+
+
 class ExecutionConfig(_Config):
     """The `spec.execution` keys the Kubernetes controller reads (all optional)."""
 
@@ -156,6 +159,43 @@ class ExecutionConfig(_Config):
     capacity: dict[str, int] | None = Field(
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )
+    # -- pod shapes and the GPU network (docs/install.md, "Pod shapes"; all off by default) --
+    gpus_per_node: int | None = Field(
+        None, ge=0, description="GPUs on each GPU node (0 or unset: unknown). With it, a trial "
+        "whose GPUs fill whole nodes runs node-sized pods (podShape auto): NCCL then stays on "
+        "NVLink within a node.",
+    )
+    pod_shape: PodShapeMode = Field(
+        "auto", description="worker: one Ray worker pod per Ray Train worker; node: as many "
+        "workers per pod as a node holds (needs gpusPerNode); auto: node-sized pods when the "
+        "trial fills whole nodes, else one pod per worker.",
+    )
+    nccl_env: dict[str, str] = Field(
+        default_factory=dict, description="NCCL_* variables of the worker containers, e.g. "
+        "{NCCL_SOCKET_IFNAME: eth0, NCCL_IB_HCA: mlx5, NCCL_DEBUG: WARN}.",
+    )
+    rdma_resources: dict[str, str | int] = Field(
+        default_factory=dict, description="RDMA extended resources of each worker pod, e.g. "
+        "{rdma/rdma_shared_device_a: 1} (per pod, whatever the pod's worker count).",
+    )
+    ipc_lock: bool = Field(
+        False, description="Add the IPC_LOCK capability to worker containers (RDMA memory "
+        "registration); a privilege, so it needs the installation's allowPrivilegedTrials.",
+    )
+
+    @field_validator("nccl_env")
+    @classmethod
+    def _nccl_names(cls, value: dict[str, str]) -> dict[str, str]:
+        wrong = sorted(name for name in value if not name.startswith("NCCL_"))
+        if wrong:
+            raise ValueError(f"ncclEnv takes NCCL_* variables only, got {wrong}")
+        return value
+
+    @model_validator(mode="after")
+    def _node_shape_needs_node_size(self) -> ExecutionConfig:
+        if self.pod_shape == "node" and not self.gpus_per_node:
+            raise ValueError("podShape: node needs gpusPerNode (the GPUs of one node)")
+        return self
 
     @field_validator("capacity")
     @classmethod
@@ -192,13 +232,17 @@ def execution_config(
 
 def host_access(execution: Mapping[str, Any]) -> list[str]:
     """The `spec.execution` fields that would give trial pods access to their node, as field
-    paths. Of what the builders put into pods (see ExecutionConfig), only hostPath volumes
-    can; an installation without `allowPrivilegedTrials` refuses Sweeps that ask for one."""
-    return [
+    paths. Of what the builders put into pods (see ExecutionConfig), hostPath volumes can, and
+    `ipcLock` adds a capability; an installation without `allowPrivilegedTrials` refuses
+    Sweeps that ask for either."""
+    found = [
         f"spec.execution.volumes[{index}].hostPath"
         for index, volume in enumerate(execution.get("volumes") or [])
         if isinstance(volume, Mapping) and "hostPath" in volume
     ]
+    if execution.get("ipcLock") is True:
+        found.append("spec.execution.ipcLock")  # a Linux capability beyond the baseline
+    return found
 
 
 # Volume kinds whose files live on one pod or one node: nothing the head and every worker pod
@@ -421,6 +465,7 @@ def _pod_template(
     config: ExecutionConfig,
     db_secret: SecretRef | None,
     resources: dict[str, dict[str, str]],
+    gpu_network: bool = False,
 ) -> dict[str, Any]:
     mounts = [dict(m) for m in config.volume_mounts]
     volumes = [dict(v) for v in config.volumes]
@@ -434,6 +479,8 @@ def _pod_template(
         body["imagePullPolicy"] = config.image_pull_policy
     body["env"] = _container_env(config, db_secret)
     body["securityContext"] = copy.deepcopy(CONTAINER_SECURITY)
+    if gpu_network:
+        _add_gpu_network(body, config)
     if resources:
         body["resources"] = resources
     if mounts:
@@ -452,6 +499,54 @@ def _pod_template(
     return {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod}
 
 
+def workers_per_pod(shape: Any, config: ExecutionConfig) -> int:
+    """Ray Train workers per worker pod (`execution.podShape`, docs/install.md).
+
+    One per pod, unless the GPUs of a node are known (`gpusPerNode`) and either the trial
+    fills whole nodes (auto: its workers are a multiple of a node's) or `podShape: node` asks
+    for packing (as many as a node holds, evenly: every pod of a worker group is alike).
+    Workers in one pod are one Ray node: Ray Train gives them the pod's GPUs and NCCL joins
+    them over NVLink. CPU-only trials keep one worker per pod.
+    """
+    if config.pod_shape == "worker" or shape.gpus_per_worker == 0 or not config.gpus_per_node:
+        return 1
+    per_node = max(1, config.gpus_per_node // shape.gpus_per_worker)
+    if config.pod_shape == "auto":
+        fills = shape.workers >= per_node and shape.workers % per_node == 0
+        return per_node if fills else 1
+    per_pod = min(shape.workers, per_node)
+    while shape.workers % per_pod:
+        per_pod -= 1
+    return per_pod
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
+
+
+def scale_quantity(value: str | int, factor: int) -> str:
+    """A Kubernetes quantity times `factor` in its own unit ('16' x 4 = '64', '160Gi' x 4 =
+    '640Gi', '500m' x 4 = '2000m'): a pod of k workers asks for k workers' resources."""
+    text = str(value)
+    if factor == 1:
+        return text
+    match = _QUANTITY.match(text)
+    if match is None:
+        raise ValueError(f"cannot scale the quantity {text!r}")
+    number = float(match.group(1)) * factor
+    shown = str(int(number)) if number.is_integer() else f"{number:g}"
+    return f"{shown}{match.group(2)}"
+
+
+def _add_gpu_network(body: dict[str, Any], config: ExecutionConfig) -> None:
+    """NCCL's environment and IPC_LOCK on a worker container, as `execution` asks."""
+    if config.nccl_env:
+        names = {item["name"] for item in body["env"]}
+        body["env"] += [{"name": k, "value": str(v)} for k, v in sorted(config.nccl_env.items())
+                        if k not in names]
+    if config.ipc_lock:
+        body["securityContext"]["capabilities"]["add"] = ["IPC_LOCK"]
+
+
 def ray_cluster_spec(
     trial: Trial,
     labels: Mapping[str, str],
@@ -459,14 +554,20 @@ def ray_cluster_spec(
     config: ExecutionConfig,
     db_secret: SecretRef | None,
 ) -> dict[str, Any]:
-    """A RayCluster for one trial: a head, and one worker pod per Ray Train worker."""
+    """A RayCluster for one trial: a head, and worker pods of `workers_per_pod` Ray Train
+    workers each (one per worker, or node-sized)."""
     shape = trial.resources
     head = config.head
     head_resources = _resources(head.cpu, head.memory, head.resources)
     worker = config.worker
+    per_pod = workers_per_pod(shape, config)
     worker_cpu = worker.cpu if worker.cpu is not None else shape.cpus_per_worker
     worker_resources = _resources(
-        worker_cpu, worker.memory, worker.resources, gpus=shape.gpus_per_worker
+        scale_quantity(worker_cpu, per_pod),
+        None if worker.memory is None else scale_quantity(worker.memory, per_pod),
+        {**{k: scale_quantity(v, per_pod) for k, v in worker.resources.items()},
+         **config.rdma_resources},
+        gpus=shape.gpus_per_worker * per_pod,
     )
     cluster: dict[str, Any] = {}
     if config.ray_version:
@@ -481,12 +582,13 @@ def ray_cluster_spec(
     cluster["workerGroupSpecs"] = [
         {
             "groupName": WORKER_GROUP,
-            "replicas": shape.workers,
-            "minReplicas": shape.workers,
-            "maxReplicas": shape.workers,
+            "replicas": shape.workers // per_pod,
+            "minReplicas": shape.workers // per_pod,
+            "maxReplicas": shape.workers // per_pod,
             "rayStartParams": {},
             "template": _pod_template(
-                WORKER_CONTAINER, labels, annotations, config, db_secret, worker_resources
+                WORKER_CONTAINER, labels, annotations, config, db_secret, worker_resources,
+                gpu_network=True,
             ),
         }
     ]
