@@ -22,9 +22,10 @@ How a trial attempt becomes a RayJob (`ray.io/v1`, KubeRay v1.7):
   `execution.clusterSelector` (a standing RayCluster) the pods are not ours, so that
   cluster's pods must carry `LADDER_DB_URL` themselves;
 - the cluster is either a per-trial RayCluster built from `spec.execution` (image, head,
-  one worker group with `replicas = resources.workers` and `nvidia.com/gpu` limits =
-  `gpusPerWorker`, volumes, ...), deleted when the job ends (`shutdownAfterJobFinishes`,
-  `ttlSecondsAfterFinished`), or a standing one picked by `execution.clusterSelector`.
+  one worker group of `resources.workers / k` pods with `k * gpusPerWorker` GPUs each, k the
+  Ray Train workers per pod: 1, or a node's worth, `workers_per_pod`; volumes, ...),
+  deleted when the job ends (`shutdownAfterJobFinishes`, `ttlSecondsAfterFinished`), or a
+  standing one picked by `execution.clusterSelector`.
 
 `ExecutionConfig` documents every `spec.execution` key the controller reads.
 """
@@ -110,7 +111,8 @@ class SecretRef(_Config):
 
 
 class PodShape(_Config):
-    """Resources of the head pod, or of each worker pod (CPU defaults to cpusPerWorker)."""
+    """Resources of the head pod, or of each Ray Train worker (CPU defaults to
+    cpusPerWorker): a worker pod holding k workers asks for k times these."""
 
     cpu: str | int | None = None
     memory: str | None = None
