@@ -194,11 +194,12 @@ def train(
         first_step_seconds=time.time() - loop.started_at, trainable=info.trainable_parameters,
         total=info.total_parameters, sink=EpochSink(trial, loop.db_url) if rank == 0 else None,
     )
+    progress.telemetry = gather_telemetry(sampler)  # a collective: every rank calls it
     if loop.probe_only:
-        progress.telemetry = gather_telemetry(sampler)  # a collective: every rank calls it
         return progress.summary() if rank == 0 else None
     if rank == 0:
-        publish(loop, progress.summary())  # the probe passed: a later OOM happened mid-run
+        # The probe passed, with its peaks: a later OOM happened mid-run (mid_run_oom_note).
+        publish(loop, progress.summary())
     torch.manual_seed(trial.seed + 1 + rank)  # dropout: different masks on different ranks
 
     for epoch in range(1, cfg.epochs + 1):
