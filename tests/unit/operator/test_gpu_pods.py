@@ -169,7 +169,9 @@ def test_gpu_network_is_off_by_default() -> None:
 
 
 def test_gpu_network_when_asked() -> None:
-    from orchestrator.operator.manifests import host_access
+    from dataclasses import replace
+
+    from orchestrator.operator.manifests import TrialPodPolicy, pod_policy_problems
 
     execution = {"gpusPerNode": 8, "ipcLock": True,
                  "rdmaResources": {"rdma/rdma_shared_device_a": 1},
@@ -185,7 +187,10 @@ def test_gpu_network_when_asked() -> None:
     # RDMA devices are per pod, not per worker: two node-sized pods, one device each.
     assert group["replicas"] == 2 and _limits(group)["rdma/rdma_shared_device_a"] == "1"
     # IPC_LOCK is a privilege: it needs the installation's consent, like hostPath.
-    assert host_access(execution) == ["spec.execution.ipcLock"]
+    policy = TrialPodPolicy()
+    assert [path for path, _ in pod_policy_problems(execution, policy)] == [
+        "spec.execution.ipcLock"]
+    assert pod_policy_problems(execution, replace(policy, host_paths=True)) == []
 
 
 @pytest.mark.parametrize(("value", "factor", "expected"), [
