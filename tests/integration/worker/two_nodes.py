@@ -54,13 +54,16 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
     raise AssertionError(f"the Ray head did not listen on port {port}")
 
 
-def _wait_for_nodes(address: str, env: dict[str, str], count: int, timeout: float = 90) -> None:
+def _wait_for_nodes(address: str, env: dict[str, str], count: int, timeout: float = 240) -> None:
     script = (f"import ray; ray.init(address={address!r}, include_dashboard=False, "
               "configure_logging=False); print(sum(n['Alive'] for n in ray.nodes()))")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                              text=True, timeout=60)
+        try:  # a loaded machine may take a minute just to import Ray: ask again
+            done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                                  text=True, timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            continue
         if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(1)
