@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
+from orchestrator.core.execution import ControllerExecution
 from orchestrator.core.spec import (
     API_VERSION,
     BUILTIN_DATASETS,
@@ -233,7 +234,24 @@ def spec_schema() -> dict[str, Any]:
     # Bound the overrides map, or the apiserver refuses the CEL rule that walks it as too
     # costly ("estimated rule cost exceeds budget").
     schema["properties"]["resources"]["properties"]["overrides"]["maxProperties"] = MAX_LIST
+    schema["properties"]["execution"]["properties"] = execution_properties()
     return schema
+
+
+# `spec.execution` stays open (other backends read other keys), but the keys the controller
+# acts on by itself (`core.execution.ControllerExecution`) are typed, so `kubectl apply`
+# refuses a bad value. No defaults here: a default stored into the Sweep would override the
+# installation's (the chart's execution values).
+
+
+def execution_properties() -> dict[str, Any]:
+    raw = ControllerExecution.model_json_schema(by_alias=True, mode="validation")
+    out = {}
+    for key, value in raw["properties"].items():
+        prop = _structural(value, raw.get("$defs", {}))
+        prop.pop("default", None)
+        out[key] = prop
+    return out
 
 
 STATUS_SCHEMA: dict[str, Any] = {

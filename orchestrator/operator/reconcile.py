@@ -13,14 +13,21 @@ Observe:
    the label that are not this Sweep's (an older Sweep of the same name) are deleted;
 3. the store's attempts. A pending or running attempt is settled from, in this order: the
    worker's own result (the store row turned terminal), its RayJob's status
-   (`manifests.outcome_from_rayjob`, with the pods of its RayCluster for OOMKilled), and a
-   RayJob that is gone (deleted behind the controller's back, or never created because the
-   controller died between recording and creating it): cancelled, so the lane relaunches it
-   as the next attempt. A RayJob without a store row (a store that lost it) is adopted.
+   (`manifests.outcome_from_rayjob`, with the pods of its RayCluster and KubeRay's Events on
+   it for OOMKilled), and a RayJob that is gone (deleted behind the controller's back, or
+   never created because the controller died between recording and creating it):
+   cancelled, so the lane relaunches it as the next attempt. A RayJob without a store row
+   (a store that lost it) is adopted.
    A running attempt silent for longer than `execution.stallTimeoutSeconds` (no epoch, no
    other write of its worker; `outcome.stall_reason` decides) has hung: its RayJob is deleted
    and the attempt recorded as failed, "stalled: no progress for N s" (it retries like any
-   failure).
+   failure). A live attempt one of whose pods the scheduler has refused for longer than
+   `execution.unschedulableTimeoutSeconds` is requeued: its RayJob is deleted and the
+   attempt recorded as cancelled with the scheduler's message (the lane runs it again).
+4. what the cluster holds besides the active attempts (`operator.capacity`): the GPUs of
+   finished trials' RayClusters KubeRay still keeps, and, without `execution.capacity`,
+   the nodes' allocatable GPUs less every other pod's request; RayJobs suspended for Kueue
+   hold nothing.
 
 Plan: `plan(grid, spec, Observed(...))` with the attempts from the store.
 
@@ -59,12 +66,22 @@ from orchestrator.core.plan import (
     plan,
     status_dict,
 )
+from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
 from orchestrator.core.trial import TrialSpec
 from orchestrator.metrics import LadderMetrics
+from orchestrator.operator.capacity import (
+    GpuPool,
+    cluster_gpus,
+    held_gpus,
+    own_attempt,
+    queued,
+    unschedulable_reason,
+)
 from orchestrator.operator.conditions import desired_conditions, merge_conditions
 from orchestrator.operator.kube import Cluster, KubeError
 from orchestrator.operator.manifests import (
+    UNBOUNDED,
     ExecutionConfig,
     SecretRef,
     TrialPodPolicy,
@@ -182,6 +199,7 @@ class Reconciler:
         self._states_lock = threading.Lock()
         self._grids: dict[tuple[str, str, str], tuple[str, _Expanded]] = {}
         self.passes = 0
+        self._nodes_refused = False
 
     # --- entry points ----------------------------------------------------------------------
     def _state(self, namespace: str, name: str) -> _SweepState:
@@ -284,13 +302,24 @@ class Reconciler:
                 continue
             rayjobs[key] = rayjob
 
+        pods = self._sweep_pods(namespace, name)
         self._observe(body, sweep, config, trials, rayjobs, result)
+        self._requeue_unschedulable(body, sweep, config, trials, rayjobs, pods, result)
         rows, observed = bookkeeping.observe(
             self.sessions, sweep, (), sweep_capacity(config), predicted=None,
             deleting=deleting,
         )
         # The OOM predictions were made once for this spec (`_grid`), not in every pass.
         observed = dataclasses.replace(observed, predicted_oom=expanded.predicted_oom)
+        # What the cluster holds besides the active attempts (operator.capacity).
+        active = frozenset(
+            (r.trial_id, r.attempt) for r in rows if not TrialState(r.status).is_terminal
+        )
+        capacity, held = self._capacity(sweep, config, active, pods)
+        observed = dataclasses.replace(
+            observed, capacity=capacity, held=held,
+            queued=frozenset(key for key, job in rayjobs.items() if queued(job)),
+        )
         decided = plan(grid, sweep.spec, observed)
         result.plan = decided
         self._announce(body, rows, trials, rayjobs)
@@ -334,6 +363,103 @@ class Reconciler:
             )
             self.cluster.patch_sweep_status(meta.get("namespace") or "", meta["name"], status)
         return result
+
+    # --- what the cluster holds (orchestrator.operator.capacity) ----------------------------
+    def _sweep_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        try:
+            return self.cluster.sweep_pods(namespace, name)
+        except KubeError as error:
+            if error.transient:
+                raise
+            log.warning("cannot read the pods of sweep %s/%s: %s", namespace, name, error)
+            return []
+
+    def _capacity(
+        self,
+        sweep: Sweep,
+        config: ExecutionConfig,
+        active: frozenset[tuple[str, int]],
+        pods: list[dict[str, Any]],
+    ) -> tuple[Capacity, Capacity]:
+        """(the capacity the sweep may use, what is held outside its active attempts).
+
+        `execution.capacity` set: that, less the GPUs of this sweep's finished trials whose
+        RayClusters KubeRay still keeps (ttlSecondsAfterFinished). Unset: the allocatable
+        GPUs of the nodes the sweep's pods fit, less what every other non-terminal pod
+        requests and what is on nodes not usable now (NotReady, cordoned); unbounded when
+        the nodes cannot be read (no RBAC for them) or no node the pods fit has a GPU (a
+        node pool that scales from zero: `UNBOUNDED`). With `execution.queueName` and no
+        capacity, unbounded too: Kueue's ClusterQueue quota decides, and `parallelism`
+        bounds what Ladder hands to the queue."""
+        if config.capacity is None and config.queue_name is None:
+            pool = self._cluster_pool(sweep, config, active)
+            if pool is not None and pool.total > 0:
+                return (Capacity(gpus=pool.total, cpus=UNBOUNDED.cpus),
+                        Capacity(gpus=pool.unavailable, cpus=0))
+        held = held_gpus(pods, sweep.namespace, sweep.name, active)
+        return sweep_capacity(config), Capacity(gpus=held, cpus=0)
+
+    def _cluster_pool(
+        self, sweep: Sweep, config: ExecutionConfig, active: frozenset[tuple[str, int]]
+    ) -> GpuPool | None:
+        try:
+            nodes = self.cluster.list_nodes()
+            pods = self.cluster.active_pods() if nodes else []
+        except KubeError as error:
+            if error.transient:
+                raise
+            if not self._nodes_refused:
+                log.warning("cannot read nodes and pods to size the cluster (%s); sweeps "
+                            "without execution.capacity are bounded by parallelism only",
+                            error)
+                self._nodes_refused = True
+            return None
+        return cluster_gpus(nodes, pods, sweep.namespace, sweep.name, active,
+                            node_selector=config.node_selector, tolerations=config.tolerations)
+
+    def _requeue_unschedulable(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        config: ExecutionConfig,
+        trials: Mapping[str, Trial],
+        rayjobs: dict[tuple[str, int], dict[str, Any]],
+        pods: list[dict[str, Any]],
+        result: PassResult,
+    ) -> None:
+        """Requeue each live attempt one of whose pods the scheduler has refused for
+        `execution.unschedulableTimeoutSeconds`: the RayJob goes first (as for a stall),
+        then the attempt is recorded cancelled with the scheduler's message, so the lane
+        runs the trial again as a new attempt, once the capacity is there (no failure)."""
+        namespace, name = sweep.namespace, sweep.name
+        by_attempt: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for pod in pods:
+            key = own_attempt(pod, namespace, name)
+            if key is not None:
+                by_attempt.setdefault(key, []).append(pod)
+        if not by_attempt:
+            return
+        with self.sessions() as session:
+            live = {(r.trial_id, r.attempt) for r in store.attempts(session, namespace, name)
+                    if not TrialState(r.status).is_terminal}
+        for key in sorted(live & by_attempt.keys() & rayjobs.keys()):
+            why = unschedulable_reason(by_attempt[key], self.clock(),
+                                       config.unschedulable_timeout_seconds)
+            if why is None or key[0] not in trials:
+                continue
+            job_name = rayjobs.pop(key)["metadata"]["name"]
+            reason = f"requeued: {why}"
+            log.warning("trial %s attempt %d (RayJob %s/%s): %s", key[0], key[1], namespace,
+                        job_name, reason)
+            if self.cluster.delete_rayjob(namespace, job_name):
+                result.deleted.append(job_name)
+            trial = trials[key[0]]
+            self._settle(body, sweep, trial, key, TrialState.CANCELLED, None, reason, result)
+            if result.settled[key] is TrialState.CANCELLED:
+                self.cluster.event(body, WARNING, "TrialUnschedulable",
+                                   f"Trial {_describe(trial)} attempt {key[1]} {reason} "
+                                   f"(RayJob {job_name} deleted; it runs again when the "
+                                   f"capacity is there)")
 
     def _failed_pass(self, body: Mapping[str, Any], error: Exception) -> PassResult:
         """A pass that raised (a bug, or a spec the model let through that the cluster or the
@@ -418,7 +544,8 @@ class Reconciler:
             outcome = outcome_from_rayjob(rayjob, budget_set=budget_set)
             if outcome is not None and outcome[0] in (TrialState.FAILED, TrialState.OOM):
                 outcome = outcome_from_rayjob(
-                    rayjob, self._pods(namespace, rayjob), budget_set=budget_set
+                    rayjob, self._pods(namespace, rayjob), budget_set=budget_set,
+                    events=self._cluster_events(namespace, rayjob),
                 )
             if outcome is None:
                 live = running_state(rayjob)
@@ -472,6 +599,17 @@ class Reconciler:
             return self.cluster.cluster_pods(namespace, cluster)
         except KubeError as error:
             log.warning("cannot read pods of RayCluster %s: %s", cluster, error)
+            return []
+
+    def _cluster_events(self, namespace: str, rayjob: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """KubeRay's Events on the job's RayCluster (an OOMKilled pod it deleted)."""
+        cluster = cluster_name(rayjob)
+        if not cluster:
+            return []
+        try:
+            return self.cluster.cluster_events(namespace, cluster)
+        except KubeError as error:
+            log.warning("cannot read events of RayCluster %s: %s", cluster, error)
             return []
 
     def _settle(

@@ -194,6 +194,7 @@ def one_trial_sweep(tmp_path: Path) -> str:
         "python": sys.executable,
         "rayVersion": RAY_VERSION,
         "submissionMode": "HTTPMode",  # the operator posts the job to the head's dashboard
+        "authOptions": {"mode": "disabled"},  # the stand-in Ray head runs RAY_AUTH_MODE=disabled
         "ttlSecondsAfterFinished": 0,
     }
     document["metadata"] = {"name": "real"}
@@ -280,7 +281,8 @@ spec:
   escalation: {onOOM: stop-lane, retries: 0}
   parallelism: 2
   # Ladder is told 16 GPUs; the cluster has 8: both trials launch, and the scheduler decides.
-  execution: {rayVersion: "RAY_VERSION", submissionMode: HTTPMode, capacity: {gpus: 16}}
+  execution: {rayVersion: "RAY_VERSION", submissionMode: HTTPMode, capacity: {gpus: 16},
+              authOptions: {mode: disabled}}
 """
 
 

@@ -231,7 +231,7 @@ class TestManifest:
     def test_default_ttl(self) -> None:
         sweep = quickstart()
         assert build(sweep, expand(sweep).all_trials()[0])[0]["spec"][
-            "ttlSecondsAfterFinished"] == 600
+            "ttlSecondsAfterFinished"] == 60
 
     def test_entrypoint_is_the_worker_contract_with_the_trial_inline(self) -> None:
         sweep = quickstart()
