@@ -45,7 +45,14 @@ from orchestrator.core.names import (
     METRICS_PORT_ENV,
 )
 from orchestrator.core.plan import SweepPhase, SweepStatus
-from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
+from orchestrator.core.spec import (
+    Resources,
+    SpecError,
+    Sweep,
+    SweepSpec,
+    load_sweep,
+    workers_sharing_gpus,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -320,6 +327,9 @@ def run(
 
     sweep = _load(file)
     spec = sweep.spec
+    shared = workers_sharing_gpus(spec.resources)  # one local Ray node holds every worker
+    if shared:
+        _spec_error(SpecError(str(file), shared))
     if parallelism is not None:
         spec = spec.model_copy(update={"parallelism": parallelism})
     if cpu:

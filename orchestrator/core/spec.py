@@ -320,27 +320,6 @@ class Resources(_Model):
     cpus_per_worker: int = Field(1, ge=1, le=INT32_MAX)
     overrides: dict[str, ResourceOverride] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _one_gpu_per_worker_when_workers_share(self) -> Resources:
-        """gpusPerWorker > 1 with two or more workers is refused. A worker trains on one GPU
-        (DDP, no model parallelism), so the other GPUs would sit idle; and workers that share
-        a Ray node (a local runtime, a node-sized pod) see the union of their GPUs, where
-        Accelerate builds DDP on GPU LOCAL_RANK while the model sits on Ray's device: a
-        device mismatch at the first step."""
-        shapes = [("gpusPerWorker", self.workers, self.gpus_per_worker)]
-        shapes += [
-            (f"overrides.{model}.gpusPerWorker", shape.workers, shape.gpus_per_worker)
-            for model in self.overrides
-            for shape in [self.for_model(model)]
-        ]
-        for field, workers, gpus in shapes:
-            if gpus > 1 and workers > 1:
-                raise FieldError(field, (
-                    f"{gpus} GPUs per worker with {workers} workers: each worker trains on one "
-                    f"GPU, and workers sharing a node would build DDP on the wrong device; use "
-                    f"gpusPerWorker: 1 with {workers * gpus} workers, or workers: 1"))
-        return self
-
     def for_model(self, model: str) -> ResourceShape:
         override = self.overrides.get(model, ResourceOverride())
         return ResourceShape(
@@ -351,6 +330,28 @@ class Resources(_Model):
             ),
             cpus_per_worker=override.cpus_per_worker or self.cpus_per_worker,
         )
+
+
+def workers_sharing_gpus(resources: Resources) -> list[tuple[str, str]]:
+    """(field, why) for each shape with gpusPerWorker > 1 and two or more workers, where the
+    workers share one Ray node (the local runtime: `ladder run` refuses them). A worker trains
+    on one GPU (DDP, no model parallelism); workers sharing a node see the union of their
+    GPUs, and Accelerate builds DDP on GPU LOCAL_RANK while the model sits on Ray's device: a
+    device mismatch at the first step. On Kubernetes each such worker has a pod (a Ray node)
+    of its own (`operator.manifests.workers_per_pod` never packs them), so they are allowed."""
+    shapes = [("spec.resources.gpusPerWorker", resources.workers, resources.gpus_per_worker)]
+    shapes += [
+        (f"spec.resources.overrides.{model}.gpusPerWorker", shape.workers,
+         shape.gpus_per_worker)
+        for model in resources.overrides
+        for shape in [resources.for_model(model)]
+    ]
+    return [
+        (field, f"{gpus} GPUs per worker with {workers} workers on one node: each worker "
+                f"trains on one GPU, and workers sharing a node would build DDP on the wrong "
+                f"device; use gpusPerWorker: 1 with {workers * gpus} workers, or workers: 1")
+        for field, workers, gpus in shapes if gpus > 1 and workers > 1
+    ]
 
 
 class ResourceShape(_Model):

@@ -821,7 +821,8 @@ def workers_per_pod(shape: Any, config: ExecutionConfig) -> int:
     Workers in one pod are one Ray node: Ray Train gives them the pod's GPUs and NCCL joins
     them over NVLink. CPU-only trials keep one worker per pod.
     """
-    if config.pod_shape == "worker" or shape.gpus_per_worker == 0 or not config.gpus_per_node:
+    if config.pod_shape == "worker" or shape.gpus_per_worker != 1 or not config.gpus_per_node:
+        # Workers of several GPUs each never share a pod (`spec.workers_sharing_gpus`).
         return 1
     per_node = max(1, config.gpus_per_node // shape.gpus_per_worker)
     if config.pod_shape == "auto":

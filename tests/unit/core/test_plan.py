@@ -536,12 +536,10 @@ def sweeps(draw: st.DrawFn) -> SweepSpec:
     models = draw(st.integers(1, 4))
     methods = draw(st.lists(st.sampled_from(list(Method)), min_size=1, max_size=3, unique=True))
     alphas = draw(st.lists(st.sampled_from([8, 16, 32]), min_size=1, max_size=2, unique=True))
-    per_model = {}
-    for i in range(models):
-        gpus = draw(st.integers(0, 2))
-        # More than one GPU per worker only with one worker (the spec refuses the rest).
-        workers = 1 if gpus > 1 else draw(st.integers(1, 4))
-        per_model[f"m{i}"] = {"workers": workers, "gpusPerWorker": gpus}
+    per_model = {
+        f"m{i}": {"workers": draw(st.integers(1, 4)), "gpusPerWorker": draw(st.integers(0, 2))}
+        for i in range(models)
+    }
     return SweepSpec(
         ladder=[f"m{i}" for i in range(models)],
         methods=methods,

@@ -216,7 +216,7 @@ def test_a_node_not_ready_for_a_while_fails_no_trial(
     down = node("gpu-2", 8)
     down["status"]["conditions"] = [{"type": "Ready", "status": "Unknown"}]
     cluster.nodes = [node("gpu-1", 8), down]
-    cluster.add_sweep("qs", {**spec_with(), "resources": {"workers": 16, "gpusPerWorker": 1}})
+    cluster.add_sweep("qs", {**spec_with(), "resources": {"workers": 4, "gpusPerWorker": 4}})
     first = reconciler.reconcile(NS, "qs")
     assert first is not None and first.launched == []
     assert not rows(sessions)  # nothing recorded: waiting, not failed
