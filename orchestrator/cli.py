@@ -45,7 +45,13 @@ from orchestrator.core.names import (
     METRICS_PORT_ENV,
 )
 from orchestrator.core.plan import SweepPhase, SweepStatus
-from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec
+from orchestrator.core.spec import (
+    Resources,
+    SpecError,
+    Sweep,
+    SweepSpec,
+    workers_sharing_gpus,
+)
 from orchestrator.files import load_sweep
 
 if TYPE_CHECKING:
@@ -321,6 +327,9 @@ def run(
 
     sweep = _load(file)
     spec = sweep.spec
+    shared = workers_sharing_gpus(spec.resources)  # one local Ray node holds every worker
+    if shared:
+        _spec_error(SpecError(str(file), shared))
     if parallelism is not None:
         spec = spec.model_copy(update={"parallelism": parallelism})
     if cpu:

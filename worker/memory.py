@@ -4,7 +4,10 @@ A budget caps the memory one worker may use on its device, so a ladder can be pl
 smaller card than the one at hand, and so tests hit real OOMs without a GPU:
 
 - CUDA: the caching allocator enforces it (`set_per_process_memory_fraction`), and the
-  resulting `torch.OutOfMemoryError` is classified as a budget OOM.
+  resulting `torch.OutOfMemoryError` is classified as a budget OOM. Only when it binds: a
+  budget at or above the card's memory sets no fraction at all, so an OOM there is the card's
+  (`gpu`), and torch's message (`... allowed; ...`) tells the two apart in every process that
+  reads it (`orchestrator.core.outcome.budget_bound`).
 - CPU: nothing enforces it, so it is measured: the growth of the process's peak RSS over a
   baseline taken after imports and a tiny warm-up step (library pages that load lazily on the
   first matmul or backward are overhead, not the trial's memory). `HostMemoryBudget.check`
@@ -25,7 +28,7 @@ import psutil
 import torch
 
 from orchestrator.core.lifecycle import OOMKind, TrialState
-from orchestrator.core.outcome import classify_text
+from orchestrator.core.outcome import budget_bound, classify_text
 
 __all__ = [
     "HostMemoryBudget",
@@ -129,10 +132,14 @@ class HostMemoryBudget:
 def apply_cuda_budget(budget_bytes: int, device: torch.device) -> float:
     """Make the caching allocator refuse allocations past `budget_bytes` on `device`.
 
-    Returns the fraction set. A budget above the card's memory changes nothing (fraction 1).
+    Returns the fraction set. A budget at or above the card's memory sets nothing and returns
+    1.0: the budget does not bind, and torch's OOM message then carries no "allowed" figure,
+    which is how an OOM there is told from a budget OOM (`outcome.budget_bound`).
     """
     total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, budget_bytes / total)
+    if budget_bytes >= total:
+        return 1.0
+    fraction = budget_bytes / total
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     return fraction
 
@@ -179,7 +186,8 @@ def classify_failure(
     """(state, oom kind) of a failed trial: FAILED unless some part of the error is an OOM.
 
     Types decide first, anywhere in the chain: our MemoryBudgetExceeded (budget), torch's
-    OutOfMemoryError (gpu, or budget when a budget capped the allocator), Python's MemoryError
+    OutOfMemoryError (gpu, or budget when a budget is set and its message shows that the
+    budget's memory fraction capped the allocator), Python's MemoryError
     and Ray's memory-monitor OutOfMemoryError (host). Then the text of every exception in the
     chain: torch's CPU allocator failing is a host OOM, the rest follows the rules the backends
     apply to logs (`orchestrator.core.outcome.classify_text`).
@@ -189,8 +197,10 @@ def classify_failure(
     chain = list(exception_chain(error))
     if any(isinstance(e, MemoryBudgetExceeded) for e in chain):
         return TrialState.OOM, OOMKind.BUDGET
-    if any(isinstance(e, torch.OutOfMemoryError) for e in chain):
-        return TrialState.OOM, OOMKind.BUDGET if budget_set else OOMKind.GPU
+    torch_ooms = [e for e in chain if isinstance(e, torch.OutOfMemoryError)]
+    if torch_ooms:
+        bound = budget_set and any(budget_bound(str(e)) for e in torch_ooms)
+        return TrialState.OOM, OOMKind.BUDGET if bound else OOMKind.GPU
     host_types = (MemoryError, *_ray_host_oom_types())
     if any(isinstance(e, host_types) for e in chain):
         return TrialState.OOM, OOMKind.HOST

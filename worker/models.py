@@ -122,8 +122,11 @@ def random_t5(arch: T5Architecture) -> T5ForConditionalGeneration:
     return model
 
 
-def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype) -> int:
+def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype, *, double_quant: bool) -> int:
     """Replace block nn.Linear layers by bitsandbytes NF4 `Linear4bit`, in memory.
+
+    `double_quant` (training.qloraDoubleQuant) is bitsandbytes' `compress_statistics`: the
+    same switch as `bnb_4bit_use_double_quant` on the pretrained path.
 
     The weights quantize when the model is moved to a device (`.to(device)`), on CPU too. Not
     through save + from_pretrained: transformers 5 would re-tie the LM head on reload.
@@ -140,10 +143,12 @@ def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype) -> int:
                 child.out_features,
                 bias=child.bias is not None,
                 compute_dtype=dtype,
+                compress_statistics=double_quant,
                 quant_type="nf4",
             )
             quantized.weight = bnb.nn.Params4bit(
-                data=child.weight.data, requires_grad=False, quant_type="nf4"
+                data=child.weight.data, requires_grad=False, quant_type="nf4",
+                compress_statistics=double_quant,
             )
             if child.bias is not None:
                 quantized.bias = nn.Parameter(child.bias.data, requires_grad=False)
@@ -174,14 +179,16 @@ def keep_off_cpu_packed_path(model: nn.Module) -> int:
 
 
 def _from_pretrained(trial: TrialSpec, device: torch.device) -> PreTrainedModel:
-    kwargs: dict[str, object] = {}
+    # Every method loads straight onto its device: without a device map each rank would
+    # first materialise the whole fp32 model in host memory (about 11 GB per rank for XL).
+    kwargs: dict[str, object] = {"device_map": {"": device}}
     if trial.method is Method.QLORA:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=compute_dtype(trial.training),
+            bnb_4bit_use_double_quant=trial.training.qlora_double_quant,
         )
-        kwargs["device_map"] = {"": device}
     else:
         # Full and LoRA train fp32 master weights; bf16 comes from autocast.
         kwargs["dtype"] = torch.float32
@@ -245,15 +252,18 @@ def build_model(
                 f"{trial.model} has {arch.vocab_size} embeddings, fewer than the "
                 f"{tokenizer.vocab_size} ids of its tokenizer"
             )
-        model: nn.Module = random_t5(arch)
         if trial.method is Method.QLORA:
-            quantize_nf4(model, dtype)
+            # Built on the host: the weights quantize as they move, so only NF4 reaches the
+            # device (building there would put the whole fp32 model on it first).
+            model: nn.Module = random_t5(arch)
+            quantize_nf4(model, dtype, double_quant=training.qlora_double_quant)
+        else:
+            with torch.device(device):  # initialised in place, no host copy
+                model = random_t5(arch)
         model = model.to(device)  # quantizes the Params4bit weights
     else:
-        model = _from_pretrained(trial, device)
+        model = _from_pretrained(trial, device)  # already on the device
         fit_embeddings(model, tokenizer)
-        if trial.method is not Method.QLORA:
-            model = model.to(device)
     if trial.method is Method.QLORA:
         keep_off_cpu_packed_path(model)
 

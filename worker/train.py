@@ -21,10 +21,14 @@ several smaller forward/backward passes whose gradients add up before the one op
 a batch of 1, instead of 8 GPUs that each hold a full replica.
 
 Ray Train V2 (Ray 2.60) keeps reported metrics for the driver only when they come with a
-checkpoint, and `fit()` raises on failure without handing back its Result. So rank 0 reports
-every epoch with a tiny checkpoint (summary.json, no weights), and after a failure the driver
-reads the last one back with `Result.from_path`; on success rank 0's return value
-(`Result.return_value`) is the summary.
+checkpoint, and `fit()` raises on failure without handing back its Result. A checkpoint would
+need storage that every node shares: the driver and Ray Train's controller run on the head,
+the ranks on other pods, and `<outputDir>` is a different disk on each (Ray refuses the
+checkpoint: "Unable to set up cluster storage"). So no checkpoint is ever written: rank 0
+puts its summary into a tiny actor on the driver's node (`ProgressBox`) after the probe step
+and after every epoch, and the driver reads it back after a failure; on success rank 0's
+return value (`Result.return_value`) is the summary. Both travel through Ray itself, so a
+trial needs no shared storage (the trained weights do: training.saveModel, docs/install.md).
 
 accelerate, ray and transformers are imported where they are used, so that a broken dataset
 is refused in about a second, before any of them loads.
@@ -33,12 +37,11 @@ is refused in about a second, before any of them loads.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +55,7 @@ from torch import Tensor, nn
 
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.spec import Precision, SaveModel
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.trial import WORKER_ENV, EpochRecord, TrialResult, TrialSpec
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_examples
 from worker.memory import HostMemoryBudget, classify_failure
 from worker.result import EpochSink, error_text, mark_running, store_url
@@ -70,7 +73,6 @@ __all__ = ["LoopConfig", "dss_forward", "dss_loss", "run_trial", "train_loop_per
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SUMMARY_FILE = "summary.json"
 
 
 # --- the DSS loss ----------------------------------------------------------------------------
@@ -118,6 +120,7 @@ class LoopConfig:
     db_url: str | None  # where rank 0 writes epochs live; None: no live writes
     probe_only: bool = False  # stop after the probe step (`python -m worker probe`)
     model_dir: str | None = None  # where rank 0 keeps the weights (training.saveModel)
+    progress: Any = None  # the ProgressBox actor's handle: rank 0's summary for the driver
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -185,17 +188,22 @@ def train(
     host.check("creating the optimizer")
     probe = to_device(train_set, longest_batch(train_set, per_pass), tokenizer, device)
     probe_step(accelerator, model, optimizer, probe, a)
+    wait_for_device(device)  # CUDA runs ahead of the host: the probe is done only now
     host.check("the probe step on the longest batch")
     progress = Progress(
         first_step_seconds=time.time() - loop.started_at, trainable=info.trainable_parameters,
         total=info.total_parameters, sink=EpochSink(trial, loop.db_url) if rank == 0 else None,
     )
+    progress.telemetry = gather_telemetry(sampler)  # a collective: every rank calls it
     if loop.probe_only:
-        progress.telemetry = gather_telemetry(sampler)  # a collective: every rank calls it
         return progress.summary() if rank == 0 else None
+    if rank == 0:
+        # The probe passed, with its peaks: a later OOM happened mid-run (mid_run_oom_note).
+        publish(loop, progress.summary())
     torch.manual_seed(trial.seed + 1 + rank)  # dropout: different masks on different ranks
 
     for epoch in range(1, cfg.epochs + 1):
+        sampler.new_epoch()  # this epoch's own memory peaks (the run's are kept)
         model.train()
         batches = length_grouped_batches(train_set, per_worker, trial.seed, epoch)
         losses = torch.zeros(3, device=device)  # loss, label loss, rationale loss
@@ -223,7 +231,7 @@ def train(
             train_rationale_loss=None if a == 1.0 else rationale_sum / steps,
             eval_loss=eval_loss, learning_rate=learning_rate,
             samples_per_second=examples / seconds, wall_seconds=seconds,
-            peak_gpu_memory_bytes=telemetry.peak_gpu_memory_bytes,
+            peak_gpu_memory_bytes=telemetry.epoch_peak_gpu_memory_bytes,
             peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
         ), telemetry)
         if rank == 0 and loop.model_dir and cfg.save_model.saves_after(
@@ -233,8 +241,17 @@ def train(
                 "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
                 "alpha": trial.alpha, "epoch": epoch, "eval_loss": eval_loss,
             })
-        report(progress.summary() if rank == 0 else None, epoch)
+        if rank == 0:
+            publish(loop, progress.summary())
+        report(epoch)
     return progress.summary() if rank == 0 else None
+
+
+def wait_for_device(device: torch.device) -> None:
+    """Wait until the device has run everything queued (a no-op off CUDA): a time read
+    after an asynchronous CUDA step measures the step, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_step(
@@ -369,23 +386,59 @@ def gather_telemetry(sampler: Sampler) -> TrialTelemetry:
     return merge_telemetry(gather_object([sampler.snapshot()]))
 
 
-def report(summary: dict[str, Any] | None, epoch: int) -> None:
-    """Every rank reports (it is a barrier). Rank 0 attaches the summary as a tiny checkpoint
-    (summary.json, no weights): the only way Ray Train V2 keeps anything for the driver."""
+def report(epoch: int) -> None:
+    """Every rank reports (it is a barrier). No checkpoint: it would need storage shared by
+    every node (see the module's docstring); the summary goes through `publish`."""
     import ray.train
 
-    if summary is None:
-        ray.train.report({"epoch": epoch})
-        return
-    latest = summary["epochs"][-1]
-    metrics = {k: latest[k] for k in ("epoch", "train_loss", "eval_loss", "learning_rate")}
-    with tempfile.TemporaryDirectory() as directory:
-        Path(directory, SUMMARY_FILE).write_text(json.dumps(summary), encoding="utf-8")
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_dir_name=f"epoch-{epoch:05d}",
-        )
+    ray.train.report({"epoch": epoch})
+
+
+class ProgressBox:
+    """Rank 0's latest summary, kept for the driver by an actor on the driver's node.
+
+    It outlives a failed or killed rank (its pod may be gone), needs no storage and no
+    checkpoint, and crosses nodes through Ray's own RPC.
+    """
+
+    def __init__(self) -> None:
+        self._summary: dict[str, Any] = {}
+
+    def put(self, summary: dict[str, Any]) -> None:
+        self._summary = summary
+
+    def get(self) -> dict[str, Any]:
+        return self._summary
+
+
+def progress_box() -> Any:
+    """A ProgressBox actor pinned to this (the driver's) node; it takes no CPU."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return ray.remote(ProgressBox).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+    ).remote()
+
+
+def publish(loop: LoopConfig, summary: dict[str, Any]) -> None:
+    """Hand rank 0's summary to the driver (waits for it: a failure right after keeps it)."""
+    if loop.progress is not None:
+        import ray
+
+        ray.get(loop.progress.put.remote(summary))
+
+
+def read_progress(box: Any) -> dict[str, Any]:
+    """The summary rank 0 published last, or {} if none (or the box is unreachable)."""
+    import ray
+
+    try:
+        return dict(ray.get(box.get.remote(), timeout=60))
+    except Exception as error:  # The trial's verdict must not depend on this read.
+        log.warning("no progress from the trial's ranks: %s", error)
+        return {}
 
 
 class Progress:
@@ -428,7 +481,7 @@ class Progress:
         return best.epoch if best else None
 
     def summary(self) -> dict[str, Any]:
-        """TrialResult fields, JSON-ready (Ray persists it with the checkpoint)."""
+        """TrialResult fields, JSON-ready (it crosses to the driver through Ray)."""
         best, t = self.best, self.telemetry
         return {
             "epochs": [r.model_dump(mode="json") for r in self.epochs],
@@ -499,22 +552,54 @@ def run_trial(trial: TrialSpec, *, probe_only: bool = False) -> TrialResult:
     loop = LoopConfig(trial.model_dump_json(), train_split, eval_split, t0,
                       None if probe_only else store_url(trial), probe_only,
                       str(Path(trial.output_dir).resolve() / "model") if saves else None)
+    reported: dict[str, Any] = {}
     try:
-        summary = fit(trial, loop, storage, name)
+        summary = fit(trial, loop, storage, name, reported)
     except Exception as error:
         state, kind = classify_failure(error, budget_set=trial.memory_budget_bytes is not None)
         log.error("trial %s ended %s: %s", trial.trial_id, state.value, error_text(error, 500))
-        return finish(state, oom_kind=kind, error=error_text(error),
-                      **summary_fields(last_summary(storage / name)))
+        fields = summary_fields(reported)
+        note = mid_run_oom_note(state, reported)
+        text = error_text(error) if note is None else f"{note}\n{error_text(error, 2800)}"
+        return finish(state, oom_kind=kind, error=text, **fields)
     return finish(TrialState.SUCCEEDED, **summary_fields(summary))
 
 
-def fit(trial: TrialSpec, loop: LoopConfig, storage: Path, name: str) -> dict[str, Any]:
-    """Run the TorchTrainer; rank 0's summary on success, Ray's exception on failure."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def mid_run_oom_note(state: TrialState, reported: Mapping[str, Any]) -> str | None:
+    """For an OOM after the probe step passed (rank 0 published after it): which epoch ran
+    out of memory. The probe runs the longest batch with the optimizer state in place, so an
+    OOM later points at fragmentation, generation or evaluation, not at the model's size."""
+    if state is not TrialState.OOM or reported.get("time_to_first_step_seconds") is None:
+        return None
+    epoch = int(reported.get("epochs_completed") or 0) + 1
+    return (f"out of memory in epoch {epoch}, after the probe step on the longest batch had "
+            f"passed ({epoch - 1} epochs completed)")
+
+
+def fit(
+    trial: TrialSpec, loop: LoopConfig, storage: Path, name: str, reported: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the TorchTrainer; rank 0's summary on success, Ray's exception on failure, with
+    `reported` then filled with the last summary rank 0 published (the ProgressBox's)."""
+    import ray
 
     connect_ray()
+    box = progress_box()
+    loop = dataclasses.replace(loop, progress=box)
+    try:
+        return _fit(trial, loop, storage, name)
+    except Exception:
+        reported.update(read_progress(box))
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(box)
+
+
+def _fit(trial: TrialSpec, loop: LoopConfig, storage: Path, name: str) -> dict[str, Any]:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     res = trial.resources
     per_worker = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
     trainer = TorchTrainer(
@@ -525,11 +610,12 @@ def fit(trial: TrialSpec, loop: LoopConfig, storage: Path, name: str) -> dict[st
             resources_per_worker={k: v for k, v in per_worker.items() if v},
         ),
         run_config=RunConfig(
+            # Ray Train's own run state, written by its controller on the driver's node only
+            # (no rank writes there: no checkpoints).
             name=name,
             storage_path=str(storage),
             # A failed attempt is the escalation logic's to retry, not Ray Train's.
             failure_config=FailureConfig(max_failures=0),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
     summary = trainer.fit().return_value
@@ -552,7 +638,9 @@ def connect_ray() -> bool:
     if address is None:
         # A runtime of our own: its workers must import this checkout, installed or not.
         paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
-        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}}
+        env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        runtime_env = {"env_vars": env}
     # ray.init() replaces the SIGTERM handler with its own (sys.exit); the worker's (a stop is
     # a cancellation, see worker/cli.py) must stay.
     handler = signal.getsignal(signal.SIGTERM)
@@ -561,21 +649,6 @@ def connect_ray() -> bool:
     if handler is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
     return True
-
-
-def last_summary(run_path: Path) -> dict[str, Any]:
-    """The summary rank 0 attached to its last checkpoint, or {} if no epoch completed."""
-    try:
-        from ray.train import Result
-
-        checkpoint = Result.from_path(str(run_path)).checkpoint
-        if checkpoint is None:
-            return {}
-        with checkpoint.as_directory() as directory:
-            return dict(json.loads(Path(directory, SUMMARY_FILE).read_text(encoding="utf-8")))
-    except Exception as error:  # Nothing reported yet, or storage not visible from here.
-        log.debug("no reported progress under %s: %s", run_path, error)
-        return {}
 
 
 _IDENTITY_AND_OUTCOME = frozenset({

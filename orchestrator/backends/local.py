@@ -24,7 +24,7 @@ from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL
 from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.trial import WORKER_ENV, TrialResult, TrialSpec
 from orchestrator.files import write_trial
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ class LocalRayBackend:
         return submission
 
     def _job_env(self) -> dict[str, str]:
-        env = {DB_URL_ENV: self.db_url, "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+        env.update({DB_URL_ENV: self.db_url, "PYTHONUNBUFFERED": "1"})
         # Workers must import the same `orchestrator` and `worker` packages as we do.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

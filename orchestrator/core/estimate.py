@@ -13,9 +13,10 @@ Parameters and optimizer
 - LoRA and QLoRA put adapters on every block nn.Linear (`targetModules: all-linear`, which
   in peft excludes the LM head), adapter weights in fp32; the base is frozen.
 - QLoRA (NF4): every block Linear except `wo` is 4-bit (0.5 byte per weight) with blockwise
-  absmax constants: 64 weights per block, double quantization (bitsandbytes' `Params4bit`
-  default, what `worker.models.quantize_nf4` builds): one 8-bit absmax per block and one fp32
-  per 256 blocks. T5's `wo` stays fp32 (`_keep_in_fp32_modules`), as do the embedding, the LM
+  absmax constants, 64 weights per block: with double quantization
+  (`training.qloraDoubleQuant`, the default; the worker applies the same setting on both its
+  paths) one 8-bit absmax per block and one fp32 per 256 blocks, without it one fp32 absmax
+  per block. T5's `wo` stays fp32 (`_keep_in_fp32_modules`), as do the embedding, the LM
   head and the norms (`prepare_model_for_kbit_training` upcasts them).
 - Data parallelism (more than one worker): DDP keeps flat gradient buckets, one more fp32
   copy of the trainable gradients.
@@ -255,6 +256,7 @@ def estimate_memory(
     gradient_checkpointing: bool = False,
     attention: Attention = "sdpa",
     data_parallel: bool = False,
+    double_quant: bool = True,
 ) -> MemoryEstimate:
     """The predicted peak memory of one worker's device for one training step.
 
@@ -279,7 +281,7 @@ def estimate_memory(
     if method is Method.QLORA:
         quantized = arch.linear_params - _wo_parameters(arch)
         weights = FP32 * (total_params - quantized)
-        quantized_bytes = math.ceil(quantized * nf4_bytes_per_weight())
+        quantized_bytes = math.ceil(quantized * nf4_bytes_per_weight(double_quant=double_quant))
     else:
         weights = FP32 * total_params
     trainable = total_params if full else lora_params
@@ -388,6 +390,7 @@ def estimate_trial(spec: SweepSpec, trial: Trial) -> MemoryEstimate | None:
         dss_two_tasks=trial.lane.dss_alpha != 1.0,
         gradient_checkpointing=training.gradient_checkpointing,
         data_parallel=workers > 1,
+        double_quant=training.qlora_double_quant,
     )
 
 

@@ -243,6 +243,12 @@ class Training(_Model):
         description="Keep the trained weights in the trial's output directory (adapters only "
         "for LoRA and QLoRA, with the tokenizer): none, best (lowest eval loss) or final.",
     )
+    qlora_double_quant: bool = Field(
+        True,
+        description="QLoRA: quantize the NF4 blocks' absmax constants again (8-bit, one fp32 "
+        "per 256 blocks), as the QLoRA authors' code does; one setting for pretrained and "
+        "random-init models and for the memory estimate.",
+    )
 
     def per_worker_batch(self, workers: int) -> int:
         """Examples each worker takes per optimizer step: batchSize // workers, at least one
@@ -324,6 +330,28 @@ class Resources(_Model):
             ),
             cpus_per_worker=override.cpus_per_worker or self.cpus_per_worker,
         )
+
+
+def workers_sharing_gpus(resources: Resources) -> list[tuple[str, str]]:
+    """(field, why) for each shape with gpusPerWorker > 1 and two or more workers, where the
+    workers share one Ray node (the local runtime: `ladder run` refuses them). A worker trains
+    on one GPU (DDP, no model parallelism); workers sharing a node see the union of their
+    GPUs, and Accelerate builds DDP on GPU LOCAL_RANK while the model sits on Ray's device: a
+    device mismatch at the first step. On Kubernetes each such worker has a pod (a Ray node)
+    of its own (`operator.manifests.workers_per_pod` never packs them), so they are allowed."""
+    shapes = [("spec.resources.gpusPerWorker", resources.workers, resources.gpus_per_worker)]
+    shapes += [
+        (f"spec.resources.overrides.{model}.gpusPerWorker", shape.workers,
+         shape.gpus_per_worker)
+        for model in resources.overrides
+        for shape in [resources.for_model(model)]
+    ]
+    return [
+        (field, f"{gpus} GPUs per worker with {workers} workers on one node: each worker "
+                f"trains on one GPU, and workers sharing a node would build DDP on the wrong "
+                f"device; use gpusPerWorker: 1 with {workers * gpus} workers, or workers: 1")
+        for field, workers, gpus in shapes if gpus > 1 and workers > 1
+    ]
 
 
 class ResourceShape(_Model):

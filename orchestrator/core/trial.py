@@ -73,8 +73,8 @@ class EpochRecord(BaseModel):
     learning_rate: float
     samples_per_second: float
     wall_seconds: float
-    peak_gpu_memory_bytes: int | None = None  # max over devices, NVML
-    peak_host_memory_bytes: int | None = None  # max over workers, RSS
+    peak_gpu_memory_bytes: int | None = None  # max over devices, NVML used, this epoch's own
+    peak_host_memory_bytes: int | None = None  # max over workers, peak RSS of the run so far
 
 
 class TrialResult(BaseModel):
@@ -82,7 +82,10 @@ class TrialResult(BaseModel):
 
     The worker prints it as one JSON line on stdout and writes it to the store; backends read
     it back from either. Memory: `peak_gpu_memory_bytes` is the largest per-device peak,
-    `total_gpu_memory_bytes` the sum over devices (as the paper reports it).
+    `total_gpu_memory_bytes` the sum over devices (as the paper reports it), both NVML's
+    "used", which includes the CUDA context and library workspaces; `peak_torch_allocated_bytes`
+    and `peak_torch_reserved_bytes` are the caching allocator's own peaks (tensors, and what it
+    held), without them (worker/telemetry.py).
     """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
@@ -143,3 +146,10 @@ class TrialResult(BaseModel):
 
 # The worker's one structured stdout line starts with this, so log lines never parse as one.
 RESULT_PREFIX = "LADDER_RESULT "
+
+# Environment every trial's processes get (the Kubernetes RayJob's runtime env, the local
+# backend's Ray jobs, a worker's own Ray runtime), unless the user set the variable already.
+# Batch shapes change every step, so with fixed segments the caching allocator's reserve can
+# fragment past the probe step's peak and run out of memory mid-run; expandable segments grow
+# in place instead.
+WORKER_ENV: dict[str, str] = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}

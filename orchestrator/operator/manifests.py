@@ -22,9 +22,10 @@ How a trial attempt becomes a RayJob (`ray.io/v1`, KubeRay v1.7):
   `execution.clusterSelector` (a standing RayCluster) the pods are not ours, so that
   cluster's pods must carry `LADDER_DB_URL` themselves;
 - the cluster is either a per-trial RayCluster built from `spec.execution` (image, head,
-  one worker group with `replicas = resources.workers` and `nvidia.com/gpu` limits =
-  `gpusPerWorker`, volumes, ...), deleted when the job ends (`shutdownAfterJobFinishes`,
-  `ttlSecondsAfterFinished`), or a standing one picked by `execution.clusterSelector`.
+  one worker group of `resources.workers / k` pods with `k * gpusPerWorker` GPUs each, k the
+  Ray Train workers per pod: 1, or a node's worth, `workers_per_pod`; volumes, ...),
+  deleted when the job ends (`shutdownAfterJobFinishes`, `ttlSecondsAfterFinished`), or a
+  standing one picked by `execution.clusterSelector`.
 
 `ExecutionConfig` documents every `spec.execution` key the controller reads.
 """
@@ -77,7 +78,7 @@ from orchestrator.core.spec import (
     Sweep,
     validation_problems,
 )
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.trial import WORKER_ENV, TrialSpec
 
 RAY_API_VERSION = "ray.io/v1"
 RAYJOB_KIND = "RayJob"
@@ -162,7 +163,8 @@ def _k8s_quantity(value: str | int | None) -> str | int | None:
 
 
 class PodShape(_Config):
-    """Resources of the head pod, or of each worker pod (CPU defaults to cpusPerWorker)."""
+    """Resources of the head pod, or of each Ray Train worker (CPU defaults to
+    cpusPerWorker): a worker pod holding k workers asks for k times these."""
 
     cpu: str | int | None = None
     memory: str | None = None
@@ -181,6 +183,9 @@ class PodShape(_Config):
         for item in value.values():
             _k8s_quantity(item)
         return value
+
+
+PodShapeMode = Literal["auto", "worker", "node"]
 
 
 def ray_release(version: str) -> tuple[int, ...]:
@@ -233,14 +238,16 @@ class ExecutionConfig(ControllerExecution):
     cluster_selector: dict[str, str] | None = Field(
         None, description="Run on a standing RayCluster (e.g. {'ray.io/cluster': 'gpus'})."
     )
-    head: PodShape = PodShape(cpu="1", memory="4Gi")
-    worker: PodShape = PodShape(memory="16Gi")
+    # The chart's values (helm/ladder/values.yaml `execution`), so a controller run without the
+    # chart builds the same pods; tests/unit/operator/test_gpu_pods.py keeps the two equal.
+    head: PodShape = PodShape(cpu="2", memory="8Gi")
+    worker: PodShape = PodShape(memory="160Gi", resources={"ephemeral-storage": "100Gi"})
     env: list[dict[str, Any]] = Field(default_factory=list, description="Extra container env.")
     volumes: list[dict[str, Any]] = Field(default_factory=list)
     volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    shared_memory: str | None = Field("2Gi", description="/dev/shm size (emptyDir, Memory).")
+    shared_memory: str | None = Field("32Gi", description="/dev/shm size (emptyDir, Memory).")
     output_dir: str = Field(DEFAULT_OUTPUT_DIR, description="Trial outputs inside the pods.")
     db_secret: SecretRef | None = Field(None, description="Secret holding LADDER_DB_URL.")
     runtime_env: dict[str, Any] = Field(
@@ -256,6 +263,43 @@ class ExecutionConfig(ControllerExecution):
     capacity: dict[str, int] | None = Field(
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )
+    # -- pod shapes and the GPU network (docs/install.md, "Pod shapes"; all off by default) --
+    gpus_per_node: int | None = Field(
+        None, ge=0, description="GPUs on each GPU node (0 or unset: unknown). With it, a trial "
+        "whose GPUs fill whole nodes runs node-sized pods (podShape auto): NCCL then stays on "
+        "NVLink within a node.",
+    )
+    pod_shape: PodShapeMode = Field(
+        "auto", description="worker: one Ray worker pod per Ray Train worker; node: as many "
+        "workers per pod as a node holds (needs gpusPerNode); auto: node-sized pods when the "
+        "trial fills whole nodes, else one pod per worker.",
+    )
+    nccl_env: dict[str, str] = Field(
+        default_factory=dict, description="NCCL_* variables of the worker containers, e.g. "
+        "{NCCL_SOCKET_IFNAME: eth0, NCCL_IB_HCA: mlx5, NCCL_DEBUG: WARN}.",
+    )
+    rdma_resources: dict[str, str | int] = Field(
+        default_factory=dict, description="RDMA extended resources of each worker pod, e.g. "
+        "{rdma/rdma_shared_device_a: 1} (per pod, whatever the pod's worker count).",
+    )
+    ipc_lock: bool = Field(
+        False, description="Add the IPC_LOCK capability to worker containers (RDMA memory "
+        "registration); a privilege, so it needs the installation's allowPrivilegedTrials.",
+    )
+
+    @field_validator("nccl_env")
+    @classmethod
+    def _nccl_names(cls, value: dict[str, str]) -> dict[str, str]:
+        wrong = sorted(name for name in value if not name.startswith("NCCL_"))
+        if wrong:
+            raise ValueError(f"ncclEnv takes NCCL_* variables only, got {wrong}")
+        return value
+
+    @model_validator(mode="after")
+    def _node_shape_needs_node_size(self) -> ExecutionConfig:
+        if self.pod_shape == "node" and not self.gpus_per_node:
+            raise ValueError("podShape: node needs gpusPerNode (the GPUs of one node)")
+        return self
 
     @field_validator("ray_version")
     @classmethod
@@ -447,6 +491,10 @@ def pod_policy_problems(
     """What `execution` (a Sweep's own, or a built pod's serviceAccountName / volumes / env)
     would give trial pods that `policy` does not permit: (field path, why), one per item."""
     problems: list[tuple[str, str]] = []
+    if execution.get("ipcLock") is True and not policy.host_paths:
+        problems.append((f"{prefix}ipcLock",
+                         "the IPC_LOCK capability is not allowed in this installation "
+                         "(the chart's allowPrivilegedTrials is false)"))
     account = execution.get("serviceAccountName")
     if account and not policy.service_account and account not in policy.service_accounts:
         problems.append((f"{prefix}serviceAccountName",
@@ -501,6 +549,46 @@ def built_pod_problems(pod: Mapping[str, Any], policy: TrialPodPolicy) -> list[t
 
 class PodPolicyError(ValueError):
     """A built pod would hold what the installation does not permit."""
+
+
+# Volume kinds whose files live on one pod or one node: nothing the head and every worker pod
+# share. Anything else (persistentVolumeClaim, nfs, csi, cephfs, ...) is taken as shared; a
+# claim must still be ReadWriteMany (docs/install.md), which is the cluster's to enforce.
+POD_LOCAL_VOLUMES = frozenset({
+    "emptyDir", "hostPath", "configMap", "secret", "downwardAPI", "projected", "ephemeral",
+    "image", "gitRepo",
+})
+
+
+def unshared_outputs(sweep: Sweep, config: ExecutionConfig) -> list[tuple[str, str]]:
+    """(field, reason) for each thing a trial writes on a rank's pod that would be lost.
+
+    A per-trial RayCluster runs the driver on the head and the ranks on worker pods, so
+    `<outputDir>` is a different disk on each. Trial results need no shared storage (rank 0
+    hands its summary to the driver through Ray, worker/train.py); the trained weights do:
+    `training.saveModel` best/final is refused unless `execution.outputDir` lies on a volume
+    mounted on every Ray pod (the builder mounts `execution.volumes` on head and workers
+    alike) that is not pod- or node-local. A standing cluster (`clusterSelector`) is not
+    ours to inspect: its pods must mount shared storage there (docs/install.md).
+    """
+    from orchestrator.core.spec import SaveModel
+
+    if sweep.spec.training.save_model is SaveModel.NONE or config.cluster_selector:
+        return []
+    volumes = {str(v.get("name")): v for v in config.volumes}
+    output = config.output_dir.rstrip("/") + "/"
+    for mount in config.volume_mounts:
+        path = str(mount.get("mountPath", "")).rstrip("/") + "/"
+        volume = volumes.get(str(mount.get("name")))
+        if volume is None or not output.startswith(path) or mount.get("subPathExpr"):
+            continue
+        if not POD_LOCAL_VOLUMES.intersection(volume):
+            return []
+    return [("spec.training.saveModel",
+             f"{sweep.spec.training.save_model.value} keeps the weights on rank 0's pod, "
+             f"which is not the head's; mount shared storage (a ReadWriteMany volume) over "
+             f"spec.execution.outputDir ({config.output_dir}) with spec.execution.volumes "
+             f"and volumeMounts, or set saveModel: none")]
 
 
 def sweep_capacity(config: ExecutionConfig) -> Capacity:
@@ -613,9 +701,13 @@ def entrypoint(spec: TrialSpec, config: ExecutionConfig) -> str:
 
 
 def runtime_env(spec: TrialSpec, config: ExecutionConfig) -> dict[str, Any]:
-    """The Ray job's runtime env: the trial JSON inline, plus `execution.runtimeEnv`."""
+    """The Ray job's runtime env: the trial JSON inline, the worker environment
+    (`trial.WORKER_ENV`, unless `execution.env` or `execution.runtimeEnv` sets the variable),
+    plus `execution.runtimeEnv`."""
     extra = dict(config.runtime_env)
-    env_vars = {str(k): str(v) for k, v in (extra.pop("env_vars", None) or {}).items()}
+    container = {str(item.get("name")) for item in config.env}
+    env_vars = {k: v for k, v in WORKER_ENV.items() if k not in container}
+    env_vars.update({str(k): str(v) for k, v in (extra.pop("env_vars", None) or {}).items()})
     env_vars.update({
         TRIAL_JSON_ENV: spec.model_dump_json(by_alias=True),
         "PYTHONUNBUFFERED": "1",
@@ -682,6 +774,7 @@ def _pod_template(
     config: ExecutionConfig,
     db_secret: SecretRef | None,
     resources: dict[str, dict[str, str]],
+    gpu_network: bool = False,
 ) -> dict[str, Any]:
     mounts = [dict(m) for m in config.volume_mounts]
     volumes = [dict(v) for v in config.volumes]
@@ -695,6 +788,8 @@ def _pod_template(
         body["imagePullPolicy"] = config.image_pull_policy
     body["env"] = _container_env(config, db_secret)
     body["securityContext"] = copy.deepcopy(CONTAINER_SECURITY)
+    if gpu_network:
+        _add_gpu_network(body, config)
     if resources:
         body["resources"] = resources
     if mounts:
@@ -717,6 +812,55 @@ def _pod_template(
     return {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod}
 
 
+def workers_per_pod(shape: Any, config: ExecutionConfig) -> int:
+    """Ray Train workers per worker pod (`execution.podShape`, docs/install.md).
+
+    One per pod, unless the GPUs of a node are known (`gpusPerNode`) and either the trial
+    fills whole nodes (auto: its workers are a multiple of a node's) or `podShape: node` asks
+    for packing (as many as a node holds, evenly: every pod of a worker group is alike).
+    Workers in one pod are one Ray node: Ray Train gives them the pod's GPUs and NCCL joins
+    them over NVLink. CPU-only trials keep one worker per pod.
+    """
+    if config.pod_shape == "worker" or shape.gpus_per_worker != 1 or not config.gpus_per_node:
+        # Workers of several GPUs each never share a pod (`spec.workers_sharing_gpus`).
+        return 1
+    per_node = max(1, config.gpus_per_node // shape.gpus_per_worker)
+    if config.pod_shape == "auto":
+        fills = shape.workers >= per_node and shape.workers % per_node == 0
+        return per_node if fills else 1
+    per_pod = min(shape.workers, per_node)
+    while shape.workers % per_pod:
+        per_pod -= 1
+    return per_pod
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
+
+
+def scale_quantity(value: str | int, factor: int) -> str:
+    """A Kubernetes quantity times `factor` in its own unit ('16' x 4 = '64', '160Gi' x 4 =
+    '640Gi', '500m' x 4 = '2000m'): a pod of k workers asks for k workers' resources."""
+    text = str(value)
+    if factor == 1:
+        return text
+    match = _QUANTITY.match(text)
+    if match is None:
+        raise ValueError(f"cannot scale the quantity {text!r}")
+    number = float(match.group(1)) * factor
+    shown = str(int(number)) if number.is_integer() else f"{number:g}"
+    return f"{shown}{match.group(2)}"
+
+
+def _add_gpu_network(body: dict[str, Any], config: ExecutionConfig) -> None:
+    """NCCL's environment and IPC_LOCK on a worker container, as `execution` asks."""
+    if config.nccl_env:
+        names = {item["name"] for item in body["env"]}
+        body["env"] += [{"name": k, "value": str(v)} for k, v in sorted(config.nccl_env.items())
+                        if k not in names]
+    if config.ipc_lock:
+        body["securityContext"]["capabilities"]["add"] = ["IPC_LOCK"]
+
+
 def auth_options(config: ExecutionConfig) -> dict[str, str] | None:
     """The RayCluster's `authOptions` (None for a Ray release without token auth)."""
     mode = config.auth_mode
@@ -736,14 +880,20 @@ def ray_cluster_spec(
     db_secret: SecretRef | None,
     policy: TrialPodPolicy | None = None,
 ) -> dict[str, Any]:
-    """A RayCluster for one trial: a head, and one worker pod per Ray Train worker."""
+    """A RayCluster for one trial: a head, and worker pods of `workers_per_pod` Ray Train
+    workers each (one per worker, or node-sized)."""
     shape = trial.resources
     head = config.head
     head_resources = _resources(head.cpu, head.memory, head.resources)
     worker = config.worker
+    per_pod = workers_per_pod(shape, config)
     worker_cpu = worker.cpu if worker.cpu is not None else shape.cpus_per_worker
     worker_resources = _resources(
-        worker_cpu, worker.memory, worker.resources, gpus=shape.gpus_per_worker
+        scale_quantity(worker_cpu, per_pod),
+        None if worker.memory is None else scale_quantity(worker.memory, per_pod),
+        {**{k: scale_quantity(v, per_pod) for k, v in worker.resources.items()},
+         **config.rdma_resources},
+        gpus=shape.gpus_per_worker * per_pod,
     )
     cluster: dict[str, Any] = {"rayVersion": config.ray_version}
     auth = auth_options(config)
@@ -759,12 +909,13 @@ def ray_cluster_spec(
     cluster["workerGroupSpecs"] = [
         {
             "groupName": WORKER_GROUP,
-            "replicas": shape.workers,
-            "minReplicas": shape.workers,
-            "maxReplicas": shape.workers,
+            "replicas": shape.workers // per_pod,
+            "minReplicas": shape.workers // per_pod,
+            "maxReplicas": shape.workers // per_pod,
             "rayStartParams": {},
             "template": _pod_template(
-                WORKER_CONTAINER, labels, annotations, config, db_secret, worker_resources
+                WORKER_CONTAINER, labels, annotations, config, db_secret, worker_resources,
+                gpu_network=True,
             ),
         }
     ]

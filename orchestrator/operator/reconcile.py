@@ -97,6 +97,7 @@ from orchestrator.operator.manifests import (
     running_state,
     sweep_capacity,
     trial_output_dir,
+    unshared_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,9 @@ class Reconciler:
             if refused:
                 raise SpecError(sweep.name, refused)
             config = checked_execution_config(sweep, self.execution_defaults)
+            unshared = unshared_outputs(sweep, config)
+            if unshared:
+                raise SpecError(sweep.name, unshared)
         except SpecError as error:
             return self._invalid(body, error, result)
         expanded = self._grid(sweep, uid)

@@ -45,7 +45,22 @@ from orchestrator.core.spec import PAPER_LADDER, Precision, parse_quantity  # no
 
 GiB = 2**30
 TINY_LADDER = ("ladder/t5-tiny-s", "ladder/t5-tiny-m", "ladder/t5-tiny-l")
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+# Dense bf16 peak TFLOP/s by device name, most specific first: torch names the SXM H100
+# "NVIDIA H100 80GB HBM3", so a plain "H100" must not catch the NVL or PCIe cards.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H200 NVL", 835.0),
+    ("GH200", 989.0),
+    ("H200", 989.0),  # the SXM H100's compute with more memory
+    ("H100", 989.0),  # SXM
+    ("A100", 312.0),
+)
+
+
+def peak_tflops_for(name: str) -> float | None:
+    """The dense bf16 peak of a device by its name; None for a card not in the table."""
+    return next((value for key, value in PEAK_TFLOPS if key in name), None)
 DEFAULT_OUT = ROOT / "bench-results"
 
 
@@ -125,7 +140,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     samples_per_second = b * args.steps / seconds
     flops = flops_per_sample(arch, method, li, lo, rank=rank)
-    peak = args.peak_tflops * 1e12
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     estimate = estimate_memory(arch, method, rank=rank, batch_per_device=b, input_tokens=li,
                                output_tokens=lo, precision=precision,
                                attention="eager" if attention == "eager" else "sdpa")
@@ -139,7 +154,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "build_seconds": build_seconds,
         "tflops_per_sample": flops / 1e12,
         "achieved_tflops": flops * samples_per_second / 1e12,
-        "mfu": flops * samples_per_second / peak if cuda else None,
+        "mfu": flops * samples_per_second / peak if cuda and peak else None,
         "nvml_peak_bytes": nvml,
         "torch_max_allocated_bytes": snapshot.torch_allocated_bytes,
         "torch_max_reserved_bytes": reserved,
@@ -190,7 +205,7 @@ def run_point(model: str, method: Method, batch: int, args: argparse.Namespace) 
             "--method", method.value, "--batch", str(batch), "--rank", str(args.rank),
             "--input-tokens", str(args.input_tokens), "--output-tokens",
             str(args.output_tokens), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--device", args.device, "--peak-tflops", str(args.peak_tflops),
+            "--device", args.device, "--peak-tflops", str(args.peak_tflops or 0),
             "--result", str(result_file),
         ]
         started = time.monotonic()
@@ -224,7 +239,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         f"GPU ladder on {data['device']['name']} ({data['device']['memory_bytes'] / GiB:.0f} "
         f"GiB), {data['input_tokens']}/{data['output_tokens']} tokens, both DSS tasks, "
-        f"peak {data['peak_tflops']:.0f} TFLOP/s{dry}",
+        f"peak {data['peak_tflops'] or 0:.0f} TFLOP/s{dry}",
         "",
         "| model | method | batch/device | status | samples/s | MFU | NVML peak GiB | torch "
         "alloc / reserved GiB | estimate GiB | estimate error | fits at batch 1 |",
@@ -263,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--device-memory", default="80Gi",
                         help="for the auto batch (dry runs); a GPU reports its own")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="dense bf16 peak; default from the device name (H100 SXM: 989)")
+                        help="dense bf16 peak; default from the device name (PEAK_TFLOPS)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -287,8 +302,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                              else list(PAPER_LADDER))
     device = device_info(args)
     if args.peak_tflops is None:
-        args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in device["name"]),
-                                989.0)
+        args.peak_tflops = peak_tflops_for(device["name"])
+        if args.peak_tflops is None and not dry:
+            print(f"no peak TFLOP/s known for {device['name']}: MFU left out "
+                  "(--peak-tflops sets it)", flush=True)
     results = []
     for model in models:
         for method in (Method(m) for m in args.methods):

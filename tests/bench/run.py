@@ -8,6 +8,8 @@
 - controller: `plan` over 10,000 trials; store writes/s on SQLite (and PostgreSQL if installed)
 - gpu:        the FLAN-T5 ladder x full/LoRA/QLoRA on a GPU (`--gpu`), else its CPU dry run
 - makespan:   the paper's grid simulated, the paper's procedure vs Ladder's
+- checks:     GPU readiness for real (`--gpu` only): ranks on another node with their own
+              disk, OOMs of each kind, per-epoch peaks (tests/bench/gpu_checks.py)
 
 `--quick` is the CI mode (the pytest wrapper tests/bench/test_bench_quick.py runs the same
 pieces). Each benchmark is also a script of its own with more options (see its docstring).
@@ -29,7 +31,7 @@ for path in (ROOT, HERE):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-BENCHES = ("step", "overhead", "controller", "gpu", "makespan")
+BENCHES = ("step", "overhead", "controller", "gpu", "makespan", "checks")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -103,6 +105,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 f"{s['ladder']['makespan_hours']:.1f}",
                                 f"{s['speedup']:.1f}x" + (" (target >= 5x)" if key == "A"
                                                           else "")))
+        elif name == "checks":
+            if not args.gpu:
+                print("skipped: the GPU readiness checks need --gpu", flush=True)
+                continue
+            import gpu_checks
+
+            r = gpu_checks.main(["--out", str(args.out)])
+            for check, outcome in r.items():
+                summary.append((f"GPU check {check}", "ok" if outcome["ok"] else "FAILED",
+                                str(outcome.get("detail", ""))[:60]))
         results[name] = r
         print(f"({name}: {time.monotonic() - started:.0f} s)", flush=True)
     print("\n=== summary ===")

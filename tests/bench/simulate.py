@@ -212,12 +212,14 @@ class CostModel:
             output_tokens=lo, precision=precision, dss_two_tasks=two,
             gradient_checkpointing=training.gradient_checkpointing,
             attention=self.recipe.attention, data_parallel=workers > 1,
+            double_quant=training.qlora_double_quant,
         ).total_bytes
         if measured is not None and measured.peak_bytes and precision is Precision.BF16:
             at_measured = estimate_memory(
                 arch, method, rank=lane.rank, batch_per_device=measured.batch_per_device,
                 input_tokens=li, output_tokens=lo, precision=precision, dss_two_tasks=two,
                 attention=self.recipe.attention, data_parallel=workers > 1,
+                double_quant=training.qlora_double_quant,
             ).total_bytes
             memory = int(measured.peak_bytes * memory / at_measured)
         fits = self.fits(trial) if self.fits is not None else memory <= self.cluster.device_bytes

@@ -492,7 +492,9 @@ def test_default_execution_runs_the_paper_grid_on_two_nodes_of_4_gpus() -> None:
                 return float(text[: -len(suffix)]) * factor
         return float(text)
 
-    for model, workers in (("google/flan-t5-xl", 8), ("google/flan-t5-small", 1)):
+    # XL's 8 workers fill both nodes: two node-sized pods of 4 GPUs (gpusPerNode: 4), so NCCL
+    # stays on NVLink inside each; Small's single worker gets a pod of one GPU.
+    for model, pods, gpus in (("google/flan-t5-xl", 2, 4), ("google/flan-t5-small", 1, 1)):
         trial = trials[model]
         payload = trial_spec(sweep, trial, attempt=1, output_dir=trial_output_dir(
             config, sweep.name, trial.trial_id, 1))
@@ -501,20 +503,21 @@ def test_default_execution_runs_the_paper_grid_on_two_nodes_of_4_gpus() -> None:
         cluster = rayjob["spec"]["rayClusterSpec"]
         assert cluster["rayVersion"] == "2.60.0"
         (group,) = cluster["workerGroupSpecs"]
-        assert group["replicas"] == workers
+        assert group["replicas"] == pods
         pod = group["template"]["spec"]
         (container,) = pod["containers"]
         limits = container["resources"]["limits"]
-        assert limits["nvidia.com/gpu"] in (1, "1")
+        assert limits["nvidia.com/gpu"] in (gpus, str(gpus))
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
             pod["tolerations"])
         assert container["image"] == "ghcr.io/ladder-dev/ladder-worker:0.1.0"
         assert any(e["name"] == "LADDER_DB_URL" for e in container["env"])
-        # Four GPU workers (and a head) fit one node; the 8-worker trial takes both nodes.
+        # A node's four GPUs' worth of pods (and a head) fit one node.
         head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
-        cpu = 4 * quantity(str(limits["cpu"])) + quantity(str(head["limits"]["cpu"]))
-        memory = 4 * quantity(limits["memory"]) + quantity(head["limits"]["memory"])
+        per_node = 4 // gpus
+        cpu = per_node * quantity(str(limits["cpu"])) + quantity(str(head["limits"]["cpu"]))
+        memory = per_node * quantity(limits["memory"]) + quantity(head["limits"]["memory"])
         assert cpu <= node["cpu"] and memory <= node["memory"]
     # No capacity: the controller sizes the sweep from the nodes trial pods may land on,
     # here two nodes of 4 GPUs as NVIDIA's GPU feature discovery labels and taints them.
@@ -598,11 +601,13 @@ TEMPLATE_REFUSALS = [
      "controller.replicas is 3 but controller.peering.enabled is false"),
     ({"execution": {"volumes": [{"name": "data", "hostPath": {"path": "/data"}}]}},
      'execution.volumes["data"] is a hostPath volume'),
+    ({"execution": {"ipcLock": True}}, "execution.ipcLock adds the IPC_LOCK capability"),
 ]
 
 
 @pytest.mark.parametrize(("values", "message"), TEMPLATE_REFUSALS,
-                         ids=["no-store", "two-stores", "replicas-without-peering", "hostpath"])
+                         ids=["no-store", "two-stores", "replicas-without-peering", "hostpath",
+                              "ipc-lock"])
 def test_templates_refuse_inconsistent_values(values: dict[str, Any], message: str) -> None:
     error = render_error(values)
     assert message in error, error

@@ -191,6 +191,9 @@ Deployment; each failure says what to change.
 {{- fail (printf "\n\nladder: controller.replicas is %d but controller.peering.enabled is false.\nSeveral controllers without Kopf peering would act on the same Sweeps at once; set\ncontroller.replicas=1, or enable peering (controller.peering.enabled=true, which needs Kopf's\npeering CRDs installed)." (int .Values.controller.replicas)) }}
 {{- end }}
 {{- if not .Values.allowPrivilegedTrials }}
+{{- if .Values.execution.ipcLock }}
+{{- fail "\n\nladder: execution.ipcLock adds the IPC_LOCK capability to trial containers. Set\nallowPrivilegedTrials=true if you mean it (RDMA needs it)." }}
+{{- end }}
 {{- range .Values.execution.volumes }}
 {{- if hasKey . "hostPath" }}
 {{- fail (printf "\n\nladder: execution.volumes[%s] is a hostPath volume, which gives trial pods the node's\nfilesystem. Use a PersistentVolumeClaim, or set allowPrivilegedTrials=true if you mean it." (.name | default "?" | quote)) }}

@@ -311,10 +311,10 @@ class TestResources:
             worker = containers(manifest)["worker"]["resources"]
             assert worker["limits"][GPU_RESOURCE] == str(gpus)
             assert worker["requests"]["cpu"] == worker["limits"]["cpu"] == "4"
-            assert worker["limits"]["memory"] == "16Gi"
+            assert worker["limits"]["memory"] == "160Gi"
             head = containers(manifest)["head"]["resources"]
             assert GPU_RESOURCE not in head["limits"]
-            assert head["limits"] == {"cpu": "1", "memory": "4Gi"}
+            assert head["limits"] == {"cpu": "2", "memory": "8Gi"}
 
     def test_cpu_only_trials_ask_for_no_gpu(self) -> None:
         sweep = quickstart()  # gpusPerWorker: 0

@@ -24,6 +24,9 @@ CUDA_OOM = (
     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
     "capacity of 79.15 GiB of which 1.12 GiB is free."
 )
+# The same OOM when the budget's memory fraction capped the allocator (torch says "allowed").
+CUDA_OOM_CAPPED = CUDA_OOM.replace("is free.", "is free. 24.00 GiB allowed; Of the allocated "
+                                   "memory 21.90 GiB is allocated by PyTorch.")
 
 
 def rayjob(
@@ -86,8 +89,13 @@ CORPUS: list[tuple[str, dict[str, Any], list[dict[str, Any]], bool, Any, Any, st
      [], False, C, None, "stopped"),
     ("cuda-oom", rayjob("FAILED", "Failed", reason="AppFailed", message=CUDA_OOM),
      [], False, OOM, OOMKind.GPU, "CUDA out of memory"),
-    ("cuda-oom-under-budget", rayjob("FAILED", "Failed", reason="AppFailed", message=CUDA_OOM),
+    ("cuda-oom-under-budget", rayjob("FAILED", "Failed", reason="AppFailed",
+                                     message=CUDA_OOM_CAPPED),
      [], True, OOM, OOMKind.BUDGET, "CUDA out of memory"),
+    # A budget above the card sets no fraction: the card ran out, not the budget.
+    ("cuda-oom-budget-not-binding", rayjob("FAILED", "Failed", reason="AppFailed",
+                                           message=CUDA_OOM),
+     [], True, OOM, OOMKind.GPU, "CUDA out of memory"),
     ("budget-exception", rayjob("FAILED", "Failed", reason="AppFailed",
                                 message="worker.memory.MemoryBudgetExceeded: peak 170Mi > 160Mi"),
      [], True, OOM, OOMKind.BUDGET, "MemoryBudgetExceeded"),

@@ -282,3 +282,30 @@ class TestSaveTrained:
         save_trained(model, ByteTokenizer(), target, {"epoch": 3})
         assert '"epoch": 3' in (target / MANIFEST).read_text()
         assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no partial, no previous
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_pretrained_loads_straight_onto_the_device(
+    tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every method passes a device map, so no rank builds the fp32 model in host memory
+    first (before, only QLoRA did; full and LoRA loaded on the host, then moved)."""
+    from transformers import T5ForConditionalGeneration
+
+    random_t5(ARCHITECTURES["ladder/t5-tiny-s"]).save_pretrained(tmp_path)
+    calls: list[dict[str, object]] = []
+    load = T5ForConditionalGeneration.from_pretrained.__func__
+
+    def spy(cls, *args: object, **kwargs: object):
+        calls.append(kwargs)
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(T5ForConditionalGeneration, "from_pretrained", classmethod(spy))
+    spec = TrialSpec(
+        sweep="s", trial_id="t", lane="l", model=str(tmp_path), method=method,
+        rank=None if method == "full" else 4, alpha=None if method == "full" else 8,
+        training={"init": "pretrained", "precision": "fp32", "tokenizer": "byte"},
+    )
+    model, _, _ = build_model(spec, torch.device("cpu"))
+    assert [c["device_map"] for c in calls] == [{"": torch.device("cpu")}]
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

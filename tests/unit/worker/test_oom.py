@@ -36,6 +36,29 @@ CUDA_OOM = (
     "Of the allocated memory 75.20 GiB is allocated by PyTorch, and 1.90 GiB is reserved by "
     "PyTorch but unallocated."
 )
+# The same allocator OOM when the budget's memory fraction capped it: torch adds "... allowed;".
+CUDA_OOM_CAPPED = (
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+    "capacity of 79.10 GiB of which 52.12 GiB is free. Process 4711 has 26.97 GiB memory in use. "
+    "24.00 GiB allowed; Of the allocated memory 21.20 GiB is allocated by PyTorch, and 1.90 GiB "
+    "is reserved by PyTorch but unallocated."
+)
+CUDA_OOM_PREEMPTIVE = (
+    "torch.OutOfMemoryError: CUDA out of memory. Allocation was preemptively rejected because it "
+    "would exceed per_process_memory_fraction limit. Requested size: 2.00 GiB"
+)
+# A cudaMalloc outside the caching allocator, through C10_CUDA_CHECK.
+CUDA_ERROR_OOM = (
+    "RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously "
+    "reported at some other API call, so the stacktrace below might be incorrect.\nFor "
+    "debugging consider passing CUDA_LAUNCH_BLOCKING=1\nCompile with `TORCH_USE_CUDA_DSA` to "
+    "enable device-side assertions."
+)
+NCCL = (
+    "torch.distributed.DistBackendError: NCCL error in: /pytorch/torch/csrc/distributed/c10d/"
+    "NCCLUtils.cpp:77, unhandled cuda error (run with NCCL_DEBUG=INFO for details), NCCL "
+    "version 2.27.5\nncclUnhandledCudaError: Call to CUDA function failed.\nLast error:\n{last}"
+)
 RAY_MEMORY_MONITOR = (
     "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
     "Memory on the node (IP: 10.0.3.7, ID: 5c0f...) where the task (actor ID: 9a1c..., name="
@@ -58,7 +81,24 @@ CPU_ALLOCATOR = (
     ("text", "budget_set", "expected"),
     [
         pytest.param(CUDA_OOM, False, (OOM, GPU), id="cuda-allocator"),
-        pytest.param(CUDA_OOM, True, (OOM, BUDGET), id="cuda-allocator-under-budget"),
+        pytest.param(CUDA_OOM_CAPPED, True, (OOM, BUDGET), id="cuda-allocator-under-budget"),
+        pytest.param(CUDA_OOM_PREEMPTIVE, True, (OOM, BUDGET), id="cuda-allocator-preemptive"),
+        # A budget above the card sets no fraction: the card ran out, not the budget.
+        pytest.param(CUDA_OOM, True, (OOM, GPU), id="cuda-allocator-budget-not-binding"),
+        pytest.param(CUDA_OOM_CAPPED, False, (OOM, GPU), id="cuda-allocator-capped-no-budget"),
+        pytest.param(CUDA_ERROR_OOM, False, (OOM, GPU), id="cuda-error-out-of-memory"),
+        pytest.param(CUDA_ERROR_OOM, True, (OOM, GPU), id="cuda-error-out-of-memory-budget-set"),
+        pytest.param(NCCL.format(last="Cuda failure 'out of memory'"), False, (OOM, GPU),
+                     id="nccl-cuda-failure-oom"),
+        pytest.param(NCCL.format(last="Cuda failure 2 'out of memory'"), False, (OOM, GPU),
+                     id="nccl-cuda-failure-2-oom"),
+        pytest.param("ncclUnhandledCudaError: Call to CUDA function failed. (cudaMalloc: out of "
+                     "memory)", False, (OOM, GPU), id="nccl-unhandled-oom-text"),
+        pytest.param("RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED", False, (OOM, GPU),
+                     id="cudnn-alloc"),
+        pytest.param("RuntimeError: CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling "
+                     "`cublasCreate(handle)`", False, (OOM, GPU),
+                     id="cublas-create-not-initialized"),
         pytest.param("RuntimeError: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)",
                      False, (OOM, GPU), id="cublas-alloc"),
         pytest.param(RAY_MEMORY_MONITOR, False, (OOM, HOST), id="ray-memory-monitor"),
@@ -81,6 +121,14 @@ CPU_ALLOCATOR = (
                      id="assertion-about-memory-budget-set"),
         pytest.param("RuntimeError: CUDA error: device-side assert triggered", False,
                      (FAILED, None), id="cuda-error-not-oom"),
+        pytest.param(NCCL.format(last="Cuda failure 'invalid device ordinal'"), False,
+                     (FAILED, None), id="nccl-unhandled-not-oom"),
+        pytest.param("RuntimeError: CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling "
+                     "`cublasGemmEx(handle, ...)`", False, (FAILED, None),
+                     id="cublas-execution-failed"),
+        pytest.param("RuntimeError: CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling "
+                     "`cublasLtMatmul(ltHandle, ...)`", False, (FAILED, None),
+                     id="cublas-not-initialized-not-create"),
         pytest.param("ray.exceptions.ActorDiedError: The actor died because its node was "
                      "removed from the cluster (preempted)", False, (FAILED, None),
                      id="actor-died-not-killed"),
@@ -118,6 +166,11 @@ def _torch_oom() -> torch.OutOfMemoryError:
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
+def _torch_oom_capped() -> torch.OutOfMemoryError:
+    """As torch raises it when the budget's memory fraction capped the allocator."""
+    return torch.OutOfMemoryError(CUDA_OOM_CAPPED.removeprefix("torch.OutOfMemoryError: "))
+
+
 def _worker_group(*failures: BaseException) -> WorkerGroupError:
     return WorkerGroupError("[Rank 0 Error Snippet]: ...", dict(enumerate(failures)))
 
@@ -130,8 +183,12 @@ def _worker_group(*failures: BaseException) -> WorkerGroupError:
                      id="budget-in-worker-group"),
         pytest.param(lambda: _worker_group(ValueError("rank 0 fine"), _torch_oom()), False,
                      (OOM, GPU), id="gpu-oom-on-rank-1"),
-        pytest.param(lambda: _worker_group(_torch_oom()), True, (OOM, BUDGET),
+        pytest.param(lambda: _worker_group(_torch_oom_capped()), True, (OOM, BUDGET),
                      id="gpu-oom-under-budget"),
+        pytest.param(lambda: _worker_group(_torch_oom()), True, (OOM, GPU),
+                     id="gpu-oom-budget-not-binding"),
+        pytest.param(lambda: _worker_group(RuntimeError(CUDA_ERROR_OOM.removeprefix(
+            "RuntimeError: "))), False, (OOM, GPU), id="cuda-error-oom-runtime-error"),
         pytest.param(lambda: ControllerError(_worker_group(_torch_oom())), False, (OOM, GPU),
                      id="controller-wraps-worker-group"),
         pytest.param(lambda: _worker_group(UserExceptionWithTraceback(_budget(), "Traceback...")),
@@ -160,6 +217,36 @@ def _worker_group(*failures: BaseException) -> WorkerGroupError:
 )
 def test_exceptions(make, budget_set: bool, expected: tuple[TrialState, OOMKind | None]) -> None:
     assert classify_failure(make(), budget_set=budget_set) == expected
+
+
+class _FakeCuda:
+    """Stand-in for a GPU (none here): the card's size and what the budget asked of torch."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.fractions = total, []
+
+    def get_device_properties(self, device):
+        return type("Props", (), {"total_memory": self.total})()
+
+    def set_per_process_memory_fraction(self, fraction, device) -> None:
+        self.fractions.append(fraction)
+
+
+@pytest.mark.parametrize(("budget", "total", "expected", "set_"), [
+    (20 * 2**30, 80 * 2**30, 0.25, [0.25]),
+    (80 * 2**30, 80 * 2**30, 1.0, []),   # exactly the card: nothing to cap
+    (200 * 2**30, 80 * 2**30, 1.0, []),  # the budget exceeds the card: no fraction at all
+])
+def test_cuda_budget_sets_a_fraction_only_when_it_binds(monkeypatch, budget, total, expected,
+                                                        set_) -> None:
+    """A fraction set at 1.0 would still make torch print "allowed", and an OOM of the card
+    would be labelled a budget OOM; so a budget that does not bind sets nothing."""
+    from worker import memory
+
+    fake = _FakeCuda(total)
+    monkeypatch.setattr(memory.torch, "cuda", fake)
+    assert memory.apply_cuda_budget(budget, torch.device("cuda", 0)) == expected
+    assert fake.fractions == set_
 
 
 def test_chain_walk_terminates_on_cycles() -> None:

@@ -1,0 +1,116 @@
+"""Two real Ray nodes on this machine standing in for a head pod and a worker pod: the head
+with no CPUs or GPUs (no rank can land there), the second node, where the ranks run, inside a
+mount namespace whose output directory is a tmpfs of its own (a pod's own disk). Used by
+tests/integration/worker/test_multinode_storage.py and, on a GPU machine, by
+tests/bench/gpu_checks.py. Needs root and util-linux's `unshare` for the mount namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """End a `ray start --block` we started, with the Ray processes of its session."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        if process.poll() is not None:
+            break
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # raylet's workers left in the group, if any
+
+
+def _wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the Ray head did not listen on port {port}")
+
+
+def _wait_for_nodes(address: str, env: dict[str, str], count: int, timeout: float = 240) -> None:
+    script = (f"import ray; ray.init(address={address!r}, include_dashboard=False, "
+              "configure_logging=False); print(sum(n['Alive'] for n in ray.nodes()))")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:  # a loaded machine may take a minute just to import Ray: ask again
+            done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                                  text=True, timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            continue
+        if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{count} Ray nodes did not come up at {address}")
+
+
+def can_isolate() -> bool:
+    """Whether a mount namespace can be made here (root, `unshare`)."""
+    return os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+@contextlib.contextmanager
+def two_pods(run_dir: Path, *, cpus: int = 2, gpus: int = 0,
+             isolate: bool = True) -> Iterator[tuple[str, dict[str, str]]]:
+    """(GCS address, env) of a head node and a 'worker pod' node with `cpus` and `gpus`,
+    whose view of `run_dir` is a tmpfs of its own when `isolate`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix="lmn-", dir="/tmp"))  # Ray's socket paths are short
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
+         "--include-dashboard=false",
+         f"--temp-dir={temp_dir}", *common],
+        env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    pod = None
+    try:
+        _wait_for_port(port)
+        node = " ".join([RAY, "start", f"--address={address}", f"--num-cpus={cpus}",
+                         f"--num-gpus={gpus}", *common])
+        command = (["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    f'mount -t tmpfs -o size=256m worker-pod-disk "{run_dir}" && exec {node}']
+                   if isolate else ["sh", "-c", f"exec {node}"])
+        pod = subprocess.Popen(
+            command,
+            env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        _wait_for_nodes(address, env, 2)
+        yield address, env
+    finally:
+        if pod is not None:
+            _stop(pod)
+        _stop(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
