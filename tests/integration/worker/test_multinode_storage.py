@@ -49,8 +49,9 @@ def test_rank_on_another_node_with_its_own_disk(
         dataset={"source": "builtin:querydsl", "size": 12, "preamble": "short"},
         resources={"workers": 1, "gpusPerWorker": 0, "cpusPerWorker": 1})
     assert Path(trial.output_dir) == run_dir
+    trial_file = write_trial(trial, tmp_path / "t.json")
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "run", "--trial", str(write_trial(trial, tmp_path / "t.json"))],
+        [sys.executable, "-m", "worker", "run", "--trial", str(trial_file)],
         cwd=ROOT, env={**env, "RAY_ADDRESS": address, "LADDER_DB_URL": url},
         capture_output=True, text=True, timeout=600)
 
