@@ -1,11 +1,14 @@
 # syntax=docker/dockerfile:1
 # The Ladder controller image: `ladder controller` (Kopf), the store client and the metrics
 # endpoint. Only the controller extra is installed: no torch, no Ray.
+#   docker/build.sh controller     (docker, or podman; see that script)
 #   docker build -f docker/controller.Dockerfile -t ghcr.io/ladder-dev/ladder-controller:0.1.0 .
 # The chart (helm/ladder) runs it as UID 10001 with a read-only root filesystem and /tmp as
 # an emptyDir.
 
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# Fully qualified: podman refuses short names. docker/build.sh passes a local Debian base
+# instead when no registry can serve this one.
+ARG PYTHON_IMAGE=docker.io/library/python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
