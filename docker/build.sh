@@ -38,6 +38,7 @@
 #   LADDER_IMAGE_BASE     auto | registry | local (default auto)
 #   LADDER_IMAGES_CACHE   cache folder (default $HOME/.cache/ladder-images)
 #   LADDER_IMAGES_REBUILD=1  make the local base again even when cached
+#   LADDER_OCI_RUNTIME    podman build --runtime (default: containers.conf's)
 #   LADDER_BUILD_CA       CA bundle to mount during podman builds
 #                         (default /etc/ssl/certs/ca-certificates.crt when it exists; "" = none)
 # Everything but the final image names goes to stderr; each built image's name is printed on
@@ -164,8 +165,11 @@ build() {
   shift 2
   local args=(build -f "$HERE/$dockerfile" -t "$image" "$@")
   if [[ "$ENGINE" == podman ]]; then
-    # runc on this kind of VM; the CA bundle for the build's pip, mounted for RUN steps only.
-    args+=(--runtime "${LADDER_OCI_RUNTIME:-runc}")
+    # The OCI runtime comes from containers.conf (ours says runc); LADDER_OCI_RUNTIME overrides.
+    # The CA bundle for the build's pip is mounted for RUN steps only.
+    if [[ -n "${LADDER_OCI_RUNTIME:-}" ]]; then
+      args+=(--runtime "$LADDER_OCI_RUNTIME")
+    fi
     if [[ -n "$CA" && -r "$CA" ]]; then
       args+=(-v "$CA:/etc/ssl/certs/ca-certificates.crt:ro")
     fi
