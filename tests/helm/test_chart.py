@@ -70,6 +70,8 @@ NAMESPACED_RULES = {
     ("", "events", "patch"),
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+# Kopf serving named namespaces lists them (names only); refused, it stalls about a minute.
+NAMESPACE_RULES = {("", "namespaces", v) for v in ("list", "watch")}
 
 
 def _rules(role: Mapping[str, Any]) -> set[tuple[str, ...]]:
@@ -334,8 +336,8 @@ def test_watch_namespaces_rbac_and_args() -> None:
         assert binding["roleRef"]["kind"] == "Role"
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ladder-controller",
                                         "namespace": "ladder"}]
-    # Cluster scope keeps only Kopf's CRD observation.
-    assert _rules(one(objects, "ClusterRole")) == CRD_RULES
+    # Cluster scope keeps only Kopf's CRD and namespace observation.
+    assert _rules(one(objects, "ClusterRole")) == CRD_RULES | NAMESPACE_RULES
     args = _controller(objects)["args"]
     assert [a for a in args if a.startswith("--namespace")] == [
         "--namespace=team-a", "--namespace=team-b"]
@@ -343,7 +345,8 @@ def test_watch_namespaces_rbac_and_args() -> None:
     selector = one(pod_monitor, "PodMonitor")["spec"]["namespaceSelector"]
     assert selector == {"matchNames": ["team-a", "team-b"]}
     # Without CRD observation, nothing cluster-scoped at all.
-    narrow = render({**WATCH_NAMESPACES, "rbac": {"watchCustomResourceDefinitions": False}})
+    narrow = render({**WATCH_NAMESPACES, "rbac": {"watchCustomResourceDefinitions": False,
+                                                  "listNamespaces": False}})
     assert not by_kind(narrow, "ClusterRole") and not by_kind(narrow, "ClusterRoleBinding")
 
 
