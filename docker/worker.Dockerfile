@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The Ladder worker image: what every trial's Ray head and worker pods run. KubeRay starts
 # Ray in it (`ray start`); the RayJob's entrypoint is the worker contract,
-# `python -m worker run --trial FILE` (DESIGN.md, "The worker contract").
+# `python -m worker run --trial FILE` (docs/architecture.md, "The worker contract").
 #   docker/build.sh worker     (docker, or podman; see that script)
 #   docker build -f docker/worker.Dockerfile -t ghcr.io/ladder-dev/ladder-worker:0.1.0 .
 # Keep the Ray version equal to the chart's execution.rayVersion.

@@ -12,21 +12,46 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import LaneState, TrialState
+from orchestrator.core.names import (
+    ALLOW_PRIVILEGED_TRIALS_ENV,
+    ALLOW_TRIAL_NETWORK_VOLUMES_ENV,
+    ALLOW_TRIAL_PROJECTED_TOKENS_ENV,
+    ALLOW_TRIAL_SERVICE_ACCOUNT_ENV,
+    ALLOWED_TRIAL_SECRETS_ENV,
+    DEBUG_ENV,
+    DEFAULT_EXECUTION_ENV,
+    METRICS_PORT_ENV,
+)
+from orchestrator.core.plan import SweepPhase, SweepStatus
 from orchestrator.core.spec import Resources, SpecError, Sweep, SweepSpec, load_sweep
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from orchestrator.backends.runner import RunnerEvent
+    from orchestrator.store import SweepRow
 
 app = typer.Typer(
     name="ladder",
@@ -37,11 +62,13 @@ app = typer.Typer(
 )
 dataset_app = typer.Typer(help="Write Ladder's built-in datasets to files.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
-console = Console()
-errors = Console(stderr=True)
+# Text is text: model ids, names, paths, dataset sources and error messages come from users,
+# so neither console reads markup (`[/x]`, `[link=...]`) or emoji codes (`:smile:`) in what it
+# prints. Styles are attached to spans with `say` (rich Text), never written into strings.
+console = Console(markup=False, emoji=False)
+errors = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)  # one line each
 
 DB_HELP = "SQLAlchemy URL of the store (env LADDER_DB_URL; default sqlite:///ladder.db)."
-DEFAULT_DB_URL = "sqlite:///ladder.db"
 
 STATE_STYLES = {
     TrialState.SUCCEEDED: "green", TrialState.OOM: "magenta", TrialState.FAILED: "red",
@@ -54,25 +81,49 @@ LANE_STYLES = {
 }
 
 
+def say(*parts: str | tuple[str, str]) -> Text:
+    """One line of output: plain strings, or (text, style) pairs; nothing in it is markup."""
+    return Text.assemble(*parts)
+
+
+def fail(message: str) -> NoReturn:
+    """The one-line error of a command: `✗ message` on stderr, exit 1, no traceback; any
+    password in it is redacted (`store.redact_secrets`, the one redaction path)."""
+    errors.print(say(("✗ " + _redacted(message), "red")))
+    raise typer.Exit(1)
+
+
+def _redacted(text: str) -> str:
+    from orchestrator.store import redact_secrets
+
+    return redact_secrets(text)
+
+
+def _logging(level: int, **options: Any) -> None:
+    """Log at `level`, every record redacted (a DEBUG line may quote a store URL)."""
+    from orchestrator.store import install_log_redaction
+
+    install_log_redaction()
+    logging.basicConfig(level=level, **options)
+
+
 def db_url(option: str | None) -> str:
     """The store URL: the option, LADDER_DB_URL, or the default, with SQLite paths absolute.
 
     Trials run in other processes (Ray jobs) with other working directories, so a relative
     SQLite path must be made absolute before it is handed to them.
     """
-    url = option or os.environ.get("LADDER_DB_URL") or DEFAULT_DB_URL
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        url = prefix + str(Path(url[len(prefix):]).resolve())
-    return url
+    from orchestrator.store.engine import resolve_db_url
+
+    return resolve_db_url(option)
 
 
 def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
     """Print every problem of a SpecError, each with its field path, and exit 1."""
-    # Paths and messages quote what the user wrote: escaped, so `[...]` in it is not markup.
-    errors.print(f"[red]✗ {escape(error.source)}: {what}[/red]")
+    # A message may quote what the user wrote (a model id that is a URL with a password).
+    errors.print(say((f"✗ {_redacted(error.source)}: {what}", "red")))
     for path, message in error.problems:
-        errors.print(f"  [bold]{escape(path)}[/bold]: {escape(message)}")
+        errors.print(say("  ", (path, "bold"), f": {_redacted(message)}"))
     raise typer.Exit(1) from None
 
 
@@ -90,10 +141,7 @@ def _open_store(url: str):
         return store.open_store(url)
     except Exception as error:
         # The driver's message may quote the URL it was given, password included.
-        reason = escape(store.redact_secrets(str(error)))
-        where = escape(store.redact_url(url))
-        errors.print(f"[red]✗ cannot open the store {where}: {reason}[/red]")
-        raise typer.Exit(1) from None
+        fail(f"cannot open the store {store.redact_url(url)}: {store.error_text(error)}")
 
 
 @app.command()
@@ -101,11 +149,11 @@ def validate(file: Annotated[Path, typer.Argument(help="Sweep YAML (manifest or 
     """Check a Sweep; exits 1 with one line per invalid field."""
     sweep = _load(file)
     spec = sweep.spec
-    console.print(
-        f"[green]✓[/green] {file}: Sweep [bold]{sweep.name}[/bold] is valid: "
+    console.print(say(
+        ("✓", "green"), f" {file}: Sweep ", (sweep.name, "bold"), " is valid: "
         f"{spec.lane_count} lanes x {len(spec.ladder)} models = "
         f"{spec.potential_trials} potential trials"
-    )
+    ))
 
 
 @app.command("plan")
@@ -134,8 +182,8 @@ def plan_command(
         typer.echo(json.dumps({"sweep": sweep.name, "lanes": lanes}, indent=2))
         return
     spec = sweep.spec
-    console.print(f"Sweep [bold]{sweep.name}[/bold]: {len(grid.lanes)} lanes x "
-                  f"{len(spec.ladder)} models = {len(grid.all_trials())} potential trials")
+    console.print(say("Sweep ", (sweep.name, "bold"), f": {len(grid.lanes)} lanes x "
+                      f"{len(spec.ladder)} models = {len(grid.all_trials())} potential trials"))
     console.print("Ladder: " + " → ".join(spec.ladder))
     if trials:
         table = Table(show_edge=False)
@@ -156,7 +204,32 @@ def plan_command(
     console.print(table)
 
 
-def _status_view(sweep: Sweep, status: Any, progress: Progress, task: Any) -> Group:
+@contextmanager
+def _line_after(target: Console) -> Iterator[None]:
+    """End the line a Live display leaves open when it is not on a terminal (a pipe, a log),
+    so what follows it, a summary or an error, starts on a line of its own."""
+    try:
+        yield
+    finally:
+        if not target.is_terminal:
+            target.line()
+
+
+def _event_line(event: RunnerEvent) -> Text | None:
+    """A runner event as a line of `ladder run`'s live view (None: nothing to show)."""
+    from orchestrator.backends.runner import RunnerEventKind
+
+    trial = event.trial
+    if event.kind is RunnerEventKind.LAUNCHED:
+        return say(f"→ {trial.trial_id} {trial.lane.name} {trial.model} attempt {event.attempt}")
+    if event.state is None:
+        return None
+    kind = f"/{event.oom_kind.value}" if event.oom_kind else ""
+    return say((f"■ {trial.trial_id} {trial.lane.name} {trial.model}: {event.state.value}{kind}",
+                STATE_STYLES.get(event.state, "white")))
+
+
+def _status_view(sweep: Sweep, status: SweepStatus, progress: Progress, task: TaskID) -> Group:
     progress.update(task, completed=status.trials_done, total=status.trials_total)
     table = Table(expand=False, show_edge=False, pad_edge=False)
     for column in ("lane", "state", "ceiling", "stopped at"):
@@ -166,21 +239,21 @@ def _status_view(sweep: Sweep, status: Any, progress: Progress, task: Any) -> Gr
         stopped = lane.stopped_at_model or ""
         if lane.oom_kind is not None:
             stopped += f" (oom/{lane.oom_kind.value})"
-        table.add_row(lane.name, f"[{style}]{lane.state.value}[/{style}]",
+        table.add_row(lane.name, Text(lane.state.value, style=style),
                       lane.ceiling_model or "-", stopped)
-    counts = "  ".join(
-        f"[{STATE_STYLES[state]}]{state.value} {n}[/{STATE_STYLES[state]}]"
+    counts = Text("  ").join(
+        Text(f"{state.value} {n}", style=STATE_STYLES[state])
         for state, n in status.counts.items() if n
     )
-    return Group(progress, table, counts or "")
+    return Group(progress, table, counts)
 
 
-def _summary(sweep: Sweep, status: Any, elapsed: float) -> None:
+def _summary(sweep: Sweep, status: SweepStatus, elapsed: float) -> None:
     console.rule(f"Sweep {sweep.name}: {status.phase.value}")
     if status.best is not None:
         best = status.best
-        console.print(f"Best trial: [bold]{best.trial_id}[/bold] {best.model} {best.lane} "
-                      f"eval loss [bold]{best.eval_loss:.5f}[/bold]")
+        console.print(say("Best trial: ", (best.trial_id, "bold"), f" {best.model} {best.lane} "
+                          "eval loss ", (f"{best.eval_loss:.5f}", "bold")))
     else:
         console.print("Best trial: none succeeded")
     ceilings = Table(title="Lane ceilings (largest model that fitted)", show_edge=False)
@@ -235,7 +308,7 @@ def run(
     sweep = sweep.model_copy(update={"spec": spec})
     url = db_url(db)
     sessions = _open_store(url)
-    logging.basicConfig(level=logging.WARNING)
+    _logging(logging.WARNING)
     metrics = None
     if metrics_port is not None:
         from orchestrator.metrics import LadderMetrics
@@ -245,46 +318,49 @@ def run(
         metrics.serve(metrics_port)
         console.print(f"Metrics on http://127.0.0.1:{metrics_port}/metrics")
     backend = LocalRayBackend(runs_dir=runs_dir, db_url=url, address=ray_address, num_cpus=cpus)
-    console.print(f"Sweep [bold]{sweep.name}[/bold]: {spec.lane_count} lanes, "
-                  f"{spec.potential_trials} potential trials; store "
-                  f"{_redact(url)}; starting Ray…")
+    console.print(say("Sweep ", (sweep.name, "bold"), f": {spec.lane_count} lanes, "
+                      f"{spec.potential_trials} potential trials; store "
+                      f"{_redact(url)}; starting Ray…"))
     started = time.monotonic()
     backend.start()
     if backend.reused_runtime:
         console.print("Reusing the Ray runtime an earlier `ladder run` left running "
                       "(its trials are adopted, not run again).")
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+    progress = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     task = progress.add_task("trials", total=spec.potential_trials)
     try:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
-            def update(status: Any, events: Any) -> None:
+        with _line_after(console), Live(console=console, refresh_per_second=4,
+                                        transient=False) as live:
+            def update(status: SweepStatus, events: Sequence[RunnerEvent]) -> None:
                 for event in events:
-                    if event.kind == "launched":
-                        live.console.print(f"→ {event.trial.trial_id} {event.trial.lane.name} "
-                                           f"{event.trial.model} attempt {event.attempt}")
-                    elif event.state is not None:
-                        style = STATE_STYLES.get(event.state, "white")
-                        kind = f"/{event.oom_kind.value}" if event.oom_kind else ""
-                        live.console.print(
-                            f"[{style}]■ {event.trial.trial_id} {event.trial.lane.name} "
-                            f"{event.trial.model}: {event.state.value}{kind}[/{style}]"
-                        )
+                    line = _event_line(event)
+                    if line is not None:
+                        live.console.print(line)
                 live.update(_status_view(sweep, status, progress, task))
 
             runner = LocalSweepRunner(sweep, backend, sessions, runs_dir, on_update=update,
                                       predicted_oom=predicted_oom_fn(sweep.spec),
                                       metrics=metrics)
             status = runner.run()
+    except Exception as error:  # KeyboardInterrupt is the runner's; this is anything else
+        fail(f"the sweep stopped: {_reason(error)}; its running trials were recorded as "
+             "cancelled: run the same command again to resume")
     finally:
         backend.stop()
     _summary(sweep, status, time.monotonic() - started)
     if runner.interrupted:
-        errors.print("[yellow]Interrupted: the running trials were stopped and recorded as "
-                     "cancelled. Run the same command again to resume.[/yellow]")
+        errors.print(say(("Interrupted: the running trials were stopped and recorded as "
+                          "cancelled. Run the same command again to resume.", "yellow")))
         raise typer.Exit(130)
-    if status.phase.value == "Failed":
+    if status.phase is SweepPhase.FAILED:
         raise typer.Exit(1)
+
+
+def _reason(error: BaseException) -> str:
+    """An exception as one line a user may see: its type and message, passwords redacted."""
+    message = " ".join(str(error).split())
+    return _redacted(f"{type(error).__name__}: {message}" if message else type(error).__name__)
 
 
 def _redact(url: str) -> str:
@@ -293,7 +369,7 @@ def _redact(url: str) -> str:
     return redact_url(url)
 
 
-def _sweep_rows(sessions: Any, name: str | None) -> list[Any]:
+def _sweep_rows(sessions: sessionmaker[Session], name: str | None) -> list[SweepRow]:
     from orchestrator import store
 
     with sessions() as session:
@@ -310,14 +386,14 @@ def status(
 ):
     """Progress of sweeps in the store: trials by state, lanes and their ceilings."""
     from orchestrator import store
-    from orchestrator.backends.runner import sweep_status
+    from orchestrator.bookkeeping import sweep_status
     from orchestrator.store.records import sweep_from_row
 
     sessions = _open_store(db_url(db))
     rows = _sweep_rows(sessions, sweep)
     if not rows:
-        errors.print(f"[yellow]no sweep {sweep!r} in the store[/yellow]" if sweep
-                     else "[yellow]the store holds no sweep yet[/yellow]")
+        errors.print(say((f"no sweep {sweep!r} in the store" if sweep
+                          else "the store holds no sweep yet", "yellow")))
         raise typer.Exit(1)
     for row in rows:
         recorded = sweep_from_row(row)
@@ -326,7 +402,7 @@ def status(
         _summary(recorded, current, elapsed=_elapsed(sessions, row))
 
 
-def _elapsed(sessions: Any, row: Any) -> float:
+def _elapsed(sessions: sessionmaker[Session], row: SweepRow) -> float:
     from orchestrator import store
 
     with sessions() as session:
@@ -428,8 +504,11 @@ def dataset_querydsl(
     """Write the built-in synthetic NL -> OpenSearch Query DSL dataset (with rationales)."""
     from worker.data.querydsl import generate_querydsl, write_dataset
 
-    count = write_dataset(out, generate_querydsl(n=n, seed=seed, preamble=preamble))
-    console.print(f"[green]✓[/green] wrote {count} examples to {out}")
+    try:
+        count = write_dataset(out, generate_querydsl(n=n, seed=seed, preamble=preamble))
+    except (ValueError, OSError) as error:
+        fail(f"{out}: {_reason(error)}" if isinstance(error, OSError) else str(error))
+    console.print(say(("✓", "green"), f" wrote {count} examples to {out}"))
 
 
 
@@ -464,42 +543,71 @@ def controller(
                                                      "replicas (needs Kopf's peering CRD).")]
     = None,
     metrics_port: Annotated[
-        int | None, typer.Option(envvar="LADDER_METRICS_PORT", min=0, max=65535,
+        int | None, typer.Option(envvar=METRICS_PORT_ENV, min=0, max=65535,
                                  help="Serve Prometheus /metrics on this port (all "
                                       "interfaces).")
     ] = None,
     default_execution: Annotated[
-        str | None, typer.Option(envvar="LADDER_DEFAULT_EXECUTION",
+        str | None, typer.Option(envvar=DEFAULT_EXECUTION_ENV,
                                  help="JSON object of spec.execution defaults; each Sweep's "
                                       "own keys win.")
     ] = None,
     allow_privileged_trials: Annotated[
-        bool, typer.Option(envvar="LADDER_ALLOW_PRIVILEGED_TRIALS",
+        bool, typer.Option(envvar=ALLOW_PRIVILEGED_TRIALS_ENV,
                            help="Accept Sweeps whose trial pods mount host paths.")
+    ] = False,
+    allow_trial_service_account: Annotated[
+        bool, typer.Option(envvar=ALLOW_TRIAL_SERVICE_ACCOUNT_ENV,
+                           help="Let Sweeps choose their pods' serviceAccountName.")
+    ] = False,
+    allowed_trial_secrets: Annotated[
+        str, typer.Option(envvar=ALLOWED_TRIAL_SECRETS_ENV,
+                          help="Comma-separated Secrets, besides the store's, that Sweeps may "
+                               "mount or reference; '*' for any.")
+    ] = "",
+    allow_trial_projected_tokens: Annotated[
+        bool, typer.Option(envvar=ALLOW_TRIAL_PROJECTED_TOKENS_ENV,
+                           help="Let Sweeps mount projected service-account tokens.")
+    ] = False,
+    allow_trial_network_volumes: Annotated[
+        bool, typer.Option(envvar=ALLOW_TRIAL_NETWORK_VOLUMES_ENV,
+                           help="Let Sweeps mount network and node volumes (nfs, iscsi, "
+                                "cephfs, csi, ...).")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run the Kubernetes controller: Sweeps in, KubeRay RayJobs out."""
     from orchestrator.operator.controller import (
         ControllerOptions,
+        StartupError,
         parse_execution_defaults,
         run_controller,
     )
+    from orchestrator.operator.manifests import TrialPodPolicy
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _logging(logging.DEBUG if verbose else logging.INFO,
+             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         defaults = parse_execution_defaults(default_execution)
     except SpecError as error:
         _spec_error(error, "invalid execution defaults")
-    run_controller(ControllerOptions(
-        db_url=db_url(db), namespaces=tuple(namespace or ()), db_secret=db_secret or None,
-        liveness=liveness or None, kubeconfig=kubeconfig, peering=peering,
-        execution_defaults=defaults, allow_privileged_trials=allow_privileged_trials,
-        metrics_port=metrics_port,
-    ))
+    try:
+        run_controller(ControllerOptions(
+            db_url=db_url(db), namespaces=tuple(namespace or ()), db_secret=db_secret or None,
+            liveness=liveness or None, kubeconfig=kubeconfig, peering=peering,
+            execution_defaults=defaults, allow_privileged_trials=allow_privileged_trials,
+            metrics_port=metrics_port,
+            pod_policy=TrialPodPolicy(
+                host_paths=allow_privileged_trials,
+                service_account=allow_trial_service_account,
+                secrets=frozenset(n.strip() for n in allowed_trial_secrets.split(",")
+                                  if n.strip()),
+                projected_tokens=allow_trial_projected_tokens,
+                network_volumes=allow_trial_network_volumes,
+            ),
+        ))
+    except StartupError as error:
+        fail(f"the controller cannot start: {error}")
 
 
 @app.command()
@@ -522,12 +630,12 @@ def submit(
     except SpecError as error:
         _spec_error(error)
     except (KubeError, OSError) as error:
-        errors.print(f"[red]✗ {error}[/red]")
-        raise typer.Exit(1) from None
+        fail(str(error))
     for obj in applied:
         meta = obj.get("metadata", {})
-        console.print(f"[green]✓[/green] sweep.ladder.dev/{meta.get('name')} applied in "
-                      f"namespace {meta.get('namespace')} (generation {meta.get('generation')})")
+        console.print(say(("✓", "green"), f" sweep.ladder.dev/{meta.get('name')} applied in "
+                          f"namespace {meta.get('namespace')} "
+                          f"(generation {meta.get('generation')})"))
 
 
 @app.command()
@@ -545,21 +653,26 @@ def report(
     try:
         from orchestrator.report import ReportError, write_report
     except ImportError as error:
-        errors.print(f"[red]✗ {error}: install the report extra (pip install "
-                     "'ladder[report]')[/red]")
-        raise typer.Exit(1) from None
+        fail(f"{error}: install the report extra (pip install 'ladder[report]')")
     sessions = _open_store(db_url(db))
     try:
         written = write_report(sessions, out, sweep=sweep, namespace=namespace, top=top)
     except ReportError as error:
-        errors.print(f"[red]✗ {error}[/red]")
-        raise typer.Exit(1) from None
-    console.print(f"[green]✓[/green] wrote {written.markdown}, {written.html} and "
-                  f"{len(written.images)} figures")
+        fail(str(error))
+    console.print(say(("✓", "green"), f" wrote {written.markdown}, {written.html} and "
+                      f"{len(written.images)} figures"))
 
 
 def main() -> None:
-    app()
+    """The `ladder` entry point. Every error a command expects is one line of its own; this
+    turns the unexpected rest into one line too (LADDER_DEBUG=1 shows the traceback)."""
+    try:
+        app()
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        errors.print(say((f"✗ {_reason(error)} (set {DEBUG_ENV}=1 for the traceback)", "red")))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
-from orchestrator.backends.runner import sweep_status
+from orchestrator.bookkeeping import sweep_status
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import SweepPhase

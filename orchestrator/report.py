@@ -36,7 +36,7 @@ from matplotlib.patches import Rectangle
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import store
-from orchestrator.backends.runner import sweep_status
+from orchestrator.bookkeeping import sweep_status
 from orchestrator.core.formatting import fmt_bytes, fmt_float, fmt_opt, fmt_ratio, fmt_seconds
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import Method, TrialState

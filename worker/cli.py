@@ -1,4 +1,6 @@
-"""`python -m worker run --trial FILE`: the worker contract (DESIGN.md, "The worker contract").
+"""`python -m worker run --trial FILE`: the worker contract.
+
+docs/architecture.md, "The worker contract".
 
 Runs one trial and always ends the same way, whatever happened: one TrialResult in the store
 (when a URL is known) and in `<outputDir>/result.json`, printed as the last stdout line, and

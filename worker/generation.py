@@ -30,7 +30,7 @@ def parse_json(text: str) -> Any:
     """The parsed value, or the `_NOT_JSON` sentinel (None is valid JSON: `null`)."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a generated `[[[[...` deeper than the reader goes
         return _NOT_JSON
 
 

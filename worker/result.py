@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.lifecycle import ExitCode, TrialState
+from orchestrator.core.names import DB_URL_ENV, RESULT_RETRY_ENV
 from orchestrator.core.outcome import excerpt
 from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from worker.memory import classify_failure, exception_chain
@@ -37,8 +38,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DB_URL_ENV = "LADDER_DB_URL"
-RESULT_RETRY_ENV = "LADDER_RESULT_RETRY_SECONDS"
 DEFAULT_RESULT_RETRY_SECONDS = 600.0
 RESULT_FILE = "result.json"
 # Ray's wrappers around the exception that really happened; error texts name the latter.
@@ -54,19 +53,11 @@ def store_url(trial: TrialSpec) -> str | None:
     A relative SQLite path is made absolute here, against the driver's working directory:
     Ray Train runs workers in a directory of its own, where it would name another file.
     """
-    url = os.environ.get(DB_URL_ENV) or trial.db_url or None
-    if url is None or not url.startswith("sqlite"):
-        return url
-    from sqlalchemy.engine import make_url
+    if not (os.environ.get(DB_URL_ENV) or trial.db_url):
+        return None  # no store: not worth importing it (SQLAlchemy, Alembic) to learn that
+    from orchestrator.store.engine import resolve_db_url
 
-    parsed = make_url(url)
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return url
-    if Path(database).is_absolute():
-        return url
-    absolute = parsed.set(database=str(Path(database).resolve()))
-    return absolute.render_as_string(hide_password=False)
+    return resolve_db_url(None, fallback=trial.db_url or None, default=None)
 
 
 def error_text(error: BaseException, limit: int = 3000) -> str:

@@ -8,7 +8,7 @@ every Ray Train worker and `train` is its body, the whole recipe in one screen:
     -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation]
        -> [save the weights: training.saveModel best/final, rank 0] -> report
 
-The recipe is the paper's (PAPER.md, "Training recipe"): AdamW, ReduceLROnPlateau on the
+The recipe is the paper's (docs/paper.md, "Training recipe"): AdamW, ReduceLROnPlateau on the
 evaluation loss, every example trained twice per step (`predict:` -> label, `explain:` ->
 rationale), loss = a * L_label + (1 - a) * L_rationale.
 
@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.spec import Precision, SaveModel
 from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
-from worker.data.dss import DatasetError, DSSExample, load_dss, split_train_eval
+from worker.data.dss import DatasetError, DSSExample, load_dss, split_examples
 from worker.memory import HostMemoryBudget, classify_failure
 from worker.result import EpochSink, error_text, mark_running, store_url
 
@@ -455,6 +455,23 @@ class Progress:
 # --- the driver ------------------------------------------------------------------------------
 
 
+def load_split(trial: TrialSpec) -> tuple[list[DSSExample], list[DSSExample]]:
+    """The trial's dataset, validated and split into (train, eval); DatasetError otherwise.
+
+    An input that repeats an earlier one is dropped before the split (the first is kept) and
+    the count is logged, so no input is in both train and eval (docs/reliability.md)."""
+    ds = trial.dataset
+    examples = load_dss(ds.source, labels_must_be_json=ds.labels_must_be_json, size=ds.size,
+                        preamble=ds.preamble.value, seed=ds.split_seed)
+    train, evaluation, repeats = split_examples(ds.source, examples, ds.eval_fraction,
+                                                ds.split_seed)
+    if repeats:
+        log.warning("%s: dropped %d example(s) whose input repeats an earlier one (the first "
+                    "is kept), so no input is in both train and eval; %d left",
+                    ds.source, repeats, len(train) + len(evaluation))
+    return train, evaluation
+
+
 def run_trial(trial: TrialSpec, *, probe_only: bool = False) -> TrialResult:
     """Run one trial attempt and return its result: success, or a classified failure.
 
@@ -470,10 +487,7 @@ def run_trial(trial: TrialSpec, *, probe_only: bool = False) -> TrialResult:
 
     # The data first: a broken dataset must fail in a second, before any model exists.
     try:
-        ds = trial.dataset
-        examples = load_dss(ds.source, labels_must_be_json=ds.labels_must_be_json, size=ds.size,
-                            preamble=ds.preamble.value, seed=ds.split_seed)
-        train_split, eval_split = split_train_eval(examples, ds.eval_fraction, ds.split_seed)
+        train_split, eval_split = load_split(trial)
     except (DatasetError, ValueError) as error:
         return finish(TrialState.FAILED, error=error_text(error))
 

@@ -16,11 +16,12 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.backends.ray_head import SharedHead
-from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.backends.runner import JobOutcome
+from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL
 from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.trial import TrialResult, TrialSpec
@@ -49,18 +50,6 @@ def job_id(spec: TrialSpec) -> str:
     """Deterministic Ray job submission id of a trial attempt."""
     namespace = f"{spec.namespace}-" if spec.namespace else ""
     return f"ladder-{namespace}{spec.sweep}-{spec.trial_id}-{spec.attempt}"
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    """A finished job as the backend saw it; `result` when the worker printed one."""
-
-    trial_id: str
-    attempt: int
-    state: TrialState
-    result: TrialResult | None
-    error: str | None
-    oom_kind: OOMKind | None = None
 
 
 class LocalRayBackend:
@@ -153,7 +142,7 @@ class LocalRayBackend:
                     submission_id=submission,
                     runtime_env={"env_vars": self._job_env()},
                     entrypoint_num_cpus=0,
-                    metadata={"ladder.dev/sweep": spec.sweep, "ladder.dev/trial": spec.trial_id},
+                    metadata={LABEL_SWEEP: spec.sweep, LABEL_TRIAL: spec.trial_id},
                 )
                 break
             except RuntimeError as error:
@@ -167,7 +156,7 @@ class LocalRayBackend:
         return submission
 
     def _job_env(self) -> dict[str, str]:
-        env = {"LADDER_DB_URL": self.db_url, "PYTHONUNBUFFERED": "1"}
+        env = {DB_URL_ENV: self.db_url, "PYTHONUNBUFFERED": "1"}
         # Workers must import the same `orchestrator` and `worker` packages as we do.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

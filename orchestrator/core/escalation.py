@@ -1,14 +1,18 @@
 """The lane state machine: where one lane's climb up the model ladder stands, and what's next.
 
-PAPER.md, "The escalation procedure", and DESIGN.md, "Trial lifecycle and escalation": run the
+docs/paper.md, "The escalation procedure", and docs/architecture.md, "Trial lifecycle": run the
 smallest model; if it succeeds, run the next larger one; stop at the first out-of-memory run
 and record the lane's ceiling (the largest model that fitted). Non-OOM failures are retried
 up to `escalation.retries` times, then fail the lane.
 
 `lane_progress` is a pure function of a snapshot (the lane's trials and every attempt observed
-for them) in the manner of a Ray Tune scheduler decision: it never remembers anything between
-calls, so the same snapshot always gives the same answer and a restarted controller resumes
-exactly where it was. Rules, walking the ladder smallest model first and looking at each
+for them). This is the opposite of a Ray Tune scheduler, which keeps its trials' history in
+memory and is told of each result as it comes (`on_trial_result`, `on_trial_complete`):
+`lane_progress` remembers nothing between calls and reads the whole history from the store each
+time. So the same snapshot always gives the same answer, a restarted controller or runner
+resumes exactly where it was, with nothing to rebuild.
+
+Rules, walking the ladder smallest model first and looking at each
 trial's latest attempt (by attempt number):
 
 - no attempt: launch attempt 1 of this trial;
@@ -33,7 +37,13 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from orchestrator.core.grid import Lane, Trial
-from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.lifecycle import (
+    ACTIVE_STATES,
+    LaneState,
+    OOMKind,
+    TrialState,
+    latest_attempts,
+)
 from orchestrator.core.spec import Escalation, OnOOM
 
 
@@ -76,17 +86,16 @@ class LaneProgress:
         return self.state.is_terminal
 
 
-_ACTIVE_STATES = frozenset({TrialState.PENDING, TrialState.RUNNING})
 _LADDER_ORDER = attrgetter("model_index")
+
+
+def _one_trial(_observation: AttemptObservation) -> None:
+    """The key that puts every observation under one trial (`latest_attempts`)."""
 
 
 def latest_attempt(observations: Sequence[AttemptObservation]) -> AttemptObservation | None:
     """The observation with the highest attempt number (the last one given, on a tie)."""
-    latest: AttemptObservation | None = None
-    for observation in observations:
-        if latest is None or observation.attempt >= latest.attempt:
-            latest = observation
-    return latest
+    return latest_attempts(observations, key=_one_trial).get(None)
 
 
 def lane_progress(
@@ -122,12 +131,11 @@ def lane_progress(
         if observations:
             observed_any = True
             for obs in observations:
-                if obs.state in _ACTIVE_STATES:
+                if obs.state in ACTIVE_STATES:
                     active.append((trial, obs.attempt))
                 elif obs.state is TrialState.FAILED:
                     failures += 1
-                if latest is None or obs.attempt >= latest.attempt:
-                    latest = obs
+            latest = latest_attempt(observations)
         if decided:
             continue  # only looking for active attempts above the decision
         decided = True

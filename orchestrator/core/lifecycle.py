@@ -5,7 +5,9 @@ Enums rather than strings, so a typo is an AttributeError and not a silent new s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from enum import IntEnum, StrEnum
+from typing import Protocol, TypeVar
 
 
 class Method(StrEnum):
@@ -21,7 +23,7 @@ class Method(StrEnum):
 
 
 class TrialState(StrEnum):
-    """One trial attempt's state (DESIGN.md, "Trial lifecycle")."""
+    """One trial attempt's state (docs/architecture.md, "Trial lifecycle")."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -33,7 +35,11 @@ class TrialState(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self not in (TrialState.PENDING, TrialState.RUNNING)
+        return self not in ACTIVE_STATES
+
+
+# The states of an attempt that may still change: launched (or about to be), not finished.
+ACTIVE_STATES = frozenset({TrialState.PENDING, TrialState.RUNNING})
 
 
 class OOMKind(StrEnum):
@@ -61,8 +67,32 @@ class LaneState(StrEnum):
 
 
 class ExitCode(IntEnum):
-    """The worker's exit codes (DESIGN.md, "The worker contract")."""
+    """The worker's exit codes (docs/architecture.md, "The worker contract")."""
 
     SUCCEEDED = 0
     FAILED = 1
     OOM = 3
+
+
+class _Attempt(Protocol):
+    @property
+    def attempt(self) -> int: ...
+
+
+A = TypeVar("A", bound=_Attempt)
+K = TypeVar("K", bound=Hashable)
+
+
+def latest_attempts(items: Iterable[A], key: Callable[[A], K]) -> dict[K, A]:
+    """Each trial's latest attempt: per `key(item)`, the item with the highest `attempt`
+    (the last one given, on a tie), in the order keys first appear.
+
+    The one rule for "latest attempt": a trial's outcome is its latest attempt's.
+    """
+    latest: dict[K, A] = {}
+    for item in items:
+        k = key(item)
+        current = latest.get(k)
+        if current is None or item.attempt >= current.attempt:
+            latest[k] = item
+    return latest

@@ -42,7 +42,8 @@ def classify_text(text: str, *, budget_set: bool = False) -> tuple[TrialState, O
 
 
 def state_for_exit_code(code: int | None) -> TrialState:
-    """The worker's exit code (DESIGN.md) as a state; unknown codes are failures."""
+    """The worker's exit code (docs/architecture.md, "The worker contract") as a state;
+    unknown codes are failures."""
     if code == ExitCode.SUCCEEDED:
         return TrialState.SUCCEEDED
     if code == ExitCode.OOM:

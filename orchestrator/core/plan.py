@@ -1,4 +1,6 @@
-"""The core's one entry point: `plan(grid, spec, observed) -> Plan` (DESIGN.md, last part).
+"""The core's one entry point: `plan(grid, spec, observed) -> Plan`.
+
+docs/architecture.md, "The plan loop".
 
 Both backends (the local runner and the Kubernetes controller) observe, call `plan`, and carry
 out its actions; they differ only in how they observe and how they act. `plan` is a pure,
@@ -39,7 +41,7 @@ from orchestrator.core.escalation import (
     stop_reason,
 )
 from orchestrator.core.grid import Grid, Lane, Trial
-from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.lifecycle import ACTIVE_STATES, LaneState, OOMKind, TrialState
 from orchestrator.core.scheduler import Capacity, demand, select_launches, unschedulable
 from orchestrator.core.spec import Escalation, SweepSpec
 
@@ -171,7 +173,6 @@ class Plan:
 
 
 _NONE: tuple[AttemptObservation, ...] = ()
-_ACTIVE_STATES = frozenset({TrialState.PENDING, TrialState.RUNNING})
 
 
 @dataclass(slots=True)
@@ -319,7 +320,7 @@ def _status(spec: SweepSpec, observed: Observed, work: list[_LaneWork]) -> Sweep
             latest = observations[0] if len(observations) == 1 else latest_attempt(observations)
             assert latest is not None
             counts[latest.state] += 1
-            if latest.state not in _ACTIVE_STATES and trial.trial_id != relaunch:
+            if latest.state not in ACTIVE_STATES and trial.trial_id != relaunch:
                 done += 1
             for obs in observations:
                 if obs.state is TrialState.OOM:

@@ -1,6 +1,6 @@
 """Which ready lane heads to launch now: greedy packing into free capacity, in priority order.
 
-DESIGN.md, "Trial lifecycle and escalation": scheduling packs lane heads into free capacity
+docs/architecture.md, "The plan loop": scheduling packs lane heads into free capacity
 (GPUs or CPU slots), in the paper's order, up to `parallelism`. The paper ran one trial at a
 time on all eight GPUs; most models fit on one, so small trials go side by side.
 
@@ -50,6 +50,7 @@ class Capacity:
         return cls(gpus=gpus, cpus=cpus)
 
 
+# Nothing free: what a status computed from the store alone plans with (it launches nothing).
 NO_CAPACITY = Capacity(gpus=0, cpus=0)
 
 

@@ -3,7 +3,7 @@
 The CRD's openAPIV3Schema is generated from these models (`orchestrator.crd`), so the file a
 user writes and the object the apiserver stores never drift. Field names are camelCase on the
 wire (Kubernetes convention) and snake_case in Python. Defaults are the paper's recipe
-(PAPER.md). Every model forbids unknown fields, so a typo is an error that names the field.
+(docs/paper.md). Every model forbids unknown fields, so a typo is an error that names the field.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -148,7 +148,7 @@ class LRPlateau(_Model):
 
 
 class Training(_Model):
-    """The recipe of every trial. Defaults are the paper's (PAPER.md, "Training recipe")."""
+    """The recipe of every trial. Defaults are the paper's (docs/paper.md, "Training recipe")."""
 
     epochs: int = Field(100, ge=1)
     learning_rate: float = Field(5.0e-5, gt=0)
@@ -437,15 +437,6 @@ class SweepSpec(_Model):
         return self.lane_count * len(self.ladder)
 
 
-class ObjectMeta(BaseModel):
-    """The part of Kubernetes metadata a Sweep manifest needs."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    namespace: str = ""
-
-
 class Sweep(BaseModel):
     """A named spec: what `ladder run` and the controller work on."""
 
@@ -615,5 +606,3 @@ def sweep_manifest(sweep: Sweep) -> dict[str, Any]:
         "spec": sweep.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
 
-
-SpecFormat = Literal["yaml", "json"]

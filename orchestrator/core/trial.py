@@ -1,6 +1,6 @@
 """The worker contract's payload: one fully resolved trial, written as JSON for the worker.
 
-`python -m worker run --trial FILE` reads exactly this model (DESIGN.md, "The worker
+`python -m worker run --trial FILE` reads exactly this model (docs/architecture.md, "The worker
 contract"). Everything a trial needs is resolved here (axes applied to the training recipe,
 per-model resources, the memory budget in bytes), so the worker never sees the grid.
 """
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.names import IDENTITY_FIELDS, SWEEP_FIELDS
 from orchestrator.core.spec import Dataset, ResourceShape, Training
 
 
@@ -122,10 +123,7 @@ class TrialResult(BaseModel):
     @classmethod
     def for_trial(cls, trial: TrialSpec, **fields: object) -> TrialResult:
         """A result carrying the trial's identity, plus the given fields."""
-        identity = trial.model_dump(
-            include={"sweep", "namespace", "trial_id", "lane", "attempt", "model",
-                     "model_index", "method", "rank", "alpha", "dss_alpha", "seed"}
-        )
+        identity = trial.model_dump(include={*SWEEP_FIELDS, *IDENTITY_FIELDS})
         return cls(**identity, **fields)
 
     def json_line(self) -> str:

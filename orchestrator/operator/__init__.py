@@ -1,4 +1,4 @@
-"""The Kubernetes controller: Sweeps in, KubeRay RayJobs out (DESIGN.md).
+"""The Kubernetes controller: Sweeps in, KubeRay RayJobs out (docs/architecture.md).
 
 - `manifests`: pure builders and readers of RayJob objects (names, labels, the RayJob spec,
   the outcome a finished RayJob reports). No I/O; unit-tested on their own.

@@ -13,12 +13,19 @@ from typing import Any
 
 import yaml
 
+from orchestrator.core.names import DEFAULT_EXECUTION_ENV
 from orchestrator.core.spec import SpecError, load_sweep_text, sweep_manifest
+from orchestrator.operator.manifests import TrialPodPolicy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DB_SECRET = "ladder-db/url"
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+class StartupError(RuntimeError):
+    """The controller cannot start: no store, no kubeconfig, or no API server. One line,
+    naming the problem (and never a password)."""
 
 
 @dataclass
@@ -36,12 +43,14 @@ class ControllerOptions:
     execution_defaults: Mapping[str, Any] = field(default_factory=dict)
     # LADDER_ALLOW_PRIVILEGED_TRIALS: let Sweeps give trial pods host access (hostPath).
     allow_privileged_trials: bool = False
+    # What Sweeps may give their pods besides (docs/security.md, the chart's trialPods).
+    pod_policy: TrialPodPolicy = field(default_factory=TrialPodPolicy)
     # LADDER_METRICS_PORT: serve /metrics here (all interfaces: Prometheus scrapes the pod).
     metrics_port: int | None = None
     metrics_address: str = "0.0.0.0"
 
 
-def parse_execution_defaults(text: str | None, *, source: str = "LADDER_DEFAULT_EXECUTION"
+def parse_execution_defaults(text: str | None, *, source: str = DEFAULT_EXECUTION_ENV
                              ) -> dict[str, Any]:
     """The JSON object of execution defaults; SpecError naming `source` when it is not one."""
     if not text or not text.strip():
@@ -50,6 +59,8 @@ def parse_execution_defaults(text: str | None, *, source: str = "LADDER_DEFAULT_
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise SpecError(source, [("execution", f"not valid JSON: {error}")]) from None
+    except RecursionError:
+        raise SpecError(source, [("execution", "JSON nested too deeply")]) from None
     if not isinstance(value, dict):
         raise SpecError(source, [("execution", f"must be a JSON object, not "
                                                f"{type(value).__name__}")])
@@ -68,12 +79,21 @@ def run_controller(
     import orchestrator.operator.handlers  # noqa: F401 (registers the handlers)
     from orchestrator import store
     from orchestrator.metrics import LadderMetrics
-    from orchestrator.operator.kube import Kube, load_config
+    from orchestrator.operator.kube import Kube, KubeError, load_config
     from orchestrator.operator.manifests import SecretRef
     from orchestrator.operator.reconcile import Reconciler
 
-    sessions = store.open_store(options.db_url)
-    api = load_config(options.kubeconfig)
+    store.install_log_redaction()  # Kopf's DEBUG lines and the events it posts included
+    try:
+        sessions = store.open_store(options.db_url)
+    except Exception as error:  # the driver's message may quote the URL, password included
+        raise StartupError(f"cannot open the store {store.redact_url(options.db_url)}: "
+                           f"{store.error_text(error)}") from None
+    try:
+        api = load_config(options.kubeconfig)
+        Kube(api).check_reachable()
+    except KubeError as error:
+        raise StartupError(str(error)) from None
     secret = SecretRef.parse(options.db_secret) if options.db_secret else None
     metrics = None
     if options.metrics_port is not None:
@@ -86,6 +106,7 @@ def run_controller(
         Kube(api), sessions, db_secret=secret, metrics=metrics,
         execution_defaults=options.execution_defaults,
         allow_privileged_trials=options.allow_privileged_trials,
+        pod_policy=options.pod_policy,
     )
     memo = kopf.Memo(
         reconciler=reconciler,

@@ -29,12 +29,19 @@ from typing import Any
 import kopf
 
 from orchestrator import store
-from orchestrator.crd import GROUP, PLURAL, VERSION
-from orchestrator.operator.kube import KubeError
-from orchestrator.operator.manifests import (
+from orchestrator.core.names import (
+    DOMAIN,
+    FINALIZER,
     LABEL_MANAGED_BY,
     LABEL_SWEEP,
     MANAGED_BY,
+    PEERING_LIFETIME_ENV,
+    PEERING_PRIORITY_ENV,
+    RECONCILE_INTERVAL_ENV,
+)
+from orchestrator.crd import GROUP, PLURAL, VERSION
+from orchestrator.operator.kube import KubeError
+from orchestrator.operator.manifests import (
     RAY_GROUP,
     RAY_VERSION,
     RAYJOB_PLURAL,
@@ -43,16 +50,13 @@ from orchestrator.operator.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "ladder.dev/finalizer"
-ANNOTATION_PREFIX = "ladder.dev"
-RECONCILE_INTERVAL = float(os.environ.get("LADDER_RECONCILE_INTERVAL", "5"))
+ANNOTATION_PREFIX = DOMAIN
+RECONCILE_INTERVAL = float(os.environ.get(RECONCILE_INTERVAL_ENV, "5"))
 # Peering (`ladder controller --peering NAME`, several replicas): the replica of the highest
 # priority acts, the others pause (Kopf pauses *all* replicas of equal priority, so each
 # replica draws its own unless LADDER_PEERING_PRIORITY sets it); a replica that dies without
 # saying goodbye (SIGKILL, a lost node) is taken over once its keep-alive is older than
 # LADDER_PEERING_LIFETIME seconds.
-PEERING_PRIORITY_ENV = "LADDER_PEERING_PRIORITY"
-PEERING_LIFETIME_ENV = "LADDER_PEERING_LIFETIME"
 DELETE_RETRY_DELAY = 2.0
 SWEEPS = (GROUP, VERSION, PLURAL)
 RAYJOBS = (RAY_GROUP, RAY_VERSION, RAYJOB_PLURAL)

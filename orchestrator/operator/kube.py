@@ -62,17 +62,55 @@ class Cluster(Protocol):
 
 
 def load_config(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """An ApiClient: in-cluster when running in a pod, else the kubeconfig ($KUBECONFIG)."""
+    """An ApiClient: in-cluster when running in a pod, else the kubeconfig ($KUBECONFIG).
+
+    A kubeconfig that is missing, unreadable or invalid raises KubeError naming the file and
+    the problem (one line; never the file's contents, which hold credentials)."""
+    import yaml
     from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
 
     configuration = client.Configuration()
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except Exception as error:
+            raise KubeError(f"in-cluster configuration: {_one_line(error)}") from None
+        return client.ApiClient(configuration)
+    source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
         config.load_kube_config(
             config_file=kubeconfig, context=context, client_configuration=configuration
         )
+    except yaml.MarkedYAMLError as error:  # its message quotes the file: name the line only
+        line = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        raise KubeError(f"kubeconfig {source}: not valid YAML: {error.problem}{line}") from None
+    except (ConfigException, OSError) as error:
+        raise KubeError(f"kubeconfig {source}: {_one_line(error)}") from None
+    except Exception as error:  # a YAML document of another shape: the client trips on it
+        raise KubeError(f"kubeconfig {source}: not a kubeconfig (a mapping of clusters, "
+                        f"users and contexts): {type(error).__name__}") from None
     return client.ApiClient(configuration)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one line: its message (whitespace folded), else its type."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _transport_reason(error: BaseException) -> str:
+    """Why a request never got an answer, as a person says it ('connection refused'), from
+    urllib3's nested MaxRetryError / NewConnectionError / OSError chain."""
+    seen: BaseException | None = error
+    while seen is not None:
+        reason = getattr(seen, "reason", None)
+        if not isinstance(reason, BaseException):
+            break
+        seen = reason
+    text = _one_line(seen or error)
+    # "HTTPSConnection(host=..., port=...): Failed to establish a new connection: [Errno 111]
+    # Connection refused" -> "Connection refused"
+    return text.rsplit("] ", 1)[-1] if "[Errno" in text else text
 
 
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
@@ -134,7 +172,16 @@ class Kube:
         # Connection refused or reset, TLS, timeouts (urllib3's MaxRetryError and friends are
         # no OSError): the API server is away, e.g. restarting. Transient (status 0).
         except (OSError, ValueError, TransportError) as error:
-            raise KubeError(f"{what}: {error}", 0) from None
+            server = self.api_client.configuration.host
+            raise KubeError(f"{what}: cannot reach the API server {server}: "
+                            f"{_transport_reason(error)}", 0) from None
+
+    def check_reachable(self) -> None:
+        """One cheap request (GET /version): KubeError naming the server and the reason when
+        it cannot be reached or refuses these credentials."""
+        from kubernetes import client
+
+        self._call("reach the Kubernetes API", client.VersionApi(self.api_client).get_code)
 
     # --- sweeps ---------------------------------------------------------------------------
     def get_sweep(self, namespace: str, name: str) -> dict[str, Any] | None:

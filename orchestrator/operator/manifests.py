@@ -37,6 +37,7 @@ import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +47,19 @@ from pydantic.alias_generators import to_camel
 
 from orchestrator.core.grid import Trial
 from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.names import (
+    ANNOTATION_MODEL,
+    DB_URL_ENV,
+    LABEL_ATTEMPT,
+    LABEL_LANE,
+    LABEL_MANAGED_BY,
+    LABEL_METHOD,
+    LABEL_SWEEP,
+    LABEL_TRIAL,
+    MANAGED_BY,
+    OOM_EXIT_CODE,
+    TRIAL_JSON_ENV,
+)
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, Sweep
@@ -56,19 +70,9 @@ RAYJOB_KIND = "RayJob"
 RAY_GROUP, RAY_VERSION = RAY_API_VERSION.split("/")
 RAYJOB_PLURAL = "rayjobs"
 
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "ladder"
-LABEL_SWEEP = "ladder.dev/sweep"
-LABEL_LANE = "ladder.dev/lane"
-LABEL_TRIAL = "ladder.dev/trial"
-LABEL_ATTEMPT = "ladder.dev/attempt"
-LABEL_METHOD = "ladder.dev/method"
-ANNOTATION_MODEL = "ladder.dev/model"
 # KubeRay labels every pod of a RayCluster with the cluster's name.
 LABEL_RAY_CLUSTER = "ray.io/cluster"
 
-TRIAL_JSON_ENV = "LADDER_TRIAL_JSON"
-DB_URL_ENV = "LADDER_DB_URL"
 DEFAULT_IMAGE = "ghcr.io/ladder-dev/ladder-worker:0.1.0"
 DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
 DEFAULT_TTL_SECONDS = 600
@@ -188,15 +192,144 @@ def execution_config(
     return ExecutionConfig.model_validate(merged_execution(defaults or {}, sweep.spec.execution))
 
 
-def host_access(execution: Mapping[str, Any]) -> list[str]:
-    """The `spec.execution` fields that would give trial pods access to their node, as field
-    paths. Of what the builders put into pods (see ExecutionConfig), only hostPath volumes
-    can; an installation without `allowPrivilegedTrials` refuses Sweeps that ask for one."""
-    return [
-        f"spec.execution.volumes[{index}].hostPath"
-        for index, volume in enumerate(execution.get("volumes") or [])
-        if isinstance(volume, Mapping) and "hostPath" in volume
-    ]
+# --- what a Sweep may give its pods ------------------------------------------------------------
+
+# Volume kinds any Sweep may use: they reach neither the node, nor the network, nor Secrets.
+PLAIN_VOLUMES = frozenset({"emptyDir", "configMap", "persistentVolumeClaim", "downwardAPI",
+                           "ephemeral"})
+PLAIN_PROJECTIONS = frozenset({"configMap", "downwardAPI", "clusterTrustBundle"})
+ANY_SECRET = "*"
+
+
+@dataclass(frozen=True)
+class TrialPodPolicy:
+    """What a Sweep's own `spec.execution` may give its trial pods. Each is refused unless the
+    installation permits it (chart values, docs/security.md); the store's Secret is always
+    allowed. The installation's execution defaults are its own choice: `widened_by` admits
+    exactly what they hold."""
+
+    host_paths: bool = False  # allowPrivilegedTrials: hostPath volumes (the node's files)
+    service_account: bool = False  # trialPods.allowServiceAccountName: any name
+    service_accounts: frozenset[str] = frozenset()  # names admitted one by one (the defaults')
+    secrets: frozenset[str] = frozenset()  # trialPods.allowedSecrets; "*": any Secret
+    projected_tokens: bool = False  # trialPods.allowProjectedTokens
+    network_volumes: bool = False  # trialPods.allowNetworkVolumes: nfs, iscsi, cephfs, csi...
+    volumes: frozenset[str] = frozenset()  # whole volumes admitted as written (the defaults')
+    store_secret: str | None = None  # the controller's --db-secret
+
+    def widened_by(self, defaults: Mapping[str, Any]) -> TrialPodPolicy:
+        """This policy, also admitting what the installation's execution defaults hold."""
+        extra = {name for path, name in _secret_names(defaults, "") if name}
+        account = defaults.get("serviceAccountName")
+        return replace(
+            self,
+            service_accounts=self.service_accounts | ({account} if account else set()),
+            secrets=self.secrets | extra,
+            volumes=self.volumes | {_canonical(v) for v in defaults.get("volumes") or []},
+        )
+
+    def secret_allowed(self, name: str) -> bool:
+        return name == self.store_secret or name in self.secrets or ANY_SECRET in self.secrets
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _secret_names(execution: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """Every Secret a pod built from `execution` would read: (field path, Secret name)."""
+    found: list[tuple[str, str]] = []
+    db = execution.get("dbSecret")
+    if isinstance(db, Mapping):
+        found.append((f"{prefix}dbSecret.name", str(db.get("name") or "")))
+    for i, volume in enumerate(_list(execution.get("volumes"))):
+        secret = volume.get("secret")
+        if isinstance(secret, Mapping):
+            found.append((f"{prefix}volumes[{i}].secret.secretName",
+                          str(secret.get("secretName") or "")))
+        projected = volume.get("projected")
+        for j, source in enumerate(_list((projected or {}).get("sources")
+                                         if isinstance(projected, Mapping) else None)):
+            if isinstance(source.get("secret"), Mapping):
+                found.append((f"{prefix}volumes[{i}].projected.sources[{j}].secret.name",
+                              str(source["secret"].get("name") or "")))
+    for i, item in enumerate(_list(execution.get("env"))):
+        ref = (item.get("valueFrom") or {}) if isinstance(item.get("valueFrom"), Mapping) else {}
+        if isinstance(ref.get("secretKeyRef"), Mapping):
+            found.append((f"{prefix}env[{i}].valueFrom.secretKeyRef.name",
+                          str(ref["secretKeyRef"].get("name") or "")))
+    return found
+
+
+def _list(value: Any) -> list[Mapping[str, Any]]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _volume_kind(volume: Mapping[str, Any]) -> str:
+    kinds = [key for key in volume if key != "name"]
+    return kinds[0] if len(kinds) == 1 else "+".join(sorted(kinds)) or "(none)"
+
+
+def pod_policy_problems(
+    execution: Mapping[str, Any], policy: TrialPodPolicy, prefix: str = "spec.execution."
+) -> list[tuple[str, str]]:
+    """What `execution` (a Sweep's own, or a built pod's serviceAccountName / volumes / env)
+    would give trial pods that `policy` does not permit: (field path, why), one per item."""
+    problems: list[tuple[str, str]] = []
+    account = execution.get("serviceAccountName")
+    if account and not policy.service_account and account not in policy.service_accounts:
+        problems.append((f"{prefix}serviceAccountName",
+                         "a Sweep cannot choose its pods' service account in this installation "
+                         "(the chart's trialPods.allowServiceAccountName is false)"))
+    for i, volume in enumerate(_list(execution.get("volumes"))):
+        if _canonical(volume) in policy.volumes:
+            continue
+        kind, where = _volume_kind(volume), f"{prefix}volumes[{i}]"
+        if kind == "hostPath":
+            if not policy.host_paths:
+                problems.append((f"{where}.hostPath",
+                                 "host access is not allowed in this installation "
+                                 "(the chart's allowPrivilegedTrials is false)"))
+        elif kind == "projected":
+            sources = _list((volume.get("projected") or {}).get("sources"))
+            for j, source in enumerate(sources):
+                for key in source:
+                    if key == "serviceAccountToken" and not policy.projected_tokens:
+                        problems.append((f"{where}.projected.sources[{j}].serviceAccountToken",
+                                         "projected service-account tokens are not allowed in "
+                                         "this installation (the chart's "
+                                         "trialPods.allowProjectedTokens is false)"))
+                    elif key not in PLAIN_PROJECTIONS | {"secret", "serviceAccountToken"}:
+                        problems.append((f"{where}.projected.sources[{j}].{key}",
+                                         "is not a projection this installation allows"))
+        elif kind not in PLAIN_VOLUMES | {"secret"} and not policy.network_volumes:
+            problems.append((f"{where}.{kind}",
+                             f"{kind} is a network or node volume, not allowed in this "
+                             "installation (the chart's trialPods.allowNetworkVolumes is false; "
+                             f"allowed: {', '.join(sorted(PLAIN_VOLUMES))})"))
+    volumes_ok = {_canonical(v) for v in _list(execution.get("volumes"))} & policy.volumes
+    for path, name in _secret_names(execution, prefix):
+        if policy.secret_allowed(name):
+            continue
+        index = re.match(rf"{re.escape(prefix)}volumes\[(\d+)\]", path)
+        if index and _canonical(_list(execution.get("volumes"))[int(index[1])]) in volumes_ok:
+            continue
+        problems.append((path, f"Secret {name!r} is not the store's, and this installation does "
+                               "not let Sweeps mount it (the chart's trialPods.allowedSecrets)"))
+    return problems
+
+
+def built_pod_problems(pod: Mapping[str, Any], policy: TrialPodPolicy) -> list[tuple[str, str]]:
+    """The same rules over a pod spec the builders made (defence in depth)."""
+    env = [item for container in _list(pod.get("containers")) for item in _list(
+        container.get("env"))]
+    return pod_policy_problems({"serviceAccountName": pod.get("serviceAccountName"),
+                                "volumes": pod.get("volumes") or [], "env": env},
+                               policy, prefix="pod.")
+
+
+class PodPolicyError(ValueError):
+    """A built pod would hold what the installation does not permit."""
 
 
 def sweep_capacity(config: ExecutionConfig) -> Capacity:
@@ -397,6 +530,10 @@ def _pod_template(
         pod["volumes"] = volumes
     if config.service_account_name:
         pod["serviceAccountName"] = config.service_account_name
+    else:
+        # Trials need no Kubernetes API: the namespace's default service account's token is
+        # not mounted (a service account chosen by the installation keeps its own default).
+        pod["automountServiceAccountToken"] = False
     if config.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
     if config.node_selector:
@@ -412,6 +549,7 @@ def ray_cluster_spec(
     annotations: Mapping[str, str],
     config: ExecutionConfig,
     db_secret: SecretRef | None,
+    policy: TrialPodPolicy | None = None,
 ) -> dict[str, Any]:
     """A RayCluster for one trial: a head, and one worker pod per Ray Train worker."""
     shape = trial.resources
@@ -444,6 +582,11 @@ def ray_cluster_spec(
             ),
         }
     ]
+    if policy is not None:
+        for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+            problems = built_pod_problems(group["template"]["spec"], policy)
+            if problems:
+                raise PodPolicyError("; ".join(f"{path}: {why}" for path, why in problems))
     return cluster
 
 
@@ -455,11 +598,13 @@ def rayjob_manifest(
     owner_uid: str,
     db_url_secret: SecretRef | None = None,
     config: ExecutionConfig | None = None,
+    policy: TrialPodPolicy | None = None,
 ) -> dict[str, Any]:
     """The RayJob that runs one attempt of one trial (`spec` is its resolved payload).
 
     `db_url_secret` is the controller's default Secret for `LADDER_DB_URL`;
-    `execution.dbSecret` overrides it per sweep.
+    `execution.dbSecret` overrides it per sweep. With a `policy`, a pod that would hold what
+    it does not permit raises PodPolicyError (the reconciler refuses such Sweeps first).
     """
     config = config if config is not None else execution_config(sweep)
     db_secret = config.db_secret or db_url_secret
@@ -495,7 +640,8 @@ def rayjob_manifest(
     else:
         body["shutdownAfterJobFinishes"] = True
         body["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
-        body["rayClusterSpec"] = ray_cluster_spec(trial, labels, annotations, config, db_secret)
+        body["rayClusterSpec"] = ray_cluster_spec(trial, labels, annotations, config, db_secret,
+                                                  policy)
     return {"apiVersion": RAY_API_VERSION, "kind": RAYJOB_KIND, "metadata": metadata, "spec": body}
 
 
@@ -518,7 +664,6 @@ JOB_SUCCEEDED, JOB_FAILED, JOB_STOPPED, JOB_RUNNING = "SUCCEEDED", "FAILED", "ST
 DEPLOYMENT_COMPLETE, DEPLOYMENT_FAILED = "Complete", "Failed"
 DEPLOYMENT_RUNNING = "Running"
 _EXIT_CODE = re.compile(r"exit(?:ed with)? code:? (-?\d+)", re.IGNORECASE)
-OOM_EXIT_CODE = 3
 
 
 def cluster_name(rayjob: Mapping[str, Any]) -> str | None:

@@ -1,4 +1,6 @@
-"""One level-triggered pass over one Sweep: observe, `plan`, act (DESIGN.md, last part).
+"""One level-triggered pass over one Sweep: observe, `plan`, act.
+
+docs/architecture.md, "The plan loop".
 
 Every Kopf handler (create, resume, update, the timer, RayJob events, delete) ends here, so
 a handler re-entered on retry, or two causes arriving together, run the same idempotent
@@ -35,23 +37,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import store
-from orchestrator.backends.runner import attempt_observations
-from orchestrator.core.estimate import estimated_bytes, predicted_oom_fn
+from orchestrator import bookkeeping, store
+from orchestrator.core.estimate import predicted_oom_fn
 from orchestrator.core.grid import Grid, Trial, expand, trial_spec
 from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
+from orchestrator.core.names import ANNOTATION_OUTCOME
 from orchestrator.core.outcome import stall_reason
 from orchestrator.core.plan import (
     CancelTrial,
     LaunchTrial,
-    Observed,
     Plan,
     RecordOutcome,
     SweepPhase,
@@ -66,13 +67,14 @@ from orchestrator.operator.kube import Cluster, KubeError
 from orchestrator.operator.manifests import (
     ExecutionConfig,
     SecretRef,
+    TrialPodPolicy,
     attempt_of,
     cluster_name,
     decode_trial,
     execution_config,
-    host_access,
     outcome_from_rayjob,
     owned_by,
+    pod_policy_problems,
     rayjob_manifest,
     rayjob_name,
     running_state,
@@ -83,7 +85,6 @@ from orchestrator.operator.manifests import (
 log = logging.getLogger(__name__)
 
 NORMAL, WARNING = "Normal", "Warning"
-ANNOTATION_OUTCOME = "ladder.dev/outcome"
 GONE = "RayJob {name} is gone: it was deleted before the attempt finished"
 
 
@@ -147,6 +148,7 @@ class Reconciler:
         clock: Callable[[], datetime] = _now,
         execution_defaults: Mapping[str, Any] | None = None,
         allow_privileged_trials: bool = False,
+        pod_policy: TrialPodPolicy | None = None,
         metrics: LadderMetrics | None = None,
     ) -> None:
         self.cluster = cluster
@@ -154,13 +156,19 @@ class Reconciler:
         self.db_secret = db_secret
         self.execution_defaults = dict(execution_defaults or {})
         self.allow_privileged_trials = allow_privileged_trials
+        # What Sweeps may give their pods (docs/security.md): the installation's policy, the
+        # store's Secret, and whatever the installation's own execution defaults hold.
+        policy = pod_policy or TrialPodPolicy()
+        self.pod_policy = replace(
+            policy, host_paths=policy.host_paths or allow_privileged_trials,
+            store_secret=db_secret.name if db_secret is not None else None,
+        ).widened_by(self.execution_defaults)
         self.metrics = metrics
         self.clock = clock
         self._states: dict[tuple[str, str], _SweepState] = {}
         self._states_lock = threading.Lock()
         self._grids: dict[tuple[str, str, str], tuple[str, Grid]] = {}
         self.passes = 0
-        self.last_success: float | None = None
 
     # --- entry points ----------------------------------------------------------------------
     def _state(self, namespace: str, name: str) -> _SweepState:
@@ -208,7 +216,6 @@ class Reconciler:
                 # A trial this pass launched became launchable at the latest when it began.
                 self.metrics.launch_latency_seconds.labels(name, namespace).observe(elapsed)
         self.passes += 1
-        self.last_success = time.monotonic()
         return result
 
     def _grid(self, sweep: Sweep, uid: str) -> Grid:
@@ -228,13 +235,9 @@ class Reconciler:
         result = PassResult()
         try:
             sweep = sweep_from_body(body)
-            refused = [] if self.allow_privileged_trials else host_access(sweep.spec.execution)
+            refused = pod_policy_problems(sweep.spec.execution, self.pod_policy)
             if refused:
-                raise SpecError(sweep.name, [
-                    (path, "host access is not allowed in this installation "
-                           "(the chart's allowPrivilegedTrials is false)")
-                    for path in refused
-                ])
+                raise SpecError(sweep.name, refused)
             config = execution_config(sweep, self.execution_defaults)
         except (SpecError, ValidationError) as error:
             return self._invalid(body, error, result)
@@ -256,17 +259,9 @@ class Reconciler:
             rayjobs[key] = rayjob
 
         self._observe(body, sweep, config, trials, rayjobs, result)
-        with self.sessions() as session:
-            rows = store.attempts(session, namespace, name)
-        predicted = predicted_oom_fn(sweep.spec)
-        observed = Observed(
-            attempts=attempt_observations(rows),
-            capacity=sweep_capacity(config),
-            predicted_oom=frozenset(
-                trial_id for trial_id, trial in trials.items()
-                if predicted is not None and predicted(trial)
-            ),
-            deleting=deleting,
+        rows, observed = bookkeeping.observe(
+            self.sessions, sweep, trials.values(), sweep_capacity(config),
+            predicted=predicted_oom_fn(sweep.spec), deleting=deleting,
         )
         decided = plan(grid, sweep.spec, observed)
         result.plan = decided
@@ -290,9 +285,14 @@ class Reconciler:
     ) -> PassResult:
         meta = body["metadata"]
         if isinstance(error, SpecError):
-            message = "; ".join(f"{path}: {msg}" for path, msg in error.problems)
-        else:
-            message = f"spec.execution: {error}"
+            problems = error.problems
+        else:  # the field and pydantic's message only: never the input it quotes
+            problems = [
+                (".".join(["spec.execution", *map(str, item["loc"])]), item["msg"])
+                for item in error.errors(include_input=False, include_url=False)
+            ]
+        # Status and event text may quote what the user wrote (a URL with a password).
+        message = store.redact_secrets("; ".join(f"{path}: {msg}" for path, msg in problems))
         result.invalid = message
         old = body.get("status") or {}
         if old.get("reason") != "InvalidSpec" or old.get("message") != message:
@@ -341,11 +341,8 @@ class Reconciler:
             spec = decode_trial(rayjob) or self._spec(sweep, config, trials[key[0]], key[1])
             job_name = rayjob["metadata"]["name"]
             log.info("adopting RayJob %s/%s (no store row)", namespace, job_name)
-            with self.sessions.begin() as session:
-                rows[key] = store.record_attempt(
-                    session, spec, status=running_state(rayjob), rayjob_name=job_name,
-                    started_at=self.clock(),
-                )
+            rows[key] = bookkeeping.record_adopted(self.sessions, spec, running_state(rayjob),
+                                                   job_name, now=self.clock())
 
         for key, row in rows.items():
             if TrialState(row.status).is_terminal or key[0] not in trials:
@@ -369,9 +366,8 @@ class Reconciler:
             if outcome is None:
                 live = running_state(rayjob)
                 if live is TrialState.RUNNING and row.status == TrialState.PENDING:
-                    with self.sessions.begin() as session:
-                        row = store.mark_attempt(session, namespace, name, key[0], key[1],
-                                                 live)
+                    row = bookkeeping.record_seen_running(self.sessions, namespace, name,
+                                                          key[0], key[1])
                 if row.status == TrialState.RUNNING:
                     self._stop_if_stalled(body, sweep, trial, row, rayjobs, config, result)
                 continue
@@ -433,17 +429,9 @@ class Reconciler:
         result: PassResult,
     ) -> None:
         """Record an outcome the cluster reports, unless the worker's result got there first."""
-        namespace, name = sweep.namespace, sweep.name
-
-        def write(session: Session) -> store.TrialRow:
-            return store.mark_attempt(
-                session, namespace, name, key[0], key[1], state,
-                oom_kind=kind if state is TrialState.OOM else None, error=reason,
-                finished_at=self.clock(),
-            )
-
-        # mark_attempt never overwrites a terminal row: a worker result stands.
-        row = store.save_with_retry(self.sessions, write)
+        # mark never overwrites a terminal row: a worker result stands.
+        row = bookkeeping.mark(self.sessions, sweep.namespace, sweep.name, key[0], key[1],
+                               state, oom_kind=kind, error=reason, finished_at=self.clock())
         result.settled[key] = TrialState(row.status)
 
     def _announce(
@@ -520,12 +508,10 @@ class Reconciler:
                                    f"Trial {_describe(trial)} attempt {attempt} cancelled: "
                                    f"{action.reason}")
             elif isinstance(action, RecordOutcome):
-                spec = self._spec(sweep, config, trial, attempt)
-                with self.sessions.begin() as session:
-                    store.record_attempt(
-                        session, spec, status=TrialState.PENDING,
-                        estimated_memory_bytes=estimated_bytes(sweep.spec, trial))
-                self._mark(sweep, trial, attempt, action.state, action.oom_kind, action.reason)
+                bookkeeping.record_planned(
+                    self.sessions, self._spec(sweep, config, trial, attempt), sweep.spec, trial,
+                    action.state, action.oom_kind, action.reason, now=self.clock(),
+                )
                 if action.state is TrialState.OOM:
                     self.cluster.event(body, WARNING, "TrialOOM",
                                        f"Trial {_describe(trial)} not launched: {action.reason}")
@@ -547,16 +533,14 @@ class Reconciler:
     ) -> None:
         spec = self._spec(sweep, config, trial, attempt)
         manifest = rayjob_manifest(
-            sweep, trial, spec, owner_uid=uid, db_url_secret=self.db_secret, config=config
+            sweep, trial, spec, owner_uid=uid, db_url_secret=self.db_secret, config=config,
+            policy=self.pod_policy,
         )
         job_name = manifest["metadata"]["name"]
         # The store first: a controller that dies after this line finds the attempt, sees no
         # RayJob and records it as cancelled (then relaunches); never two RayJobs for one.
-        with self.sessions.begin() as session:
-            store.record_attempt(
-                session, spec, status=TrialState.PENDING, started_at=self.clock(),
-                rayjob_name=job_name, estimated_memory_bytes=estimated_bytes(sweep.spec, trial),
-            )
+        bookkeeping.record_launch(self.sessions, spec, sweep.spec, trial, now=self.clock(),
+                                  job_name=job_name)
         try:
             created = self.cluster.create_rayjob(manifest)
         except KubeError as error:
@@ -585,13 +569,8 @@ class Reconciler:
         kind: OOMKind | None,
         reason: str | None,
     ) -> None:
-        def write(session: Session) -> None:
-            store.mark_attempt(
-                session, sweep.namespace, sweep.name, trial.trial_id, attempt, state,
-                oom_kind=kind, error=reason, finished_at=self.clock(),
-            )
-
-        store.save_with_retry(self.sessions, write)
+        bookkeeping.mark(self.sessions, sweep.namespace, sweep.name, trial.trial_id, attempt,
+                         state, oom_kind=kind, error=reason, finished_at=self.clock())
 
     # --- status ----------------------------------------------------------------------------
     def _patch_status(

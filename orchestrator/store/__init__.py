@@ -7,7 +7,7 @@ Typical use::
         upsert_sweep(session, sweep)
     save_with_retry(factory, lambda s: record_result(s, result))   # must not be lost
 
-DESIGN.md, "Store". Only this package touches SQL; the pure core never imports it.
+docs/architecture.md, "Layers". Only this package touches SQL; the pure core never imports it.
 """
 
 from orchestrator.store.engine import (
@@ -18,11 +18,14 @@ from orchestrator.store.engine import (
     current_revision,
     database_url,
     dispose_stores,
+    error_text,
     head_revisions,
+    install_log_redaction,
     migrate,
     open_store,
     redact_secrets,
     redact_url,
+    resolve_db_url,
     session_factory,
 )
 from orchestrator.store.models import Base, EpochRow, SweepRow, TrialRow
@@ -59,7 +62,9 @@ __all__ = [
     "ensure_sweep",
     "epochs_of",
     "error_excerpt",
+    "error_text",
     "head_revisions",
+    "install_log_redaction",
     "is_transient",
     "list_sweeps",
     "mark_attempt",
@@ -70,6 +75,7 @@ __all__ = [
     "record_result",
     "redact_secrets",
     "redact_url",
+    "resolve_db_url",
     "results",
     "save_with_retry",
     "session_factory",

@@ -14,8 +14,9 @@ import re
 import sqlite3
 import threading
 import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from alembic import command
 from alembic.config import Config
@@ -25,10 +26,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator.core.names import DB_URL_ENV, DEFAULT_DB_URL
+
 log = logging.getLogger(__name__)
 
-DB_URL_ENV = "LADDER_DB_URL"
-DEFAULT_DB_URL = "sqlite:///ladder.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Key of the PostgreSQL advisory lock that serializes migrations across processes. Any fixed
@@ -36,23 +37,80 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_KEY = 0x2F1C_5B0E_8D47_A3E1
 
 
+@overload
+def resolve_db_url(
+    explicit: str | None = None, *, fallback: str | None = None, default: str = ...,
+    absolute: bool = True,
+) -> str: ...
+@overload
+def resolve_db_url(
+    explicit: str | None = None, *, fallback: str | None = None, default: None,
+    absolute: bool = True,
+) -> str | None: ...
+def resolve_db_url(
+    explicit: str | None = None,
+    *,
+    fallback: str | None = None,
+    default: str | None = DEFAULT_DB_URL,
+    absolute: bool = True,
+) -> str | None:
+    """The store URL, resolved the one way every part of Ladder resolves it.
+
+    `explicit` (a `--db` option, an argument), else $LADDER_DB_URL, else `fallback` (a
+    trial's `dbUrl`), else `default` (`sqlite:///ladder.db`; None: no store). With
+    `absolute`, a relative SQLite path is made absolute against this process's working
+    directory: trials run in other processes (Ray jobs, Ray Train workers) with working
+    directories of their own, where the same relative path names another file.
+    """
+    url = explicit or os.environ.get(DB_URL_ENV) or fallback or default
+    if url is None or not absolute or not url.startswith("sqlite"):
+        return url
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url  # not a URL: opening the store names the problem
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    if Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(database).resolve())).render_as_string(
+        hide_password=False
+    )
+
+
 def database_url(url: str | URL | None = None) -> str:
-    """The store URL: the argument, else $LADDER_DB_URL, else `sqlite:///ladder.db`."""
-    if url is not None:
-        return url.render_as_string(hide_password=False) if isinstance(url, URL) else url
-    return os.environ.get(DB_URL_ENV) or DEFAULT_DB_URL
+    """The store URL: the argument, else $LADDER_DB_URL, else `sqlite:///ladder.db` (as given:
+    a relative SQLite path stays relative; `resolve_db_url` makes it absolute)."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=False)
+    return resolve_db_url(url, absolute=False)
 
 
-_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>(?:^|://)[^:/@?#\s]*:)[^@/?#\s]*(?P<tail>@)")
+# A URL's `user:PASSWORD@` ends at the `@` followed by a host and then the URL's end, a `/`,
+# `?` or `#`: so a password with `@` in it (written unencoded, e.g. u:p@ss@host/db) is
+# redacted whole, never cut at its first `@`. A string with a scheme is matched after `://`
+# only (so `sqlite:///a:b@c.db` has no password); one without (`u:pw@host/db`) from its start.
+_USERINFO_END = r"(?P<tail>@)(?=[^@/?#\s'\"]*(?:[/?#\s'\",;)]|$))"
+_PASSWORD_IN_NETLOC = re.compile(
+    r"(?P<head>(?:^(?![A-Za-z][A-Za-z0-9+.-]*://)|://)[^:/@?#\s]*:)[^\s]*?" + _USERINFO_END
+)
 _PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
 # In free text (an error message, a traceback, a KubeRay status): a URL's `user:PASSWORD@`,
 # and libpq's `password=...` (a DSN's key=value form, a URL's query), quoted or not.
 _PASSWORD_IN_TEXT_URL = re.compile(
-    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@?#'\"]*:)[^\s@/?#'\"]+(?P<tail>@)"
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@?#'\"]*:)[^\s'\"]*?" + _USERINFO_END
 )
 _PASSWORD_IN_TEXT_PARAM = re.compile(
     r"(?P<head>\bpassword\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&#'\",;)]+)", re.IGNORECASE
 )
+
+
+def password_has_at(url: str) -> bool:
+    """True when the URL's password holds an unencoded `@` (SQLAlchemy and libpq would cut it
+    there and take the rest of it for the host name, which error messages then quote)."""
+    match = _PASSWORD_IN_NETLOC.search(url)
+    return match is not None and "@" in url[match.end("head"):match.start("tail")]
 
 
 def redact_url(url: str | URL) -> str:
@@ -60,6 +118,8 @@ def redact_url(url: str | URL) -> str:
     if isinstance(url, URL):
         url = url.render_as_string(hide_password=False)
     try:
+        if password_has_at(url):
+            raise ValueError("ambiguous: parsing would cut the password at its first '@'")
         rendered = make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         # Not a SQLAlchemy URL (a typo, a DSN, a bad port): still never echo a password back.
@@ -78,6 +138,41 @@ def redact_secrets(text: str) -> str:
     """
     text = _PASSWORD_IN_TEXT_URL.sub(r"\g<head>***\g<tail>", text)
     return _PASSWORD_IN_TEXT_PARAM.sub(r"\g<head>***", text)
+
+
+def install_log_redaction() -> None:
+    """Redact every log record of this process as it is made (`redact_secrets`), whatever the
+    logger, level or handler: DEBUG lines that quote a URL, a traceback's text, and what Kopf
+    turns into Kubernetes events. Idempotent."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "_ladder_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: leave it to the handler to report
+            return record
+        record.msg, record.args = redact_secrets(message), None
+        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = redact_secrets(text)
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info)
+        return record
+
+    factory._ladder_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+def error_text(error: BaseException) -> str:
+    """An error from opening or using the store as one line a user may see: the driver's own
+    message (without SQLAlchemy's statement and 'Background on this error' link), whitespace
+    folded, every password redacted."""
+    orig = getattr(error, "orig", None)
+    text = str(orig) if isinstance(orig, BaseException) else str(error)
+    return redact_secrets(" ".join(text.split())) or type(error).__name__
 
 
 def _switch_to_wal(cursor: Any) -> None:
@@ -124,7 +219,11 @@ def create_store_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
     PostgreSQL: `pool_pre_ping`, so a connection dropped by a database restart or failover is
     replaced instead of failing the next write.
     """
-    resolved = make_url(database_url(url))
+    raw = database_url(url)
+    if password_has_at(raw):
+        raise ValueError("the password in the URL contains '@': write it percent-encoded, "
+                         "as %40")
+    resolved = make_url(raw)
     backend = resolved.get_backend_name()
     if backend not in SUPPORTED_BACKENDS:
         raise ValueError(

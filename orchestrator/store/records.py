@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from orchestrator import store
+from orchestrator.core import lifecycle
 from orchestrator.core.spec import Sweep, SweepSpec
 
 # The columns of `ladder results`, in order (issue: "one record per trial with at least").
@@ -33,21 +34,29 @@ def result_record(row: store.TrialRow) -> dict[str, Any]:
     return {column: record.get(column) for column in RESULT_COLUMNS}
 
 
+class _Record:
+    """A result record seen through its attempt number (for `lifecycle.latest_attempts`)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    @property
+    def attempt(self) -> int:
+        return int(self.values["attempt"])
+
+
 def latest_attempts(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Only each trial's latest attempt, in the input order of first appearance."""
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for record in records:
-        key = (record["namespace"], record["sweep"], record["trial_id"])
-        if key not in latest or record["attempt"] > latest[key]["attempt"]:
-            latest[key] = record
-    return list(latest.values())
+    rows = [_Record(record) for record in records]
+    latest = lifecycle.latest_attempts(
+        rows, key=lambda r: (r.values["namespace"], r.values["sweep"], r.values["trial_id"])
+    )
+    return [row.values for row in latest.values()]
 
 
 def latest_rows(rows: Sequence[store.TrialRow]) -> list[store.TrialRow]:
     """Each trial's latest attempt row."""
-    latest: dict[tuple[int, str], store.TrialRow] = {}
-    for row in rows:
-        key = (row.sweep_id, row.trial_id)
-        if key not in latest or row.attempt > latest[key].attempt:
-            latest[key] = row
+    latest = lifecycle.latest_attempts(rows, key=lambda row: (row.sweep_id, row.trial_id))
     return list(latest.values())

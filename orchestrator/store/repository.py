@@ -31,7 +31,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
 
-from orchestrator.core.lifecycle import OOMKind, TrialState
+from orchestrator.core.lifecycle import ACTIVE_STATES, OOMKind, TrialState
+from orchestrator.core.names import IDENTITY_FIELDS
 from orchestrator.core.spec import Sweep
 from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from orchestrator.store.engine import redact_secrets
@@ -52,14 +53,8 @@ SWEEPS = cast(sa.Table, SweepRow.__table__)
 TRIALS = cast(sa.Table, TrialRow.__table__)
 EPOCHS = cast(sa.Table, EpochRow.__table__)
 
-NON_TERMINAL = (TrialState.PENDING, TrialState.RUNNING)
-TERMINAL = tuple(state for state in TrialState if state.is_terminal)
+NON_TERMINAL = tuple(sorted(ACTIVE_STATES))
 
-# The fields that identify an attempt, shared by TrialSpec, TrialResult and TrialRow.
-IDENTITY_FIELDS = (
-    "trial_id", "attempt", "lane", "model", "model_index", "method", "rank", "alpha",
-    "dss_alpha", "seed",
-)
 # What a TrialResult carries beyond its identity, column for column.
 RESULT_FIELDS = (
     "status", "oom_kind", "error", "started_at", "finished_at", "wall_seconds",

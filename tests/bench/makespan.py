@@ -3,7 +3,7 @@
     python tests/bench/makespan.py [--gpu-json bench-results/gpu_ladder.json] [--json OUT]
 
 Replays k8s/examples/paper-grid.yaml through the real plan/escalation/scheduler code
-(orchestrator/simulate.py) on the paper's cluster (2 nodes x 4 H100 80 GB) against one
+(tests/bench/simulate.py) on the paper's cluster (2 nodes x 4 H100 80 GB) against one
 per-trial cost model, and prints the makespans side by side with every assumption.
 Scenarios:
 
@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from orchestrator.core.lifecycle import Method  # noqa: E402
 from orchestrator.core.spec import Sweep, load_sweep  # noqa: E402
-from orchestrator.simulate import (  # noqa: E402
+from tests.bench.simulate import (  # noqa: E402
     LADDER_RECIPE,
     PAPER_RECIPE,
     CostModel,
@@ -44,7 +44,7 @@ from orchestrator.simulate import (  # noqa: E402
     simulate,
 )
 
-PAPER_HOURS = 499.6  # PAPER.md: 86 runs
+PAPER_HOURS = 499.6  # docs/paper.md, "The escalation procedure": 86 runs
 DEFAULT_GPU_JSON = ROOT / "bench-results" / "gpu_ladder.json"
 
 

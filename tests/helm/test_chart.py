@@ -698,3 +698,21 @@ def test_controller_args_are_options_of_ladder_controller() -> None:
         **PEERING["controller"], "verbose": True}})
     for arg in _controller(objects)["args"]:
         assert arg.split("=", 1)[0] in options, f"`ladder controller` has no option {arg}"
+
+
+def test_trial_pod_permissions_are_off_and_reach_the_controller() -> None:
+    """Hostile input, class 7: what a Sweep may give its pods is the chart's choice
+    (trialPods, docs/security.md); off by default, passed to `ladder controller` as env."""
+    env = _env(_controller(render({})))
+    assert {k: env[k]["value"] for k in (
+        "LADDER_ALLOW_TRIAL_SERVICE_ACCOUNT", "LADDER_ALLOWED_TRIAL_SECRETS",
+        "LADDER_ALLOW_TRIAL_PROJECTED_TOKENS", "LADDER_ALLOW_TRIAL_NETWORK_VOLUMES")} == {
+        "LADDER_ALLOW_TRIAL_SERVICE_ACCOUNT": "false", "LADDER_ALLOWED_TRIAL_SECRETS": "",
+        "LADDER_ALLOW_TRIAL_PROJECTED_TOKENS": "false",
+        "LADDER_ALLOW_TRIAL_NETWORK_VOLUMES": "false"}
+    env = _env(_controller(render({"trialPods": {
+        "allowServiceAccountName": True, "allowedSecrets": ["hf-token", "wandb"],
+        "allowProjectedTokens": True, "allowNetworkVolumes": True}})))
+    assert env["LADDER_ALLOWED_TRIAL_SECRETS"]["value"] == "hf-token,wandb"
+    assert env["LADDER_ALLOW_TRIAL_NETWORK_VOLUMES"]["value"] == "true"
+    assert "trialPods" in render_error({"trialPods": {"allowEverything": True}})

@@ -1,8 +1,9 @@
 """A STAND-IN for the KubeRay operator, for tests against the local kube-apiserver.
 
 THIS IS NOT KUBERAY. The test control plane has no kubelet, scheduler or KubeRay operator,
-so nothing would ever run a RayJob. This stand-in plays KubeRay's part (DESIGN.md, "What runs
-for real in tests, and what stands in"): it watches RayJobs in one namespace and, for each,
+so nothing would ever run a RayJob. This stand-in plays KubeRay's part (docs/architecture.md,
+"What runs for real in tests, and what stands in"): it watches RayJobs in one namespace and,
+for each,
 
 1. resolves the environment a KubeRay pod would give the job: the runtime env's `env_vars`
    (`spec.runtimeEnvYAML`) and the head container's `env`, `valueFrom.secretKeyRef` read

@@ -48,7 +48,7 @@ import pytest
 import yaml
 
 from orchestrator import store
-from orchestrator.backends.runner import sweep_status
+from orchestrator.bookkeeping import sweep_status
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.metrics import LIVE_FIGURES, TRIAL_FIGURES, LadderMetrics
 from orchestrator.store.records import latest_rows, sweep_from_row

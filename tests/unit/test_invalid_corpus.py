@@ -47,6 +47,16 @@ def test_ladder_validate_refuses_naming_the_field(path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         load_sweep(path)
     assert field in [where for where, _ in caught.value.problems], caught.value.problems
+    for secret in never_shown(path):  # hostile input, class 6: refusals redact
+        assert secret not in result.output, result.output
+
+
+def never_shown(path: Path) -> list[str]:
+    """The values of a file's `# never-shown: <text>` lines: no message may quote them."""
+    prefix = "# never-shown: "
+    return [line.removeprefix(prefix).strip()
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.startswith(prefix)]
 
 
 def test_user_text_in_messages_is_printed_verbatim(tmp_path: Path) -> None:

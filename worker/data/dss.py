@@ -5,8 +5,10 @@ from the cause, so `load_dss` validates every record before returning anything a
 exact file and line of the first problem. Files are streamed line by line with a hard per-line
 cap, so a gigantic or binary file is refused without being read whole into memory.
 
-This module must stay free of torch/transformers: the controller image imports it to validate
-a Sweep's dataset before any worker exists.
+Built-in sources (`builtin:NAME`) come from the registry in `builtin.py`; the types shared
+with the generators (`DSSExample`, `DatasetError`, `COLUMNS`) live in `examples.py`. No
+torch/transformers here: the worker loads its data before it builds a model, and
+`ladder dataset querydsl` runs the generator with the controller's dependencies only.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import csv
 import json
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
+
+from worker.data.builtin import load_builtin
+from worker.data.examples import BUILTIN_PREFIX, COLUMNS, DatasetError, DSSExample
 
 __all__ = [
     "BUILTIN_PREFIX",
@@ -25,14 +29,12 @@ __all__ = [
     "MAX_LINE_BYTES",
     "DSSExample",
     "DatasetError",
+    "drop_duplicate_inputs",
     "load_dss",
+    "split_examples",
     "split_train_eval",
 ]
 
-#: Sources of this form name a generated dataset instead of a file.
-BUILTIN_PREFIX: Final = "builtin:"
-#: The three columns every record must carry, in the order CSV files are written.
-COLUMNS: Final = ("input", "label", "rationale")
 #: One physical line may not exceed this many bytes (newline excluded). Real records are a few
 #: KiB; anything near this size is a corrupt or wrong file, and the cap bounds memory use.
 MAX_LINE_BYTES: Final = 1024 * 1024
@@ -41,40 +43,11 @@ MAX_LINE_BYTES: Final = 1024 * 1024
 _WIDE_BOMS: Final = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _JSONL_SUFFIXES: Final = frozenset({".jsonl", ".json"})
 _CSV_SUFFIXES: Final = frozenset({".csv"})
-_DEFAULT_BUILTIN_SIZE: Final = 1000
+# Python's JSON reader recurses once per nested array or object and stops at the interpreter's
+# recursion limit (about 1000 levels) with a RecursionError: refused as a problem of the line.
+TOO_DEEP: Final = "JSON nested too deeply (arrays or objects inside one another, about 1000 levels)"
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class DSSExample:
-    """One training example: the model sees `input` and learns `label` and `rationale` from it."""
-
-    input: str
-    label: str
-    rationale: str
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used, with the file, 1-based line and problem in the message.
-
-    The message reads `path:line: problem`, the format editors and CI annotators link to.
-    Problems with the file as a whole (missing, empty, unknown extension) point at line 1 so
-    the format never varies; `line` is None only for sources that are not files (an unknown
-    `builtin:` name).
-    """
-
-    def __init__(self, path: str, line: int | None, problem: str) -> None:
-        self.path = path
-        self.line = line
-        self.problem = problem
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {problem}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions travel between Ray processes by pickle; the default reduce would call
-        # __init__ with the formatted message only and fail.
-        return (type(self), (self.path, self.line, self.problem))
 
 
 def load_dss(
@@ -97,7 +70,7 @@ def load_dss(
     if size is not None and size < 1:
         raise ValueError(f"size must be at least 1, got {size}")
     if source.startswith(BUILTIN_PREFIX):
-        return _load_builtin(source, size=size, preamble=preamble, seed=seed)
+        return load_builtin(source, size=size, preamble=preamble, seed=seed)
 
     path = Path(source)
     if not path.exists():
@@ -151,22 +124,36 @@ def split_train_eval(
     return train, evaluation
 
 
-# --- built-in datasets -----------------------------------------------------------------------
+def drop_duplicate_inputs(examples: Sequence[DSSExample]) -> tuple[list[DSSExample], int]:
+    """The examples with every repeat of an earlier `input` left out (the first is kept, label
+    and all), and how many were left out. A repeated input could otherwise land on both sides
+    of the split, and evaluation would score what training saw."""
+    seen: set[str] = set()
+    kept: list[DSSExample] = []
+    for example in examples:
+        if example.input not in seen:
+            seen.add(example.input)
+            kept.append(example)
+    return kept, len(examples) - len(kept)
 
 
-def _load_builtin(source: str, *, size: int | None, preamble: str, seed: int) -> list[DSSExample]:
-    name = source[len(BUILTIN_PREFIX) :]
-    if name != "querydsl":
-        raise DatasetError(source, None, "unknown built-in dataset (known: builtin:querydsl)")
-    # Imported here: the generator is large and only needed for this source.
-    from worker.data.querydsl import generate_querydsl
+def split_examples(
+    source: str, examples: Sequence[DSSExample], eval_fraction: float, split_seed: int
+) -> tuple[list[DSSExample], list[DSSExample], int]:
+    """(train, eval, duplicates dropped): `drop_duplicate_inputs`, then `split_train_eval`.
 
-    try:
-        return generate_querydsl(
-            n=_DEFAULT_BUILTIN_SIZE if size is None else size, seed=seed, preamble=preamble
+    No input is in both train and eval. Too few distinct examples to split is a DatasetError
+    that names the file and the count."""
+    unique, dropped = drop_duplicate_inputs(examples)
+    if len(unique) < 2:
+        repeats = f" ({dropped} repeated input(s) dropped)" if dropped else ""
+        raise DatasetError(
+            source, None if source.startswith(BUILTIN_PREFIX) else 1,
+            f"{len(unique)} distinct example(s){repeats}: too few to split into train and "
+            "eval (need at least 2)",
         )
-    except ValueError as exc:
-        raise DatasetError(source, None, str(exc)) from exc
+    train, evaluation = split_train_eval(unique, eval_fraction, split_seed)
+    return train, evaluation, dropped
 
 
 # --- physical lines --------------------------------------------------------------------------
@@ -231,6 +218,8 @@ def _read_jsonl(source: str, handle: IO[bytes], labels_must_be_json: bool) -> li
             raise DatasetError(
                 source, number, f"line is not valid JSON ({_json_reason(exc)}){hint}"
             ) from exc
+        except RecursionError:
+            raise DatasetError(source, number, f"line is {TOO_DEEP}{hint}") from None
         if not isinstance(record, dict):
             raise DatasetError(
                 source, number, f"line is not a JSON object (got {_json_type(record)}){hint}"
@@ -336,6 +325,8 @@ def _example(
             raise DatasetError(
                 source, line, f"label is not valid JSON ({_json_reason(exc)})"
             ) from exc
+        except RecursionError:
+            raise DatasetError(source, line, f"label is {TOO_DEEP}") from None
     return DSSExample(input=values["input"], label=values["label"], rationale=values["rationale"])
 
 

@@ -13,7 +13,8 @@ validity meaningful as quality metrics. Everything is drawn from `random.Random`
 example from (seed, index), so output is identical on every machine and process, and a smaller
 `n` yields a prefix of a larger one.
 
-No torch/transformers here: the controller validates datasets without them.
+No torch/transformers here: `ladder dataset querydsl` runs it with the controller's dependencies
+only (see pyproject.toml).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from worker.data.dsl_validation import validate_query_dsl
-from worker.data.dss import COLUMNS, DSSExample
+from worker.data.examples import COLUMNS, DSSExample
 from worker.data.indices import INDICES, NUMERIC_TYPES, FieldSpec, IndexSpec
 
 __all__ = [

@@ -15,6 +15,7 @@ from orchestrator.store import (
     dispose_stores,
     open_store,
     redact_url,
+    resolve_db_url,
 )
 
 pytestmark = pytest.mark.integration
@@ -74,6 +75,25 @@ class TestDatabaseUrl:
     def test_default_last(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(DB_URL_ENV, raising=False)
         assert database_url() == DEFAULT_DB_URL == "sqlite:///ladder.db"
+
+    def test_resolution_order_and_absolute_sqlite(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        # The one resolution the CLI, the engine and the worker share.
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv(DB_URL_ENV, raising=False)
+        assert resolve_db_url(None, fallback="sqlite:///trial.db") == (
+            f"sqlite:///{tmp_path / 'trial.db'}")
+        assert resolve_db_url(None, default=None) is None
+        assert resolve_db_url(None) == f"sqlite:///{tmp_path / 'ladder.db'}"
+        monkeypatch.setenv(DB_URL_ENV, "sqlite:///env.db")
+        assert resolve_db_url(None, fallback="sqlite:///trial.db") == (
+            f"sqlite:///{tmp_path / 'env.db'}")
+        assert resolve_db_url("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+        assert resolve_db_url("sqlite:///:memory:") == "sqlite:///:memory:"
+        pg = "postgresql+psycopg://u:p@h/db"
+        assert resolve_db_url(pg) == pg
+        assert resolve_db_url("sqlite:///rel.db", absolute=False) == "sqlite:///rel.db"
 
     def test_engine_uses_the_environment(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

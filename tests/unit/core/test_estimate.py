@@ -205,7 +205,8 @@ def test_paper_everything_below_xl_fits_80gb(model: str, method: Method) -> None
 
 
 def test_paper_xl_only_qlora_fits_80gb() -> None:
-    """PAPER.md: all XL runs were QLoRA; XL full and XL LoRA did not fit."""
+    """docs/paper.md, "The escalation procedure": all XL runs were QLoRA; XL full and XL
+    LoRA did not fit."""
     assert paper_setup(XL, Method.FULL).total_bytes > GB80
     assert paper_setup(XL, Method.LORA).total_bytes > GB80
     assert paper_setup(XL, Method.QLORA).total_bytes < GB80

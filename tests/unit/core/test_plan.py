@@ -46,7 +46,7 @@ def grid_of(spec: SweepSpec, name: str = "paper-grid") -> Grid:
 def paper_outcome(trial: Trial, attempt: int) -> AttemptObservation:
     """A stand-in for training, shaped like the paper's results: every method fits up to
     Large; at XL only QLoRA with rank >= 64 and alpha >= 128 fits (5 runs). Full fine-tuning
-    of Large has the best loss (PAPER.md, Table 3)."""
+    of Large has the best loss (docs/paper.md, "Results", Table 3)."""
     lane = trial.lane
     fits = trial.model_index < 3 or (
         lane.method is Method.QLORA and (lane.rank or 0) >= 64 and (lane.alpha or 0) >= 128

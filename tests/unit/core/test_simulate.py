@@ -1,4 +1,4 @@
-"""The makespan simulator (orchestrator.simulate): the real plan on simulated time."""
+"""The makespan simulator (tests/bench/simulate.py): the real plan on simulated time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import PAPER_LADDER, Sweep, load_sweep
-from orchestrator.simulate import (
+from tests.bench.simulate import (
     LADDER_RECIPE,
     PAPER_RECIPE,
     CostModel,

@@ -17,6 +17,7 @@ import yaml
 from orchestrator import store
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import NS, FakeCluster
+from tests.unit.test_invalid_corpus import never_shown
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "invalid-sweeps"
 FILES = sorted(CORPUS.glob("*.yaml"))
@@ -43,3 +44,5 @@ def test_the_controller_refuses_naming_the_field(sessions: Any, path: Path) -> N
     assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec")
     assert f"{field}: " in status["message"]
     assert cluster.reasons() == ["InvalidSpec"] and cluster.rayjobs == {}
+    for secret in never_shown(path):  # hostile input, class 6: refusals redact
+        assert secret not in status["message"] and secret not in str(cluster.events)

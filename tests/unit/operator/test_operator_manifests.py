@@ -42,14 +42,15 @@ from orchestrator.operator.manifests import (
     UNBOUNDED,
     ExecutionConfig,
     SecretRef,
+    TrialPodPolicy,
     attempt_of,
     decode_trial,
     execution_config,
-    host_access,
     is_dns_label,
     label_value,
     merged_execution,
     owned_by,
+    pod_policy_problems,
     rayjob_manifest,
     rayjob_name,
     sweep_capacity,
@@ -494,7 +495,7 @@ def test_execution_defaults_merge_under_the_sweep(
                  ["spec.execution.volumes[1].hostPath"], id="host-path"),
 ])
 def test_host_access_names_the_field(execution: dict, found: list[str]) -> None:
-    assert host_access(execution) == found
+    assert [path for path, _ in pod_policy_problems(execution, TrialPodPolicy())] == found
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -37,6 +37,7 @@ from orchestrator.metrics import (
     STATE_LABEL,
     LadderMetrics,
 )
+from orchestrator.operator.manifests import ANY_SECRET, TrialPodPolicy
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import NS, SPEC, FakeCluster, write_result
 
@@ -270,7 +271,12 @@ def _metadata_namespaces(node: Any) -> Iterator[str]:
 def test_rayjobs_stay_in_the_sweeps_namespace(
     cluster: FakeCluster, sessions: Any, execution: dict[str, Any]
 ) -> None:
-    reconciler = Reconciler(cluster, sessions)
+    # An installation that permits every pod option (service accounts, any Secret, projected
+    # tokens, network volumes): even then nothing leaves the Sweep's namespace. What a default
+    # installation refuses is in test_hostile_pods.py.
+    permissive = TrialPodPolicy(service_account=True, secrets=frozenset({ANY_SECRET}),
+                                projected_tokens=True, network_volumes=True)
+    reconciler = Reconciler(cluster, sessions, pod_policy=permissive)
     body = cluster.add_sweep("qs", {**SPEC, "execution": execution})
     result = reconciler.reconcile(NS, "qs")
     assert result is not None and result.invalid is None

@@ -14,7 +14,7 @@ from orchestrator.core.trial import TrialSpec
 from worker.models import build_model, count_parameters, random_t5
 from worker.tokenizer import ByteTokenizer
 
-# The published sizes (PAPER.md, "Models"), to the parameter.
+# The published sizes (docs/paper.md, "Models"), to the parameter.
 PUBLISHED = {
     "google/flan-t5-small": 76_961_152,
     "google/flan-t5-base": 247_577_856,

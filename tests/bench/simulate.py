@@ -7,7 +7,7 @@ the sweep is finished. So the simulated makespan is what Ladder's own decisions 
 on a cluster whose trials cost what the model says, and two procedures can be compared under
 the same per-trial costs:
 
-- `paper_procedure`: the study's way (PAPER.md): every trial on all 8 GPUs (8-way DDP, one
+- `paper_procedure`: the study's way (docs/paper.md): every trial on all 8 GPUs (8-way DDP, one
   example per GPU), one trial at a time, no memory prediction, an OOM found by running the
   trial until the failing batch comes.
 - `ladder_procedure`: the spec as written (k8s/examples/paper-grid.yaml: per-model

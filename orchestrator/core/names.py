@@ -1,0 +1,64 @@
+"""Every name Ladder's parts share, in one place (as KubeRay's `utils/constant.go`).
+
+Labels and annotations on RayJobs and their pods, the Sweep's finalizer, the environment
+variables the controller, the local runner and the worker read, the store's default URL,
+the worker's OOM exit code and the fields that identify a trial attempt. A module that
+needs one of these imports it from here; nothing else spells them out. (The enums of
+states and kinds live in `lifecycle.py`; the Sweep's API group and version in `spec.py`.)
+
+See docs/architecture.md, "Names".
+"""
+
+from __future__ import annotations
+
+from orchestrator.core.lifecycle import ExitCode
+
+# --- Kubernetes metadata ------------------------------------------------------------------
+DOMAIN = "ladder.dev"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "ladder"
+LABEL_SWEEP = f"{DOMAIN}/sweep"
+LABEL_LANE = f"{DOMAIN}/lane"
+LABEL_TRIAL = f"{DOMAIN}/trial"
+LABEL_ATTEMPT = f"{DOMAIN}/attempt"
+LABEL_METHOD = f"{DOMAIN}/method"
+ANNOTATION_MODEL = f"{DOMAIN}/model"
+# The outcome the controller last announced as an Event for a RayJob (across restarts).
+ANNOTATION_OUTCOME = f"{DOMAIN}/outcome"
+# Holds a deleted Sweep until its RayJobs are gone.
+FINALIZER = f"{DOMAIN}/finalizer"
+
+# --- environment variables ----------------------------------------------------------------
+# The store's SQLAlchemy URL, for the CLI, the controller and every worker.
+DB_URL_ENV = "LADDER_DB_URL"
+DEFAULT_DB_URL = "sqlite:///ladder.db"
+# The trial (TrialSpec JSON) of a RayJob's worker, inline in its runtime environment.
+TRIAL_JSON_ENV = "LADDER_TRIAL_JSON"
+# How long a worker keeps retrying the delivery of its result to the store.
+RESULT_RETRY_ENV = "LADDER_RESULT_RETRY_SECONDS"
+# The controller's settings (the Helm chart sets them).
+RECONCILE_INTERVAL_ENV = "LADDER_RECONCILE_INTERVAL"
+PEERING_PRIORITY_ENV = "LADDER_PEERING_PRIORITY"
+PEERING_LIFETIME_ENV = "LADDER_PEERING_LIFETIME"
+METRICS_PORT_ENV = "LADDER_METRICS_PORT"
+DEFAULT_EXECUTION_ENV = "LADDER_DEFAULT_EXECUTION"
+ALLOW_PRIVILEGED_TRIALS_ENV = "LADDER_ALLOW_PRIVILEGED_TRIALS"
+# What a Sweep may give its trial pods (the chart's trialPods; docs/security.md).
+ALLOW_TRIAL_SERVICE_ACCOUNT_ENV = "LADDER_ALLOW_TRIAL_SERVICE_ACCOUNT"
+ALLOWED_TRIAL_SECRETS_ENV = "LADDER_ALLOWED_TRIAL_SECRETS"
+ALLOW_TRIAL_PROJECTED_TOKENS_ENV = "LADDER_ALLOW_TRIAL_PROJECTED_TOKENS"
+ALLOW_TRIAL_NETWORK_VOLUMES_ENV = "LADDER_ALLOW_TRIAL_NETWORK_VOLUMES"
+# Set to show the traceback of an unexpected CLI error (otherwise one line).
+DEBUG_ENV = "LADDER_DEBUG"
+
+# --- the worker contract ------------------------------------------------------------------
+# The exit code of a worker whose trial ran out of memory (lifecycle.ExitCode has them all).
+OOM_EXIT_CODE = int(ExitCode.OOM)
+
+# The fields that identify a trial attempt, shared by TrialSpec, TrialResult and TrialRow
+# (the store's natural key is the sweep's (namespace, name) plus trial id and attempt).
+SWEEP_FIELDS = ("sweep", "namespace")
+IDENTITY_FIELDS = (
+    "trial_id", "attempt", "lane", "model", "model_index", "method", "rank", "alpha",
+    "dss_alpha", "seed",
+)
