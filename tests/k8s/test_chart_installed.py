@@ -117,8 +117,8 @@ class Installed:
         env: dict[str, str] = {}
         for item in self.container.get("env") or []:
             source = item.get("valueFrom") or {}
-            if "value" in item:
-                env[item["name"]] = item["value"]
+            if "value" in item or not source:  # no value at all: the empty string
+                env[item["name"]] = item.get("value", "")
             elif "secretKeyRef" in source:
                 ref = source["secretKeyRef"]
                 env[item["name"]] = self.secret_value(ref["name"], ref["key"])
