@@ -10,7 +10,7 @@ Environment:
                           where no container engine can run (no docker daemon, podman absent
                           or unusable), and a failed build fails them.
     LADDER_IMAGE_BUILD_TIMEOUT  seconds for one build (default 1500: a cold controller build
-                          makes the Debian base first, about 3 minutes, then ~1 minute).
+                          makes the Debian base first, 2.5-4.5 minutes, then ~3 minutes).
 """
 
 from __future__ import annotations
