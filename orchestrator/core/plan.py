@@ -42,7 +42,13 @@ from orchestrator.core.escalation import (
 )
 from orchestrator.core.grid import Grid, Lane, Trial
 from orchestrator.core.lifecycle import ACTIVE_STATES, LaneState, OOMKind, TrialState
-from orchestrator.core.scheduler import Capacity, demand, select_launches, unschedulable
+from orchestrator.core.scheduler import (
+    NO_CAPACITY,
+    Capacity,
+    demand,
+    select_launches,
+    unschedulable,
+)
 from orchestrator.core.spec import Escalation, SweepSpec
 
 
@@ -59,12 +65,20 @@ class Observed:
     - `predicted_oom`: ids of trials whose memory estimate exceeds the device (the caller
       runs the estimator); ignored when `spec.escalation.predictOOM` is false.
     - `deleting`: the sweep is being deleted.
+    - `held`: capacity in use outside this sweep's active attempts: a finished trial's
+      cluster that still holds its GPUs (KubeRay keeps it for `ttlSecondsAfterFinished`),
+      other tenants' pods. It is taken before anything is launched, but a trial needing
+      more than the whole `capacity` is still the only one recorded as unschedulable.
+    - `queued`: (trial id, attempt) of active attempts that wait in a queue (Kueue) and
+      hold nothing until admitted; their demand is not counted as in use.
     """
 
     attempts: Mapping[str, Sequence[AttemptObservation]]
     capacity: Capacity
     predicted_oom: frozenset[str] = frozenset()
     deleting: bool = False
+    held: Capacity = NO_CAPACITY
+    queued: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +253,10 @@ def plan(grid: Grid, spec: SweepSpec, observed: Observed) -> Plan:
 
     launches: list[LaunchTrial] = []
     if not halted:
-        in_use = Capacity.total(demand(t) for w in work for t, _ in w.progress.active)
+        in_use = Capacity.total(
+            demand(t) for w in work for t, a in w.progress.active
+            if (t.trial_id, a) not in observed.queued
+        ).plus(observed.held)
         running = sum(len(w.progress.active) for w in work)
         heads: dict[str, tuple[_LaneWork, int]] = {}
         candidates: list[Trial] = []
@@ -358,7 +375,8 @@ def _status(spec: SweepSpec, observed: Observed, work: list[_LaneWork]) -> Sweep
     else:
         phase = SweepPhase.PENDING
     reason, message = _condition(
-        phase, counts, total_trials, done, ooms, len(work), best_trial, observed.capacity
+        phase, counts, total_trials, done, ooms, len(work), best_trial, observed.capacity,
+        held=observed.held,
     )
     return SweepStatus(
         phase=phase,
@@ -382,6 +400,8 @@ def _condition(
     lanes: int,
     best: BestTrial | None,
     capacity: Capacity,
+    *,
+    held: Capacity = NO_CAPACITY,
 ) -> tuple[str, str]:
     """A CamelCase reason and a one-sentence message for the sweep's Ready condition."""
     active = counts[TrialState.RUNNING] + counts[TrialState.PENDING]
@@ -405,9 +425,30 @@ def _condition(
         return "Suspended", f"Suspended with {progress}; nothing runs until spec.suspend is false."
     if capacity.is_empty:
         return "NoCapacity", f"Waiting for capacity (no GPU or CPU is available yet); {progress}."
+    if active == 0 and held.gpus > 0:
+        return "WaitingForGPUs", (
+            f"Waiting for GPUs: {held.gpus} are held outside this sweep's running trials "
+            f"(finished trials' clusters not yet deleted, other pods); {progress}."
+        )
     if phase is SweepPhase.PENDING:
         return "Pending", f"No trial launched yet; {progress}."
     return "TrialsRunning", (f"{progress}, {active} running, {ooms} out of memory{best_text}.")
+
+
+# A Sweep's status is stored in etcd with the object (1.5 MiB in all): a lane takes about 120
+# bytes there, so a grid at the maxTrials ceiling (25,000 lanes) would not fit. The status
+# lists at most this many lanes: those that have started (in lane order), then pending ones;
+# `lanesOmitted` counts the rest (the store has every trial, `ladder status` shows them).
+MAX_STATUS_LANES = 1000
+
+
+def _status_lanes(lanes: Sequence[LaneStatus]) -> Sequence[LaneStatus]:
+    if len(lanes) <= MAX_STATUS_LANES:
+        return lanes
+    started = [lane for lane in lanes if lane.state is not LaneState.PENDING]
+    pending = [lane for lane in lanes if lane.state is LaneState.PENDING]
+    chosen = {id(lane) for lane in (started + pending)[:MAX_STATUS_LANES]}
+    return [lane for lane in lanes if id(lane) in chosen]
 
 
 def status_dict(status: SweepStatus, *, observed_generation: int | None = None) -> dict[str, Any]:
@@ -433,6 +474,7 @@ def status_dict(status: SweepStatus, *, observed_generation: int | None = None) 
             "evalLoss": status.best.eval_loss,
         }
     )
+    shown = _status_lanes(status.lanes)
     body["lanes"] = [
         {
             "name": lane.name,
@@ -441,8 +483,10 @@ def status_dict(status: SweepStatus, *, observed_generation: int | None = None) 
             "stoppedAt": lane.stopped_at_model,
             "oomKind": lane.oom_kind.value if lane.oom_kind is not None else None,
         }
-        for lane in status.lanes
+        for lane in shown
     ]
+    # Present only when lanes were left out (a null clears it under a merge patch).
+    body["lanesOmitted"] = len(status.lanes) - len(shown) or None
     body["reason"] = status.reason
     body["message"] = status.message
     return body

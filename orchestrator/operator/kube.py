@@ -30,6 +30,7 @@ COMPONENT = "ladder-controller"
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "ladder"
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 class KubeError(RuntimeError):
@@ -52,6 +53,10 @@ class Cluster(Protocol):
     def create_rayjob(self, manifest: Mapping[str, Any]) -> bool: ...
     def delete_rayjob(self, namespace: str, name: str) -> bool: ...
     def cluster_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]: ...
+    def sweep_pods(self, namespace: str, sweep: str) -> list[dict[str, Any]]: ...
+    def list_nodes(self) -> list[dict[str, Any]]: ...
+    def active_pods(self) -> list[dict[str, Any]]: ...
+    def cluster_events(self, namespace: str, cluster: str) -> list[dict[str, Any]]: ...
     def annotate_rayjob(
         self, namespace: str, name: str, annotations: Mapping[str, str]
     ) -> None: ...
@@ -263,6 +268,46 @@ class Kube:
         if result is None:
             return []
         return [self.api_client.sanitize_for_serialization(pod) for pod in result.items]
+
+    def sweep_pods(self, namespace: str, sweep: str) -> list[dict[str, Any]]:
+        """The pods of every RayCluster of a sweep (KubeRay copies the template's labels):
+        live attempts, and finished ones whose cluster KubeRay keeps for its TTL."""
+        result = self._call(
+            f"list pods of sweep {namespace}/{sweep}",
+            self.core.list_namespaced_pod, namespace, label_selector=sweep_selector(sweep),
+        )
+        return self._pods(result)
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        """Every Node (cluster-scoped: the chart's ClusterRole grants it)."""
+        result = self._call("list nodes", self.core.list_node)
+        if result is None:
+            return []
+        return [self.api_client.sanitize_for_serialization(node) for node in result.items]
+
+    def active_pods(self) -> list[dict[str, Any]]:
+        """Every pod of every namespace that is not terminal (what holds node resources)."""
+        result = self._call(
+            "list pods of all namespaces", self.core.list_pod_for_all_namespaces,
+            field_selector=ACTIVE_PODS,
+        )
+        return self._pods(result)
+
+    def _pods(self, result: Any) -> list[dict[str, Any]]:
+        if result is None:
+            return []
+        return [self.api_client.sanitize_for_serialization(pod) for pod in result.items]
+
+    def cluster_events(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
+        """KubeRay's Events on a RayCluster (`DeletedWorkerPod ... OOMKilled`, ...)."""
+        result = self._call(
+            f"list events of RayCluster {namespace}/{cluster}",
+            self.core.list_namespaced_event, namespace,
+            field_selector=f"involvedObject.kind=RayCluster,involvedObject.name={cluster}",
+        )
+        if result is None:
+            return []
+        return [self.api_client.sanitize_for_serialization(e) for e in result.items]
 
     # --- events ---------------------------------------------------------------------------
     def event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:

@@ -39,12 +39,20 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
+from orchestrator.core.execution import MAX_LABEL_VALUE, ControllerExecution
 from orchestrator.core.grid import Trial
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.names import (
@@ -62,7 +70,13 @@ from orchestrator.core.names import (
 )
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.spec import API_VERSION, KIND, Sweep
+from orchestrator.core.spec import (
+    API_VERSION,
+    KIND,
+    SpecError,
+    Sweep,
+    validation_problems,
+)
 from orchestrator.core.trial import TrialSpec
 
 RAY_API_VERSION = "ray.io/v1"
@@ -75,7 +89,26 @@ LABEL_RAY_CLUSTER = "ray.io/cluster"
 
 DEFAULT_IMAGE = "ghcr.io/ladder-dev/ladder-worker:0.1.0"
 DEFAULT_OUTPUT_DIR = "/tmp/ladder/runs"
-DEFAULT_TTL_SECONDS = 600
+# KubeRay keeps a finished trial's RayCluster, and its GPUs, this long. The controller counts
+# those GPUs as used until the pods are gone (operator.capacity.held_gpus), so a long TTL
+# slows the sweep and idles GPUs on a shared cluster; a minute is left to look at the pods
+# of a trial that just failed. The driver's log outlives it: KubeRay keeps the submitter Job
+# (K8sJobMode) after deleting the cluster, and the store keeps the error with its log tail.
+DEFAULT_TTL_SECONDS = 60
+# The Ray release of Ladder's worker image (docker/worker.Dockerfile's base image), and so
+# the `rayVersion` of every RayCluster Ladder builds unless `execution.rayVersion` says
+# otherwise. KubeRay needs it: a RayJob without it stays Initializing forever (KubeRay v1.6.2
+# logs "failed to parse Ray version"). The controller image has no Ray to ask, hence a
+# constant; a unit test keeps it equal to the Dockerfile's and the chart's.
+WORKER_RAY_VERSION = "2.60.0"
+# Kueue's integration with KubeRay: a RayJob labelled with a LocalQueue and created suspended
+# is admitted by Kueue (which unsuspends it) when the ClusterQueue's quota allows.
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+# Ray token authentication (KubeRay's `authOptions`): Ray 2.52 brought it, Ray 2.60 turns it
+# on by default, and KubeRay accepts `mode: token` only with rayVersion >= 2.52.0.
+AUTH_TOKEN, AUTH_DISABLED = "token", "disabled"
+TOKEN_AUTH_SINCE = (2, 52, 0)
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 GPU_RESOURCE = "nvidia.com/gpu"
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
@@ -85,9 +118,11 @@ WORKER_GROUP = "workers"
 UNBOUNDED = Capacity(gpus=1_000_000, cpus=1_000_000)
 
 MAX_NAME = 63  # a DNS-1123 label (RayJob names become Job, Service and label values)
-MAX_LABEL_VALUE = 63
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Matched with fullmatch: `$` would accept a trailing newline, which Kubernetes refuses.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+# What KubeRay's version.ParseGeneric takes: major.minor[.patch], then an optional suffix.
+_RAY_VERSION = re.compile(r"^v?(\d+\.\d+(?:\.\d+)?)(?:[-+.][0-9A-Za-z.+-]*)?$")
 
 
 # --- spec.execution -------------------------------------------------------------------------
@@ -113,6 +148,19 @@ class SecretRef(_Config):
         return cls(name=name, key=key or "url")
 
 
+# A Kubernetes resource quantity as the apiserver parses it (resource.Quantity): pods whose
+# limits are not (non-negative) quantities are refused at create, so the Sweep is refused
+# before that.
+K8S_QUANTITY_RE = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                             r"(?:[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?")
+
+
+def _k8s_quantity(value: str | int | None) -> str | int | None:
+    if isinstance(value, str) and not K8S_QUANTITY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity such as '2', '500m' or '4Gi'")
+    return value
+
+
 class PodShape(_Config):
     """Resources of the head pod, or of each worker pod (CPU defaults to cpusPerWorker)."""
 
@@ -122,15 +170,65 @@ class PodShape(_Config):
         default_factory=dict, description="Extra limits, e.g. {'ephemeral-storage': '50Gi'}."
     )
 
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantities(cls, value: str | int | None) -> str | int | None:
+        return _k8s_quantity(value)
 
-class ExecutionConfig(_Config):
-    """The `spec.execution` keys the Kubernetes controller reads (all optional)."""
+    @field_validator("resources")
+    @classmethod
+    def _resource_quantities(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        for item in value.values():
+            _k8s_quantity(item)
+        return value
+
+
+def ray_release(version: str) -> tuple[int, ...]:
+    """The numeric release of a Ray version ("2.60.0" -> (2, 60, 0); "2.52" -> (2, 52, 0))."""
+    match = _RAY_VERSION.fullmatch(version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a Ray version such as {WORKER_RAY_VERSION!r}")
+    numbers = tuple(int(part) for part in match.group(1).split("."))
+    return numbers + (0,) * (3 - len(numbers))
+
+
+class AuthOptions(_Config):
+    """How the trial's Ray head authenticates its clients (KubeRay's `authOptions`).
+
+    - mode `token` (the default for Ray >= 2.52): KubeRay gives the head, the workers and
+      its job submitter the same token, from `secretName` (a Secret with the key
+      `auth_token`, no trailing newline) or, when that is unset, from a Secret it generates
+      per RayCluster (owned by it, gone with it);
+    - mode `disabled`: no token; Ladder also sets RAY_AUTH_MODE=disabled in the trial
+      containers, because Ray 2.60 turns token auth on by default and KubeRay would then be
+      refused by the dashboard ("Missing authentication token") and the RayJob would hang.
+    Unset mode: token for Ray >= 2.52, nothing for older Ray (it has no token auth).
+    """
+
+    mode: Literal["token", "disabled"] | None = None
+    secret_name: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _secret_needs_token(self) -> AuthOptions:
+        if self.secret_name is not None and self.mode == AUTH_DISABLED:
+            raise ValueError("secretName needs mode token, not disabled")
+        return self
+
+
+class ExecutionConfig(ControllerExecution):
+    """The `spec.execution` keys the Kubernetes controller reads (all optional); the
+    timeouts and the Kueue queue come from `core.execution.ControllerExecution`."""
 
     image: str = DEFAULT_IMAGE
     image_pull_policy: str | None = None
     image_pull_secrets: list[str] = Field(default_factory=list)
     service_account_name: str | None = None
-    ray_version: str | None = None
+    ray_version: str = Field(
+        WORKER_RAY_VERSION, description="KubeRay's rayVersion: the Ray release of the image."
+    )
+    auth_options: AuthOptions = Field(
+        AuthOptions(), description="Ray token authentication of trial clusters."
+    )
     python: str = Field("python", description="The interpreter in the image.")
     cluster_selector: dict[str, str] | None = Field(
         None, description="Run on a standing RayCluster (e.g. {'ray.io/cluster': 'gpus'})."
@@ -148,23 +246,84 @@ class ExecutionConfig(_Config):
     runtime_env: dict[str, Any] = Field(
         default_factory=dict, description="More Ray runtime_env (pip, working_dir, env_vars)."
     )
+    submission_mode: Literal["K8sJobMode", "HTTPMode"] = Field(
+        "K8sJobMode", description="How KubeRay submits the Ray job: a submitter pod that runs "
+        "`ray job submit` (K8sJobMode), or the operator posting to the head's dashboard "
+        "itself (HTTPMode; no submitter pod).",
+    )
     ttl_seconds_after_finished: int = Field(DEFAULT_TTL_SECONDS, ge=0)
     active_deadline_seconds: int | None = Field(None, ge=1)
-    stall_timeout_seconds: float | None = Field(
-        None, gt=0, description="Stop a running trial that shows no progress (no new epoch "
-        "in the store) for this long, and record the attempt as failed ('stalled: no "
-        "progress for N s'); it then retries like any failure. Unset: never.",
-    )
     capacity: dict[str, int] | None = Field(
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )
+
+    @field_validator("ray_version")
+    @classmethod
+    def _ray_version(cls, value: str) -> str:
+        ray_release(value)
+        return value
+
+    @model_validator(mode="after")
+    def _token_needs_new_ray(self) -> ExecutionConfig:
+        if self.auth_options.mode == AUTH_TOKEN and not token_auth_supported(self.ray_version):
+            raise ValueError(
+                f"authOptions.mode token needs rayVersion 2.52.0 or later (KubeRay refuses "
+                f"it), got {self.ray_version}; use authOptions.mode disabled"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kueue_needs_own_cluster(self) -> ExecutionConfig:
+        if self.queue_name is not None and self.cluster_selector:
+            raise ValueError("queueName (Kueue) cannot be used with clusterSelector: Kueue "
+                             "admits RayJobs that create their own RayCluster")
+        return self
+
+    @property
+    def auth_mode(self) -> str | None:
+        """The Ray auth mode trial clusters run with (None: Ray too old to have one)."""
+        if self.auth_options.mode is not None:
+            return self.auth_options.mode
+        return AUTH_TOKEN if token_auth_supported(self.ray_version) else None
+
+    @field_validator("shared_memory")
+    @classmethod
+    def _shared_memory_quantity(cls, value: str | None) -> str | None:
+        _k8s_quantity(value)
+        return value
 
     @field_validator("capacity")
     @classmethod
     def _capacity_keys(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         if value is not None and not set(value) <= {"gpus", "cpus"}:
             raise ValueError(f"capacity takes gpus and cpus, got {sorted(value)}")
+        if value is not None and any(count < 0 for count in value.values()):
+            raise ValueError(f"capacity counts are at least 0, got {value}")
         return value
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Ray's `env_vars` is a mapping of names to strings (`runtime_env` merges ours in)."""
+        env_vars = value.get("env_vars")
+        if env_vars is None:
+            return value
+        if not isinstance(env_vars, Mapping):
+            raise ValueError(
+                f"runtimeEnv.env_vars must be a mapping of names to values, got "
+                f"{type(env_vars).__name__}"
+            )
+        for key, item in env_vars.items():
+            if not isinstance(item, str | int | float | bool):
+                raise ValueError(
+                    f"runtimeEnv.env_vars.{key} must be a string or a number, got "
+                    f"{type(item).__name__}"
+                )
+        return value
+
+
+def token_auth_supported(ray_version: str) -> bool:
+    return ray_release(ray_version) >= TOKEN_AUTH_SINCE
 
 
 def merged_execution(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,6 +349,18 @@ def execution_config(
     """The controller's view of `spec.execution` over the installation's defaults
     (raises pydantic's ValidationError)."""
     return ExecutionConfig.model_validate(merged_execution(defaults or {}, sweep.spec.execution))
+
+
+def checked_execution_config(
+    sweep: Sweep, defaults: Mapping[str, Any] | None = None
+) -> ExecutionConfig:
+    """`execution_config`, raising SpecError naming each bad `spec.execution` field (what
+    `ladder validate`, `ladder submit` and the controller all report)."""
+    try:
+        return execution_config(sweep, defaults)
+    except ValidationError as error:
+        problems = validation_problems(error, "spec.execution")
+        raise SpecError(sweep.name, problems) from None
 
 
 # --- what a Sweep may give its pods ------------------------------------------------------------
@@ -367,12 +538,12 @@ def rayjob_name(sweep: str, trial_id: str, attempt: int) -> str:
 
 
 def is_dns_label(name: str) -> bool:
-    return len(name) <= MAX_NAME and bool(_DNS_LABEL.match(name))
+    return len(name) <= MAX_NAME and bool(_DNS_LABEL.fullmatch(name))
 
 
 def label_value(value: str) -> str:
     """A valid label value for `value`: itself when it is one, else a sanitized, hashed form."""
-    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(value):
         return value
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("-_.")
     keep = MAX_LABEL_VALUE - 7
@@ -496,6 +667,9 @@ def _container_env(config: ExecutionConfig, db_secret: SecretRef | None) -> list
             "valueFrom": {"secretKeyRef": {"name": db_secret.name, "key": db_secret.key}},
         })
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    if config.auth_mode == AUTH_DISABLED:
+        # Ray 2.60 turns token auth on by default; KubeRay sets nothing for `disabled`.
+        env.append({"name": RAY_AUTH_MODE_ENV, "value": AUTH_DISABLED})
     names = {item["name"] for item in env}
     env += [dict(item) for item in config.env if item.get("name") not in names]
     return env
@@ -543,6 +717,17 @@ def _pod_template(
     return {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod}
 
 
+def auth_options(config: ExecutionConfig) -> dict[str, str] | None:
+    """The RayCluster's `authOptions` (None for a Ray release without token auth)."""
+    mode = config.auth_mode
+    if mode is None:
+        return None
+    out = {"mode": mode}
+    if mode == AUTH_TOKEN and config.auth_options.secret_name:
+        out["secretName"] = config.auth_options.secret_name
+    return out
+
+
 def ray_cluster_spec(
     trial: Trial,
     labels: Mapping[str, str],
@@ -560,9 +745,10 @@ def ray_cluster_spec(
     worker_resources = _resources(
         worker_cpu, worker.memory, worker.resources, gpus=shape.gpus_per_worker
     )
-    cluster: dict[str, Any] = {}
-    if config.ray_version:
-        cluster["rayVersion"] = config.ray_version
+    cluster: dict[str, Any] = {"rayVersion": config.ray_version}
+    auth = auth_options(config)
+    if auth is not None:
+        cluster["authOptions"] = auth
     cluster["headGroupSpec"] = {
         # The head runs the driver only; GPUs are on the workers.
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
@@ -619,11 +805,13 @@ def rayjob_manifest(
     }
     if sweep.namespace:
         metadata["namespace"] = sweep.namespace
+    if config.queue_name:
+        metadata["labels"] = {**labels, LABEL_KUEUE_QUEUE: config.queue_name}
     body: dict[str, Any] = {
         "entrypoint": entrypoint(spec, config),
         "runtimeEnvYAML": yaml.safe_dump(runtime_env(spec, config), sort_keys=True, width=10**6),
         "jobId": name,
-        "submissionMode": "K8sJobMode",
+        "submissionMode": config.submission_mode,
         "backoffLimit": 0,  # Ladder retries (escalation.retries) as new attempts
         "metadata": {
             LABEL_SWEEP: sweep.name,
@@ -632,6 +820,8 @@ def rayjob_manifest(
             ANNOTATION_MODEL: trial.model,
         },
     }
+    if config.queue_name:
+        body["suspend"] = True  # Kueue admits it by setting suspend to false
     if config.active_deadline_seconds is not None:
         body["activeDeadlineSeconds"] = config.active_deadline_seconds
     if config.cluster_selector:
@@ -662,6 +852,9 @@ def decode_trial(rayjob: Mapping[str, Any]) -> TrialSpec | None:
 
 JOB_SUCCEEDED, JOB_FAILED, JOB_STOPPED, JOB_RUNNING = "SUCCEEDED", "FAILED", "STOPPED", "RUNNING"
 DEPLOYMENT_COMPLETE, DEPLOYMENT_FAILED = "Complete", "Failed"
+# KubeRay v1.3+: the RayJob's spec was refused (e.g. authOptions token with an old Ray);
+# reason ValidationFailed, KubeRay's message says which field. Nothing will ever run.
+DEPLOYMENT_VALIDATION_FAILED = "ValidationFailed"
 DEPLOYMENT_RUNNING = "Running"
 _EXIT_CODE = re.compile(r"exit(?:ed with)? code:? (-?\d+)", re.IGNORECASE)
 
@@ -720,19 +913,71 @@ def host_oom(pods: Sequence[Mapping[str, Any]], since: datetime | None = None) -
     return None
 
 
+# KubeRay deletes a Ray pod whose container terminated (a worker OOMKilled under restart
+# policy Never, or Failed) and makes a new one within ~60 ms: the pod is gone, and the Event
+# it posts on the RayCluster is what is left: reason DeletedWorkerPod (DeletedHeadPod for
+# the head), message "Deleted worker Pod NS/NAME; Pod status: Failed; Pod restart policy:
+# Never; Ray container terminated status: &ContainerStateTerminated{ExitCode:137,Signal:0,
+# Reason:OOMKilled,...}" (KubeRay v1.6.2, raycluster_controller.go).
+KUBERAY_DELETED_POD_EVENTS = frozenset({"DeletedWorkerPod", "DeletedHeadPod"})
+_DELETED_POD = re.compile(r"Deleted (?:worker|head) Pod ([^;\s]+)", re.IGNORECASE)
+_TERMINATED_EXIT = re.compile(r"ExitCode:(-?\d+)")
+
+
+def _event_time(event: Mapping[str, Any]) -> datetime | None:
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        found = _parse_time(event.get(key))
+        if found is not None:
+            return found
+    return _parse_time((event.get("metadata") or {}).get("creationTimestamp"))
+
+
+def host_oom_events(
+    events: Sequence[Mapping[str, Any]], since: datetime | None = None
+) -> str | None:
+    """Why a pod of the job's cluster ran out of host memory, from KubeRay's Events on the
+    RayCluster (the pod itself is already deleted and replaced), if one did (after `since`)."""
+    for event in events:
+        if event.get("reason") not in KUBERAY_DELETED_POD_EVENTS:
+            continue
+        message = str(event.get("message") or "")
+        if "OOMKilled" not in message:
+            continue
+        when = _event_time(event)
+        if since is not None and when is not None and when < since:
+            continue
+        pod = _DELETED_POD.search(message)
+        code = _TERMINATED_EXIT.search(message)
+        name = pod.group(1).rsplit("/", 1)[-1] if pod else "?"
+        tail = f" (exit code {code.group(1)})" if code else ""
+        return f"pod {name} was OOMKilled{tail}; KubeRay deleted and replaced it"
+    return None
+
+
 def outcome_from_rayjob(
     rayjob: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]] = (),
     *,
     budget_set: bool = False,
+    events: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[TrialState, OOMKind | None, str] | None:
     """How a RayJob's attempt ended, from KubeRay's status and its cluster's pods.
 
-    None while the job is still going. Otherwise (state, oom kind, reason):
-    - `jobStatus` SUCCEEDED: succeeded;
+    Read from the fields KubeRay v1.6.2 really writes: `jobStatus` (empty while
+    Initializing), `jobDeploymentStatus` (Initializing, Running, Complete, Failed,
+    ValidationFailed, Suspending, Suspended, Retrying, Waiting), `reason`, `message`,
+    `startTime`, and the `succeeded`/`failed` counters. None while the job is still going
+    (any deployment status but Complete, Failed and ValidationFailed). Otherwise
+    (state, oom kind, reason):
+    - `jobStatus` SUCCEEDED (or Complete with `succeeded` >= 1): succeeded;
     - STOPPED: cancelled (someone stopped the Ray job);
-    - FAILED, or `jobDeploymentStatus` Failed (submission failed, deadline exceeded, ...):
-      a host OOM when a pod of the cluster was OOMKilled or evicted for memory, else the
+    - FAILED, or `jobDeploymentStatus` Failed (AppFailed, SubmissionFailed,
+      DeadlineExceeded, JobDeploymentStatusTransitionGracePeriodExceeded: the submitter
+      ended and the Ray job never reached a terminal state within 30 s) or
+      ValidationFailed (KubeRay refused the spec):
+      a host OOM when a pod of the cluster was OOMKilled (now, or in its last state: the
+      kubelet restarted it) or evicted for memory, or KubeRay's Event says it deleted an
+      OOMKilled pod (`host_oom_events`), else the
       status message is classified (`outcome.classify_text`: a CUDA OOM is `oom/gpu`, our
       budget exception `oom/budget`), else the worker's exit code 3 means an OOM of unknown
       kind, else failed.
@@ -745,18 +990,25 @@ def outcome_from_rayjob(
     message = str(status.get("message") or "")
     text = "; ".join(part for part in (reason, message) if part)
 
-    if job_status == JOB_SUCCEEDED:
+    succeeded = job_status == JOB_SUCCEEDED or (
+        # Complete, and KubeRay's own counter says the job succeeded (jobStatus not copied).
+        not job_status and deployment == DEPLOYMENT_COMPLETE
+        and _count(status.get("succeeded")) > 0
+    )
+    if succeeded:
         return TrialState.SUCCEEDED, None, message or "the Ray job succeeded"
     if job_status == JOB_STOPPED:
         return TrialState.CANCELLED, None, excerpt(text or "the Ray job was stopped")
-    failed = job_status == JOB_FAILED or deployment == DEPLOYMENT_FAILED
+    failed = job_status == JOB_FAILED or deployment in (
+        DEPLOYMENT_FAILED, DEPLOYMENT_VALIDATION_FAILED
+    )
     if not failed and deployment == DEPLOYMENT_COMPLETE:
         # Complete without a terminal job status: the submitter ended without a verdict.
         failed = True
     if not failed:
         return None
     since = _parse_time(status.get("startTime"))
-    killed = host_oom(pods, since)
+    killed = host_oom(pods, since) or host_oom_events(events, since)
     if killed is not None:
         return TrialState.OOM, OOMKind.HOST, excerpt(f"{killed}; {text}" if text else killed)
     state, kind = classify_text(text, budget_set=budget_set)
@@ -765,6 +1017,13 @@ def outcome_from_rayjob(
         if match is not None and int(match.group(1)) == OOM_EXIT_CODE:
             state = TrialState.OOM  # the worker's exit code for any OOM; kind unknown
     return state, kind, excerpt(text or f"the RayJob failed ({deployment or job_status})")
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def running_state(rayjob: Mapping[str, Any]) -> TrialState:

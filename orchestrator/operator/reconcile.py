@@ -13,14 +13,21 @@ Observe:
    the label that are not this Sweep's (an older Sweep of the same name) are deleted;
 3. the store's attempts. A pending or running attempt is settled from, in this order: the
    worker's own result (the store row turned terminal), its RayJob's status
-   (`manifests.outcome_from_rayjob`, with the pods of its RayCluster for OOMKilled), and a
-   RayJob that is gone (deleted behind the controller's back, or never created because the
-   controller died between recording and creating it): cancelled, so the lane relaunches it
-   as the next attempt. A RayJob without a store row (a store that lost it) is adopted.
+   (`manifests.outcome_from_rayjob`, with the pods of its RayCluster and KubeRay's Events on
+   it for OOMKilled), and a RayJob that is gone (deleted behind the controller's back, or
+   never created because the controller died between recording and creating it):
+   cancelled, so the lane relaunches it as the next attempt. A RayJob without a store row
+   (a store that lost it) is adopted.
    A running attempt silent for longer than `execution.stallTimeoutSeconds` (no epoch, no
    other write of its worker; `outcome.stall_reason` decides) has hung: its RayJob is deleted
    and the attempt recorded as failed, "stalled: no progress for N s" (it retries like any
-   failure).
+   failure). A live attempt one of whose pods the scheduler has refused for longer than
+   `execution.unschedulableTimeoutSeconds` is requeued: its RayJob is deleted and the
+   attempt recorded as cancelled with the scheduler's message (the lane runs it again).
+4. what the cluster holds besides the active attempts (`operator.capacity`): the GPUs of
+   finished trials' RayClusters KubeRay still keeps, and, without `execution.capacity`,
+   the nodes' allocatable GPUs less every other pod's request; RayJobs suspended for Kueue
+   hold nothing.
 
 Plan: `plan(grid, spec, Observed(...))` with the attempts from the store.
 
@@ -33,6 +40,7 @@ Events: trial launches, outcomes (OOMs as warnings), lane ceilings, the sweep's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -41,7 +49,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
@@ -59,19 +66,29 @@ from orchestrator.core.plan import (
     plan,
     status_dict,
 )
+from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
 from orchestrator.core.trial import TrialSpec
 from orchestrator.metrics import LadderMetrics
+from orchestrator.operator.capacity import (
+    GpuPool,
+    cluster_gpus,
+    held_gpus,
+    own_attempt,
+    queued,
+    unschedulable_reason,
+)
 from orchestrator.operator.conditions import desired_conditions, merge_conditions
 from orchestrator.operator.kube import Cluster, KubeError
 from orchestrator.operator.manifests import (
+    UNBOUNDED,
     ExecutionConfig,
     SecretRef,
     TrialPodPolicy,
     attempt_of,
+    checked_execution_config,
     cluster_name,
     decode_trial,
-    execution_config,
     outcome_from_rayjob,
     owned_by,
     pod_policy_problems,
@@ -86,6 +103,8 @@ log = logging.getLogger(__name__)
 
 NORMAL, WARNING = "Normal", "Warning"
 GONE = "RayJob {name} is gone: it was deleted before the attempt finished"
+RECONCILE_ERROR = "ReconcileError"
+ERROR_MESSAGE_CHARS = 1000
 
 
 @dataclass
@@ -98,6 +117,16 @@ class PassResult:
     settled: dict[tuple[str, int], TrialState] = field(default_factory=dict)
     remaining_rayjobs: int = 0
     invalid: str | None = None
+    error: str | None = None  # the pass raised: reported as ReconcileError on the Sweep
+
+
+@dataclass(frozen=True)
+class _Expanded:
+    """What a pass needs of a Sweep's grid, computed once per spec."""
+
+    grid: Grid
+    trials: Mapping[str, Trial]
+    predicted_oom: frozenset[str]
 
 
 @dataclass
@@ -167,8 +196,9 @@ class Reconciler:
         self.clock = clock
         self._states: dict[tuple[str, str], _SweepState] = {}
         self._states_lock = threading.Lock()
-        self._grids: dict[tuple[str, str, str], tuple[str, Grid]] = {}
+        self._grids: dict[tuple[str, str, str], tuple[str, _Expanded]] = {}
         self.passes = 0
+        self._nodes_refused = False
 
     # --- entry points ----------------------------------------------------------------------
     def _state(self, namespace: str, name: str) -> _SweepState:
@@ -208,7 +238,12 @@ class Reconciler:
         body = self.cluster.get_sweep(namespace, name)
         if body is None:
             return None
-        result = self._reconcile_body(body)
+        try:
+            result = self._reconcile_body(body)
+        except Exception as error:
+            if (isinstance(error, KubeError) and error.transient) or store.is_transient(error):
+                raise  # the handler retries after an interval: nothing was decided
+            result = self._failed_pass(body, error)
         if self.metrics is not None:
             elapsed = time.monotonic() - started
             self.metrics.reconcile_seconds.labels(name, namespace).observe(elapsed)
@@ -218,13 +253,18 @@ class Reconciler:
         self.passes += 1
         return result
 
-    def _grid(self, sweep: Sweep, uid: str) -> Grid:
-        """The expanded grid, cached per Sweep object and spec (resources may change)."""
+    def _grid(self, sweep: Sweep, uid: str) -> _Expanded:
+        """The expanded grid, its trials by id and the trials predicted to run out of memory,
+        cached per Sweep object and spec (resources may change): a pass over an unchanged
+        Sweep expands and estimates nothing."""
         key = (sweep.namespace, sweep.name, uid)
         spec = sweep.spec.model_dump_json()
         cached = self._grids.get(key)
         if cached is None or cached[0] != spec:
-            cached = self._grids[key] = (spec, expand(sweep))
+            grid = expand(sweep)
+            trials = {t.trial_id: t for t in grid.all_trials()}
+            oom = bookkeeping.predicted_oom_ids(predicted_oom_fn(sweep.spec), trials.values())
+            cached = self._grids[key] = (spec, _Expanded(grid, trials, oom))
         return cached[1]
 
     def _reconcile_body(self, body: Mapping[str, Any]) -> PassResult:
@@ -238,11 +278,11 @@ class Reconciler:
             refused = pod_policy_problems(sweep.spec.execution, self.pod_policy)
             if refused:
                 raise SpecError(sweep.name, refused)
-            config = execution_config(sweep, self.execution_defaults)
-        except (SpecError, ValidationError) as error:
+            config = checked_execution_config(sweep, self.execution_defaults)
+        except SpecError as error:
             return self._invalid(body, error, result)
-        grid = self._grid(sweep, uid)
-        trials = {t.trial_id: t for t in grid.all_trials()}
+        expanded = self._grid(sweep, uid)
+        grid, trials = expanded.grid, expanded.trials
 
         with self.sessions.begin() as session:
             store.upsert_sweep(session, sweep)
@@ -258,10 +298,23 @@ class Reconciler:
                 continue
             rayjobs[key] = rayjob
 
+        pods = self._sweep_pods(namespace, name)
         self._observe(body, sweep, config, trials, rayjobs, result)
+        self._requeue_unschedulable(body, sweep, config, trials, rayjobs, pods, result)
         rows, observed = bookkeeping.observe(
-            self.sessions, sweep, trials.values(), sweep_capacity(config),
-            predicted=predicted_oom_fn(sweep.spec), deleting=deleting,
+            self.sessions, sweep, (), sweep_capacity(config), predicted=None,
+            deleting=deleting,
+        )
+        # The OOM predictions were made once for this spec (`_grid`), not in every pass.
+        observed = dataclasses.replace(observed, predicted_oom=expanded.predicted_oom)
+        # What the cluster holds besides the active attempts (operator.capacity).
+        active = frozenset(
+            (r.trial_id, r.attempt) for r in rows if not TrialState(r.status).is_terminal
+        )
+        capacity, held = self._capacity(sweep, config, active, pods)
+        observed = dataclasses.replace(
+            observed, capacity=capacity, held=held,
+            queued=frozenset(key for key, job in rayjobs.items() if queued(job)),
         )
         decided = plan(grid, sweep.spec, observed)
         result.plan = decided
@@ -281,18 +334,11 @@ class Reconciler:
         return result
 
     def _invalid(
-        self, body: Mapping[str, Any], error: Exception, result: PassResult
+        self, body: Mapping[str, Any], error: SpecError, result: PassResult
     ) -> PassResult:
         meta = body["metadata"]
-        if isinstance(error, SpecError):
-            problems = error.problems
-        else:  # the field and pydantic's message only: never the input it quotes
-            problems = [
-                (".".join(["spec.execution", *map(str, item["loc"])]), item["msg"])
-                for item in error.errors(include_input=False, include_url=False)
-            ]
         # Status and event text may quote what the user wrote (a URL with a password).
-        message = store.redact_secrets("; ".join(f"{path}: {msg}" for path, msg in problems))
+        message = store.redact_secrets("; ".join(f"{path}: {msg}" for path, msg in error.problems))
         result.invalid = message
         old = body.get("status") or {}
         if old.get("reason") != "InvalidSpec" or old.get("message") != message:
@@ -312,6 +358,139 @@ class Reconciler:
                 generation=meta.get("generation"), now=self.clock(),
             )
             self.cluster.patch_sweep_status(meta.get("namespace") or "", meta["name"], status)
+        return result
+
+    # --- what the cluster holds (orchestrator.operator.capacity) ----------------------------
+    def _sweep_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        try:
+            return self.cluster.sweep_pods(namespace, name)
+        except KubeError as error:
+            if error.transient:
+                raise
+            log.warning("cannot read the pods of sweep %s/%s: %s", namespace, name, error)
+            return []
+
+    def _capacity(
+        self,
+        sweep: Sweep,
+        config: ExecutionConfig,
+        active: frozenset[tuple[str, int]],
+        pods: list[dict[str, Any]],
+    ) -> tuple[Capacity, Capacity]:
+        """(the capacity the sweep may use, what is held outside its active attempts).
+
+        `execution.capacity` set: that, less the GPUs of this sweep's finished trials whose
+        RayClusters KubeRay still keeps (ttlSecondsAfterFinished). Unset: the allocatable
+        GPUs of the nodes the sweep's pods fit, less what every other non-terminal pod
+        requests and what is on nodes not usable now (NotReady, cordoned); unbounded when
+        the nodes cannot be read (no RBAC for them) or no node the pods fit has a GPU (a
+        node pool that scales from zero: `UNBOUNDED`). With `execution.queueName` and no
+        capacity, unbounded too: Kueue's ClusterQueue quota decides, and `parallelism`
+        bounds what Ladder hands to the queue."""
+        if config.capacity is None and config.queue_name is None:
+            pool = self._cluster_pool(sweep, config, active)
+            if pool is not None and pool.total > 0:
+                return (Capacity(gpus=pool.total, cpus=UNBOUNDED.cpus),
+                        Capacity(gpus=pool.unavailable, cpus=0))
+        held = held_gpus(pods, sweep.namespace, sweep.name, active)
+        return sweep_capacity(config), Capacity(gpus=held, cpus=0)
+
+    def _cluster_pool(
+        self, sweep: Sweep, config: ExecutionConfig, active: frozenset[tuple[str, int]]
+    ) -> GpuPool | None:
+        try:
+            nodes = self.cluster.list_nodes()
+            pods = self.cluster.active_pods() if nodes else []
+        except KubeError as error:
+            if error.transient:
+                raise
+            if not self._nodes_refused:
+                log.warning("cannot read nodes and pods to size the cluster (%s); sweeps "
+                            "without execution.capacity are bounded by parallelism only",
+                            error)
+                self._nodes_refused = True
+            return None
+        return cluster_gpus(nodes, pods, sweep.namespace, sweep.name, active,
+                            node_selector=config.node_selector, tolerations=config.tolerations)
+
+    def _requeue_unschedulable(
+        self,
+        body: Mapping[str, Any],
+        sweep: Sweep,
+        config: ExecutionConfig,
+        trials: Mapping[str, Trial],
+        rayjobs: dict[tuple[str, int], dict[str, Any]],
+        pods: list[dict[str, Any]],
+        result: PassResult,
+    ) -> None:
+        """Requeue each live attempt one of whose pods the scheduler has refused for
+        `execution.unschedulableTimeoutSeconds`: the RayJob goes first (as for a stall),
+        then the attempt is recorded cancelled with the scheduler's message, so the lane
+        runs the trial again as a new attempt, once the capacity is there (no failure)."""
+        namespace, name = sweep.namespace, sweep.name
+        by_attempt: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for pod in pods:
+            key = own_attempt(pod, namespace, name)
+            if key is not None:
+                by_attempt.setdefault(key, []).append(pod)
+        if not by_attempt:
+            return
+        with self.sessions() as session:
+            live = {(r.trial_id, r.attempt) for r in store.attempts(session, namespace, name)
+                    if not TrialState(r.status).is_terminal}
+        for key in sorted(live & by_attempt.keys() & rayjobs.keys()):
+            why = unschedulable_reason(by_attempt[key], self.clock(),
+                                       config.unschedulable_timeout_seconds)
+            if why is None or key[0] not in trials:
+                continue
+            job_name = rayjobs.pop(key)["metadata"]["name"]
+            reason = f"requeued: {why}"
+            log.warning("trial %s attempt %d (RayJob %s/%s): %s", key[0], key[1], namespace,
+                        job_name, reason)
+            if self.cluster.delete_rayjob(namespace, job_name):
+                result.deleted.append(job_name)
+            trial = trials[key[0]]
+            self._settle(body, sweep, trial, key, TrialState.CANCELLED, None, reason, result)
+            if result.settled[key] is TrialState.CANCELLED:
+                self.cluster.event(body, WARNING, "TrialUnschedulable",
+                                   f"Trial {_describe(trial)} attempt {key[1]} {reason} "
+                                   f"(RayJob {job_name} deleted; it runs again when the "
+                                   f"capacity is there)")
+
+    def _failed_pass(self, body: Mapping[str, Any], error: Exception) -> PassResult:
+        """A pass that raised (a bug, or a spec the model let through that the cluster or the
+        store refuses): the Sweep says so in its conditions and an Event, once per message,
+        and the controller carries on with the other Sweeps. The next pass tries again."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+        text = " ".join(str(error).split())[:ERROR_MESSAGE_CHARS]
+        message = store.redact_secrets(f"{type(error).__name__}: {text}")
+        log.error("pass over sweep %s/%s failed: %s", namespace, name, message,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        result = PassResult(error=message)
+        try:
+            old = body.get("status") or {}
+            if old.get("reason") != RECONCILE_ERROR or old.get("message") != message:
+                self.cluster.event(body, WARNING, RECONCILE_ERROR, message)
+                generation = meta.get("generation")
+                status: dict[str, Any] = {"reason": RECONCILE_ERROR, "message": message}
+                status["conditions"] = merge_conditions(
+                    old.get("conditions"),
+                    [{"type": "Ready", "status": "False", "reason": RECONCILE_ERROR,
+                      "message": message},
+                     {"type": "Progressing", "status": "False", "reason": RECONCILE_ERROR,
+                      "message": message}],
+                    generation=generation, now=self.clock(),
+                )
+                self.cluster.patch_sweep_status(namespace, name, status)
+            if meta.get("deletionTimestamp"):
+                # Deleting: the RayJobs go anyway (the store keeps the results).
+                for rayjob in self.cluster.list_rayjobs(namespace, name):
+                    self.cluster.delete_rayjob(namespace, rayjob["metadata"]["name"])
+                result.remaining_rayjobs = len(self.cluster.list_rayjobs(namespace, name))
+        except Exception as second:  # reporting must not turn into a crash loop either
+            log.warning("cannot report the failed pass over sweep %s/%s: %s", namespace, name,
+                        store.redact_secrets(str(second)))
         return result
 
     # --- observe ---------------------------------------------------------------------------
@@ -361,7 +540,8 @@ class Reconciler:
             outcome = outcome_from_rayjob(rayjob, budget_set=budget_set)
             if outcome is not None and outcome[0] in (TrialState.FAILED, TrialState.OOM):
                 outcome = outcome_from_rayjob(
-                    rayjob, self._pods(namespace, rayjob), budget_set=budget_set
+                    rayjob, self._pods(namespace, rayjob), budget_set=budget_set,
+                    events=self._cluster_events(namespace, rayjob),
                 )
             if outcome is None:
                 live = running_state(rayjob)
@@ -415,6 +595,17 @@ class Reconciler:
             return self.cluster.cluster_pods(namespace, cluster)
         except KubeError as error:
             log.warning("cannot read pods of RayCluster %s: %s", cluster, error)
+            return []
+
+    def _cluster_events(self, namespace: str, rayjob: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """KubeRay's Events on the job's RayCluster (an OOMKilled pod it deleted)."""
+        cluster = cluster_name(rayjob)
+        if not cluster:
+            return []
+        try:
+            return self.cluster.cluster_events(namespace, cluster)
+        except KubeError as error:
+            log.warning("cannot read events of RayCluster %s: %s", cluster, error)
             return []
 
     def _settle(

@@ -18,6 +18,7 @@ import yaml
 
 from orchestrator.core.grid import expand, trial_spec
 from orchestrator.core.spec import load_sweep_text
+from orchestrator.operator.capacity import cluster_gpus
 from orchestrator.operator.manifests import (
     ExecutionConfig,
     SecretRef,
@@ -68,10 +69,13 @@ NAMESPACED_RULES = {
     *(("", "pods", v) for v in ("get", "list", "watch")),
     ("", "events", "create"),
     ("", "events", "patch"),
+    ("", "events", "list"),
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 # Kopf serving named namespaces lists them (names only); refused, it stalls about a minute.
 NAMESPACE_RULES = {("", "namespaces", v) for v in ("list", "watch")}
+# rbac.readNodes: sizing Sweeps without execution.capacity from the cluster, read only.
+NODE_RULES = {("", "nodes", "list"), ("", "pods", "list")}
 
 
 def _rules(role: Mapping[str, Any]) -> set[tuple[str, ...]]:
@@ -299,7 +303,13 @@ def _assert_least_privilege(rules: set[tuple[str, ...]], where: str) -> None:
     for rule in rules:
         group, resource, verb = rule[:3]
         assert "*" not in (group, resource, verb), where
-        assert resource not in ("secrets", "configmaps", "namespaces", "nodes",
+        if resource == "nodes":
+            assert verb == "list", f"{where}: {rule}"
+            continue
+        if resource == "namespaces":  # Kopf's observation of watchNamespaces: names, read only
+            assert verb in ("list", "watch"), f"{where}: {rule}"
+            continue
+        assert resource not in ("secrets", "configmaps", "namespaces",
                                 "serviceaccounts", "roles", "rolebindings", "clusterroles",
                                 "clusterrolebindings"), f"{where}: {rule}"
         assert not resource.startswith("pods/"), f"{where}: {rule}"  # exec, attach, ...
@@ -313,7 +323,7 @@ def test_cluster_wide_rbac_is_exactly_the_list() -> None:
     assert not by_kind(objects, "Role") and not by_kind(objects, "RoleBinding")
     role = one(objects, "ClusterRole", "ladder-controller")
     rules = _rules(role)
-    assert rules == NAMESPACED_RULES | CRD_RULES
+    assert rules == NAMESPACED_RULES | CRD_RULES | NODE_RULES
     _assert_least_privilege(rules, "ClusterRole")
     binding = one(objects, "ClusterRoleBinding", "ladder-controller")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
@@ -336,8 +346,9 @@ def test_watch_namespaces_rbac_and_args() -> None:
         assert binding["roleRef"]["kind"] == "Role"
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ladder-controller",
                                         "namespace": "ladder"}]
-    # Cluster scope keeps only Kopf's CRD and namespace observation.
-    assert _rules(one(objects, "ClusterRole")) == CRD_RULES | NAMESPACE_RULES
+    # Cluster scope keeps only Kopf's CRD and namespace observation and reading nodes and pods.
+    assert _rules(one(objects, "ClusterRole")) == CRD_RULES | NAMESPACE_RULES | NODE_RULES
+    _assert_least_privilege(CRD_RULES | NAMESPACE_RULES | NODE_RULES, "ClusterRole")
     args = _controller(objects)["args"]
     assert [a for a in args if a.startswith("--namespace")] == [
         "--namespace=team-a", "--namespace=team-b"]
@@ -345,8 +356,10 @@ def test_watch_namespaces_rbac_and_args() -> None:
     selector = one(pod_monitor, "PodMonitor")["spec"]["namespaceSelector"]
     assert selector == {"matchNames": ["team-a", "team-b"]}
     # Without CRD observation, nothing cluster-scoped at all.
+    no_nodes = render({**WATCH_NAMESPACES, "rbac": {"readNodes": False}})
+    assert _rules(one(no_nodes, "ClusterRole")) == CRD_RULES | NAMESPACE_RULES
     narrow = render({**WATCH_NAMESPACES, "rbac": {"watchCustomResourceDefinitions": False,
-                                                  "listNamespaces": False}})
+                                                  "readNodes": False, "listNamespaces": False}})
     assert not by_kind(narrow, "ClusterRole") and not by_kind(narrow, "ClusterRoleBinding")
 
 
@@ -358,7 +371,7 @@ def test_peering() -> None:
     assert "--peering=ladder" in _controller(objects)["args"]
     peering = one(objects, "ClusterKopfPeering", "ladder")
     assert peering["apiVersion"] == "kopf.dev/v1"
-    assert _rules(one(objects, "ClusterRole")) == NAMESPACED_RULES | CRD_RULES | {
+    assert _rules(one(objects, "ClusterRole")) == NAMESPACED_RULES | CRD_RULES | NODE_RULES | {
         ("kopf.dev", "clusterkopfpeerings", "list"),
         ("kopf.dev", "clusterkopfpeerings", "watch"),
         ("kopf.dev", "clusterkopfpeerings", "get", "ladder"),
@@ -465,7 +478,7 @@ def test_default_execution_is_what_the_controller_reads() -> None:
     config = ExecutionConfig.model_validate(defaults)
     assert config.image == "ghcr.io/ladder-dev/ladder-worker:0.1.0"
     assert config.cluster_selector is None
-    assert config.capacity == {"gpus": 8}
+    assert config.capacity is None  # from the nodes (rbac.readNodes)
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(schema["properties"]["execution"]["properties"]) <= _execution_keys()
 
@@ -508,7 +521,17 @@ def test_default_execution_runs_the_paper_grid_on_two_nodes_of_4_gpus() -> None:
         cpu = 4 * quantity(str(limits["cpu"])) + quantity(str(head["limits"]["cpu"]))
         memory = 4 * quantity(limits["memory"]) + quantity(head["limits"]["memory"])
         assert cpu <= node["cpu"] and memory <= node["memory"]
-    assert config.capacity == {"gpus": 2 * node["gpus"]}
+    # No capacity: the controller sizes the sweep from the nodes trial pods may land on,
+    # here two nodes of 4 GPUs as NVIDIA's GPU feature discovery labels and taints them.
+    assert config.capacity is None
+    gpu_nodes = [{
+        "metadata": {"name": f"gpu-{i}", "labels": {"nvidia.com/gpu.present": "true"}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"nvidia.com/gpu": str(node["gpus"])}},
+    } for i in range(2)] + [{"metadata": {"name": "cpu"}, "status": {"allocatable": {}}}]
+    pool = cluster_gpus(gpu_nodes, [], "ladder", sweep.name, (),
+                        node_selector=config.node_selector, tolerations=config.tolerations)
+    assert pool.allocatable == 2 * node["gpus"]
 
 
 def test_cluster_selector_mode() -> None:

@@ -4,8 +4,9 @@ filesystem with /tmp writable, and no network (``--network none``: nothing here 
 
 Measured on two loaded cores: the first run builds the image cold (the local Debian base
 with mmdebstrap, 2.5-4.5 min, then the image, ~3 min); after a source change ~40 s (the
-dependencies' layer is kept); unchanged, a layer-cache hit (~15 s). The tests then take ~20 s. Skipped, with the reason, only where no container engine can run
-(see tests/images/images.py); LADDER_SKIP_IMAGES=1 skips them on purpose.
+dependencies' layer is kept); unchanged, a layer-cache hit (~15 s). The tests then take
+~20 s. Skipped, with the reason, only where no container engine can run (see
+tests/images/images.py); LADDER_SKIP_IMAGES=1 skips them on purpose.
 """
 
 from __future__ import annotations

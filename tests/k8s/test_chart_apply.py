@@ -97,6 +97,7 @@ ENOUGH = [
     ("list", "rayclusters.ray.io", None),
     ("list", "pods", None),
     ("create", "events", None),
+    ("list", "events", None),  # KubeRay's DeletedWorkerPod ... OOMKilled on a RayCluster
 ]
 # What it must not be able to do there.
 NOT_MORE = [
@@ -128,7 +129,9 @@ NEVER_CLUSTER = [
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),
     ("impersonate", "serviceaccounts"),
-    ("list", "nodes"),
+    ("get", "nodes"),
+    ("patch", "nodes"),
+    ("delete", "nodes"),
 ]
 
 
@@ -193,6 +196,9 @@ def test_chart_applies_cluster_wide_and_its_role_is_enough_and_no_more(
                 f"the controller may {verb} {resource}{'/' + sub if sub else ''} in {ns}")
     for verb, resource in NEVER_CLUSTER:
         assert not account.can(verb, resource, all_namespaces=True), f"{verb} {resource}"
+    # rbac.readNodes: sizing Sweeps without execution.capacity from the whole cluster.
+    assert account.can("list", "nodes", all_namespaces=True)
+    assert account.can("list", "pods", all_namespaces=True)
 
     # The same, authenticated for real with a token of that ServiceAccount: it creates the
     # 8-GPU RayJob of the paper grid under the chart's execution defaults (KubeRay's CRD
@@ -311,10 +317,17 @@ def test_chart_applies_for_watched_namespaces_only(
         assert set(data) == {"url"}
         assert base64.b64decode(data["url"]).startswith(b"postgresql+psycopg://")
     for verb, resource, sub in ENOUGH:
+        if (verb, resource) == ("list", "pods"):
+            continue  # rbac.readNodes (below)
         assert not account.can(verb, resource, namespace=elsewhere, subresource=sub), (
             f"the controller may {verb} {resource} outside its namespaces")
     assert not account.can("list", "sweeps.ladder.dev", all_namespaces=True)
-    assert not account.can("list", "pods", all_namespaces=True)
+    # rbac.readNodes (default): listing nodes and pods cluster-wide, to size Sweeps without
+    # execution.capacity from what the whole cluster holds; nothing more on pods elsewhere.
+    assert account.can("list", "nodes", all_namespaces=True)
+    assert account.can("list", "pods", all_namespaces=True)
+    assert not account.can("get", "pods", namespace=elsewhere)
+    assert not account.can("watch", "pods", all_namespaces=True)
     assert account.can("watch", "customresourcedefinitions.apiextensions.k8s.io")
     for verb, resource in NEVER_CLUSTER:
         assert not account.can(verb, resource, all_namespaces=True), f"{verb} {resource}"

@@ -24,14 +24,16 @@ k8s/rbac/controller.yaml holds the same rules for running the controller by hand
 - apiGroups: [ray.io]
   resources: [rayclusters]
   verbs: [get, list, watch]
-# Trial pods, read only: an OOMKilled container makes the trial an `oom/host`.
+# Trial pods, read only: an OOMKilled container makes the trial an `oom/host`; pods of
+# finished trials' clusters still hold GPUs; unschedulable pods get their trial requeued.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# Events on Sweeps (trial launches, outcomes, lane ceilings), the controller's and Kopf's.
+# Events on Sweeps (trial launches, outcomes, lane ceilings), the controller's and Kopf's;
+# list: KubeRay's Events on a trial's RayCluster (DeletedWorkerPod ... OOMKilled).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
 {{- if and .Values.controller.peering.enabled (not (include "ladder.clusterWide" .)) }}
 # Kopf peering in this namespace: watch the peering object, keep itself alive in it.
 - apiGroups: [kopf.dev]
@@ -48,6 +50,16 @@ k8s/rbac/controller.yaml holds the same rules for running the controller by hand
 Cluster-scoped permissions: Kopf's CRD and namespace observation, and cluster-wide peering.
 */}}
 {{- define "ladder.rbac.clusterRules" -}}
+{{- if .Values.rbac.readNodes }}
+# Capacity of a shared cluster (Sweeps without execution.capacity): the nodes' allocatable
+# nvidia.com/gpu, less what pods of every namespace already request. Read only.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+{{- end }}
 {{- if .Values.rbac.watchCustomResourceDefinitions }}
 # Kopf: notice CRDs (KubeRay's) installed or changed while it runs.
 - apiGroups: [apiextensions.k8s.io]

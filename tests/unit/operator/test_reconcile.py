@@ -16,6 +16,7 @@ import pytest
 from orchestrator import store
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.trial import TrialResult
+from orchestrator.operator.kube import KubeError
 from orchestrator.operator.manifests import (
     LABEL_SWEEP,
     SecretRef,
@@ -64,6 +65,9 @@ class FakeCluster:
         self.rayjobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.events: list[tuple[str, str, str]] = []
+        # Nodes as the API lists them; None: listing them is forbidden (no ClusterRole).
+        self.nodes: list[dict[str, Any]] | None = []
+        self.kuberay_events: list[dict[str, Any]] = []  # Events KubeRay posts on RayClusters
         self.status_patches = 0
         self.creates = 0
         self._rv = itertools.count(1)
@@ -114,6 +118,33 @@ class FakeCluster:
     def cluster_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pods.get((namespace, cluster), []))
 
+    def _all_pods(self) -> list[dict[str, Any]]:
+        out = []
+        for (namespace, _), pods in sorted(self.pods.items()):
+            for pod in pods:
+                pod = copy.deepcopy(pod)
+                pod.setdefault("metadata", {}).setdefault("namespace", namespace)
+                out.append(pod)
+        return out
+
+    def sweep_pods(self, namespace: str, sweep: str) -> list[dict[str, Any]]:
+        return [p for p in self._all_pods() if p["metadata"]["namespace"] == namespace
+                and (p["metadata"].get("labels") or {}).get(LABEL_SWEEP) == sweep]
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        if self.nodes is None:
+            raise KubeError("list nodes: 403 Forbidden", 403)
+        return copy.deepcopy(self.nodes)
+
+    def active_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self._all_pods()
+                if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+
+    def cluster_events(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(e) for e in self.kuberay_events
+                if e["involvedObject"]["name"] == cluster
+                and e["involvedObject"]["namespace"] == namespace]
+
     def patch_sweep_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         body = self.sweeps.get((namespace, name))
         if body is not None:
@@ -125,10 +156,48 @@ class FakeCluster:
 
     # what KubeRay would do
     def finish(self, name: str, job: str, deployment: str, message: str = "") -> None:
+        """The status KubeRay v1.6.2 leaves at the end (its counters; AppFailed)."""
         status = self.rayjobs[(NS, name)].setdefault("status", {})
         status.update({"jobStatus": job, "jobDeploymentStatus": deployment,
                        "message": message, "rayClusterName": f"{name}-abcde",
-                       "startTime": "2025-01-01T00:00:00Z"})
+                       "startTime": "2025-01-01T00:00:00Z", "jobId": name,
+                       "endTime": "2025-01-01T00:10:00Z",
+                       "succeeded": int(job == "SUCCEEDED"), "failed": int(job == "FAILED"),
+                       "dashboardURL": f"{name}-abcde-head-svc.{NS}.svc.cluster.local:8265"})
+        if deployment == "Failed":
+            status.setdefault("reason", "AppFailed")
+
+    def run_cluster(self, name: str, *, node: str | None = "n1",
+                    phase: str = "Running") -> str:
+        """What KubeRay does for a RayJob: a RayCluster `<rayjob>-abcde` whose head and
+        worker pods carry the templates' labels and resources (and `ray.io/*` labels)."""
+        job = self.rayjobs[(NS, name)]
+        cluster_name = f"{name}-abcde"
+        status = job.setdefault("status", {})
+        status.update({"jobDeploymentStatus": "Initializing", "rayClusterName": cluster_name,
+                       "jobId": name, "startTime": "2025-01-01T00:00:00Z",
+                       "rayClusterStatus": {"desiredGPU": "0"}})
+        spec = job["spec"]["rayClusterSpec"]
+        groups = [("head", spec["headGroupSpec"], 1)] + [
+            ("worker", g, g["replicas"]) for g in spec["workerGroupSpecs"]]
+        pods = []
+        for role, group, replicas in groups:
+            for index in range(replicas):
+                template = copy.deepcopy(group["template"])
+                labels = {**template["metadata"]["labels"], "ray.io/cluster": cluster_name,
+                          "ray.io/node-type": role}
+                pod_spec = template["spec"]
+                if node is not None:
+                    pod_spec["nodeName"] = node
+                pods.append({"metadata": {"name": f"{cluster_name}-{role}-{index}",
+                                          "namespace": NS, "labels": labels},
+                             "spec": pod_spec, "status": {"phase": phase}})
+        self.pods[(NS, cluster_name)] = pods
+        return cluster_name
+
+    def ttl_met(self, name: str) -> None:
+        """KubeRay deletes a finished job's RayCluster (and pods) once its TTL has passed."""
+        self.pods.pop((NS, f"{name}-abcde"), None)
 
     def jobs(self) -> list[str]:
         return sorted(name for _, name in self.rayjobs)
