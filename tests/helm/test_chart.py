@@ -72,6 +72,8 @@ NAMESPACED_RULES = {
     ("", "events", "list"),
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+# Kopf serving named namespaces lists them (names only); refused, it stalls about a minute.
+NAMESPACE_RULES = {("", "namespaces", v) for v in ("list", "watch")}
 # rbac.readNodes: sizing Sweeps without execution.capacity from the cluster, read only.
 NODE_RULES = {("", "nodes", "list"), ("", "pods", "list")}
 
@@ -304,6 +306,9 @@ def _assert_least_privilege(rules: set[tuple[str, ...]], where: str) -> None:
         if resource == "nodes":
             assert verb == "list", f"{where}: {rule}"
             continue
+        if resource == "namespaces":  # Kopf's observation of watchNamespaces: names, read only
+            assert verb in ("list", "watch"), f"{where}: {rule}"
+            continue
         assert resource not in ("secrets", "configmaps", "namespaces",
                                 "serviceaccounts", "roles", "rolebindings", "clusterroles",
                                 "clusterrolebindings"), f"{where}: {rule}"
@@ -341,9 +346,9 @@ def test_watch_namespaces_rbac_and_args() -> None:
         assert binding["roleRef"]["kind"] == "Role"
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ladder-controller",
                                         "namespace": "ladder"}]
-    # Cluster scope keeps only Kopf's CRD observation and reading nodes and pods.
-    assert _rules(one(objects, "ClusterRole")) == CRD_RULES | NODE_RULES
-    _assert_least_privilege(CRD_RULES | NODE_RULES, "ClusterRole")
+    # Cluster scope keeps only Kopf's CRD and namespace observation and reading nodes and pods.
+    assert _rules(one(objects, "ClusterRole")) == CRD_RULES | NAMESPACE_RULES | NODE_RULES
+    _assert_least_privilege(CRD_RULES | NAMESPACE_RULES | NODE_RULES, "ClusterRole")
     args = _controller(objects)["args"]
     assert [a for a in args if a.startswith("--namespace")] == [
         "--namespace=team-a", "--namespace=team-b"]
@@ -352,9 +357,9 @@ def test_watch_namespaces_rbac_and_args() -> None:
     assert selector == {"matchNames": ["team-a", "team-b"]}
     # Without CRD observation, nothing cluster-scoped at all.
     no_nodes = render({**WATCH_NAMESPACES, "rbac": {"readNodes": False}})
-    assert _rules(one(no_nodes, "ClusterRole")) == CRD_RULES
+    assert _rules(one(no_nodes, "ClusterRole")) == CRD_RULES | NAMESPACE_RULES
     narrow = render({**WATCH_NAMESPACES, "rbac": {"watchCustomResourceDefinitions": False,
-                                                  "readNodes": False}})
+                                                  "readNodes": False, "listNamespaces": False}})
     assert not by_kind(narrow, "ClusterRole") and not by_kind(narrow, "ClusterRoleBinding")
 
 

@@ -23,7 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 CONTROLLER = DOCKER / "controller.Dockerfile"
 WORKER = DOCKER / "worker.Dockerfile"
+# The stand-in Ray base docker/build.sh uses when no registry serves the real one.
+RAY_BASE = DOCKER / "ray-base.Dockerfile"
 DOCKERFILES = [CONTROLLER, WORKER]
+ALL_DOCKERFILES = [*DOCKERFILES, RAY_BASE]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VALUES = yaml.safe_load((ROOT / "helm" / "ladder" / "values.yaml").read_text())
 
@@ -104,7 +107,7 @@ def _hadolint() -> str | None:
     return str(local) if local.exists() else shutil.which("hadolint")
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
     hadolint = _hadolint()
     if hadolint is None:
@@ -149,12 +152,14 @@ def test_base_images_are_pinned(dockerfile: Path) -> None:
         image = instruction.args.split()[0]
         if "/" not in image and ":" not in image:
             continue  # an earlier stage's name
+        # Fully qualified (a registry host first): podman refuses short names.
+        assert "." in image.split("/")[0], f"{dockerfile.name}: {image}: name its registry"
         name, _, tag = image.rpartition(":")
         assert name and tag and tag != "latest", f"{dockerfile.name}: {image} is not pinned"
         assert re.search(r"\d+\.\d+\.\d+", tag), f"{dockerfile.name}: {image}: pin a patch version"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES, ids=lambda p: p.name)
 def test_runs_as_non_root(dockerfile: Path) -> None:
     users = [i.args for i in parse(dockerfile) if i.name == "USER"]
     assert users, f"{dockerfile.name} sets no USER"
@@ -211,9 +216,38 @@ def test_worker_image() -> None:
     for module in modules:
         assert (ROOT / module.replace(".", "/") / "__main__.py").exists(), module
     (base,) = [i.args.split()[0] for i in parse(WORKER) if i.name == "FROM"]
-    match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-gpu", base)
-    assert match, f"{base}: expected a rayproject/ray GPU image"
+    match = re.fullmatch(r"docker\.io/rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-cu(\d+)", base)
+    assert match, f"{base}: expected a rayproject/ray image of a pinned CUDA line (-cuXYZ)"
     assert match.group(1) == VALUES["execution"]["rayVersion"], (
         "the chart's execution.rayVersion must equal the worker image's Ray version")
     minimum = PYPROJECT["project"]["requires-python"].removeprefix(">=")
     assert (int(match.group(2)), int(match.group(3))) >= tuple(int(x) for x in minimum.split("."))
+    # The stand-in base has the same Ray version.
+    assert _arg(RAY_BASE, "RAY_VERSION") == match.group(1)
+
+
+def _arg(dockerfile: Path, name: str) -> str:
+    (value,) = [i.args.partition("=")[2] for i in parse(dockerfile)
+                if i.name == "ARG" and i.args.startswith(name + "=")]
+    return value
+
+
+def test_worker_image_pins_one_cuda_line_and_docs_state_its_driver_floor() -> None:
+    """torch, its wheel's CUDA and the Ray base's CUDA line agree, the build checks them, and
+    docs/install.md states the driver floor of that line (issue: torch resolved to a CUDA 13.2
+    build that needs R580+, unpinned)."""
+    torch_version, cuda = _arg(WORKER, "TORCH_VERSION"), _arg(WORKER, "TORCH_CUDA")
+    assert re.fullmatch(r"\d+\.\d+\.\d+", torch_version), torch_version
+    assert cuda.split(".")[0] == "12", "CUDA 12.x: drivers from R525 (R535/R550 LTS) run it"
+    (base,) = [i.args.split()[0] for i in parse(WORKER) if i.name == "FROM"]
+    assert base.endswith("-cu" + cuda.replace(".", "")), f"{base}: not the CUDA {cuda} line"
+    (run,) = [i.args for i in parse(WORKER) if i.name == "RUN"]
+    assert f'"torch=={torch_version}"' in run, "pip install must pin torch"
+    assert f'check-worker-image.py --torch "{torch_version}" --cuda "{cuda}"' in run
+    assert (DOCKER / "check-worker-image.py").is_file()
+    assert not _excluded("docker/check-worker-image.py")
+    install = (ROOT / "docs" / "install.md").read_text()
+    section = install[install.index("## GPU driver and CUDA"):]
+    section = section[: section.find("\n## ", 1)]
+    for fact in (f"torch {torch_version}", f"CUDA {cuda}", "R535", "R580"):
+        assert fact in section, f"docs/install.md, GPU driver and CUDA: state {fact!r}"

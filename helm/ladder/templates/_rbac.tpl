@@ -47,7 +47,7 @@ k8s/rbac/controller.yaml holds the same rules for running the controller by hand
 {{- end }}
 
 {{/*
-Cluster-scoped permissions: Kopf's CRD observation, and cluster-wide peering.
+Cluster-scoped permissions: Kopf's CRD and namespace observation, and cluster-wide peering.
 */}}
 {{- define "ladder.rbac.clusterRules" -}}
 {{- if .Values.rbac.readNodes }}
@@ -64,6 +64,14 @@ Cluster-scoped permissions: Kopf's CRD observation, and cluster-wide peering.
 # Kopf: notice CRDs (KubeRay's) installed or changed while it runs.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end }}
+{{- if and .Values.rbac.listNamespaces (not (include "ladder.clusterWide" .)) }}
+# Kopf, serving only watchNamespaces: it lists and watches namespaces (names only) to serve
+# them; refused, it retries for about a minute at every start before it falls back to the
+# names as given, and never notices a watched namespace created later.
+- apiGroups: [""]
+  resources: [namespaces]
   verbs: [list, watch]
 {{- end }}
 {{- if and .Values.controller.peering.enabled (include "ladder.clusterWide" .) }}
