@@ -88,6 +88,14 @@ class Precision(StrEnum):
     FP32 = "fp32"
 
 
+class SelectionLoss(StrEnum):
+    """Which evaluation loss picks the best epoch and drives the LR plateau."""
+
+    LABEL = "label"  # the authors': they evaluate with output_rationale=False (label loss only)
+    RATIONALE = "rationale"  # the `explain:` task's loss alone
+    DSS = "dss"  # a * label + (1 - a) * rationale, the training objective
+
+
 class ModelInit(StrEnum):
     """`pretrained` loads weights (local path or hub); `random` builds the architecture only."""
 
@@ -154,6 +162,12 @@ class Training(_Model):
     learning_rate: float = Field(5.0e-5, gt=0)
     batch_size: int = Field(8, ge=1, description="Total batch per optimizer step, all workers.")
     lr_plateau: LRPlateau = LRPlateau()
+    selection_loss: SelectionLoss = Field(
+        SelectionLoss.LABEL,
+        description="The evaluation loss that picks the best epoch and drives the LR plateau: "
+        "label (the authors' metric, comparable across dssAlpha), rationale or dss "
+        "(a * label + (1 - a) * rationale). All three are recorded every epoch.",
+    )
     precision: Precision = Precision.BF16
     tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
     target_modules: (
