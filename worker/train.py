@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.spec import Precision, SaveModel, SelectionLoss
+from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
 from orchestrator.core.trial import (
     EpochRecord,
     TrialResult,
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from worker.data.batching import EncodedExample
     from worker.generation import GenerationScore
     from worker.telemetry import Sampler, TrialTelemetry
-    from worker.tokenizer import TextTokenizer
+    from worker.tokenizer import Keep, TextTokenizer
 
 __all__ = ["LoopConfig", "dss_forward", "dss_loss", "run_trial", "train_loop_per_worker"]
 
@@ -175,8 +175,11 @@ def train(
     torch.manual_seed(trial.seed)  # every rank builds the same initial weights
     model, tokenizer, info = build_model(trial, device)
     host.check("building the model")
-    train_set = encode_examples(loop.train, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens)
-    eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens)
+    keep = input_keep(cfg.input_truncation)
+    train_set = encode_examples(loop.train, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
+                                keep_input=keep)
+    eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
+                               keep_input=keep)
     per_worker = cfg.per_worker_batch(world)  # examples per optimizer step on this worker
     per_pass = cfg.pass_batch(world)  # examples per forward/backward pass (micro-batch)
     optimizer = torch.optim.AdamW(
@@ -210,7 +213,8 @@ def train(
         for indices in shard(batches, rank, world):
             passes = [to_device(train_set, indices[i:i + per_pass], tokenizer, device)
                       for i in range(0, len(indices), per_pass)]
-            losses += train_step(accelerator, model, optimizer, passes, a)
+            losses += train_step(accelerator, model, optimizer, passes, a,
+                                 max_grad_norm=cfg.max_grad_norm)
             steps, examples = steps + 1, examples + len(indices)
         totals = torch.cat([losses, losses.new_tensor([steps, examples])])
         loss_sum, label_sum, rationale_sum, steps, examples = accelerator.reduce(
@@ -251,7 +255,7 @@ def train(
 
 def train_step(
     accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
-    passes: Sequence[Mapping[str, Tensor]], a: float,
+    passes: Sequence[Mapping[str, Tensor]], a: float, *, max_grad_norm: float | None = None,
 ) -> Tensor:
     """One optimizer step over a worker's batch, run as one or more forward/backward passes
     (micro-batches). Each task's loss is a mean over target tokens, so a pass's loss is
@@ -283,9 +287,22 @@ def train_step(
             accelerator.backward(loss)
         rationale = rationale_loss if rationale_loss is not None else torch.zeros_like(loss)
         losses += torch.stack([loss, label_loss, rationale]).detach().float()
+    clip_gradients(accelerator, model, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return losses
+
+
+def clip_gradients(accelerator: Accelerator, model: nn.Module, max_norm: float | None) -> None:
+    """training.maxGradNorm: scale the gradients so their total L2 norm (over all workers,
+    after DDP's all-reduce) is at most `max_norm`, as the HF Trainer does; None: no clipping."""
+    if max_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def input_keep(truncation: InputTruncation) -> Keep:
+    """training.inputTruncation as the tokenizer's `keep`: keep-end keeps the tail."""
+    return "tail" if truncation is InputTruncation.KEEP_END else "head"
 
 
 def to_device(

@@ -96,6 +96,13 @@ class SelectionLoss(StrEnum):
     DSS = "dss"  # a * label + (1 - a) * rationale, the training objective
 
 
+class InputTruncation(StrEnum):
+    """Which part of an over-long input is kept (the task prefix is always kept)."""
+
+    KEEP_END = "keep-end"  # Ladder's: the question comes last in the prompt
+    KEEP_START = "keep-start"  # the authors' (tokenizer default, truncation side right)
+
+
 class ModelInit(StrEnum):
     """`pretrained` loads weights (local path or hub); `random` builds the architecture only."""
 
@@ -181,6 +188,17 @@ class Training(_Model):
     max_input_tokens: int = Field(1400, ge=8)
     max_output_tokens: int = Field(1024, ge=8)
     weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(
+        None, gt=0,
+        description="Clip the gradients' total L2 norm to this before each optimizer step "
+        "(the authors' HF Trainer: 1.0). Unset: no clipping.",
+    )
+    input_truncation: InputTruncation = Field(
+        InputTruncation.KEEP_END,
+        description="What an input longer than maxInputTokens keeps: keep-end (the question, "
+        "which comes last) or keep-start (the authors' tokenizer default). Targets always "
+        "keep their start.",
+    )
     init: ModelInit = ModelInit.PRETRAINED
     tokenizer: str | None = Field(
         None,
