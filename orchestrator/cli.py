@@ -128,10 +128,15 @@ def _spec_error(error: SpecError, what: str = "invalid Sweep") -> NoReturn:
 
 
 def _load(file: Path) -> Sweep:
+    """The Sweep in FILE, checked as the controller checks it (`spec.execution` included)."""
+    from orchestrator.operator.manifests import checked_execution_config
+
     try:
-        return load_sweep(file)
+        sweep = load_sweep(file)
+        checked_execution_config(sweep)
     except SpecError as error:
-        _spec_error(error)
+        _spec_error(error if error.source == str(file) else SpecError(str(file), error.problems))
+    return sweep
 
 
 def _open_store(url: str):
@@ -189,19 +194,33 @@ def plan_command(
         table = Table(show_edge=False)
         for column in ("trial id", "lane", "model", "workers", "GPUs", "CPUs"):
             table.add_column(column)
-        for trial in grid.all_trials():
+        every = grid.all_trials()
+        for trial in every[:PLAN_TABLE_ROWS]:
             shape = trial.resources
             table.add_row(trial.trial_id, trial.lane.name, trial.model, str(shape.workers),
                           str(shape.gpus), str(shape.cpus))
         console.print(table)
+        _more(len(every), "trials")
         return
     table = Table(show_edge=False)
     for column in ("#", "lane", "method", "rank", "alpha", "dss a", "seed"):
         table.add_column(column)
-    for lane in grid.lanes:
+    for lane in grid.lanes[:PLAN_TABLE_ROWS]:
         table.add_row(str(lane.index), lane.name, lane.method.value, str(lane.rank or "-"),
                       str(lane.alpha or "-"), f"{lane.dss_alpha:g}", str(lane.seed))
     console.print(table)
+    _more(len(grid.lanes), "lanes")
+
+
+# A terminal table of a grid at the maxTrials ceiling (25,000 lanes, 100,000 trials) takes
+# rich minutes to lay out; past this many rows `plan` says how many more there are.
+PLAN_TABLE_ROWS = 500
+
+
+def _more(total: int, what: str) -> None:
+    if total > PLAN_TABLE_ROWS:
+        console.print(f"… and {total - PLAN_TABLE_ROWS} more {what} "
+                      "(`ladder plan --json` lists every lane and trial)")
 
 
 @contextmanager

@@ -16,6 +16,8 @@ from pydantic.alias_generators import to_camel
 
 from orchestrator.core.spec import (
     API_VERSION,
+    BUILTIN_DATASETS,
+    BUILTIN_PREFIX,
     KIND,
     MAX_LIST,
     MAX_SWEEP_NAME,
@@ -128,6 +130,15 @@ TARGET_MODULES_BOUNDS: dict[str, Any] = {
     "maxItems": MAX_LIST,
     "items": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
 }
+# `Dataset._known_builtin`: a `builtin:` source must name a generator the worker has.
+DATASET_RULE = {
+    "rule": f"!has(self.source) || !self.source.startsWith('{BUILTIN_PREFIX}') || "
+    f"self.source in "
+    f"{[BUILTIN_PREFIX + name for name in BUILTIN_DATASETS]}",
+    "message": "unknown built-in dataset (known: "
+    + ", ".join(BUILTIN_PREFIX + name for name in BUILTIN_DATASETS) + ")",
+    "fieldPath": ".source",
+}
 ROOT_RULES = [
     {
         "rule": f"size(self.metadata.name) <= {MAX_SWEEP_NAME}",
@@ -216,6 +227,7 @@ def spec_schema() -> dict[str, Any]:
     # Axis values must not repeat (`Axes._unique_values`): a set-typed list says exactly that.
     for axis in schema["properties"]["axes"]["properties"].values():
         axis["x-kubernetes-list-type"] = "set"
+    schema["properties"]["dataset"]["x-kubernetes-validations"] = [DATASET_RULE]
     training = schema["properties"]["training"]["properties"]
     training["targetModules"].update(TARGET_MODULES_BOUNDS)
     # Bound the overrides map, or the apiserver refuses the CEL rule that walks it as too
@@ -240,6 +252,8 @@ STATUS_SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         },
+        # Lanes left out of `lanes` (at most plan.MAX_STATUS_LANES are listed).
+        "lanesOmitted": {"type": "integer"},
         "conditions": {
             "type": "array",
             "x-kubernetes-list-type": "map",

@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator.core.catalog import T5Architecture, architecture
 from orchestrator.core.lifecycle import Method
-from orchestrator.core.spec import Precision
+from orchestrator.core.spec import INT64_MAX, Precision
 
 if TYPE_CHECKING:
     from orchestrator.core.grid import Trial
@@ -395,7 +395,9 @@ def estimated_bytes(spec: SweepSpec, trial: Trial) -> int | None:
     """Peak bytes per device the estimator expects of a trial, stored with every attempt so
     that reports can set it against the measured peak."""
     estimate = estimate_trial(spec, trial)
-    return None if estimate is None else estimate.total_bytes
+    # Stored as a BIGINT: an estimate past int64 (a spec of 2**31 tokens) is "more than any
+    # device", and says so at the column's ceiling.
+    return None if estimate is None else min(int(estimate.total_bytes), INT64_MAX)
 
 
 def predicted_oom_fn(

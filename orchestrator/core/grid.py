@@ -9,6 +9,7 @@ idempotent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from orchestrator.core.spec import Axes, ResourceShape, Sweep, Training
 from orchestrator.core.trial import TrialSpec
 
 TRIAL_ID_LENGTH = 10
+LONG_TRIAL_ID_LENGTH = 16  # the store's trial_id column holds 16 characters
 # Axes that override a field of `training`; dssAlpha and seed are trial fields of their own.
 _TRAINING_AXES = ("learning_rate", "batch_size", "lora_dropout")
 _AXIS_TAGS = {"learning_rate": "lr", "batch_size": "bs", "lora_dropout": "do"}
@@ -71,8 +73,14 @@ class Grid:
         raise KeyError(trial_id)
 
 
+@functools.lru_cache(maxsize=4096)  # a grid has at most 5 x 32 distinct axis values
 def _format_number(value: float) -> str:
-    return f"{value:g}"
+    """`value` in the fewest characters that read back as exactly `value`: `{:g}` (six
+    significant digits, the names of existing sweeps) when it round-trips, else `repr`, so two
+    different values never share a name (lane names, and so trial ids, are injective)."""
+    value = value + 0.0  # -0.0 is 0.0 (the axes refuse both as a repeat)
+    text = f"{value:g}"
+    return text if float(text) == value else repr(value)
 
 
 def lane_name(
@@ -89,9 +97,25 @@ def lane_name(
     return "-".join(parts)
 
 
-def trial_id(sweep: Sweep, lane: str, model: str) -> str:
+def trial_id(sweep: Sweep, lane: str, model: str, length: int = TRIAL_ID_LENGTH) -> str:
     digest = hashlib.sha256(f"{sweep.namespace}/{sweep.name}/{lane}/{model}".encode())
-    return digest.hexdigest()[:TRIAL_ID_LENGTH]
+    return digest.hexdigest()[:length]
+
+
+def _unique_ids(sweep: Sweep, keys: list[tuple[str, str]]) -> list[str]:
+    """The trial ids of (lane, model) pairs, in order. 40 bits collide with a chance of about
+    one in 200 in a grid of MAX_TRIALS: a later pair whose id is taken gets the longer
+    `LONG_TRIAL_ID_LENGTH` form, so ids stay unique and deterministic (ids that never
+    collide, all of them in practice, keep the short form)."""
+    ids: list[str] = []
+    taken: set[str] = set()
+    for lane, model in keys:
+        found = trial_id(sweep, lane, model)
+        if found in taken:
+            found = trial_id(sweep, lane, model, LONG_TRIAL_ID_LENGTH)
+        taken.add(found)
+        ids.append(found)
+    return ids
 
 
 def _axes_points(axes: Axes) -> list[dict[str, Any]]:
@@ -125,14 +149,19 @@ def expand(sweep: Sweep) -> Grid:
                     training_overrides=overrides,
                 )
             )
+    names = {lane.name for lane in lanes}
+    if len(names) != len(lanes):  # _format_number is injective; this guards the invariant
+        raise ValueError("two lanes of the grid have the same name")
+    shapes = [spec.resources.for_model(model) for model in spec.ladder]
+    ids = iter(_unique_ids(sweep, [(lane.name, model) for lane in lanes for model in spec.ladder]))
     trials = {
         lane.name: tuple(
             Trial(
-                trial_id=trial_id(sweep, lane.name, model),
+                trial_id=next(ids),
                 lane=lane,
                 model=model,
                 model_index=index,
-                resources=spec.resources.for_model(model),
+                resources=shapes[index],
             )
             for index, model in enumerate(spec.ladder)
         )

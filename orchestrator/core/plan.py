@@ -410,6 +410,22 @@ def _condition(
     return "TrialsRunning", (f"{progress}, {active} running, {ooms} out of memory{best_text}.")
 
 
+# A Sweep's status is stored in etcd with the object (1.5 MiB in all): a lane takes about 120
+# bytes there, so a grid at the maxTrials ceiling (25,000 lanes) would not fit. The status
+# lists at most this many lanes: those that have started (in lane order), then pending ones;
+# `lanesOmitted` counts the rest (the store has every trial, `ladder status` shows them).
+MAX_STATUS_LANES = 1000
+
+
+def _status_lanes(lanes: Sequence[LaneStatus]) -> Sequence[LaneStatus]:
+    if len(lanes) <= MAX_STATUS_LANES:
+        return lanes
+    started = [lane for lane in lanes if lane.state is not LaneState.PENDING]
+    pending = [lane for lane in lanes if lane.state is LaneState.PENDING]
+    chosen = {id(lane) for lane in (started + pending)[:MAX_STATUS_LANES]}
+    return [lane for lane in lanes if id(lane) in chosen]
+
+
 def status_dict(status: SweepStatus, *, observed_generation: int | None = None) -> dict[str, Any]:
     """The status as the Sweep CR stores it: camelCase, JSON-ready, nulls kept (they clear
     stale values under a merge patch)."""
@@ -433,6 +449,7 @@ def status_dict(status: SweepStatus, *, observed_generation: int | None = None) 
             "evalLoss": status.best.eval_loss,
         }
     )
+    shown = _status_lanes(status.lanes)
     body["lanes"] = [
         {
             "name": lane.name,
@@ -441,8 +458,10 @@ def status_dict(status: SweepStatus, *, observed_generation: int | None = None) 
             "stoppedAt": lane.stopped_at_model,
             "oomKind": lane.oom_kind.value if lane.oom_kind is not None else None,
         }
-        for lane in status.lanes
+        for lane in shown
     ]
+    # Present only when lanes were left out (a null clears it under a merge patch).
+    body["lanesOmitted"] = len(status.lanes) - len(shown) or None
     body["reason"] = status.reason
     body["message"] = status.message
     return body

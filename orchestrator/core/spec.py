@@ -13,12 +13,13 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import date
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +30,12 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core.lifecycle import Method
+from orchestrator.core.manifest_yaml import (
+    MAX_DEPTH,
+    ManifestError,
+    load_documents,
+    read_manifest_file,
+)
 
 API_VERSION = "ladder.dev/v1alpha1"
 KIND = "Sweep"
@@ -41,10 +48,33 @@ MAX_LIST = 32
 # Free-text strings are bounded: a model id or path, a dataset source, a tokenizer.
 MAX_TEXT = 256
 MAX_SOURCE = 1024
+# Names are matched whole (`fullmatch`, and `$` in the CRD's RE2 is the end of the text), so a
+# trailing newline is refused as the apiserver refuses it.
 SWEEP_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAMESPACE = 63
 # Exactly the suffixes `parse_quantity` knows (no milli-bytes), so the CRD's pattern, which is
-# this regex, accepts what the model accepts and nothing else.
-QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|[kKMGTPE])?$")
+# this regex, accepts what the model accepts and nothing else. The number must have a non-zero
+# digit: a budget of zero bytes is no budget (fractions round up to whole bytes).
+QUANTITY_RE = re.compile(
+    r"^((?:[0-9]*[1-9][0-9]*(?:\.[0-9]+)?)|(?:[0-9]+\.[0-9]*[1-9][0-9]*))"
+    r"(Ki|Mi|Gi|Ti|Pi|Ei|[kKMGTPE])?$"
+)
+# The ceiling of `maxTrials` (and so of a grid): the controller expands the grid of every
+# Sweep; at this size `expand` and `plan` take seconds and tens of MB (docs/benchmarks.md,
+# section 6).
+MAX_TRIALS = 100_000
+# Integer bounds of what stores and runs a value: the store's INTEGER columns (rank, alpha,
+# attempt, epoch) and Kubernetes' int32 fields (replicas) take int32; seeds are stored as
+# BIGINT and passed to torch.manual_seed (int64 plus the rank stays in its range).
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+# PostgreSQL cannot store NUL in text or JSONB; the CRD refuses it in the model's strings.
+NO_NUL_PATTERN = "^[^\\x00]*$"
+# Sources of this form name a generated dataset: the worker's `worker.data.builtin.BUILTINS`
+# (a test ties the two lists; the core does not import the worker).
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DATASETS = ("querydsl",)
 _QUANTITY_FACTORS = {
     None: 1,
     "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -53,13 +83,18 @@ _QUANTITY_FACTORS = {
 
 
 def parse_quantity(text: str | int) -> int:
-    """A Kubernetes memory quantity ("24Gi", "512Mi", "2G", "1048576") in bytes."""
+    """A Kubernetes memory quantity ("24Gi", "512Mi", "2G", "1048576") in whole bytes, at
+    least one (fractions round up, as Kubernetes rounds them)."""
     if isinstance(text, int):
         return text
-    match = QUANTITY_RE.match(text.strip())
+    match = QUANTITY_RE.fullmatch(text)
     if match is None or match.group(2) not in _QUANTITY_FACTORS:
-        raise ValueError(f"{text!r} is not a memory quantity such as '24Gi', '512Mi' or '2G'")
-    return int(float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)])
+        raise ValueError(
+            f"{text!r} is not a memory quantity of at least one byte such as '24Gi', '512Mi' "
+            "or '2G'"
+        )
+    exact = Decimal(match.group(1)) * _QUANTITY_FACTORS[match.group(2)]
+    return int(exact.to_integral_value(rounding="ROUND_CEILING"))
 
 
 class FieldError(ValueError):
@@ -138,7 +173,18 @@ class SaveModel(StrEnum):
         return self is SaveModel.FINAL and epoch == epochs
 
 
-PositiveInt = Annotated[int, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0, le=INT32_MAX)]
+
+
+def _int64(value: int) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{value} is beyond a 64-bit integer")
+    return value
+
+
+# A validator, not `Field(ge=, le=)`: the apiserver refuses a CRD whose bounds are +-2**63
+# (they do not survive its float64 reading), and an `integer` there is an int64 already.
+Seed = Annotated[int, AfterValidator(_int64)]
 
 
 class AdapterSet(_Model):
@@ -159,15 +205,17 @@ class LRPlateau(_Model):
     """ReduceLROnPlateau on the evaluation loss."""
 
     factor: float = Field(0.1, gt=0, lt=1)
-    patience: int = Field(10, ge=0)
+    patience: int = Field(10, ge=0, le=INT32_MAX)
 
 
 class Training(_Model):
     """The recipe of every trial. Defaults are the paper's (docs/paper.md, "Training recipe")."""
 
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(100, ge=1, le=INT32_MAX)
     learning_rate: float = Field(5.0e-5, gt=0)
-    batch_size: int = Field(8, ge=1, description="Total batch per optimizer step, all workers.")
+    batch_size: int = Field(
+        8, ge=1, le=INT32_MAX, description="Total batch per optimizer step, all workers."
+    )
     lr_plateau: LRPlateau = LRPlateau()
     selection_loss: SelectionLoss = Field(
         SelectionLoss.LABEL,
@@ -185,8 +233,8 @@ class Training(_Model):
         ]
     ) = "all-linear"
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    max_input_tokens: int = Field(1400, ge=8)
-    max_output_tokens: int = Field(1024, ge=8)
+    max_input_tokens: int = Field(1400, ge=8, le=INT32_MAX)
+    max_output_tokens: int = Field(1024, ge=8, le=INT32_MAX)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(
         None, gt=0,
@@ -204,20 +252,23 @@ class Training(_Model):
         None,
         min_length=1,
         max_length=MAX_TEXT,
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
         description="Tokenizer path or id; default: the model's own, 'byte' for random init.",
     )
     gradient_checkpointing: bool = False
     micro_batch_size: int | None = Field(
-        None, ge=1,
+        None, ge=1, le=INT32_MAX,
         description="Examples per forward/backward pass on a worker: its share of batchSize "
         "is split into passes of this size whose gradients add up before one optimizer step "
         "(the same total batch with the memory of the smaller pass). Unset: one pass.",
     )
     generate_every: int = Field(
-        0, ge=0, description="Greedy-generation metrics every k epochs; 0: only after the last."
+        0, ge=0, le=INT32_MAX,
+        description="Greedy-generation metrics every k epochs; 0: only after the last.",
     )
     generate_limit: int | None = Field(
-        None, ge=1, description="Evaluate generation on at most this many eval examples."
+        None, ge=1, le=INT32_MAX,
+        description="Evaluate generation on at most this many eval examples.",
     )
     save_model: SaveModel = Field(
         SaveModel.NONE,
@@ -257,28 +308,42 @@ class Training(_Model):
 class Dataset(_Model):
     """Where the DSS examples come from and how they are split."""
 
-    source: str = Field("builtin:querydsl", min_length=1, max_length=MAX_SOURCE)
+    source: str = Field(
+        "builtin:querydsl", min_length=1, max_length=MAX_SOURCE,
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
     eval_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: int = 0
-    size: int | None = Field(None, ge=2, description="Examples from a builtin generator.")
+    split_seed: Seed = 0
+    size: int | None = Field(
+        None, ge=2, le=INT32_MAX, description="Examples from a builtin generator."
+    )
     preamble: Preamble = Preamble.FULL
     labels_must_be_json: bool = True
+
+    @field_validator("source")
+    @classmethod
+    def _known_builtin(cls, source: str) -> str:
+        if source.startswith(BUILTIN_PREFIX) and \
+                source.removeprefix(BUILTIN_PREFIX) not in BUILTIN_DATASETS:
+            known = ", ".join(BUILTIN_PREFIX + name for name in BUILTIN_DATASETS)
+            raise ValueError(f"unknown built-in dataset {source!r} (known: {known})")
+        return source
 
 
 class ResourceOverride(_Model):
     """Per-model resources; unset fields keep the sweep's defaults."""
 
-    workers: int | None = Field(None, ge=1)
-    gpus_per_worker: int | None = Field(None, ge=0)
-    cpus_per_worker: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=1, le=INT32_MAX)
+    gpus_per_worker: int | None = Field(None, ge=0, le=INT32_MAX)
+    cpus_per_worker: int | None = Field(None, ge=1, le=INT32_MAX)
 
 
 class Resources(_Model):
     """Ray Train workers per trial; `overrides` keyed by model id."""
 
-    workers: int = Field(8, ge=1)
-    gpus_per_worker: int = Field(1, ge=0)
-    cpus_per_worker: int = Field(1, ge=1)
+    workers: int = Field(8, ge=1, le=INT32_MAX)
+    gpus_per_worker: int = Field(1, ge=0, le=INT32_MAX)
+    cpus_per_worker: int = Field(1, ge=1, le=INT32_MAX)
     overrides: dict[str, ResourceOverride] = Field(default_factory=dict)
 
     def for_model(self, model: str) -> ResourceShape:
@@ -313,7 +378,9 @@ class Escalation(_Model):
     """How a lane climbs the ladder."""
 
     on_oom: OnOOM = Field(OnOOM.STOP_LANE, alias="onOOM")
-    retries: int = Field(1, ge=0, description="Retries of a trial after a non-OOM failure.")
+    retries: int = Field(
+        1, ge=0, le=INT32_MAX - 1, description="Retries of a trial after a non-OOM failure."
+    )
     memory_budget: str | None = Field(
         None,
         description="Memory cap per device, e.g. '24Gi' (GPU allocator or CPU peak).",
@@ -333,8 +400,8 @@ class Escalation(_Model):
     @field_validator("memory_budget", "device_memory")
     @classmethod
     def _quantity(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_quantity(value)
+        if value is not None and parse_quantity(value) > INT64_MAX:
+            raise ValueError(f"{value!r} is more than {INT64_MAX} bytes")
         return value
 
     @property
@@ -352,7 +419,7 @@ class Axes(_Model):
     dss_alpha: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [0.5], min_length=1, max_length=MAX_LIST
     )
-    seed: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_LIST)
+    seed: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_LIST)
     learning_rate: list[Annotated[float, Field(gt=0)]] | None = Field(
         None, min_length=1, max_length=MAX_LIST
     )
@@ -390,7 +457,9 @@ PAPER_LADDER = (
 class SweepSpec(_Model):
     """The whole Sweep: what to train (the grid), how, and where."""
 
-    ladder: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]] = Field(
+    ladder: list[Annotated[str, Field(
+        min_length=1, max_length=MAX_TEXT, json_schema_extra={"pattern": NO_NUL_PATTERN}
+    )]] = Field(
         min_length=1, max_length=MAX_LIST
     )
     methods: list[Method] = Field(
@@ -405,8 +474,11 @@ class SweepSpec(_Model):
     dataset: Dataset = Dataset()
     resources: Resources = Resources()
     escalation: Escalation = Escalation()
-    parallelism: int = Field(1, ge=1, description="Trials at once.")
-    max_trials: int = Field(1000, ge=1, description="Refuse grids with more potential trials.")
+    parallelism: int = Field(1, ge=1, le=INT32_MAX, description="Trials at once.")
+    max_trials: int = Field(
+        1000, ge=1, le=MAX_TRIALS,
+        description=f"Refuse grids with more potential trials (at most {MAX_TRIALS}).",
+    )
     suspend: bool = False
     execution: dict[str, Any] = Field(
         default_factory=dict, description="Backend specifics: image, RayCluster template, selector."
@@ -481,12 +553,24 @@ class Sweep(BaseModel):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, name: str) -> str:
-        if len(name) > MAX_SWEEP_NAME or not SWEEP_NAME_RE.match(name):
+        if len(name) > MAX_SWEEP_NAME or not SWEEP_NAME_RE.fullmatch(name):
             raise ValueError(
                 f"{name!r} must be a DNS label (lowercase letters, digits, '-') of at most "
                 f"{MAX_SWEEP_NAME} characters"
             )
         return name
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_label(cls, namespace: str) -> str:
+        if namespace and (
+            len(namespace) > MAX_NAMESPACE or not SWEEP_NAME_RE.fullmatch(namespace)
+        ):
+            raise ValueError(
+                f"{namespace!r} must be a DNS label (lowercase letters, digits, '-') of at "
+                f"most {MAX_NAMESPACE} characters"
+            )
+        return namespace
 
 
 class SpecError(ValueError):
@@ -516,7 +600,8 @@ def _error_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path or "spec"
 
 
-def _problems(error: ValidationError, prefix: str) -> list[tuple[str, str]]:
+def validation_problems(error: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    """A pydantic error as (field path, message) pairs, paths as users write them."""
     problems = []
     for item in error.errors():
         message = item["msg"].removeprefix("Value error, ")
@@ -530,33 +615,69 @@ def _problems(error: ValidationError, prefix: str) -> list[tuple[str, str]]:
     return problems
 
 
-def _as_json(body: Mapping[str, Any], source: str, prefix: str) -> str:
-    """The spec as JSON text: validating JSON in strict mode refuses what the apiserver refuses
-    (`epochs: "5"`, `tf32: "yes"`, `rank: 8.5`) instead of coercing it."""
+class _NotJSON(ValueError):
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(message)
 
-    def unsupported(value: object) -> Any:
-        if isinstance(value, date):  # an unquoted YAML timestamp: kubectl sends a string
-            return value.isoformat()
-        raise TypeError(f"a {type(value).__name__} is not a JSON value")
 
-    def finite(value: Any) -> Any:
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise TypeError(f"{value} is not a JSON number")
-            # The apiserver takes 2.0 for an integer field (and stores 2): so does the model.
-            return int(value) if value.is_integer() else value
-        if isinstance(value, Mapping):
-            if not all(isinstance(key, str) for key in value):
-                raise TypeError("mapping keys must be strings")
-            return {key: finite(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [finite(item) for item in value]
+# What PostgreSQL cannot store in text or JSONB (NUL), and what is no text at all (a lone
+# surrogate, from a YAML escape such as "\ud800").
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def _json_like(value: Any, path: str, depth: int = 0) -> Any:
+    """`value` as the apiserver would store it, or _NotJSON naming the path of what it would
+    not: non-finite numbers, integers beyond int64, non-string keys, binary data, sets, NUL."""
+    if depth > MAX_DEPTH:
+        raise _NotJSON(path, f"nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        bad = _UNSTORABLE.search(value)
+        if bad is not None:
+            what = "a NUL character" if bad.group() == "\x00" else "a lone surrogate"
+            raise _NotJSON(path, f"contains {what}, which cannot be stored")
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise _NotJSON(path, f"{value} is beyond a 64-bit integer")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _NotJSON(path, f"{value} is not a JSON number (.inf and .nan are refused)")
+        # The apiserver takes 2.0 for an integer field (and stores 2): so does the model.
+        return int(value) if value.is_integer() and INT64_MIN <= value <= INT64_MAX else value
+    if isinstance(value, date):  # an explicit !!timestamp: kubectl sends a string
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _NotJSON(path, f"key {key!r} is not a string (keys must be strings)")
+            where = f"{path}.{key}" if path else key
+            _json_like(key, where, depth + 1)
+            out[key] = _json_like(item, where, depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_json_like(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, bytes | bytearray):
+        raise _NotJSON(path, "binary data (!!binary) is not a JSON value")
+    if isinstance(value, set | frozenset):
+        raise _NotJSON(path, "a set (!!set) is not a JSON value; write a list")
+    raise _NotJSON(path, f"a {type(value).__name__} is not a JSON value")
 
+
+def _as_json(document: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The document as the apiserver would store it: validating its JSON in strict mode
+    refuses what the apiserver refuses (`epochs: "5"`, `tf32: "yes"`, `rank: 8.5`) instead of
+    coercing it; what JSON cannot say is refused here, naming its path."""
     try:
-        return json.dumps(finite(body), default=unsupported, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise SpecError(source, [(prefix or "spec", f"not a JSON-like document: {error}")]) \
+        return _json_like(document, "")
+    except _NotJSON as error:
+        raise SpecError(source, [(error.path or "spec", str(error))]) from None
+    except RecursionError:
+        raise SpecError(source, [("spec", f"nested deeper than {MAX_DEPTH} levels")]) \
             from None
 
 
@@ -566,6 +687,7 @@ def parse_sweep(
     """A Sweep from a parsed manifest (`kind: Sweep`) or a bare spec mapping."""
     if not isinstance(document, Mapping):
         raise SpecError(source, [("spec", f"expected a mapping, got {type(document).__name__}")])
+    document = _as_json(document, source)
     if "kind" in document or "apiVersion" in document:
         problems = []
         if document.get("apiVersion") != API_VERSION:
@@ -584,15 +706,16 @@ def parse_sweep(
         body, prefix = document, ""
     if not isinstance(body, Mapping):
         raise SpecError(source, [(prefix or "spec", "expected a mapping")])
-    text = _as_json(body, source, prefix)
     try:
-        spec = SweepSpec.model_validate_json(text, strict=True, by_alias=True, by_name=False)
+        spec = SweepSpec.model_validate_json(
+            json.dumps(body), strict=True, by_alias=True, by_name=False
+        )
     except ValidationError as error:
-        raise SpecError(source, _problems(error, prefix)) from None
+        raise SpecError(source, validation_problems(error, prefix)) from None
     try:
         return Sweep(name=name, namespace=namespace, spec=spec)
     except ValidationError as error:
-        raise SpecError(source, _problems(error, "metadata")) from None
+        raise SpecError(source, validation_problems(error, "metadata")) from None
 
 
 def _sweep_name_from_path(path: Path) -> str:
@@ -600,29 +723,45 @@ def _sweep_name_from_path(path: Path) -> str:
     return stem[:MAX_SWEEP_NAME].strip("-") or "sweep"
 
 
+def load_documents_text(text: str, *, source: str = "<sweep>") -> list[Any]:
+    """The non-empty YAML documents of a Sweep file's text (`manifest_yaml`'s rules), or a
+    SpecError naming the line, the key or the file."""
+    try:
+        documents = load_documents(text)
+    except ManifestError as error:
+        raise SpecError(source, [(error.where, error.message)]) from None
+    if not documents:
+        raise SpecError(source, [("spec", "the file is empty")])
+    return documents
+
+
 def load_sweep_text(
     text: str, *, source: str = "<sweep>", default_name: str | None = None
 ) -> Sweep:
-    """Parse YAML text; YAML errors name the line and column."""
+    """Parse YAML text holding one Sweep (empty documents, as from a trailing `---`, do not
+    count); YAML errors name the line and column."""
+    documents = load_documents_text(text, source=source)
+    if len(documents) > 1:
+        raise SpecError(source, [(
+            "file", f"holds {len(documents)} documents; this command takes one Sweep "
+            "(`ladder submit` applies several)",
+        )])
+    return parse_sweep(documents[0], source=source, default_name=default_name)
+
+
+def read_sweep_file(path: str | Path) -> str:
+    """The text of a Sweep file; SpecError for what is not a regular file, too large or not
+    UTF-8 (checked from its `stat`, before anything is read)."""
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        problem = getattr(error, "problem", None) or str(error)
-        raise SpecError(source, [(where, f"not valid YAML: {problem}")]) from None
-    if document is None:
-        raise SpecError(source, [("spec", "the file is empty")])
-    return parse_sweep(document, source=source, default_name=default_name)
+        return read_manifest_file(path)
+    except ManifestError as error:
+        raise SpecError(str(path), [(error.where, error.message)]) from None
 
 
 def load_sweep(path: str | Path) -> Sweep:
     """Load a Sweep from a YAML file (a whole manifest, or a bare spec named after the file)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(str(path), [("file", f"cannot read: {error}")]) from None
+    text = read_sweep_file(path)
     return load_sweep_text(text, source=str(path), default_name=_sweep_name_from_path(path))
 
 

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrator.core.names import DEFAULT_EXECUTION_ENV
-from orchestrator.core.spec import SpecError, load_sweep_text, sweep_manifest
-from orchestrator.operator.manifests import TrialPodPolicy
+from orchestrator.core.spec import (
+    SpecError,
+    load_documents_text,
+    parse_sweep,
+    read_sweep_file,
+    sweep_manifest,
+)
+from orchestrator.operator.manifests import TrialPodPolicy, checked_execution_config
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +149,12 @@ def manifests_of(text: str, *, source: str, namespace: str | None,
     Raises SpecError naming the bad field.
     """
     out: list[dict[str, Any]] = []
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as error:
-        raise SpecError(source, [("file", f"not valid YAML: {error}")]) from None
-    if not documents:
-        raise SpecError(source, [("spec", "the file is empty")])
-    for document in documents:
-        sweep = load_sweep_text(yaml.safe_dump(document), source=source,
-                                default_name=default_name)
+    for document in load_documents_text(text, source=source):
+        sweep = parse_sweep(document, source=source, default_name=default_name)
+        try:
+            checked_execution_config(sweep)
+        except SpecError as error:
+            raise SpecError(source, error.problems) from None
         if isinstance(document, Mapping) and "kind" in document:
             manifest = dict(document)
             manifest["metadata"] = dict(manifest.get("metadata") or {})
@@ -179,7 +180,7 @@ def submit(
     """Server-side apply the Sweep(s) in `path`; returns the objects as stored."""
     from orchestrator.operator.kube import Kube, default_namespace, load_config
 
-    text = path.read_text(encoding="utf-8")
+    text = read_sweep_file(path)
     stem = path.stem.lower()
     manifests = manifests_of(text, source=str(path), namespace=namespace, default_name=stem)
     fallback = default_namespace(kubeconfig, context)

@@ -39,10 +39,10 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core.grid import Trial
@@ -62,7 +62,13 @@ from orchestrator.core.names import (
 )
 from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.spec import API_VERSION, KIND, Sweep
+from orchestrator.core.spec import (
+    API_VERSION,
+    KIND,
+    SpecError,
+    Sweep,
+    validation_problems,
+)
 from orchestrator.core.trial import TrialSpec
 
 RAY_API_VERSION = "ray.io/v1"
@@ -86,8 +92,9 @@ UNBOUNDED = Capacity(gpus=1_000_000, cpus=1_000_000)
 
 MAX_NAME = 63  # a DNS-1123 label (RayJob names become Job, Service and label values)
 MAX_LABEL_VALUE = 63
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Matched with fullmatch: `$` would accept a trailing newline, which Kubernetes refuses.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
 # --- spec.execution -------------------------------------------------------------------------
@@ -113,6 +120,19 @@ class SecretRef(_Config):
         return cls(name=name, key=key or "url")
 
 
+# A Kubernetes resource quantity as the apiserver parses it (resource.Quantity): pods whose
+# limits are not (non-negative) quantities are refused at create, so the Sweep is refused
+# before that.
+K8S_QUANTITY_RE = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                             r"(?:[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?")
+
+
+def _k8s_quantity(value: str | int | None) -> str | int | None:
+    if isinstance(value, str) and not K8S_QUANTITY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity such as '2', '500m' or '4Gi'")
+    return value
+
+
 class PodShape(_Config):
     """Resources of the head pod, or of each worker pod (CPU defaults to cpusPerWorker)."""
 
@@ -121,6 +141,18 @@ class PodShape(_Config):
     resources: dict[str, str | int] = Field(
         default_factory=dict, description="Extra limits, e.g. {'ephemeral-storage': '50Gi'}."
     )
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantities(cls, value: str | int | None) -> str | int | None:
+        return _k8s_quantity(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_quantities(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        for item in value.values():
+            _k8s_quantity(item)
+        return value
 
 
 class ExecutionConfig(_Config):
@@ -148,6 +180,11 @@ class ExecutionConfig(_Config):
     runtime_env: dict[str, Any] = Field(
         default_factory=dict, description="More Ray runtime_env (pip, working_dir, env_vars)."
     )
+    submission_mode: Literal["K8sJobMode", "HTTPMode"] = Field(
+        "K8sJobMode", description="How KubeRay submits the Ray job: a submitter pod that runs "
+        "`ray job submit` (K8sJobMode), or the operator posting to the head's dashboard "
+        "itself (HTTPMode; no submitter pod).",
+    )
     ttl_seconds_after_finished: int = Field(DEFAULT_TTL_SECONDS, ge=0)
     active_deadline_seconds: int | None = Field(None, ge=1)
     stall_timeout_seconds: float | None = Field(
@@ -159,11 +196,39 @@ class ExecutionConfig(_Config):
         None, description="GPUs and CPUs the sweep may use at once, e.g. {gpus: 8, cpus: 64}."
     )
 
+    @field_validator("shared_memory")
+    @classmethod
+    def _shared_memory_quantity(cls, value: str | None) -> str | None:
+        _k8s_quantity(value)
+        return value
+
     @field_validator("capacity")
     @classmethod
     def _capacity_keys(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         if value is not None and not set(value) <= {"gpus", "cpus"}:
             raise ValueError(f"capacity takes gpus and cpus, got {sorted(value)}")
+        if value is not None and any(count < 0 for count in value.values()):
+            raise ValueError(f"capacity counts are at least 0, got {value}")
+        return value
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Ray's `env_vars` is a mapping of names to strings (`runtime_env` merges ours in)."""
+        env_vars = value.get("env_vars")
+        if env_vars is None:
+            return value
+        if not isinstance(env_vars, Mapping):
+            raise ValueError(
+                f"runtimeEnv.env_vars must be a mapping of names to values, got "
+                f"{type(env_vars).__name__}"
+            )
+        for key, item in env_vars.items():
+            if not isinstance(item, str | int | float | bool):
+                raise ValueError(
+                    f"runtimeEnv.env_vars.{key} must be a string or a number, got "
+                    f"{type(item).__name__}"
+                )
         return value
 
 
@@ -190,6 +255,18 @@ def execution_config(
     """The controller's view of `spec.execution` over the installation's defaults
     (raises pydantic's ValidationError)."""
     return ExecutionConfig.model_validate(merged_execution(defaults or {}, sweep.spec.execution))
+
+
+def checked_execution_config(
+    sweep: Sweep, defaults: Mapping[str, Any] | None = None
+) -> ExecutionConfig:
+    """`execution_config`, raising SpecError naming each bad `spec.execution` field (what
+    `ladder validate`, `ladder submit` and the controller all report)."""
+    try:
+        return execution_config(sweep, defaults)
+    except ValidationError as error:
+        problems = validation_problems(error, "spec.execution")
+        raise SpecError(sweep.name, problems) from None
 
 
 # --- what a Sweep may give its pods ------------------------------------------------------------
@@ -367,12 +444,12 @@ def rayjob_name(sweep: str, trial_id: str, attempt: int) -> str:
 
 
 def is_dns_label(name: str) -> bool:
-    return len(name) <= MAX_NAME and bool(_DNS_LABEL.match(name))
+    return len(name) <= MAX_NAME and bool(_DNS_LABEL.fullmatch(name))
 
 
 def label_value(value: str) -> str:
     """A valid label value for `value`: itself when it is one, else a sanitized, hashed form."""
-    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+    if len(value) <= MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(value):
         return value
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("-_.")
     keep = MAX_LABEL_VALUE - 7
@@ -623,7 +700,7 @@ def rayjob_manifest(
         "entrypoint": entrypoint(spec, config),
         "runtimeEnvYAML": yaml.safe_dump(runtime_env(spec, config), sort_keys=True, width=10**6),
         "jobId": name,
-        "submissionMode": "K8sJobMode",
+        "submissionMode": config.submission_mode,
         "backoffLimit": 0,  # Ladder retries (escalation.retries) as new attempts
         "metadata": {
             LABEL_SWEEP: sweep.name,

@@ -33,6 +33,7 @@ Events: trial launches, outcomes (OOMs as warnings), lane ceilings, the sweep's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -41,7 +42,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
@@ -69,9 +69,9 @@ from orchestrator.operator.manifests import (
     SecretRef,
     TrialPodPolicy,
     attempt_of,
+    checked_execution_config,
     cluster_name,
     decode_trial,
-    execution_config,
     outcome_from_rayjob,
     owned_by,
     pod_policy_problems,
@@ -86,6 +86,8 @@ log = logging.getLogger(__name__)
 
 NORMAL, WARNING = "Normal", "Warning"
 GONE = "RayJob {name} is gone: it was deleted before the attempt finished"
+RECONCILE_ERROR = "ReconcileError"
+ERROR_MESSAGE_CHARS = 1000
 
 
 @dataclass
@@ -98,6 +100,16 @@ class PassResult:
     settled: dict[tuple[str, int], TrialState] = field(default_factory=dict)
     remaining_rayjobs: int = 0
     invalid: str | None = None
+    error: str | None = None  # the pass raised: reported as ReconcileError on the Sweep
+
+
+@dataclass(frozen=True)
+class _Expanded:
+    """What a pass needs of a Sweep's grid, computed once per spec."""
+
+    grid: Grid
+    trials: Mapping[str, Trial]
+    predicted_oom: frozenset[str]
 
 
 @dataclass
@@ -167,7 +179,7 @@ class Reconciler:
         self.clock = clock
         self._states: dict[tuple[str, str], _SweepState] = {}
         self._states_lock = threading.Lock()
-        self._grids: dict[tuple[str, str, str], tuple[str, Grid]] = {}
+        self._grids: dict[tuple[str, str, str], tuple[str, _Expanded]] = {}
         self.passes = 0
 
     # --- entry points ----------------------------------------------------------------------
@@ -208,7 +220,12 @@ class Reconciler:
         body = self.cluster.get_sweep(namespace, name)
         if body is None:
             return None
-        result = self._reconcile_body(body)
+        try:
+            result = self._reconcile_body(body)
+        except Exception as error:
+            if (isinstance(error, KubeError) and error.transient) or store.is_transient(error):
+                raise  # the handler retries after an interval: nothing was decided
+            result = self._failed_pass(body, error)
         if self.metrics is not None:
             elapsed = time.monotonic() - started
             self.metrics.reconcile_seconds.labels(name, namespace).observe(elapsed)
@@ -218,13 +235,18 @@ class Reconciler:
         self.passes += 1
         return result
 
-    def _grid(self, sweep: Sweep, uid: str) -> Grid:
-        """The expanded grid, cached per Sweep object and spec (resources may change)."""
+    def _grid(self, sweep: Sweep, uid: str) -> _Expanded:
+        """The expanded grid, its trials by id and the trials predicted to run out of memory,
+        cached per Sweep object and spec (resources may change): a pass over an unchanged
+        Sweep expands and estimates nothing."""
         key = (sweep.namespace, sweep.name, uid)
         spec = sweep.spec.model_dump_json()
         cached = self._grids.get(key)
         if cached is None or cached[0] != spec:
-            cached = self._grids[key] = (spec, expand(sweep))
+            grid = expand(sweep)
+            trials = {t.trial_id: t for t in grid.all_trials()}
+            oom = bookkeeping.predicted_oom_ids(predicted_oom_fn(sweep.spec), trials.values())
+            cached = self._grids[key] = (spec, _Expanded(grid, trials, oom))
         return cached[1]
 
     def _reconcile_body(self, body: Mapping[str, Any]) -> PassResult:
@@ -238,11 +260,11 @@ class Reconciler:
             refused = pod_policy_problems(sweep.spec.execution, self.pod_policy)
             if refused:
                 raise SpecError(sweep.name, refused)
-            config = execution_config(sweep, self.execution_defaults)
-        except (SpecError, ValidationError) as error:
+            config = checked_execution_config(sweep, self.execution_defaults)
+        except SpecError as error:
             return self._invalid(body, error, result)
-        grid = self._grid(sweep, uid)
-        trials = {t.trial_id: t for t in grid.all_trials()}
+        expanded = self._grid(sweep, uid)
+        grid, trials = expanded.grid, expanded.trials
 
         with self.sessions.begin() as session:
             store.upsert_sweep(session, sweep)
@@ -260,9 +282,11 @@ class Reconciler:
 
         self._observe(body, sweep, config, trials, rayjobs, result)
         rows, observed = bookkeeping.observe(
-            self.sessions, sweep, trials.values(), sweep_capacity(config),
-            predicted=predicted_oom_fn(sweep.spec), deleting=deleting,
+            self.sessions, sweep, (), sweep_capacity(config), predicted=None,
+            deleting=deleting,
         )
+        # The OOM predictions were made once for this spec (`_grid`), not in every pass.
+        observed = dataclasses.replace(observed, predicted_oom=expanded.predicted_oom)
         decided = plan(grid, sweep.spec, observed)
         result.plan = decided
         self._announce(body, rows, trials, rayjobs)
@@ -281,18 +305,11 @@ class Reconciler:
         return result
 
     def _invalid(
-        self, body: Mapping[str, Any], error: Exception, result: PassResult
+        self, body: Mapping[str, Any], error: SpecError, result: PassResult
     ) -> PassResult:
         meta = body["metadata"]
-        if isinstance(error, SpecError):
-            problems = error.problems
-        else:  # the field and pydantic's message only: never the input it quotes
-            problems = [
-                (".".join(["spec.execution", *map(str, item["loc"])]), item["msg"])
-                for item in error.errors(include_input=False, include_url=False)
-            ]
         # Status and event text may quote what the user wrote (a URL with a password).
-        message = store.redact_secrets("; ".join(f"{path}: {msg}" for path, msg in problems))
+        message = store.redact_secrets("; ".join(f"{path}: {msg}" for path, msg in error.problems))
         result.invalid = message
         old = body.get("status") or {}
         if old.get("reason") != "InvalidSpec" or old.get("message") != message:
@@ -312,6 +329,42 @@ class Reconciler:
                 generation=meta.get("generation"), now=self.clock(),
             )
             self.cluster.patch_sweep_status(meta.get("namespace") or "", meta["name"], status)
+        return result
+
+    def _failed_pass(self, body: Mapping[str, Any], error: Exception) -> PassResult:
+        """A pass that raised (a bug, or a spec the model let through that the cluster or the
+        store refuses): the Sweep says so in its conditions and an Event, once per message,
+        and the controller carries on with the other Sweeps. The next pass tries again."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+        text = " ".join(str(error).split())[:ERROR_MESSAGE_CHARS]
+        message = store.redact_secrets(f"{type(error).__name__}: {text}")
+        log.error("pass over sweep %s/%s failed: %s", namespace, name, message,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        result = PassResult(error=message)
+        try:
+            old = body.get("status") or {}
+            if old.get("reason") != RECONCILE_ERROR or old.get("message") != message:
+                self.cluster.event(body, WARNING, RECONCILE_ERROR, message)
+                generation = meta.get("generation")
+                status: dict[str, Any] = {"reason": RECONCILE_ERROR, "message": message}
+                status["conditions"] = merge_conditions(
+                    old.get("conditions"),
+                    [{"type": "Ready", "status": "False", "reason": RECONCILE_ERROR,
+                      "message": message},
+                     {"type": "Progressing", "status": "False", "reason": RECONCILE_ERROR,
+                      "message": message}],
+                    generation=generation, now=self.clock(),
+                )
+                self.cluster.patch_sweep_status(namespace, name, status)
+            if meta.get("deletionTimestamp"):
+                # Deleting: the RayJobs go anyway (the store keeps the results).
+                for rayjob in self.cluster.list_rayjobs(namespace, name):
+                    self.cluster.delete_rayjob(namespace, rayjob["metadata"]["name"])
+                result.remaining_rayjobs = len(self.cluster.list_rayjobs(namespace, name))
+        except Exception as second:  # reporting must not turn into a crash loop either
+            log.warning("cannot report the failed pass over sweep %s/%s: %s", namespace, name,
+                        store.redact_secrets(str(second)))
         return result
 
     # --- observe ---------------------------------------------------------------------------

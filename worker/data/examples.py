@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from orchestrator.core import spec
+
 __all__ = ["BUILTIN_PREFIX", "COLUMNS", "DSSExample", "DatasetError"]
 
-#: Sources of this form name a generated dataset instead of a file.
-BUILTIN_PREFIX: Final = "builtin:"
+#: Sources of this form name a generated dataset instead of a file (the spec's constant: the
+#: spec refuses `builtin:` names that `builtin.BUILTINS` lacks, a test ties the two).
+BUILTIN_PREFIX: Final = spec.BUILTIN_PREFIX
 #: The three columns every record must carry, in the order CSV files are written.
 COLUMNS: Final = ("input", "label", "rationale")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the binaries of Ladder's local test control plane from Go modules:
-#   etcd, kube-apiserver, kubectl
-# into  ${LADDER_CP_CACHE:-$HOME/.cache/ladder-controlplane}/<version>/bin
+#   etcd, kube-apiserver, kubectl, kube-scheduler, kube-controller-manager
+# into  ${LADDER_CP_CACHE:-$HOME/.cache/ladder-controlplane}/<version>/bin-<stamp>
 # and print that bin directory on stdout (everything else goes to stderr).
 #
 # No prebuilt binary is downloaded: sources come from the Go module proxy as
@@ -28,8 +28,6 @@ ETCD_VERSION="$(modver go.etcd.io/etcd/server/v3)"
 
 CACHE_ROOT="${LADDER_CP_CACHE:-${HOME:-/tmp}/.cache/ladder-controlplane}"
 VERSION_DIR="$CACHE_ROOT/$K8S_VERSION"
-BIN_DIR="$VERSION_DIR/bin"
-STAMP="$BIN_DIR/.stamp"
 JOBS="${LADDER_CP_JOBS:-2}"
 # Without -X the binaries report gitVersion v0.0.0-master; stamp the release
 # the way hack/lib/version.sh does (commit and build date are left unset).
@@ -39,19 +37,24 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
   LDFLAGS+=" -X $pkg.gitTreeState=clean"
 done
-BINARIES=(etcd kube-apiserver kubectl)
+BINARIES=(etcd kube-apiserver kubectl kube-scheduler kube-controller-manager)
 
 # The stamp ties the binaries to the exact module graph and build flags.
 stamp_content() {
   {
     cat "$HERE/go.mod" "$HERE/go.sum"
     echo "ldflags=$LDFLAGS trimpath cgo=0"
+    echo "binaries=${BINARIES[*]}"
     go env GOOS GOARCH
   } | sha256sum | awk '{print $1}'
 }
 
 
 want="$(stamp_content)"
+# One bin directory per stamp: checkouts with different binary sets or flags (branches, older
+# clones) sharing this cache then each keep their own instead of rebuilding over each other.
+BIN_DIR="$VERSION_DIR/bin-${want:0:12}"
+STAMP="$BIN_DIR/.stamp"
 if [[ "${LADDER_CP_REBUILD:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   ok=1
   for b in "${BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || ok=0; done
@@ -72,7 +75,7 @@ if [[ "${LADDER_CP_REBUILD:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$wa
   exit 0
 fi
 
-echo "build.sh: building etcd $ETCD_VERSION, kube-apiserver and kubectl $K8S_VERSION (go build -p $JOBS) ..." >&2
+echo "build.sh: building etcd $ETCD_VERSION and kube-apiserver, kubectl, kube-scheduler, kube-controller-manager $K8S_VERSION (go build -p $JOBS) ..." >&2
 tmp="$(mktemp -d "$VERSION_DIR/.bin.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
@@ -82,9 +85,16 @@ export CGO_ENABLED=0
 export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
 export GOMAXPROCS="${GOMAXPROCS:-$JOBS}"
 
-go build -p "$JOBS" -ldflags="$LDFLAGS" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-go build -p "$JOBS" -ldflags="$LDFLAGS" -o "$tmp/kubectl" k8s.io/kubernetes/cmd/kubectl
-go build -p "$JOBS" -ldflags="$LDFLAGS" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+gobuild() {  # gobuild BINARY PACKAGE
+  local t0; t0=$(date +%s)
+  go build -p "$JOBS" -ldflags="$LDFLAGS" -o "$tmp/$1" "$2"
+  echo "build.sh: $1 in $(( $(date +%s) - t0 ))s" >&2
+}
+gobuild kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+gobuild kubectl k8s.io/kubernetes/cmd/kubectl
+gobuild kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+gobuild kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+gobuild etcd go.etcd.io/etcd/server/v3
 
 rm -rf "$BIN_DIR"
 mv "$tmp" "$BIN_DIR"

@@ -8,7 +8,9 @@
 package tools
 
 import (
-	_ "go.etcd.io/etcd/server/v3"            // etcd (package main of the etcd server module)
-	_ "k8s.io/kubernetes/cmd/kube-apiserver" // kube-apiserver
-	_ "k8s.io/kubernetes/cmd/kubectl"        // kubectl
+	_ "go.etcd.io/etcd/server/v3"                     // etcd (package main of the etcd server module)
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"          // kube-apiserver
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager" // kube-controller-manager
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"          // kube-scheduler
+	_ "k8s.io/kubernetes/cmd/kubectl"                 // kubectl
 )

@@ -495,8 +495,10 @@ def test_status_dict_has_the_crd_shape() -> None:
     final = world.run(paper_outcome)
     body = status_dict(final.status, observed_generation=3)
     assert list(body) == [
-        "phase", "observedGeneration", "trials", "ooms", "best", "lanes", "reason", "message"
+        "phase", "observedGeneration", "trials", "ooms", "best", "lanes", "lanesOmitted",
+        "reason", "message",
     ]
+    assert body["lanesOmitted"] is None  # every lane is listed (MAX_STATUS_LANES)
     assert body["phase"] == "Succeeded"
     assert body["trials"] == {
         "total": 100, "done": 100, "pending": 0, "running": 0, "succeeded": 80, "oom": 20,

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from orchestrator import store
+from orchestrator.core.manifest_yaml import load_documents
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import NS, FakeCluster
 from tests.unit.test_invalid_corpus import never_shown
@@ -32,7 +32,7 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_the_controller_refuses_naming_the_field(sessions: Any, path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     field = text.splitlines()[0].removeprefix("# expect: ").strip()
-    body = yaml.safe_load(text)
+    (body,) = load_documents(text)  # read as kubectl reads it (YAML 1.2 numbers)
     name = str(body["metadata"]["name"])
     body["metadata"].update({"namespace": NS, "uid": str(uuid.uuid4()), "generation": 1})
     cluster = FakeCluster()

@@ -220,6 +220,14 @@ class TestManifest:
         assert spec["jobId"] == manifest["metadata"]["name"]
         assert "clusterSelector" not in spec
 
+    def test_http_submission_mode(self) -> None:
+        # HTTPMode: the operator posts the job to the head's dashboard; no submitter pod.
+        sweep = quickstart({"submissionMode": "HTTPMode"})
+        assert build(sweep, expand(sweep).all_trials()[0])[0]["spec"][
+            "submissionMode"] == "HTTPMode"
+        with pytest.raises(ValueError, match=r"submissionMode|submission_mode"):
+            ExecutionConfig.model_validate({"submissionMode": "SidecarMode"})
+
     def test_default_ttl(self) -> None:
         sweep = quickstart()
         assert build(sweep, expand(sweep).all_trials()[0])[0]["spec"][
