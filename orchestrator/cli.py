@@ -277,9 +277,9 @@ def _status_view(sweep: Sweep, status: SweepStatus, progress: Progress, task: Ta
 def _summary(sweep: Sweep, status: SweepStatus, elapsed: float) -> None:
     console.rule(f"Sweep {sweep.name}: {status.phase.value}")
     if status.best is not None:
-        best = status.best
+        best, loss = status.best, sweep.spec.training.selection_loss.value
         console.print(say("Best trial: ", (best.trial_id, "bold"), f" {best.model} {best.lane} "
-                          "eval loss ", (f"{best.eval_loss:.5f}", "bold")))
+                          f"eval loss ({loss}) ", (f"{best.eval_loss:.5f}", "bold")))
     else:
         console.print("Best trial: none succeeded")
     ceilings = Table(title="Lane ceilings (largest model that fitted)", show_edge=False)
@@ -471,6 +471,18 @@ def results(
     console.print(results_table(records, console.width))
 
 
+def loss_shown(records: Sequence[dict[str, Any]]) -> str | None:
+    """Which loss every record's best_eval_loss is (training.selectionLoss); None when they
+    differ (each cell then names its own). A result stored before the selection was recorded
+    held the DSS-weighted loss."""
+    selections = {loss_selection(r) for r in records if r["best_eval_loss"] is not None}
+    return selections.pop() if len(selections) == 1 else None
+
+
+def loss_selection(record: dict[str, Any]) -> str:
+    return record.get("selection_loss") or "dss"
+
+
 def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
     """The results as people read them, in `width` columns: short model names, the OOM kind
     with the status, memory in GiB, seconds. Every column but the lane keeps its width (the
@@ -480,13 +492,18 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
     from orchestrator.core.formatting import fmt_bytes, fmt_float, fmt_ratio, fmt_seconds
 
     on_gpu = any(r["peak_gpu_memory_bytes"] is not None for r in records)
+    shown = loss_shown(records)
+    mixed = shown is None and any(r["best_eval_loss"] is not None for r in records)
     columns: dict[str, list[str]] = {
         "trial": [r["trial_id"] for r in records],
         "lane": [r["lane"] for r in records],
         "model": [r["model"].rsplit("/", 1)[-1] for r in records],
         "status": [r["status"] + (f"/{r['oom_kind']}" if r["oom_kind"] else "")
                    + (f" #{r['attempt']}" if r["attempt"] > 1 else "") for r in records],
-        "eval loss": [fmt_float(r["best_eval_loss"], 4) for r in records],
+        "eval loss": [
+            fmt_float(r["best_eval_loss"], 4)
+            + (f" {loss_selection(r)}" if mixed and r["best_eval_loss"] is not None else "")
+            for r in records],
         "exact": [fmt_ratio(r["exact_match"]) for r in records],
         "JSON ok": [fmt_ratio(r["json_valid_rate"]) for r in records],
         "samples/s": [fmt_float(r["samples_per_second"], 2) for r in records],
@@ -507,7 +524,9 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
             break
         for header in optional:
             del columns[header]
-    table = Table(title=f"{len(records)} trials", box=box.SIMPLE_HEAD, pad_edge=False,
+    which = f"{shown} loss" if shown else "per row"
+    title = f"{len(records)} trials; eval loss: {which} (training.selectionLoss)"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
     for header in columns:
         if header == "lane":

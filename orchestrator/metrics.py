@@ -51,7 +51,13 @@ LABEL_NAMES = frozenset({*TRIAL_LABELS, *LANE_LABELS, STATE_LABEL, KIND_LABEL, P
 
 # (metric name, TrialRow attribute, help) of per-trial result gauges.
 TRIAL_FIGURES = (
-    ("ladder_trial_best_eval_loss", "best_eval_loss", "Best evaluation loss over the epochs."),
+    ("ladder_trial_best_eval_loss", "best_eval_loss",
+     "Best evaluation loss over the epochs: the loss training.selectionLoss names (default "
+     "label, the authors' metric)."),
+    ("ladder_trial_best_eval_label_loss", "eval_label_loss",
+     "Evaluation label loss at the best epoch."),
+    ("ladder_trial_best_eval_rationale_loss", "eval_rationale_loss",
+     "Evaluation rationale loss at the best epoch (absent when dssAlpha = 1)."),
     ("ladder_trial_samples_per_second", "samples_per_second",
      "Training samples per second, summed over workers."),
     ("ladder_trial_peak_gpu_memory_bytes", "peak_gpu_memory_bytes",
@@ -70,7 +76,8 @@ TRIAL_FIGURES = (
 LIVE_FIGURES = (
     ("ladder_trial_epoch", "epoch", "Last finished epoch of a running trial."),
     ("ladder_trial_train_loss", "train_loss", "DSS training loss of the last epoch."),
-    ("ladder_trial_eval_loss", "eval_loss", "Evaluation loss of the last epoch."),
+    ("ladder_trial_eval_loss", "eval_loss",
+     "Evaluation loss of the last epoch (the loss training.selectionLoss names)."),
     ("ladder_trial_learning_rate", "learning_rate", "Learning rate in the last epoch."),
     ("ladder_trial_epoch_samples_per_second", "samples_per_second",
      "Training samples per second in the last epoch."),

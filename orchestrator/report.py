@@ -80,6 +80,17 @@ class SweepData:
         return ladder + sorted(set(seen) - set(ladder), key=lambda m: (seen[m], m))
 
     @property
+    def loss_shown(self) -> str:
+        """Which evaluation loss `best_eval_loss` is (training.selectionLoss), as recorded by
+        the results: 'label', 'rationale', 'dss'; 'mixed' when trials differ; results stored
+        before it was recorded held the DSS-weighted loss."""
+        selections = {r.selection_loss.value if r.selection_loss else "dss"
+                      for r in self.results if r.best_eval_loss is not None}
+        if not selections:
+            return self.sweep.spec.training.selection_loss.value
+        return selections.pop() if len(selections) == 1 else "mixed"
+
+    @property
     def methods(self) -> list[Method]:
         present = {r.method for r in self.results}
         return [m for m in Method if m in present]
@@ -173,7 +184,8 @@ def table3(data: SweepData, k: int) -> Table:
             fmt_float(r.samples_per_second, 1), fmt_seconds(r.wall_seconds),
             fmt_ratio(r.exact_match), fmt_ratio(r.json_valid_rate),
         ])
-    headers = ["#", "model", "method", "rank", "alpha", "dssAlpha", "seed", "eval loss",
+    headers = ["#", "model", "method", "rank", "alpha", "dssAlpha", "seed",
+               f"eval loss ({data.loss_shown})",
                "GPU mem (summed)", "host mem (peak)", "samples/s", "time", "exact match",
                "JSON valid"]
     return Table(headers, rows, frozenset({0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}))
@@ -255,6 +267,15 @@ def estimator_section(data: SweepData) -> Section:
     return Section(title, text, table=Table(headers, rows, frozenset({4, 5, 6, 7})))
 
 
+LOSS_NOTE = (
+    "Evaluation loss shown: the **{}** loss (training.selectionLoss; it also picked each "
+    "trial's best epoch and drove the LR plateau). label is the authors' metric (they "
+    "evaluate with output_rationale=False); dss is a * label + (1 - a) * rationale. All "
+    "three are stored per epoch, and `ladder results --json` has eval_label_loss and "
+    "eval_rationale_loss at the best epoch."
+)
+
+
 def summary_lines(data: SweepData) -> list[str]:
     counts: dict[str, int] = defaultdict(int)
     for r in data.results:
@@ -274,7 +295,8 @@ def summary_lines(data: SweepData) -> list[str]:
         b = best[0]
         adapter = f" r{b.rank}/a{b.alpha}" if b.rank is not None else ""
         lines.append(f"Best trial: `{b.trial_id}` {b.model} {b.method.value}{adapter}, "
-                     f"eval loss **{fmt_float(b.best_eval_loss)}**.")
+                     f"eval loss ({data.loss_shown}) **{fmt_float(b.best_eval_loss)}**.")
+    lines.append(LOSS_NOTE.format(data.loss_shown))
     gpu = any(r.total_gpu_memory_bytes for r in data.results)
     lines.append("Devices: GPU memory as NVML measured it, summed over each trial's devices."
                  if gpu else "Devices: CPU only (no GPU memory recorded); memory figures "
@@ -313,7 +335,7 @@ def figure6(data: SweepData, path: Path) -> Path:
     memory_label, memory = memory_of(succeeded)
     factor, unit = _scale(v for r in succeeded if (v := memory(r)) is not None)
     panels: list[tuple[str, Callable[[TrialResult], float | None]]] = [
-        ("Evaluation loss (best epoch)", lambda r: r.best_eval_loss),
+        (f"Evaluation loss, {data.loss_shown} (best epoch)", lambda r: r.best_eval_loss),
         ("Training samples/s", lambda r: r.samples_per_second),
         (f"Memory ({unit}): {memory_label}",
          lambda r: None if (v := memory(r)) is None else v / factor),
@@ -419,7 +441,8 @@ def figure7(data: SweepData, path: Path) -> Path:
         if best is not None:
             ax.add_patch(_box(best[2], best[1]))
     if image is not None:
-        figure.colorbar(image, ax=list(axes), label="mean best eval loss", shrink=0.9)
+        figure.colorbar(image, ax=list(axes), label=f"mean best eval loss ({data.loss_shown})",
+                        shrink=0.9)
     figure.text(0.5, -0.02, "Cell: mean over every model and seed that succeeded at that "
                 "(rank, alpha); red box: the method's best cell.", ha="center", fontsize=8,
                 color="#555555")

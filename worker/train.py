@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import signal
 import threading
@@ -54,8 +53,15 @@ import torch
 from torch import Tensor, nn
 
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.spec import Precision, SaveModel
-from orchestrator.core.trial import WORKER_ENV, EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
+from orchestrator.core.trial import (
+    WORKER_ENV,
+    EpochRecord,
+    TrialResult,
+    TrialSpec,
+    best_record,
+    selected_loss,
+)
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_examples
 from worker.memory import HostMemoryBudget, classify_failure
 from worker.result import EpochSink, error_text, mark_running, store_url
@@ -66,7 +72,7 @@ if TYPE_CHECKING:
     from worker.data.batching import EncodedExample
     from worker.generation import GenerationScore
     from worker.telemetry import Sampler, TrialTelemetry
-    from worker.tokenizer import TextTokenizer
+    from worker.tokenizer import Keep, TextTokenizer
 
 __all__ = ["LoopConfig", "dss_forward", "dss_loss", "run_trial", "train_loop_per_worker"]
 
@@ -173,8 +179,11 @@ def train(
     torch.manual_seed(trial.seed)  # every rank builds the same initial weights
     model, tokenizer, info = build_model(trial, device)
     host.check("building the model")
-    train_set = encode_examples(loop.train, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens)
-    eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens)
+    keep = input_keep(cfg.input_truncation)
+    train_set = encode_examples(loop.train, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
+                                keep_input=keep)
+    eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
+                               keep_input=keep)
     per_worker = cfg.per_worker_batch(world)  # examples per optimizer step on this worker
     per_pass = cfg.pass_batch(world)  # examples per forward/backward pass (micro-batch)
     optimizer = torch.optim.AdamW(
@@ -193,6 +202,7 @@ def train(
     progress = Progress(
         first_step_seconds=time.time() - loop.started_at, trainable=info.trainable_parameters,
         total=info.total_parameters, sink=EpochSink(trial, loop.db_url) if rank == 0 else None,
+        selection=cfg.selection_loss,
     )
     progress.telemetry = gather_telemetry(sampler)  # a collective: every rank calls it
     if loop.probe_only:
@@ -212,14 +222,19 @@ def train(
         for indices in shard(batches, rank, world):
             passes = [to_device(train_set, indices[i:i + per_pass], tokenizer, device)
                       for i in range(0, len(indices), per_pass)]
-            losses += train_step(accelerator, model, optimizer, passes, a)
+            losses += train_step(accelerator, model, optimizer, passes, a,
+                                 max_grad_norm=cfg.max_grad_norm)
             steps, examples = steps + 1, examples + len(indices)
         totals = torch.cat([losses, losses.new_tensor([steps, examples])])
         loss_sum, label_sum, rationale_sum, steps, examples = accelerator.reduce(
             totals, reduction="sum").tolist()  # the training loop's only host sync
         seconds = progress.trained(time.perf_counter() - started, int(examples))
         learning_rate = optimizer.param_groups[0]["lr"]
-        eval_loss = evaluate(accelerator, model, eval_set, tokenizer, per_pass, a)
+        eval_label, eval_rationale, eval_dss = evaluate(
+            accelerator, model, eval_set, tokenizer, per_pass, a,
+            with_rationale=cfg.selection_loss is SelectionLoss.RATIONALE)
+        eval_loss = selected_loss(
+            cfg.selection_loss, label=eval_label, rationale=eval_rationale, dss=eval_dss)
         plateau.step(eval_loss)
         host.check(f"epoch {epoch}")
         if epoch == cfg.epochs or (cfg.generate_every and epoch % cfg.generate_every == 0):
@@ -229,7 +244,9 @@ def train(
         progress.add(EpochRecord(
             epoch=epoch, train_loss=loss_sum / steps, train_label_loss=label_sum / steps,
             train_rationale_loss=None if a == 1.0 else rationale_sum / steps,
-            eval_loss=eval_loss, learning_rate=learning_rate,
+            eval_loss=eval_loss, eval_label_loss=eval_label,
+            eval_rationale_loss=eval_rationale, eval_dss_loss=eval_dss,
+            learning_rate=learning_rate,
             samples_per_second=examples / seconds, wall_seconds=seconds,
             peak_gpu_memory_bytes=telemetry.epoch_peak_gpu_memory_bytes,
             peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
@@ -256,7 +273,7 @@ def wait_for_device(device: torch.device) -> None:
 
 def train_step(
     accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
-    passes: Sequence[Mapping[str, Tensor]], a: float,
+    passes: Sequence[Mapping[str, Tensor]], a: float, *, max_grad_norm: float | None = None,
 ) -> Tensor:
     """One optimizer step over a worker's batch, run as one or more forward/backward passes
     (micro-batches). Each task's loss is a mean over target tokens, so a pass's loss is
@@ -288,9 +305,22 @@ def train_step(
             accelerator.backward(loss)
         rationale = rationale_loss if rationale_loss is not None else torch.zeros_like(loss)
         losses += torch.stack([loss, label_loss, rationale]).detach().float()
+    clip_gradients(accelerator, model, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return losses
+
+
+def clip_gradients(accelerator: Accelerator, model: nn.Module, max_norm: float | None) -> None:
+    """training.maxGradNorm: scale the gradients so their total L2 norm (over all workers,
+    after DDP's all-reduce) is at most `max_norm`, as the HF Trainer does; None: no clipping."""
+    if max_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def input_keep(truncation: InputTruncation) -> Keep:
+    """training.inputTruncation as the tokenizer's `keep`: keep-end keeps the tail."""
+    return "tail" if truncation is InputTruncation.KEEP_END else "head"
 
 
 def to_device(
@@ -333,24 +363,34 @@ def probe_step(
 @torch.no_grad()
 def evaluate(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
-    tokenizer: TextTokenizer, per_worker: int, a: float,
-) -> float:
-    """The DSS-weighted loss over the eval split, averaged per example. Each rank takes a
-    share of the batches and runs the model without its DDP wrapper (no collectives), so the
-    shares need not be equal."""
+    tokenizer: TextTokenizer, per_worker: int, a: float, *, with_rationale: bool = False,
+) -> tuple[float, float | None, float]:
+    """(label loss, rationale loss, DSS-weighted loss) over the eval split, each averaged per
+    example. The rationale pass runs when a < 1 or `with_rationale` (a = 1 with the rationale
+    loss selected); otherwise the rationale loss is None. Each rank takes a share of the
+    batches and runs the model without its DDP wrapper (no collectives), so the shares need
+    not be equal."""
     from worker.data.batching import length_grouped_batches
 
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     net = accelerator.unwrap_model(model)
     net.eval()
-    total = torch.zeros(2, device=device)  # sum of loss x examples, examples
+    rationale_a = 0.5 if with_rationale and a == 1.0 else a  # any a < 1 runs the explain pass
+    total = torch.zeros(3, device=device)  # sums of label and rationale loss x examples, count
     for indices in length_grouped_batches(eval_set, per_worker, seed=0, epoch=0)[rank::world]:
         with accelerator.autocast():
-            loss, _, _ = dss_forward(net, to_device(eval_set, indices, tokenizer, device), a)
-        total += torch.stack([loss.float() * len(indices), total.new_tensor(float(len(indices)))])
+            _, label, rationale = dss_forward(
+                net, to_device(eval_set, indices, tokenizer, device), rationale_a)
+        n = float(len(indices))
+        rationale = rationale if rationale is not None else torch.zeros_like(label)
+        total += torch.stack([label.float() * n, rationale.float() * n, total.new_tensor(n)])
     net.train()
-    loss_sum, count = accelerator.reduce(total, reduction="sum").tolist()
-    return loss_sum / count
+    label_sum, rationale_sum, count = accelerator.reduce(total, reduction="sum").tolist()
+    label_loss = label_sum / count
+    rationale_loss = rationale_sum / count if rationale_a != 1.0 else None
+    # The same weighting as dss_loss, on the per-example means.
+    dss = label_loss if a == 1.0 else a * label_loss + (1.0 - a) * (rationale_loss or 0.0)
+    return label_loss, rationale_loss, dss
 
 
 def generation_score(
@@ -445,12 +485,13 @@ class Progress:
     """The trial so far, as rank 0 sees it: what the driver turns into the TrialResult."""
 
     def __init__(
-        self, *, first_step_seconds: float, trainable: int, total: int, sink: EpochSink | None
+        self, *, first_step_seconds: float, trainable: int, total: int, sink: EpochSink | None,
+        selection: SelectionLoss = SelectionLoss.LABEL,
     ) -> None:
         from worker.telemetry import TrialTelemetry
 
         self.first_step_seconds, self.trainable, self.total = first_step_seconds, trainable, total
-        self.sink = sink
+        self.sink, self.selection = sink, selection
         self.epochs: list[EpochRecord] = []
         self.telemetry = TrialTelemetry()
         self.score: GenerationScore | None = None
@@ -471,9 +512,8 @@ class Progress:
 
     @property
     def best(self) -> EpochRecord | None:
-        """The epoch with the lowest finite eval loss (the earliest of equals)."""
-        finite = [r for r in self.epochs if math.isfinite(r.eval_loss)]
-        return min(finite, key=lambda r: (r.eval_loss, r.epoch), default=None)
+        """The epoch with the lowest finite selection loss (the earliest of equals)."""
+        return best_record(self.epochs)
 
     @property
     def best_epoch(self) -> int | None:
@@ -488,6 +528,9 @@ class Progress:
             "epochs_completed": len(self.epochs),
             "best_eval_loss": best.eval_loss if best else None,
             "best_epoch": best.epoch if best else None,
+            "selection_loss": self.selection.value,
+            "eval_label_loss": best.eval_label_loss if best else None,
+            "eval_rationale_loss": best.eval_rationale_loss if best else None,
             "samples_per_second": (
                 self.examples / self.train_seconds if self.train_seconds > 0 else None
             ),

@@ -123,6 +123,21 @@ class Precision(StrEnum):
     FP32 = "fp32"
 
 
+class SelectionLoss(StrEnum):
+    """Which evaluation loss picks the best epoch and drives the LR plateau."""
+
+    LABEL = "label"  # the authors': they evaluate with output_rationale=False (label loss only)
+    RATIONALE = "rationale"  # the `explain:` task's loss alone
+    DSS = "dss"  # a * label + (1 - a) * rationale, the training objective
+
+
+class InputTruncation(StrEnum):
+    """Which part of an over-long input is kept (the task prefix is always kept)."""
+
+    KEEP_END = "keep-end"  # Ladder's: the question comes last in the prompt
+    KEEP_START = "keep-start"  # the authors' (tokenizer default, truncation side right)
+
+
 class ModelInit(StrEnum):
     """`pretrained` loads weights (local path or hub); `random` builds the architecture only."""
 
@@ -202,6 +217,12 @@ class Training(_Model):
         8, ge=1, le=INT32_MAX, description="Total batch per optimizer step, all workers."
     )
     lr_plateau: LRPlateau = LRPlateau()
+    selection_loss: SelectionLoss = Field(
+        SelectionLoss.LABEL,
+        description="The evaluation loss that picks the best epoch and drives the LR plateau: "
+        "label (the authors' metric, comparable across dssAlpha), rationale or dss "
+        "(a * label + (1 - a) * rationale). All three are recorded every epoch.",
+    )
     precision: Precision = Precision.BF16
     tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")
     target_modules: (
@@ -215,6 +236,17 @@ class Training(_Model):
     max_input_tokens: int = Field(1400, ge=8, le=INT32_MAX)
     max_output_tokens: int = Field(1024, ge=8, le=INT32_MAX)
     weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(
+        None, gt=0,
+        description="Clip the gradients' total L2 norm to this before each optimizer step "
+        "(the authors' HF Trainer: 1.0). Unset: no clipping.",
+    )
+    input_truncation: InputTruncation = Field(
+        InputTruncation.KEEP_END,
+        description="What an input longer than maxInputTokens keeps: keep-end (the question, "
+        "which comes last) or keep-start (the authors' tokenizer default). Targets always "
+        "keep their start.",
+    )
     init: ModelInit = ModelInit.PRETRAINED
     tokenizer: str | None = Field(
         None,

@@ -7,6 +7,8 @@ per-model resources, the memory budget in bytes), so the worker never sees the g
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
@@ -15,7 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS, SWEEP_FIELDS
-from orchestrator.core.spec import Dataset, ResourceShape, Training
+from orchestrator.core.spec import Dataset, ResourceShape, SelectionLoss, Training
 
 
 class AttemptKey(NamedTuple):
@@ -69,12 +71,36 @@ class EpochRecord(BaseModel):
     train_loss: float
     train_label_loss: float
     train_rationale_loss: float | None = None  # None when dssAlpha = 1 (rationales ignored)
-    eval_loss: float
+    eval_loss: float  # the selection loss (training.selectionLoss): best epoch, LR plateau
+    eval_label_loss: float | None = None  # the `predict:` task alone (the authors' eval loss)
+    eval_rationale_loss: float | None = None  # None when dssAlpha = 1 and it is not selected
+    eval_dss_loss: float | None = None  # a * label + (1 - a) * rationale
     learning_rate: float
     samples_per_second: float
     wall_seconds: float
     peak_gpu_memory_bytes: int | None = None  # max over devices, NVML used, this epoch's own
     peak_host_memory_bytes: int | None = None  # max over workers, peak RSS of the run so far
+
+
+def selected_loss(
+    selection: SelectionLoss, *, label: float, rationale: float | None, dss: float
+) -> float:
+    """The evaluation loss `training.selectionLoss` names (it picks the best epoch and drives
+    the LR plateau). The rationale loss is None only when it was not computed (dssAlpha = 1
+    and another loss selected), so asking for it then is a bug, not a user error."""
+    if selection is SelectionLoss.LABEL:
+        return label
+    if selection is SelectionLoss.DSS:
+        return dss
+    if rationale is None:
+        raise ValueError("selectionLoss 'rationale' needs the eval rationale loss")
+    return rationale
+
+
+def best_record(epochs: Iterable[EpochRecord]) -> EpochRecord | None:
+    """The epoch with the lowest finite selection loss (`eval_loss`), the earliest of equals."""
+    finite = [r for r in epochs if math.isfinite(r.eval_loss)]
+    return min(finite, key=lambda r: (r.eval_loss, r.epoch), default=None)
 
 
 class TrialResult(BaseModel):
@@ -117,8 +143,11 @@ class TrialResult(BaseModel):
     peak_torch_reserved_bytes: int | None = None
     peak_host_memory_bytes: int | None = None
     estimated_memory_bytes: int | None = None
-    best_eval_loss: float | None = None
+    best_eval_loss: float | None = None  # the selection loss at the best epoch
     best_epoch: int | None = None
+    selection_loss: SelectionLoss | None = None  # which loss best_eval_loss is
+    eval_label_loss: float | None = None  # at the best epoch
+    eval_rationale_loss: float | None = None  # at the best epoch
     exact_match: float | None = None
     json_valid_rate: float | None = None
     epochs_completed: int = 0

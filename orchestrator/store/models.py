@@ -23,6 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
+from orchestrator.core.spec import SelectionLoss
 
 # Explicit constraint names, so migrations can address constraints by name on every database
 # (SQLite's batch mode needs them to rebuild a table) and autogenerate never sees a rename.
@@ -172,6 +173,9 @@ class TrialRow(Base):
     estimated_memory_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
     best_eval_loss: Mapped[float | None] = mapped_column(sa.Double)
     best_epoch: Mapped[int | None] = mapped_column(sa.Integer)
+    selection_loss: Mapped[SelectionLoss | None] = mapped_column(StrEnumType(SelectionLoss))
+    eval_label_loss: Mapped[float | None] = mapped_column(sa.Double)
+    eval_rationale_loss: Mapped[float | None] = mapped_column(sa.Double)
     exact_match: Mapped[float | None] = mapped_column(sa.Double)
     json_valid_rate: Mapped[float | None] = mapped_column(sa.Double)
     epochs_completed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
@@ -215,6 +219,9 @@ class EpochRow(Base):
     train_label_loss: Mapped[float | None] = mapped_column(sa.Double)
     train_rationale_loss: Mapped[float | None] = mapped_column(sa.Double)
     eval_loss: Mapped[float | None] = mapped_column(sa.Double)
+    eval_label_loss: Mapped[float | None] = mapped_column(sa.Double)
+    eval_rationale_loss: Mapped[float | None] = mapped_column(sa.Double)
+    eval_dss_loss: Mapped[float | None] = mapped_column(sa.Double)
     learning_rate: Mapped[float | None] = mapped_column(sa.Double)
     samples_per_second: Mapped[float | None] = mapped_column(sa.Double)
     wall_seconds: Mapped[float | None] = mapped_column(sa.Double)

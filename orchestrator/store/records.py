@@ -15,7 +15,8 @@ from orchestrator.core.spec import Sweep, SweepSpec
 # The columns of `ladder results`, in order (issue: "one record per trial with at least").
 RESULT_COLUMNS = (
     "sweep", "namespace", "trial_id", "lane", "model", "method", "rank", "alpha", "dss_alpha",
-    "seed", "status", "oom_kind", "attempt", "best_eval_loss", "best_epoch", "exact_match",
+    "seed", "status", "oom_kind", "attempt", "best_eval_loss", "best_epoch", "selection_loss",
+    "eval_label_loss", "eval_rationale_loss", "exact_match",
     "json_valid_rate", "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
     "peak_host_memory_bytes", "estimated_memory_bytes", "wall_seconds",
     "time_to_first_step_seconds", "error",

@@ -61,7 +61,8 @@ RESULT_FIELDS = (
     "time_to_first_step_seconds", "samples_per_second", "peak_gpu_memory_bytes",
     "total_gpu_memory_bytes", "gpu_memory_per_device", "peak_torch_allocated_bytes",
     "peak_torch_reserved_bytes", "peak_host_memory_bytes", "estimated_memory_bytes",
-    "best_eval_loss", "best_epoch", "exact_match", "json_valid_rate", "epochs_completed",
+    "best_eval_loss", "best_epoch", "selection_loss", "eval_label_loss", "eval_rationale_loss",
+    "exact_match", "json_valid_rate", "epochs_completed",
     "trainable_parameters", "total_parameters",
 )
 # Known before the result (record_attempt writes them); a result without them keeps them.

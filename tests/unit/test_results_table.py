@@ -17,7 +17,7 @@ def record(**fields: Any) -> dict[str, Any]:
         sweep="qs", trial_id="aa8d7bff72", lane="qlora-r16-a32-dss0.5-seed0",
         model="google/flan-t5-large", status="succeeded", attempt=1, best_eval_loss=0.4787,
         exact_match=0.25, json_valid_rate=0.875, samples_per_second=13.82,
-        peak_host_memory_bytes=int(1.5 * 2**30), wall_seconds=64.4,
+        peak_host_memory_bytes=int(1.5 * 2**30), wall_seconds=64.4, selection_loss="label",
     )
     base.update(fields)
     return base
@@ -61,3 +61,10 @@ def test_narrow_terminals_cut_the_lane_and_drop_the_extras() -> None:
 def test_gpu_memory_replaces_host_memory_when_measured() -> None:
     text = "\n".join(render([record(peak_gpu_memory_bytes=42 * 2**30)], 160))
     assert "peak GPU" in text and "42.0 GiB" in text and "peak host" not in text
+
+
+def test_the_header_names_the_loss_shown() -> None:
+    assert "eval loss: label loss (training.selectionLoss)" in "\n".join(render(ROWS, 160))
+    mixed = [*ROWS, record(trial_id="c0ffee0000", selection_loss="dss", best_eval_loss=0.5)]
+    text = "\n".join(render(mixed, 160))
+    assert "eval loss: per row" in text and "0.4787 label" in text and "0.5000 dss" in text

@@ -20,7 +20,7 @@ from typing import Final, TypeVar
 import torch
 
 from worker.data.dss import DSSExample
-from worker.tokenizer import TextTokenizer
+from worker.tokenizer import Keep, TextTokenizer
 
 __all__ = [
     "IGNORE_INDEX",
@@ -68,8 +68,12 @@ def encode_examples(
     max_input_tokens: int,
     max_output_tokens: int,
     task_prefixes: tuple[str, str] = ("predict: ", "explain: "),
+    keep_input: Keep = "tail",
 ) -> list[EncodedExample]:
     """Encode each example's two task inputs (tail-truncated) and two targets (head-truncated).
+
+    `keep_input="head"` keeps the start of an over-long input instead (training.inputTruncation
+    keep-start, the authors' tokenizer default); the prefix is kept either way.
 
     The task prefix is encoded apart from the input and always kept: truncating the joined
     text from the tail would cut the prefix first, and the two tasks would become
@@ -91,9 +95,9 @@ def encode_examples(
         encoded.append(
             EncodedExample(
                 predict_ids=predict_prefix
-                + tok.encode(ex.input, max_input_tokens - len(predict_prefix), keep="tail"),
+                + tok.encode(ex.input, max_input_tokens - len(predict_prefix), keep=keep_input),
                 explain_ids=explain_prefix
-                + tok.encode(ex.input, max_input_tokens - len(explain_prefix), keep="tail"),
+                + tok.encode(ex.input, max_input_tokens - len(explain_prefix), keep=keep_input),
                 label_ids=tok.encode(ex.label, max_output_tokens, keep="head"),
                 rationale_ids=tok.encode(ex.rationale, max_output_tokens, keep="head"),
             )

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.core.grid import expand, trial_spec
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
-from orchestrator.core.spec import AdapterSet, Sweep, SweepSpec
+from orchestrator.core.spec import AdapterSet, SelectionLoss, Sweep, SweepSpec
 from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
 from orchestrator.store import (
     Base,
@@ -51,6 +51,9 @@ def epoch(number: int, **fields: object) -> EpochRecord:
         "train_label_loss": 1.5 / number,
         "train_rationale_loss": 0.5 / number,
         "eval_loss": 2.5 / number,
+        "eval_label_loss": 2.5 / number,
+        "eval_rationale_loss": 3.5 / number,
+        "eval_dss_loss": 3.0 / number,
         "learning_rate": 5e-5,
         "samples_per_second": 12.25,
         "wall_seconds": 3.5,
@@ -79,6 +82,9 @@ def succeeded(spec: TrialSpec, epoch_count: int = 3, **fields: object) -> TrialR
         "estimated_memory_bytes": 64 * 2**30,
         "best_eval_loss": 2.5 / epoch_count,
         "best_epoch": epoch_count,
+        "selection_loss": SelectionLoss.LABEL,
+        "eval_label_loss": 2.5 / epoch_count,
+        "eval_rationale_loss": 3.5 / epoch_count,
         "exact_match": 0.625,
         "json_valid_rate": 0.875,
         "epochs_completed": epoch_count,

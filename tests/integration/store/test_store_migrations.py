@@ -120,3 +120,41 @@ class TestConcurrentMigrate:
                 assert versions.scalars().all() == [head_revisions()[0]]
         finally:
             engine.dispose()
+
+
+class TestEvalLossesMigration:
+    """0002 adds the separate evaluation losses to a store that already holds results."""
+
+    def test_rows_written_under_0001_survive_and_read_null(self, store_url: str) -> None:
+        engine = create_store_engine(store_url)
+        try:
+            with engine.begin() as connection:
+                command.upgrade(alembic_config(connection), "0001")
+                connection.execute(sa.text(
+                    "INSERT INTO sweeps (id, namespace, name, spec, created_at, updated_at) "
+                    "VALUES (1, '', 'old', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+                connection.execute(sa.text(
+                    "INSERT INTO trials (id, sweep_id, trial_id, attempt, lane, model, "
+                    "model_index, method, dss_alpha, seed, status, gpu_memory_per_device, "
+                    "best_eval_loss, epochs_completed, updated_at) VALUES (1, 1, 't1', 1, "
+                    "'l', 'm', 0, 'full', 0.5, 0, 'succeeded', '[]', 0.25, 1, "
+                    "CURRENT_TIMESTAMP)"))
+                connection.execute(sa.text(
+                    "INSERT INTO epochs (id, trial_pk, epoch, eval_loss) VALUES (1, 1, 1, 0.25)"))
+            migrate(engine)
+            assert current_revision(engine) == head_revisions()[0] == "0002"
+            with engine.connect() as connection:
+                trial = connection.execute(sa.text(
+                    "SELECT best_eval_loss, selection_loss, eval_label_loss, "
+                    "eval_rationale_loss FROM trials")).one()
+                epoch = connection.execute(sa.text(
+                    "SELECT eval_loss, eval_label_loss, eval_rationale_loss, eval_dss_loss "
+                    "FROM epochs")).one()
+            assert tuple(trial) == (0.25, None, None, None)
+            assert tuple(epoch) == (0.25, None, None, None)
+            with engine.begin() as connection:
+                command.downgrade(alembic_config(connection), "0001")
+            columns = {c["name"] for c in sa.inspect(engine).get_columns("epochs")}
+            assert "eval_dss_loss" not in columns and "eval_loss" in columns
+        finally:
+            engine.dispose()
