@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from orchestrator.operator.manifests import GPU_RESOURCE, LABEL_SWEEP, attempt_of, label_value
+from orchestrator.operator.manifests import (
+    GPU_RESOURCE,
+    LABEL_SWEEP,
+    attempt_of,
+    label_value,
+    parse_time,
+)
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 UNSCHEDULABLE = "Unschedulable"
@@ -195,15 +201,6 @@ def cluster_gpus(
                    allocatable=sum(counted.values()), held=held, nodes=len(nodes))
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def unschedulable_reason(
     pods: Iterable[Mapping[str, Any]], now: datetime, timeout_seconds: float
 ) -> str | None:
@@ -218,7 +215,7 @@ def unschedulable_reason(
             if (condition.get("type") != "PodScheduled" or condition.get("status") != "False"
                     or condition.get("reason") != UNSCHEDULABLE):
                 continue
-            since = _parse_time(condition.get("lastTransitionTime"))
+            since = parse_time(condition.get("lastTransitionTime"))
             if since is None:
                 continue
             waited = (now - since).total_seconds()

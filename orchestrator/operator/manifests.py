@@ -1019,7 +1019,8 @@ def cluster_name(rayjob: Mapping[str, Any]) -> str | None:
     return selector.get(LABEL_RAY_CLUSTER)
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """A Kubernetes timestamp (RFC 3339, `Z` for UTC), or None when absent or malformed."""
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -1053,7 +1054,7 @@ def host_oom(pods: Sequence[Mapping[str, Any]], since: datetime | None = None) -
         for container, terminated in _terminations(pod):
             if terminated.get("reason") != "OOMKilled":
                 continue
-            finished = _parse_time(terminated.get("finishedAt"))
+            finished = parse_time(terminated.get("finishedAt"))
             if since is not None and finished is not None and finished < since:
                 continue
             code = terminated.get("exitCode")
@@ -1077,10 +1078,10 @@ _TERMINATED_EXIT = re.compile(r"ExitCode:(-?\d+)")
 
 def _event_time(event: Mapping[str, Any]) -> datetime | None:
     for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
-        found = _parse_time(event.get(key))
+        found = parse_time(event.get(key))
         if found is not None:
             return found
-    return _parse_time((event.get("metadata") or {}).get("creationTimestamp"))
+    return parse_time((event.get("metadata") or {}).get("creationTimestamp"))
 
 
 def host_oom_events(
@@ -1158,7 +1159,7 @@ def outcome_from_rayjob(
         failed = True
     if not failed:
         return None
-    since = _parse_time(status.get("startTime"))
+    since = parse_time(status.get("startTime"))
     killed = host_oom(pods, since) or host_oom_events(events, since)
     if killed is not None:
         return TrialState.OOM, OOMKind.HOST, excerpt(f"{killed}; {text}" if text else killed)

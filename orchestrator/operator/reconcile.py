@@ -592,24 +592,27 @@ class Reconciler:
                                f"{reason} (RayJob {job_name} deleted)")
 
     def _pods(self, namespace: str, rayjob: Mapping[str, Any]) -> list[dict[str, Any]]:
-        cluster = cluster_name(rayjob)
-        if not cluster:
-            return []
-        try:
-            return self.cluster.cluster_pods(namespace, cluster)
-        except KubeError as error:
-            log.warning("cannot read pods of RayCluster %s: %s", cluster, error)
-            return []
+        """The pods of the job's RayCluster."""
+        return self._cluster_objects("pods", self.cluster.cluster_pods, namespace, rayjob)
 
     def _cluster_events(self, namespace: str, rayjob: Mapping[str, Any]) -> list[dict[str, Any]]:
         """KubeRay's Events on the job's RayCluster (an OOMKilled pod it deleted)."""
+        return self._cluster_objects("events", self.cluster.cluster_events, namespace, rayjob)
+
+    @staticmethod
+    def _cluster_objects(
+        what: str, read: Callable[[str, str], list[dict[str, Any]]], namespace: str,
+        rayjob: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """What `read` lists for the job's RayCluster; none when it has no cluster yet or the
+        read fails (logged: the next pass reads again)."""
         cluster = cluster_name(rayjob)
         if not cluster:
             return []
         try:
-            return self.cluster.cluster_events(namespace, cluster)
+            return read(namespace, cluster)
         except KubeError as error:
-            log.warning("cannot read events of RayCluster %s: %s", cluster, error)
+            log.warning("cannot read %s of RayCluster %s: %s", what, cluster, error)
             return []
 
     def _settle(
