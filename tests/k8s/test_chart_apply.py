@@ -210,7 +210,11 @@ def test_chart_applies_cluster_wide_and_its_role_is_enough_and_no_more(
                                  kubeconfig=kubeconfig, input=json.dumps(rayjob))
     assert proc.returncode == 0, proc.stderr
     workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-    assert workers["replicas"] == 8
+    # The 8 Ray Train workers fill both 4-GPU nodes, so they come as node-sized pods
+    # (execution.podShape auto): 2 pods of 4 GPUs, NVLink inside each.
+    assert workers["replicas"] == 2
+    container = workers["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] in (4, "4")
     proc = control_plane.kubectl("get", "secrets", "-n", namespace, kubeconfig=kubeconfig)
     assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
 
