@@ -265,9 +265,7 @@ class Kube:
             self.core.list_namespaced_pod, namespace,
             label_selector=f"{LABEL_RAY_CLUSTER}={cluster}",
         )
-        if result is None:
-            return []
-        return [self.api_client.sanitize_for_serialization(pod) for pod in result.items]
+        return self._items(result)
 
     def sweep_pods(self, namespace: str, sweep: str) -> list[dict[str, Any]]:
         """The pods of every RayCluster of a sweep (KubeRay copies the template's labels):
@@ -276,14 +274,11 @@ class Kube:
             f"list pods of sweep {namespace}/{sweep}",
             self.core.list_namespaced_pod, namespace, label_selector=sweep_selector(sweep),
         )
-        return self._pods(result)
+        return self._items(result)
 
     def list_nodes(self) -> list[dict[str, Any]]:
         """Every Node (cluster-scoped: the chart's ClusterRole grants it)."""
-        result = self._call("list nodes", self.core.list_node)
-        if result is None:
-            return []
-        return [self.api_client.sanitize_for_serialization(node) for node in result.items]
+        return self._items(self._call("list nodes", self.core.list_node))
 
     def active_pods(self) -> list[dict[str, Any]]:
         """Every pod of every namespace that is not terminal (what holds node resources)."""
@@ -291,12 +286,13 @@ class Kube:
             "list pods of all namespaces", self.core.list_pod_for_all_namespaces,
             field_selector=ACTIVE_PODS,
         )
-        return self._pods(result)
+        return self._items(result)
 
-    def _pods(self, result: Any) -> list[dict[str, Any]]:
+    def _items(self, result: Any) -> list[dict[str, Any]]:
+        """A list call's items as plain dicts; none when the call found nothing (None)."""
         if result is None:
             return []
-        return [self.api_client.sanitize_for_serialization(pod) for pod in result.items]
+        return [self.api_client.sanitize_for_serialization(item) for item in result.items]
 
     def cluster_events(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
         """KubeRay's Events on a RayCluster (`DeletedWorkerPod ... OOMKilled`, ...)."""
@@ -305,9 +301,7 @@ class Kube:
             self.core.list_namespaced_event, namespace,
             field_selector=f"involvedObject.kind=RayCluster,involvedObject.name={cluster}",
         )
-        if result is None:
-            return []
-        return [self.api_client.sanitize_for_serialization(e) for e in result.items]
+        return self._items(result)
 
     # --- events ---------------------------------------------------------------------------
     def event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
