@@ -96,16 +96,20 @@ from orchestrator.core.spec import INT64_MAX, Precision
 
 if TYPE_CHECKING:
     from orchestrator.core.grid import Trial
-    from orchestrator.core.spec import SweepSpec
+    from orchestrator.core.spec import SweepSpec, Training
 
 __all__ = [
     "CUDA_OVERHEAD_BYTES",
     "DEFAULT_MARGIN",
+    "CatalogEntry",
+    "FitRow",
     "FlopsBreakdown",
     "MemoryEstimate",
     "adapter_parameters",
+    "catalog_estimates",
     "estimate_memory",
     "estimate_trial",
+    "fit_table",
     "flops_per_sample",
     "forward_flops",
     "nf4_bytes_per_weight",
@@ -569,6 +573,69 @@ def predicted_oom_fn(
         return known
 
     return predicted
+
+
+# --- the catalogue and the ladder at a spec's settings (`ladder models`, `ladder plan`) ------
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One known architecture with its peak-memory estimate per method."""
+
+    name: str
+    family: str
+    parameters: int
+    tied_embeddings: bool
+    estimates: dict[Method, MemoryEstimate]
+
+
+def catalog_estimates(
+    training: Training, *, workers: int, rank: int, dss_two_tasks: bool
+) -> list[CatalogEntry]:
+    """Every architecture of the catalogue, estimated with `training`'s lengths, precision,
+    checkpointing and per-worker batch (`workers` data-parallel workers), LoRA rank `rank`."""
+    from orchestrator.core.catalog import ARCHITECTURES
+
+    entries = []
+    for name, arch in ARCHITECTURES.items():
+        estimates = {
+            method: estimate_memory(
+                arch, method, rank=rank if method.uses_adapters else None,
+                batch_per_device=training.pass_batch(workers),
+                input_tokens=training.max_input_tokens, output_tokens=training.max_output_tokens,
+                precision=training.precision, dss_two_tasks=dss_two_tasks,
+                gradient_checkpointing=training.gradient_checkpointing,
+                data_parallel=workers > 1, double_quant=training.qlora_double_quant,
+            )
+            for method in Method
+        }
+        tied = arch.tie_word_embeddings if isinstance(arch, DecoderArchitecture) else False
+        entries.append(CatalogEntry(name, arch.family, arch.parameters, tied, estimates))
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class FitRow:
+    """A model of the ladder under one method (its first lane): the estimate per device and
+    whether the estimator predicts an OOM (None: no device memory known, or no estimate)."""
+
+    model: str
+    method: Method
+    estimate: MemoryEstimate | None
+    predicted_oom: bool | None
+
+
+def fit_table(spec: SweepSpec, trials_by_method: dict[Method, list[Trial]]) -> list[FitRow]:
+    """Which rungs of the ladder the estimator expects to fit, per method: `trials_by_method`
+    holds one lane's trials per method (the grid's first lane of it)."""
+    predicted = predicted_oom_fn(spec)
+    rows = []
+    for method, trials in trials_by_method.items():
+        for trial in trials:
+            estimate = estimate_trial(spec, trial)
+            oom = None if predicted is None or estimate is None else predicted(trial)
+            rows.append(FitRow(trial.model, method, estimate, oom))
+    return rows
 
 
 # --- FLOPs -------------------------------------------------------------------------------
