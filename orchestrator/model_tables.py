@@ -75,7 +75,7 @@ def catalog_json(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def catalog_table(settings: dict[str, Any]) -> Table:
-    table = Table(show_edge=False, title="estimated peak memory per device",
+    table = Table(show_edge=False, title="estimated peak GPU memory per device",
                   title_justify="left")
     table.add_column("model", no_wrap=True)
     table.add_column("family", no_wrap=True)
@@ -108,7 +108,7 @@ def fit_rich_table(spec: SweepSpec, grid: Grid) -> Table | None:
     methods = list(dict.fromkeys(r.method for r in rows))
     device = spec.escalation.device_memory_bytes
     budget = spec.escalation.memory_budget_bytes
-    title = "estimated peak memory per device"
+    title = "estimated peak GPU memory per device"
     if any(r.predicted_oom is not None for r in rows) and device is not None:
         limit = min(device, budget) if budget is not None else device
         title += f" of {fmt_bytes(limit)}"

@@ -146,3 +146,18 @@ def test_chat_template_frames_the_prompt(tmp_path: object) -> None:
     assert plain.head == [2]  # bos, as Llama's prompts start
     assert prompt_frame(BYTE, True, causal=True) == PromptFrame.plain(BYTE)  # no template
     assert prompt_frame(tok, True, causal=False) is None
+
+
+def test_pretrained_decoder_loads_from_a_local_path_for_qlora(tmp_path: object) -> None:
+    torch.manual_seed(0)
+    saved = random_decoder(ARCHITECTURES["ladder/qwen-tiny-s"])
+    path = f"{tmp_path}/qwen-local"
+    saved.save_pretrained(path)
+    spec = trial(path, "qlora", init="pretrained", tokenizer="byte")
+    net, tok, info = build_model(spec, torch.device("cpu"))
+    assert info.causal and info.quantized
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in net.modules())
+    batch = collate(encode_examples(EXAMPLES[:2], tok, 48, 16, causal=True), tok.pad_token_id)
+    loss, _, _ = dss_forward(net, batch, 0.5)
+    loss.backward()
+    assert torch.isfinite(loss)
