@@ -176,7 +176,9 @@ class CostModel:
             per_sample = 1.0 / measured.samples_per_second
         else:
             per_sample = flops / (self.cluster.peak_flops(precision) * self.mfu)
-        blocks = arch.num_layers + arch.num_decoder_layers
+        # T5: encoder and decoder blocks; decoder-only models have one stack.
+        decoder_blocks = getattr(arch, "num_decoder_layers", arch.num_layers)
+        blocks = arch.num_layers + (decoder_blocks if not arch.causal else 0)
         overhead = self.step_overhead_seconds + blocks * 3 * (2 if two else 1) * (
             self.block_pass_seconds)
         compute = batch * per_sample
@@ -198,7 +200,7 @@ class CostModel:
         eval_steps = math.ceil(self.eval_examples / (eval_batch * workers))
         evaluation = eval_steps * (eval_batch * per_sample + overhead / passes) / 3
         generation = eval_steps * self.recipe.max_new_tokens * (
-            arch.num_decoder_layers * self.decode_seconds_per_block)
+            decoder_blocks * self.decode_seconds_per_block)
         epoch = steps * step + evaluation
         epochs = training.epochs
         run = self.startup_seconds + epochs * epoch + generation * (
