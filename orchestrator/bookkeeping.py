@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import store
 from orchestrator.core.escalation import AttemptObservation
 from orchestrator.core.estimate import estimated_bytes
-from orchestrator.core.grid import Trial, expand
+from orchestrator.core.grid import GridPoint, expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import Observed, SweepStatus, plan
 from orchestrator.core.scheduler import NO_CAPACITY, Capacity
@@ -85,7 +85,7 @@ def attempt_observations(rows: Sequence[store.TrialRow]) -> dict[str, list[Attem
 
 
 def predicted_oom_ids(
-    predicted: Callable[[Trial], bool] | None, trials: Iterable[Trial]
+    predicted: Callable[[GridPoint], bool] | None, trials: Iterable[GridPoint]
 ) -> frozenset[str]:
     """The ids of the trials `predicted` (`estimate.predicted_oom_fn`) says run out of memory."""
     if predicted is None:
@@ -96,10 +96,10 @@ def predicted_oom_ids(
 def observe(
     sessions: sessionmaker[Session],
     sweep: Sweep,
-    trials: Iterable[Trial],
+    trials: Iterable[GridPoint],
     capacity: Capacity,
     *,
-    predicted: Callable[[Trial], bool] | None,
+    predicted: Callable[[GridPoint], bool] | None,
     deleting: bool,
 ) -> tuple[list[store.TrialRow], Observed]:
     """The sweep's attempts in the store, and the core's `Observed` built from them."""
@@ -127,7 +127,7 @@ def record_launch(
     sessions: sessionmaker[Session],
     spec: TrialSpec,
     sweep_spec: SweepSpec,
-    trial: Trial,
+    trial: GridPoint,
     *,
     now: datetime,
     job_name: str | None = None,
@@ -148,7 +148,7 @@ def record_planned(
     sessions: sessionmaker[Session],
     spec: TrialSpec,
     sweep_spec: SweepSpec,
-    trial: Trial,
+    trial: GridPoint,
     state: TrialState,
     oom_kind: OOMKind | None,
     reason: str,

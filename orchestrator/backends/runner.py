@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
-from orchestrator.core.grid import Grid, Trial, expand, trial_spec
+from orchestrator.core.grid import Grid, GridPoint, expand, trial_spec
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import (
     CancelTrial,
@@ -84,7 +84,7 @@ class RunnerEvent:
     """Something the runner did, for the live display and the log."""
 
     kind: RunnerEventKind
-    trial: Trial
+    trial: GridPoint
     attempt: int
     state: TrialState | None = None
     oom_kind: OOMKind | None = None
@@ -101,7 +101,7 @@ class LocalSweepRunner:
     runs_dir: Path
     poll_interval: float = 0.5
     on_update: Callable[[SweepStatus, Sequence[RunnerEvent]], None] | None = None
-    predicted_oom: Callable[[Trial], bool] | None = None
+    predicted_oom: Callable[[GridPoint], bool] | None = None
     metrics: LadderMetrics | None = None
     grid: Grid = field(init=False)
 
@@ -118,7 +118,7 @@ class LocalSweepRunner:
         )
         return observed
 
-    def _spec(self, trial: Trial, attempt: int) -> TrialSpec:
+    def _spec(self, trial: GridPoint, attempt: int) -> TrialSpec:
         output = self.runs_dir / self.sweep.name / trial.trial_id / str(attempt)
         return trial_spec(self.sweep, trial, attempt=attempt, output_dir=str(output.resolve()))
 
@@ -173,7 +173,7 @@ class LocalSweepRunner:
         return events
 
     def _mark(
-        self, trial: Trial, attempt: int, state: TrialState, oom_kind: OOMKind | None,
+        self, trial: GridPoint, attempt: int, state: TrialState, oom_kind: OOMKind | None,
         error: str | None,
     ) -> None:
         key = AttemptKey(self.sweep.namespace, self.sweep.name, trial.trial_id, attempt)

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-from orchestrator.core.grid import Lane, Trial
+from orchestrator.core.grid import GridPoint, Lane
 from orchestrator.core.lifecycle import (
     ACTIVE_STATES,
     LaneState,
@@ -74,12 +74,12 @@ class LaneProgress:
 
     lane: Lane
     state: LaneState
-    launch: tuple[Trial, int] | None
-    active: tuple[tuple[Trial, int], ...]
-    ceiling: Trial | None
-    stopped_at: Trial | None
+    launch: tuple[GridPoint, int] | None
+    active: tuple[tuple[GridPoint, int], ...]
+    ceiling: GridPoint | None
+    stopped_at: GridPoint | None
     oom_kind: OOMKind | None
-    never_run: tuple[Trial, ...]
+    never_run: tuple[GridPoint, ...]
 
     @property
     def is_terminal(self) -> bool:
@@ -100,7 +100,7 @@ def latest_attempt(observations: Sequence[AttemptObservation]) -> AttemptObserva
 
 def lane_progress(
     lane: Lane,
-    trials: Sequence[Trial],
+    trials: Sequence[GridPoint],
     attempts: Mapping[str, Sequence[AttemptObservation]],
     escalation: Escalation,
 ) -> LaneProgress:
@@ -113,16 +113,16 @@ def lane_progress(
     ladder = sorted(trials, key=_LADDER_ORDER)
     stop_lane = escalation.on_oom is OnOOM.STOP_LANE
     top = len(ladder) - 1
-    active: list[tuple[Trial, int]] = []
+    active: list[tuple[GridPoint, int]] = []
     observed_any = False
 
     decided = False  # the walk up the ladder has reached its decision
-    launch: tuple[Trial, int] | None = None
-    ceiling: Trial | None = None
+    launch: tuple[GridPoint, int] | None = None
+    ceiling: GridPoint | None = None
     state: LaneState | None = None  # set when the walk ends the lane
-    stopped_at: Trial | None = None
+    stopped_at: GridPoint | None = None
     oom_kind: OOMKind | None = None
-    never_run: tuple[Trial, ...] = ()
+    never_run: tuple[GridPoint, ...] = ()
 
     for position, trial in enumerate(ladder):
         observations = attempts.get(trial.trial_id)

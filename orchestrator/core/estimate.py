@@ -79,7 +79,7 @@ from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import INT64_MAX, Precision
 
 if TYPE_CHECKING:
-    from orchestrator.core.grid import Trial
+    from orchestrator.core.grid import GridPoint
     from orchestrator.core.spec import SweepSpec
 
 __all__ = [
@@ -367,7 +367,7 @@ def predicts_oom(
 # --- the helper the runner and the controller use ----------------------------------------
 
 
-def estimate_trial(spec: SweepSpec, trial: Trial) -> MemoryEstimate | None:
+def estimate_trial(spec: SweepSpec, trial: GridPoint) -> MemoryEstimate | None:
     """The estimate of one trial of a sweep, or None for a model without a known architecture.
 
     Batch per device: the examples of one forward/backward pass on a worker (its share of
@@ -394,7 +394,7 @@ def estimate_trial(spec: SweepSpec, trial: Trial) -> MemoryEstimate | None:
     )
 
 
-def estimated_bytes(spec: SweepSpec, trial: Trial) -> int | None:
+def estimated_bytes(spec: SweepSpec, trial: GridPoint) -> int | None:
     """Peak bytes per device the estimator expects of a trial, stored with every attempt so
     that reports can set it against the measured peak."""
     estimate = estimate_trial(spec, trial)
@@ -405,7 +405,7 @@ def estimated_bytes(spec: SweepSpec, trial: Trial) -> int | None:
 
 def predicted_oom_fn(
     spec: SweepSpec, *, margin: float = DEFAULT_MARGIN
-) -> Callable[[Trial], bool] | None:
+) -> Callable[[GridPoint], bool] | None:
     """`trial -> predicted to run out of memory`, for `Observed.predicted_oom`.
 
     None when `escalation.predictOOM` is false or `escalation.deviceMemory` is unknown. The
@@ -422,7 +422,7 @@ def predicted_oom_fn(
         device = min(device, budget)
     cache: dict[str, bool] = {}
 
-    def predicted(trial: Trial) -> bool:
+    def predicted(trial: GridPoint) -> bool:
         known = cache.get(trial.trial_id)
         if known is None:
             estimate = estimate_trial(spec, trial)

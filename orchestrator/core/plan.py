@@ -40,7 +40,7 @@ from orchestrator.core.escalation import (
     latest_attempt,
     stop_reason,
 )
-from orchestrator.core.grid import Grid, Lane, Trial
+from orchestrator.core.grid import Grid, GridPoint, Lane
 from orchestrator.core.lifecycle import ACTIVE_STATES, LaneState, OOMKind, TrialState
 from orchestrator.core.scheduler import (
     NO_CAPACITY,
@@ -85,7 +85,7 @@ class Observed:
 class LaunchTrial:
     """Start this attempt of the trial (a RayJob, or a task on the local Ray runtime)."""
 
-    trial: Trial
+    trial: GridPoint
     attempt: int
 
 
@@ -93,7 +93,7 @@ class LaunchTrial:
 class RecordOutcome:
     """Record an attempt that is never launched: predicted OOM, unschedulable, or skipped."""
 
-    trial: Trial
+    trial: GridPoint
     attempt: int
     state: TrialState
     oom_kind: OOMKind | None
@@ -104,7 +104,7 @@ class RecordOutcome:
 class CancelTrial:
     """Stop a pending or running attempt (delete its RayJob) and record it cancelled."""
 
-    trial: Trial
+    trial: GridPoint
     attempt: int
     reason: str
 
@@ -198,7 +198,7 @@ class _LaneWork:
     """
 
     lane: Lane
-    trials: tuple[Trial, ...]
+    trials: tuple[GridPoint, ...]
     observed: Mapping[str, Sequence[AttemptObservation]]
     progress: LaneProgress
     records: list[RecordOutcome] = field(default_factory=list)
@@ -208,10 +208,10 @@ class _LaneWork:
     def view(self) -> Mapping[str, Sequence[AttemptObservation]]:
         return self.observed if self.own is None else self.own
 
-    def attempts(self, trial: Trial) -> Sequence[AttemptObservation]:
+    def attempts(self, trial: GridPoint) -> Sequence[AttemptObservation]:
         return self.view.get(trial.trial_id, _NONE)
 
-    def fold(self, trial: Trial, attempt: int, state: TrialState, **details: Any) -> None:
+    def fold(self, trial: GridPoint, attempt: int, state: TrialState, **details: Any) -> None:
         """Treat the attempt as observed in `state` (replacing what was observed of it)."""
         if self.own is None:
             self.own = {t.trial_id: self.observed.get(t.trial_id, _NONE) for t in self.trials}
@@ -259,7 +259,7 @@ def plan(grid: Grid, spec: SweepSpec, observed: Observed) -> Plan:
         ).plus(observed.held)
         running = sum(len(w.progress.active) for w in work)
         heads: dict[str, tuple[_LaneWork, int]] = {}
-        candidates: list[Trial] = []
+        candidates: list[GridPoint] = []
         for w in work:
             if w.progress.launch is not None:
                 head, attempt = w.progress.launch
@@ -325,7 +325,7 @@ def _settle(
 def _status(spec: SweepSpec, observed: Observed, work: list[_LaneWork]) -> SweepStatus:
     counts = dict.fromkeys(TrialState, 0)
     done = ooms = started = 0
-    best: tuple[float, int, int, Trial] | None = None
+    best: tuple[float, int, int, GridPoint] | None = None
     for item in work:
         relaunch = item.progress.launch[0].trial_id if item.progress.launch else None
         view = item.view

@@ -54,7 +54,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core.execution import MAX_LABEL_VALUE, ControllerExecution
-from orchestrator.core.grid import Trial
+from orchestrator.core.grid import GridPoint
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.names import (
     ANNOTATION_MODEL,
@@ -647,7 +647,7 @@ def sweep_selector(sweep: str) -> str:
     return ",".join(f"{key}={value}" for key, value in sweep_labels(sweep).items())
 
 
-def trial_labels(sweep: str, trial: Trial, attempt: int) -> dict[str, str]:
+def trial_labels(sweep: str, trial: GridPoint, attempt: int) -> dict[str, str]:
     return {
         **sweep_labels(sweep),
         LABEL_LANE: label_value(trial.lane.name),
@@ -873,7 +873,7 @@ def auth_options(config: ExecutionConfig) -> dict[str, str] | None:
 
 
 def ray_cluster_spec(
-    trial: Trial,
+    trial: GridPoint,
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
     config: ExecutionConfig,
@@ -929,7 +929,7 @@ def ray_cluster_spec(
 
 def rayjob_manifest(
     sweep: Sweep,
-    trial: Trial,
+    trial: GridPoint,
     spec: TrialSpec,
     *,
     owner_uid: str,

@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
 from orchestrator.core.estimate import predicted_oom_fn
-from orchestrator.core.grid import Grid, Trial, expand, trial_spec
+from orchestrator.core.grid import Grid, GridPoint, expand, trial_spec
 from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
 from orchestrator.core.names import ANNOTATION_OUTCOME
 from orchestrator.core.outcome import stall_reason
@@ -126,7 +126,7 @@ class _Expanded:
     """What a pass needs of a Sweep's grid, computed once per spec."""
 
     grid: Grid
-    trials: Mapping[str, Trial]
+    trials: Mapping[str, GridPoint]
     predicted_oom: frozenset[str]
 
 
@@ -162,7 +162,7 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def _describe(trial: Trial) -> str:
+def _describe(trial: GridPoint) -> str:
     return f"{trial.trial_id} ({trial.lane.name}, {trial.model})"
 
 
@@ -422,7 +422,7 @@ class Reconciler:
         body: Mapping[str, Any],
         sweep: Sweep,
         config: ExecutionConfig,
-        trials: Mapping[str, Trial],
+        trials: Mapping[str, GridPoint],
         rayjobs: dict[tuple[str, int], dict[str, Any]],
         pods: list[dict[str, Any]],
         result: PassResult,
@@ -498,7 +498,7 @@ class Reconciler:
         return result
 
     # --- observe ---------------------------------------------------------------------------
-    def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: Trial,
+    def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: GridPoint,
               attempt: int) -> TrialSpec:
         output = trial_output_dir(config, sweep.name, trial.trial_id, attempt)
         return trial_spec(sweep, trial, attempt=attempt, output_dir=output)
@@ -508,7 +508,7 @@ class Reconciler:
         body: Mapping[str, Any],
         sweep: Sweep,
         config: ExecutionConfig,
-        trials: Mapping[str, Trial],
+        trials: Mapping[str, GridPoint],
         rayjobs: dict[tuple[str, int], dict[str, Any]],
         result: PassResult,
     ) -> None:
@@ -562,7 +562,7 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         sweep: Sweep,
-        trial: Trial,
+        trial: GridPoint,
         row: store.TrialRow,
         rayjobs: dict[tuple[str, int], dict[str, Any]],
         config: ExecutionConfig,
@@ -619,7 +619,7 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         sweep: Sweep,
-        trial: Trial,
+        trial: GridPoint,
         key: tuple[str, int],
         state: TrialState,
         kind: OOMKind | None,
@@ -636,7 +636,7 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         rows: list[store.TrialRow],
-        trials: Mapping[str, Trial],
+        trials: Mapping[str, GridPoint],
         rayjobs: Mapping[tuple[str, int], dict[str, Any]],
     ) -> None:
         """An Event for each attempt whose outcome is known and not yet announced; the
@@ -661,7 +661,7 @@ class Reconciler:
     def _outcome_event(
         self,
         obj: Mapping[str, Any],
-        trial: Trial,
+        trial: GridPoint,
         attempt: int,
         state: TrialState,
         kind: OOMKind | None,
@@ -724,7 +724,7 @@ class Reconciler:
         body: Mapping[str, Any],
         sweep: Sweep,
         config: ExecutionConfig,
-        trial: Trial,
+        trial: GridPoint,
         attempt: int,
         uid: str,
         result: PassResult,
@@ -761,7 +761,7 @@ class Reconciler:
     def _mark(
         self,
         sweep: Sweep,
-        trial: Trial,
+        trial: GridPoint,
         attempt: int,
         state: TrialState,
         kind: OOMKind | None,

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.core.grid import Trial, expand, trial_spec
+from orchestrator.core.grid import GridPoint, expand, trial_spec
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import (
     MAX_SWEEP_NAME,
@@ -99,7 +99,7 @@ def paper() -> Sweep:
 
 
 def build(
-    sweep: Sweep, trial: Trial, attempt: int = 1, secret: SecretRef | None = None
+    sweep: Sweep, trial: GridPoint, attempt: int = 1, secret: SecretRef | None = None
 ) -> tuple[dict[str, Any], TrialSpec]:
     config = execution_config(sweep)
     output = trial_output_dir(config, sweep.name, trial.trial_id, attempt)
