@@ -44,7 +44,7 @@ from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import Observed, SweepStatus, plan
 from orchestrator.core.scheduler import NO_CAPACITY, Capacity
 from orchestrator.core.spec import Sweep, SweepSpec
-from orchestrator.core.trial import AttemptKey, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec
 
 # The state a launch is recorded in, by every backend (see the module docstring).
 LAUNCH_STATE = TrialState.PENDING
@@ -125,7 +125,7 @@ def sweep_status(sweep: Sweep, rows: Sequence[store.TrialRow]) -> SweepStatus:
 
 def record_launch(
     sessions: sessionmaker[Session],
-    spec: TrialSpec,
+    spec: AttemptSpec,
     sweep_spec: SweepSpec,
     trial: GridPoint,
     *,
@@ -146,7 +146,7 @@ def record_launch(
 
 def record_planned(
     sessions: sessionmaker[Session],
-    spec: TrialSpec,
+    spec: AttemptSpec,
     sweep_spec: SweepSpec,
     trial: GridPoint,
     state: TrialState,
@@ -187,7 +187,7 @@ def mark(
     return store.save_with_retry(sessions, write)
 
 
-def record_result(sessions: sessionmaker[Session], result: TrialResult) -> store.TrialRow:
+def record_result(sessions: sessionmaker[Session], result: AttemptResult) -> store.TrialRow:
     """Store a worker's result read from its job's output, retrying transient failures."""
     return store.save_with_retry(sessions, lambda session: store.record_result(session, result))
 
@@ -199,7 +199,7 @@ def record_seen_running(sessions: sessionmaker[Session], key: AttemptKey) -> sto
 
 
 def record_adopted(
-    sessions: sessionmaker[Session], spec: TrialSpec, state: TrialState, job_name: str, *,
+    sessions: sessionmaker[Session], spec: AttemptSpec, state: TrialState, job_name: str, *,
     now: datetime,
 ) -> store.TrialRow:
     """Record a job the store did not know (a store wiped or replaced): `state` is the

@@ -42,7 +42,7 @@ from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import Method, TrialState
 from orchestrator.core.plan import SweepStatus
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import TrialResult
+from orchestrator.core.worker_contract import AttemptResult
 from orchestrator.store.records import latest_rows, sweep_from_row
 
 DEFAULT_TOP = 8
@@ -62,14 +62,14 @@ class SweepData:
 
     sweep: Sweep
     status: SweepStatus | None  # None for a sweep stored without its spec
-    results: list[TrialResult]  # each trial's latest attempt, with its epochs
+    results: list[AttemptResult]  # each trial's latest attempt, with its epochs
     attempts: int
     lane_info: dict[str, tuple[Method, int | None, int | None, float, int]] = field(
         default_factory=dict
     )
 
     @property
-    def succeeded(self) -> list[TrialResult]:
+    def succeeded(self) -> list[AttemptResult]:
         return [r for r in self.results if r.status is TrialState.SUCCEEDED]
 
     @property
@@ -158,7 +158,9 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def memory_of(results: Sequence[TrialResult]) -> tuple[str, Callable[[TrialResult], float | None]]:
+def memory_of(
+    results: Sequence[AttemptResult],
+) -> tuple[str, Callable[[AttemptResult], float | None]]:
     """Which memory the figures show: GPU summed over devices, else peak host memory (CPU)."""
     if any(r.total_gpu_memory_bytes for r in results):
         return "GPU memory, summed over devices", lambda r: r.total_gpu_memory_bytes
@@ -169,7 +171,7 @@ def memory_of(results: Sequence[TrialResult]) -> tuple[str, Callable[[TrialResul
 # --- tables -------------------------------------------------------------------------------
 
 
-def top_trials(data: SweepData, k: int) -> list[TrialResult]:
+def top_trials(data: SweepData, k: int) -> list[AttemptResult]:
     ranked = [r for r in data.succeeded if r.best_eval_loss is not None]
     return sorted(ranked, key=lambda r: (r.best_eval_loss, r.lane, r.model_index))[:k]
 
@@ -237,7 +239,7 @@ def ceilings_table(data: SweepData) -> Table:
     return Table(headers, rows)
 
 
-def estimator_rows(data: SweepData) -> list[tuple[TrialResult, float]]:
+def estimator_rows(data: SweepData) -> list[tuple[AttemptResult, float]]:
     """Trials with both the estimate made before launch and a measured GPU peak (the
     allocator's reserve of the busiest device), with estimate / measured."""
     return [(r, r.estimated_memory_bytes / r.peak_torch_reserved_bytes)
@@ -334,7 +336,7 @@ def figure6(data: SweepData, path: Path) -> Path:
     succeeded = data.succeeded
     memory_label, memory = memory_of(succeeded)
     factor, unit = _scale(v for r in succeeded if (v := memory(r)) is not None)
-    panels: list[tuple[str, Callable[[TrialResult], float | None]]] = [
+    panels: list[tuple[str, Callable[[AttemptResult], float | None]]] = [
         (f"Evaluation loss, {data.loss_shown} (best epoch)", lambda r: r.best_eval_loss),
         ("Training samples/s", lambda r: r.samples_per_second),
         (f"Memory ({unit}): {memory_label}",

@@ -24,7 +24,7 @@ from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL
 from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.trial import WORKER_ENV, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import WORKER_ENV, AttemptResult, AttemptSpec
 from orchestrator.files import write_trial
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _reload_ray_auth_settings() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def job_id(spec: TrialSpec) -> str:
+def job_id(spec: AttemptSpec) -> str:
     """Deterministic Ray job submission id of a trial attempt."""
     namespace = f"{spec.namespace}-" if spec.namespace else ""
     return f"ladder-{namespace}{spec.sweep}-{spec.trial_id}-{spec.attempt}"
@@ -73,7 +73,7 @@ class LocalRayBackend:
         self._client = None
         self._head: SharedHead | None = None
         self._saved_env: dict[str, str | None] = {}
-        self._jobs: dict[tuple[str, int], TrialSpec] = {}
+        self._jobs: dict[tuple[str, int], AttemptSpec] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -127,7 +127,7 @@ class LocalRayBackend:
         return Capacity(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)))
 
     # -- acting --------------------------------------------------------------------------
-    def launch(self, spec: TrialSpec) -> str:
+    def launch(self, spec: AttemptSpec) -> str:
         trial_file = write_trial(spec, Path(spec.output_dir) / "trial.json")
         submission = job_id(spec)
         entrypoint = shlex.join(
@@ -173,7 +173,7 @@ class LocalRayBackend:
         except RuntimeError as error:  # unknown job: nothing to stop
             log.debug("stop_job %s: %s", job_id(spec), error)
 
-    def adopt(self, spec: TrialSpec) -> bool:
+    def adopt(self, spec: AttemptSpec) -> bool:
         """Track a job launched by an earlier runner, if the Ray runtime still has it."""
         try:
             self._client.get_job_status(job_id(spec))
@@ -197,9 +197,9 @@ class LocalRayBackend:
             finished.append(self._outcome(spec, info))
         return finished
 
-    def _outcome(self, spec: TrialSpec, info: object) -> JobOutcome:
+    def _outcome(self, spec: AttemptSpec, info: object) -> JobOutcome:
         logs = self._client.get_job_logs(job_id(spec))
-        result = TrialResult.from_output(logs)
+        result = AttemptResult.from_output(logs)
         status = str(getattr(info, "status", ""))
         if result is not None:
             return JobOutcome(

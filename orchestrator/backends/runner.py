@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
-from orchestrator.core.grid import Grid, GridPoint, expand, trial_spec
+from orchestrator.core.grid import Grid, GridPoint, attempt_spec, expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import (
     CancelTrial,
@@ -37,7 +37,7 @@ from orchestrator.core.plan import (
 )
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import AttemptKey, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec
 
 if TYPE_CHECKING:
     from orchestrator.metrics import LadderMetrics
@@ -54,7 +54,7 @@ class JobOutcome:
     trial_id: str
     attempt: int
     state: TrialState
-    result: TrialResult | None
+    result: AttemptResult | None
     error: str | None
     oom_kind: OOMKind | None = None
 
@@ -63,9 +63,9 @@ class TrialBackend(Protocol):
     """What the runner needs from a backend (LocalRayBackend implements it)."""
 
     def capacity(self) -> Capacity: ...
-    def launch(self, spec: TrialSpec) -> str: ...
+    def launch(self, spec: AttemptSpec) -> str: ...
     def cancel(self, trial_id: str, attempt: int) -> None: ...
-    def adopt(self, spec: TrialSpec) -> bool: ...
+    def adopt(self, spec: AttemptSpec) -> bool: ...
     def active(self) -> set[tuple[str, int]]: ...
     def poll(self) -> list[JobOutcome]: ...
 
@@ -118,9 +118,9 @@ class LocalSweepRunner:
         )
         return observed
 
-    def _spec(self, trial: GridPoint, attempt: int) -> TrialSpec:
+    def _spec(self, trial: GridPoint, attempt: int) -> AttemptSpec:
         output = self.runs_dir / self.sweep.name / trial.trial_id / str(attempt)
-        return trial_spec(self.sweep, trial, attempt=attempt, output_dir=str(output.resolve()))
+        return attempt_spec(self.sweep, trial, attempt=attempt, output_dir=str(output.resolve()))
 
     def recover(self) -> int:
         """Adopt jobs an earlier runner left running; record the lost ones as interrupted."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import Axes, ResourceShape, Sweep, Training
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 
 TRIAL_ID_LENGTH = 10
 LONG_TRIAL_ID_LENGTH = 16  # the store's trial_id column holds 16 characters
@@ -171,12 +171,12 @@ def expand(sweep: Sweep) -> Grid:
     return Grid(lanes=tuple(lanes), trials=trials)
 
 
-def trial_spec(
+def attempt_spec(
     sweep: Sweep, trial: GridPoint, *, attempt: int, output_dir: str, db_url: str | None = None
-) -> TrialSpec:
+) -> AttemptSpec:
     """The worker's payload for one attempt of a trial."""
     lane = trial.lane
-    return TrialSpec(
+    return AttemptSpec(
         sweep=sweep.name,
         namespace=sweep.namespace,
         trial_id=trial.trial_id,

@@ -78,7 +78,7 @@ from orchestrator.core.spec import (
     Sweep,
     validation_problems,
 )
-from orchestrator.core.trial import WORKER_ENV, TrialSpec
+from orchestrator.core.worker_contract import WORKER_ENV, AttemptSpec
 
 RAY_API_VERSION = "ray.io/v1"
 RAYJOB_KIND = "RayJob"
@@ -690,7 +690,7 @@ def trial_output_dir(config: ExecutionConfig, sweep: str, trial_id: str, attempt
     return f"{config.output_dir.rstrip('/')}/{sweep}/{trial_id}/{attempt}"
 
 
-def entrypoint(spec: TrialSpec, config: ExecutionConfig) -> str:
+def entrypoint(spec: AttemptSpec, config: ExecutionConfig) -> str:
     """The worker contract, after writing the inline trial JSON to the trial file."""
     trial_file = f"{spec.output_dir.rstrip('/')}/trial.json"
     return (
@@ -700,7 +700,7 @@ def entrypoint(spec: TrialSpec, config: ExecutionConfig) -> str:
     )
 
 
-def runtime_env(spec: TrialSpec, config: ExecutionConfig) -> dict[str, Any]:
+def runtime_env(spec: AttemptSpec, config: ExecutionConfig) -> dict[str, Any]:
     """The Ray job's runtime env: the trial JSON inline, the worker environment
     (`trial.WORKER_ENV`, unless `execution.env` or `execution.runtimeEnv` sets the variable),
     plus `execution.runtimeEnv`."""
@@ -930,7 +930,7 @@ def ray_cluster_spec(
 def rayjob_manifest(
     sweep: Sweep,
     trial: GridPoint,
-    spec: TrialSpec,
+    spec: AttemptSpec,
     *,
     owner_uid: str,
     db_url_secret: SecretRef | None = None,
@@ -986,15 +986,15 @@ def rayjob_manifest(
     return {"apiVersion": RAY_API_VERSION, "kind": RAYJOB_KIND, "metadata": metadata, "spec": body}
 
 
-def decode_trial(rayjob: Mapping[str, Any]) -> TrialSpec | None:
-    """The TrialSpec a RayJob carries (from its runtimeEnvYAML), if it is one of ours."""
+def decode_trial(rayjob: Mapping[str, Any]) -> AttemptSpec | None:
+    """The AttemptSpec a RayJob carries (from its runtimeEnvYAML), if it is one of ours."""
     text = (rayjob.get("spec") or {}).get("runtimeEnvYAML")
     if not text:
         return None
     try:
         env = yaml.safe_load(text) or {}
         payload = (env.get("env_vars") or {}).get(TRIAL_JSON_ENV)
-        return None if payload is None else TrialSpec.model_validate(json.loads(payload))
+        return None if payload is None else AttemptSpec.model_validate(json.loads(payload))
     except (yaml.YAMLError, ValueError, AttributeError):
         return None
 

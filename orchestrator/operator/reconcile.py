@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
 from orchestrator.core.estimate import predicted_oom_fn
-from orchestrator.core.grid import Grid, GridPoint, expand, trial_spec
+from orchestrator.core.grid import Grid, GridPoint, attempt_spec, expand
 from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
 from orchestrator.core.names import ANNOTATION_OUTCOME
 from orchestrator.core.outcome import stall_reason
@@ -68,7 +68,7 @@ from orchestrator.core.plan import (
 )
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
-from orchestrator.core.trial import AttemptKey, TrialSpec
+from orchestrator.core.worker_contract import AttemptKey, AttemptSpec
 from orchestrator.metrics import LadderMetrics
 from orchestrator.operator.capacity import (
     GpuPool,
@@ -499,9 +499,9 @@ class Reconciler:
 
     # --- observe ---------------------------------------------------------------------------
     def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: GridPoint,
-              attempt: int) -> TrialSpec:
+              attempt: int) -> AttemptSpec:
         output = trial_output_dir(config, sweep.name, trial.trial_id, attempt)
-        return trial_spec(sweep, trial, attempt=attempt, output_dir=output)
+        return attempt_spec(sweep, trial, attempt=attempt, output_dir=output)
 
     def _observe(
         self,

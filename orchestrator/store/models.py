@@ -130,7 +130,7 @@ class SweepRow(Base):
 
 
 class TrialRow(Base):
-    """One attempt of one trial: identity, outcome and measurements (a TrialResult's fields)."""
+    """One attempt of one trial: identity, outcome and measurements (a AttemptResult's fields)."""
 
     __tablename__ = "trials"
     __table_args__ = (

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
 from orchestrator.core.lifecycle import ACTIVE_STATES, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import AttemptKey, EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec, EpochRecord
 from orchestrator.store.engine import redact_secrets
 from orchestrator.store.models import (
     ERROR_EXCERPT_CHARS,
@@ -55,7 +55,7 @@ EPOCHS = cast(sa.Table, EpochRow.__table__)
 
 NON_TERMINAL = tuple(sorted(ACTIVE_STATES))
 
-# What a TrialResult carries beyond its identity, column for column.
+# What a AttemptResult carries beyond its identity, column for column.
 RESULT_FIELDS = (
     "status", "oom_kind", "error", "started_at", "finished_at", "wall_seconds",
     "time_to_first_step_seconds", "samples_per_second", "peak_gpu_memory_bytes",
@@ -194,7 +194,7 @@ def list_sweeps(session: Session) -> list[SweepRow]:
 
 def record_attempt(
     session: Session,
-    spec: TrialSpec,
+    spec: AttemptSpec,
     *,
     status: TrialState,
     started_at: datetime | None = None,
@@ -249,7 +249,7 @@ def record_attempt(
     return row
 
 
-def _result_values(result: TrialResult) -> dict[str, Any]:
+def _result_values(result: AttemptResult) -> dict[str, Any]:
     values: dict[str, Any] = {name: getattr(result, name) for name in IDENTITY_FIELDS}
     values.update({name: getattr(result, name) for name in RESULT_FIELDS})
     values["error"] = error_excerpt(result.error)
@@ -276,7 +276,7 @@ def _differences(row: TrialRow, values: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def record_result(session: Session, result: TrialResult) -> TrialRow:
+def record_result(session: Session, result: AttemptResult) -> TrialRow:
     """Store an attempt's result (every field, and its epochs); returns the row as stored.
 
     A terminal result replaces a pending or running row. For a row that is already terminal,
@@ -471,12 +471,12 @@ def _to_epoch(row: EpochRow) -> EpochRecord:
     return EpochRecord(**values)
 
 
-def to_result(row: TrialRow, epochs: Iterable[EpochRow] | None = None) -> TrialResult:
-    """The TrialResult a row stores; with its epochs when given or already loaded."""
+def to_result(row: TrialRow, epochs: Iterable[EpochRow] | None = None) -> AttemptResult:
+    """The AttemptResult a row stores; with its epochs when given or already loaded."""
     if epochs is None and "epochs" not in sa.inspect(row).unloaded:
         epochs = row.epochs
     fields = {name: getattr(row, name) for name in (*IDENTITY_FIELDS, *RESULT_FIELDS)}
-    return TrialResult(
+    return AttemptResult(
         sweep=row.sweep.name,
         namespace=row.sweep.namespace,
         **fields,

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from orchestrator.store import EpochRow, TrialRow, epochs_of, to_result
 from tests.integration.store.store_helpers import failed, record_after, succeeded
 
@@ -29,7 +29,7 @@ class TestRacingResults:
         ],
     )
     def test_one_outcome_wins_everywhere(
-        self, factory: sessionmaker[Session], store_url: str, spec: TrialSpec,
+        self, factory: sessionmaker[Session], store_url: str, spec: AttemptSpec,
         statuses: list[TrialState],
     ) -> None:
         results = [

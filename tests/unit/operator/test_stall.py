@@ -14,7 +14,7 @@ import pytest
 from orchestrator import store
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.outcome import stall_reason
-from orchestrator.core.trial import AttemptKey, EpochRecord
+from orchestrator.core.worker_contract import AttemptKey, EpochRecord
 from orchestrator.operator.manifests import ExecutionConfig, decode_trial
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import NS, SPEC, FakeCluster

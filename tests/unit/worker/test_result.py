@@ -12,7 +12,7 @@ import pytest
 from ray.train import WorkerGroupError
 
 from orchestrator.core.lifecycle import ExitCode, OOMKind, TrialState
-from orchestrator.core.trial import RESULT_PREFIX, EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import RESULT_PREFIX, AttemptResult, AttemptSpec, EpochRecord
 from worker.memory import MemoryBudgetExceeded
 from worker.result import EpochSink, deliver, error_text, exit_code, store_result, store_url
 from worker.train import run_trial
@@ -20,13 +20,15 @@ from worker.train import run_trial
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def spec(tmp_path: Path, **fields: object) -> TrialSpec:
-    return TrialSpec(sweep="s", trial_id="t1", lane="l", model="ladder/t5-tiny-s", method="full",
+def spec(tmp_path: Path, **fields: object) -> AttemptSpec:
+    return AttemptSpec(sweep="s", trial_id="t1", lane="l", model="ladder/t5-tiny-s", method="full",
                      output_dir=str(tmp_path / "out"), **fields)
 
 
-def result(trial: TrialSpec, status: TrialState = TrialState.SUCCEEDED, **fields) -> TrialResult:
-    return TrialResult.for_trial(trial, status=status, **fields)
+def result(
+    trial: AttemptSpec, status: TrialState = TrialState.SUCCEEDED, **fields
+) -> AttemptResult:
+    return AttemptResult.for_trial(trial, status=status, **fields)
 
 
 @pytest.mark.parametrize(
@@ -79,8 +81,8 @@ def test_deliver_without_a_reachable_store(
     assert deliver(done, trial) is False
     assert time.monotonic() - started >= 1.0  # it kept trying for LADDER_RESULT_RETRY_SECONDS
     last = capsys.readouterr().out.splitlines()[-1]
-    assert TrialResult.from_output(last) == done
-    saved = TrialResult.model_validate_json((tmp_path / "out/result.json").read_text())
+    assert AttemptResult.from_output(last) == done
+    saved = AttemptResult.model_validate_json((tmp_path / "out/result.json").read_text())
     assert saved == done
 
 
@@ -162,6 +164,6 @@ def test_invalid_trial_file(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "worker", "run", "--trial", str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == ExitCode.FAILED
-    last = TrialResult.from_output(done.stdout)
+    last = AttemptResult.from_output(done.stdout)
     assert last is not None and last.status is TrialState.FAILED
     assert "fp16 is not supported" in last.error
