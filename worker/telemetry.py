@@ -65,7 +65,7 @@ class WorkerTelemetry:
 
 @dataclass
 class TrialTelemetry:
-    """All workers' peaks merged into the figures a AttemptResult carries."""
+    """All workers' peaks merged into the figures an AttemptResult carries."""
 
     peak_host_memory_bytes: int | None = None
     gpu_memory_per_device: list[int] = field(default_factory=list)

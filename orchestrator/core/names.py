@@ -55,7 +55,7 @@ DEBUG_ENV = "LADDER_DEBUG"
 # The exit code of a worker whose trial ran out of memory (lifecycle.ExitCode has them all).
 OOM_EXIT_CODE = int(ExitCode.OOM)
 
-# The fields that identify a trial attempt, shared by AttemptSpec, AttemptResult and TrialRow
+# The fields that identify a trial attempt, shared by AttemptSpec, AttemptResult and AttemptRow
 # (the store's natural key is the sweep's (namespace, name) plus trial id and attempt).
 SWEEP_FIELDS = ("sweep", "namespace")
 IDENTITY_FIELDS = (

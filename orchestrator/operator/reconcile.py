@@ -563,7 +563,7 @@ class Reconciler:
         body: Mapping[str, Any],
         sweep: Sweep,
         trial: GridPoint,
-        row: store.TrialRow,
+        row: store.AttemptRow,
         rayjobs: dict[tuple[str, int], dict[str, Any]],
         config: ExecutionConfig,
         result: PassResult,
@@ -635,7 +635,7 @@ class Reconciler:
     def _announce(
         self,
         body: Mapping[str, Any],
-        rows: list[store.TrialRow],
+        rows: list[store.AttemptRow],
         trials: Mapping[str, GridPoint],
         rayjobs: Mapping[tuple[str, int], dict[str, Any]],
     ) -> None:

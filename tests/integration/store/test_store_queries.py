@@ -14,12 +14,12 @@ from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.spec import Sweep
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec, EpochRecord
 from orchestrator.store import (
+    all_attempts,
     attempts,
     epochs_of,
     list_sweeps,
     record_attempt,
     record_result,
-    results,
     to_result,
     upsert_sweep,
 )
@@ -89,12 +89,12 @@ class TestResults:
         self, stored: Session, namespace: str | None, sweep: str | None,
         expected: set[tuple[str, str]],
     ) -> None:
-        rows = results(stored, namespace, sweep)
+        rows = all_attempts(stored, namespace, sweep)
         assert {(r.sweep.namespace, r.sweep.name) for r in rows} == expected
         assert len(rows) == 2 * len(expected)
 
     def test_stable_order(self, stored: Session) -> None:
-        rows = results(stored)
+        rows = all_attempts(stored)
         keys = [(r.sweep.namespace, r.sweep.name, r.lane, r.model_index, r.attempt) for r in rows]
         assert keys == sorted(keys)
 

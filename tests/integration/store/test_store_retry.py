@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec
-from orchestrator.store import TrialRow, is_transient, record_result, save_with_retry
+from orchestrator.store import AttemptRow, is_transient, record_result, save_with_retry
 from tests.integration.store.store_helpers import succeeded
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ class FailingFirst:
         self.error = error or unavailable()
         self.calls = 0
 
-    def __call__(self, session: Session) -> TrialRow:
+    def __call__(self, session: Session) -> AttemptRow:
         self.calls += 1
         row = record_result(session, self.result)
         if self.calls <= self.failures:
@@ -42,9 +42,9 @@ class Sleeps(list[float]):
         self.append(seconds)
 
 
-def stored(factory: sessionmaker[Session]) -> list[TrialRow]:
+def stored(factory: sessionmaker[Session]) -> list[AttemptRow]:
     with factory() as session:
-        return list(session.execute(sa.select(TrialRow)).unique().scalars())
+        return list(session.execute(sa.select(AttemptRow)).unique().scalars())
 
 
 class TestRetries:

@@ -20,9 +20,9 @@ from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.spec import Sweep
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec
 from orchestrator.store import (
+    AttemptRow,
     EpochRow,
     SweepRow,
-    TrialRow,
     ensure_sweep,
     epochs_of,
     list_sweeps,
@@ -57,7 +57,7 @@ def count(session: Session, model: type[object]) -> int:
     return session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
-def write(factory: sessionmaker[Session], result: AttemptResult) -> TrialRow:
+def write(factory: sessionmaker[Session], result: AttemptResult) -> AttemptRow:
     """Record a result in a transaction of its own, as a worker does."""
     with factory.begin() as session:
         return record_result(session, result)
@@ -130,7 +130,7 @@ class TestRecordAttempt:
             with factory.begin() as session:
                 record_attempt(session, spec, status=TrialState.RUNNING, started_at=T0)
         with factory() as session:
-            assert count(session, TrialRow) == 1
+            assert count(session, AttemptRow) == 1
 
     @pytest.mark.parametrize(
         ("first", "then", "expected"),
@@ -188,7 +188,7 @@ class TestRecordAttempt:
         first, second = trial_specs(sweep, attempt=1)[0], trial_specs(sweep, attempt=2)[0]
         record_attempt(session, first, status=TrialState.RUNNING)
         record_attempt(session, second, status=TrialState.PENDING)
-        assert count(session, TrialRow) == 2
+        assert count(session, AttemptRow) == 2
 
 
 class TestRecordResult:
@@ -199,7 +199,7 @@ class TestRecordResult:
         result = outcome(spec, status)
         write(factory, result)
         with factory() as session:
-            row = session.execute(sa.select(TrialRow)).unique().scalar_one()
+            row = session.execute(sa.select(AttemptRow)).unique().scalar_one()
             assert to_result(row, epochs_of(session, row.id)) == result
 
     @pytest.mark.parametrize("status", TERMINAL, ids=str)
@@ -317,7 +317,7 @@ class TestRecordResult:
         )
         write(factory, result)
         with factory() as session:
-            row = session.execute(sa.select(TrialRow)).unique().scalar_one()
+            row = session.execute(sa.select(AttemptRow)).unique().scalar_one()
             stored = to_result(row, epochs_of(session, row.id))
         assert stored.best_eval_loss is None or math.isnan(stored.best_eval_loss)
         assert math.isnan(stored.epochs[0].train_loss)
@@ -356,7 +356,7 @@ class TestRecordEpoch:
         row = self.live(factory, running, 1, eval_loss=8.0)
         assert row.eval_loss == 8.0
         with factory() as session:
-            trial = session.execute(sa.select(TrialRow)).unique().scalar_one()
+            trial = session.execute(sa.select(AttemptRow)).unique().scalar_one()
             assert trial.epochs_completed == 2  # epoch 1 again never lowers it
             assert [e.epoch for e in epochs_of(session, trial.id)] == [1, 2]
 
@@ -381,7 +381,7 @@ class TestRecordEpoch:
         # A gap may still be filled (a live write that arrives after the result).
         assert self.live(factory, running, 3).epoch == 3
         with factory() as session:
-            trial = session.execute(sa.select(TrialRow)).unique().scalar_one()
+            trial = session.execute(sa.select(AttemptRow)).unique().scalar_one()
             assert trial.epochs_completed == 2  # the result's count stands
 
     def test_unknown_attempt(self, factory: sessionmaker[Session], spec: AttemptSpec) -> None:
@@ -397,7 +397,7 @@ class TestMarkAttempt:
         return spec
 
     def mark(self, factory: sessionmaker[Session], spec: AttemptSpec, status: TrialState,
-             **fields: object) -> TrialRow:
+             **fields: object) -> AttemptRow:
         with factory.begin() as session:
             return mark_attempt(
                 session, spec.key, status,
@@ -496,7 +496,7 @@ class TestEnumColumns:
         session.commit()
         # By the column type, before SQL is sent...
         with pytest.raises(StatementError):
-            session.execute(sa.update(TrialRow).values(status="paused"))
+            session.execute(sa.update(AttemptRow).values(status="paused"))
         session.rollback()
         # ...and by the database's CHECK constraint for writers that bypass the models.
         with pytest.raises(IntegrityError):
@@ -512,4 +512,4 @@ class TestEnumColumns:
         with factory.begin() as session:
             session.execute(sa.delete(SweepRow))
         with factory() as session:
-            assert (count(session, TrialRow), count(session, EpochRow)) == (0, 0)
+            assert (count(session, AttemptRow), count(session, EpochRow)) == (0, 0)

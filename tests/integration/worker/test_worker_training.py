@@ -40,10 +40,10 @@ def tiny_trial(tmp_path: Path, method: str, **fields: object) -> AttemptSpec:
 
 
 def stored(url: str) -> list[AttemptResult]:
-    from orchestrator.store import open_store, results, to_result
+    from orchestrator.store import all_attempts, open_store, to_result
 
     with open_store(url)() as session:
-        return [to_result(row) for row in results(session, with_epochs=True)]
+        return [to_result(row) for row in all_attempts(session, with_epochs=True)]
 
 
 @pytest.mark.parametrize(

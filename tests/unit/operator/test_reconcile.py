@@ -221,7 +221,7 @@ def reconciler(cluster: FakeCluster, sessions: Any) -> Reconciler:
     return Reconciler(cluster, sessions, db_secret=SecretRef(name="ladder-db"))
 
 
-def rows(sessions: Any, sweep: str = "qs") -> dict[tuple[str, int], store.TrialRow]:
+def rows(sessions: Any, sweep: str = "qs") -> dict[tuple[str, int], store.AttemptRow]:
     with sessions() as session:
         return {(r.trial_id, r.attempt): r for r in store.attempts(session, NS, sweep)}
 

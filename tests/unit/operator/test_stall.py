@@ -54,7 +54,7 @@ def running(cluster: FakeCluster, name: str) -> None:
                    "rayClusterName": f"{name}-abcde"})
 
 
-def by_attempt(sessions: Any) -> dict[int, store.TrialRow]:
+def by_attempt(sessions: Any) -> dict[int, store.AttemptRow]:
     with sessions() as session:
         return {r.attempt: r for r in store.attempts(session, NS, "qs")}
 

@@ -90,7 +90,7 @@ def test_result_write_waits_for_a_store_that_comes_back(tmp_path: Path) -> None:
     """A store that cannot be opened (here: its directory is missing, sqlite3's "unable to
     open database file", an OperationalError like a refused connection) is retried with
     backoff; once it is there again, the result lands."""
-    from orchestrator.store import open_store, results, to_result
+    from orchestrator.store import all_attempts, open_store, to_result
 
     home = tmp_path / "store"
     url = f"sqlite:///{home}/ladder.db"
@@ -106,7 +106,7 @@ def test_result_write_waits_for_a_store_that_comes_back(tmp_path: Path) -> None:
     store_result(url, done, within=60, sleep=pause)
     assert len(pauses) >= 4
     with open_store(url)() as session:
-        (row,) = results(session)
+        (row,) = all_attempts(session)
         assert to_result(row) == done
 
 
@@ -122,7 +122,7 @@ def test_result_write_gives_up_after_its_deadline(tmp_path: Path) -> None:
 
 def test_deliver_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator.store import open_store, results, to_result
+    from orchestrator.store import all_attempts, open_store, to_result
 
     url = f"sqlite:///{tmp_path}/ladder.db"
     monkeypatch.setenv("LADDER_DB_URL", url)
@@ -133,7 +133,7 @@ def test_deliver_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     done = result(trial, best_eval_loss=1.9, best_epoch=1, epochs_completed=1, epochs=[epoch])
     assert deliver(done, trial) is True
     with open_store(url)() as session:
-        (row,) = results(session, with_epochs=True)
+        (row,) = all_attempts(session, with_epochs=True)
         assert to_result(row) == done
     assert capsys.readouterr().out.splitlines()[-1].startswith(RESULT_PREFIX)
 
