@@ -155,7 +155,7 @@ def record_planned(
     *,
     now: datetime,
 ) -> store.AttemptRow:
-    """Record an attempt the plan settled without launching it (`RecordOutcome`)."""
+    """Record an attempt the plan settled without launching it (`RecordUnlaunched`)."""
     with sessions.begin() as session:
         store.record_attempt(session, spec, status=TrialState.PENDING,
                              estimated_memory_bytes=estimated_bytes(sweep_spec, trial))

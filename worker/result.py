@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.classify import excerpt
 from orchestrator.core.lifecycle import ExitCode, TrialState
 from orchestrator.core.names import DB_URL_ENV, RESULT_RETRY_ENV
-from orchestrator.core.outcome import excerpt
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec, EpochRecord
 from worker.memory import classify_failure, exception_chain
 

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from orchestrator.backends.ray_head import SharedHead
-from orchestrator.backends.runner import JobOutcome
+from orchestrator.backends.runner import FinishedJob
+from orchestrator.core.classify import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL
-from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.worker_contract import WORKER_ENV, AttemptResult, AttemptSpec
 from orchestrator.files import write_trial
@@ -186,7 +186,7 @@ class LocalRayBackend:
     def active(self) -> set[tuple[str, int]]:
         return set(self._jobs)
 
-    def poll(self) -> list[JobOutcome]:
+    def poll(self) -> list[FinishedJob]:
         """Jobs that ended since the last poll, each with its outcome."""
         finished = []
         for key, spec in list(self._jobs.items()):
@@ -194,23 +194,23 @@ class LocalRayBackend:
             if not info.status.is_terminal():
                 continue
             del self._jobs[key]
-            finished.append(self._outcome(spec, info))
+            finished.append(self._finished_job(spec, info))
         return finished
 
-    def _outcome(self, spec: AttemptSpec, info: object) -> JobOutcome:
+    def _finished_job(self, spec: AttemptSpec, info: object) -> FinishedJob:
         logs = self._client.get_job_logs(job_id(spec))
         result = AttemptResult.from_output(logs)
         status = str(getattr(info, "status", ""))
         if result is not None:
-            return JobOutcome(
+            return FinishedJob(
                 spec.trial_id, spec.attempt, result.status, result, result.error, result.oom_kind
             )
         if status == "STOPPED":
-            return JobOutcome(spec.trial_id, spec.attempt, TrialState.CANCELLED, None, "stopped")
+            return FinishedJob(spec.trial_id, spec.attempt, TrialState.CANCELLED, None, "stopped")
         # The worker died without its result line: classify what the job left behind.
         text = f"{getattr(info, 'message', '') or ''}\n{logs}"
         state, kind = classify_text(text, budget_set=spec.memory_budget_bytes is not None)
         code_state = state_for_exit_code(getattr(info, "driver_exit_code", None))
         if state is TrialState.FAILED and code_state is TrialState.OOM:
             state = TrialState.OOM
-        return JobOutcome(spec.trial_id, spec.attempt, state, None, excerpt(text), kind)
+        return FinishedJob(spec.trial_id, spec.attempt, state, None, excerpt(text), kind)

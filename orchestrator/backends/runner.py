@@ -31,7 +31,7 @@ from orchestrator.core.plan import (
     LaunchTrial,
     Observed,
     Plan,
-    RecordOutcome,
+    RecordUnlaunched,
     SweepStatus,
     plan,
 )
@@ -48,7 +48,7 @@ INTERRUPTED = "interrupted: the runner stopped before this attempt finished"
 
 
 @dataclass(frozen=True, slots=True)
-class JobOutcome:
+class FinishedJob:
     """A finished job as a backend saw it; `result` when the worker printed one."""
 
     trial_id: str
@@ -67,7 +67,7 @@ class TrialBackend(Protocol):
     def cancel(self, trial_id: str, attempt: int) -> None: ...
     def adopt(self, spec: AttemptSpec) -> bool: ...
     def active(self) -> set[tuple[str, int]]: ...
-    def poll(self) -> list[JobOutcome]: ...
+    def poll(self) -> list[FinishedJob]: ...
 
 
 class RunnerEventKind(StrEnum):
@@ -156,7 +156,7 @@ class LocalSweepRunner:
                 bookkeeping.record_launch(self.sessions, spec, self.sweep.spec, action.trial,
                                           now=datetime.now(UTC), job_name=name)
                 events.append(RunnerEvent(RunnerEventKind.LAUNCHED, action.trial, action.attempt))
-            elif isinstance(action, RecordOutcome):
+            elif isinstance(action, RecordUnlaunched):
                 bookkeeping.record_planned(
                     self.sessions, self._spec(action.trial, action.attempt), self.sweep.spec,
                     action.trial, action.state, action.oom_kind, action.reason,
@@ -182,15 +182,14 @@ class LocalSweepRunner:
 
     def _collect(self) -> list[RunnerEvent]:
         events = []
-        for outcome in self.backend.poll():
-            trial = self._trials[outcome.trial_id]
-            if outcome.result is not None:
-                bookkeeping.record_result(self.sessions, outcome.result)
+        for job in self.backend.poll():
+            trial = self._trials[job.trial_id]
+            if job.result is not None:
+                bookkeeping.record_result(self.sessions, job.result)
             else:
-                self._mark(trial, outcome.attempt, outcome.state, outcome.oom_kind,
-                           outcome.error)
-            events.append(RunnerEvent(RunnerEventKind.FINISHED, trial, outcome.attempt,
-                                      outcome.state, outcome.oom_kind, outcome.error or ""))
+                self._mark(trial, job.attempt, job.state, job.oom_kind, job.error)
+            events.append(RunnerEvent(RunnerEventKind.FINISHED, trial, job.attempt,
+                                      job.state, job.oom_kind, job.error or ""))
         return events
 
     # -- loop ------------------------------------------------------------------------------

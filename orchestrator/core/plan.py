@@ -90,7 +90,7 @@ class LaunchTrial:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordOutcome:
+class RecordUnlaunched:
     """Record an attempt that is never launched: predicted OOM, unschedulable, or skipped."""
 
     trial: GridPoint
@@ -109,7 +109,7 @@ class CancelTrial:
     reason: str
 
 
-Action = LaunchTrial | RecordOutcome | CancelTrial
+Action = LaunchTrial | RecordUnlaunched | CancelTrial
 
 
 class SweepPhase(StrEnum):
@@ -178,8 +178,8 @@ class Plan:
         return tuple(a for a in self.actions if isinstance(a, LaunchTrial))
 
     @property
-    def records(self) -> tuple[RecordOutcome, ...]:
-        return tuple(a for a in self.actions if isinstance(a, RecordOutcome))
+    def records(self) -> tuple[RecordUnlaunched, ...]:
+        return tuple(a for a in self.actions if isinstance(a, RecordUnlaunched))
 
     @property
     def cancels(self) -> tuple[CancelTrial, ...]:
@@ -201,7 +201,7 @@ class _LaneWork:
     trials: tuple[GridPoint, ...]
     observed: Mapping[str, Sequence[AttemptObservation]]
     progress: LaneProgress
-    records: list[RecordOutcome] = field(default_factory=list)
+    records: list[RecordUnlaunched] = field(default_factory=list)
     own: dict[str, Sequence[AttemptObservation]] | None = None
 
     @property
@@ -301,14 +301,14 @@ def _settle(
             reason = (
                 f"predicted out of memory: the memory estimate of {trial.model} exceeds the device"
             )
-            record = RecordOutcome(trial, attempt, TrialState.OOM, OOMKind.PREDICTED, reason)
+            record = RecordUnlaunched(trial, attempt, TrialState.OOM, OOMKind.PREDICTED, reason)
         elif total is not None and unschedulable(trial, total):
             need = demand(trial)
             reason = (
                 f"unschedulable: needs {need.gpus} GPUs and {need.cpus} CPUs, "
                 f"the sweep has {total.gpus} GPUs and {total.cpus} CPUs"
             )
-            record = RecordOutcome(trial, attempt, TrialState.FAILED, None, reason)
+            record = RecordUnlaunched(trial, attempt, TrialState.FAILED, None, reason)
         else:
             break
         item.records.append(record)
@@ -318,7 +318,7 @@ def _settle(
         reason = f"skipped: {stop_reason(progress)}"
         for trial in progress.never_run:
             if not item.attempts(trial):
-                item.records.append(RecordOutcome(trial, 1, TrialState.SKIPPED, None, reason))
+                item.records.append(RecordUnlaunched(trial, 1, TrialState.SKIPPED, None, reason))
                 item.fold(trial, 1, TrialState.SKIPPED, error=reason)
 
 

@@ -53,6 +53,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from orchestrator.core.classify import classify_text, excerpt
 from orchestrator.core.execution import MAX_LABEL_VALUE, ControllerExecution
 from orchestrator.core.grid import GridPoint
 from orchestrator.core.lifecycle import OOMKind, TrialState
@@ -69,7 +70,6 @@ from orchestrator.core.names import (
     OOM_EXIT_CODE,
     TRIAL_JSON_ENV,
 )
-from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import (
     API_VERSION,
@@ -1130,7 +1130,7 @@ def outcome_from_rayjob(
       a host OOM when a pod of the cluster was OOMKilled (now, or in its last state: the
       kubelet restarted it) or evicted for memory, or KubeRay's Event says it deleted an
       OOMKilled pod (`host_oom_events`), else the
-      status message is classified (`outcome.classify_text`: a CUDA OOM is `oom/gpu`, our
+      status message is classified (`classify.classify_text`: a CUDA OOM is `oom/gpu`, our
       budget exception `oom/budget`), else the worker's exit code 3 means an OOM of unknown
       kind, else failed.
     The worker's own result (in the store) is more precise and is read before this.

@@ -19,7 +19,7 @@ Observe:
    cancelled, so the lane relaunches it as the next attempt. A RayJob without a store row
    (a store that lost it) is adopted.
    A running attempt silent for longer than `execution.stallTimeoutSeconds` (no epoch, no
-   other write of its worker; `outcome.stall_reason` decides) has hung: its RayJob is deleted
+   other write of its worker; `classify.stall_reason` decides) has hung: its RayJob is deleted
    and the attempt recorded as failed, "stalled: no progress for N s" (it retries like any
    failure). A live attempt one of whose pods the scheduler has refused for longer than
    `execution.unschedulableTimeoutSeconds` is requeued: its RayJob is deleted and the
@@ -52,16 +52,16 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
+from orchestrator.core.classify import stall_reason
 from orchestrator.core.estimate import predicted_oom_fn
 from orchestrator.core.grid import Grid, GridPoint, attempt_spec, expand
 from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
 from orchestrator.core.names import ANNOTATION_OUTCOME
-from orchestrator.core.outcome import stall_reason
 from orchestrator.core.plan import (
     CancelTrial,
     LaunchTrial,
     Plan,
-    RecordOutcome,
+    RecordUnlaunched,
     SweepPhase,
     plan,
     status_dict,
@@ -705,7 +705,7 @@ class Reconciler:
                 self.cluster.event(body, NORMAL, "TrialCancelled",
                                    f"Trial {_describe(trial)} attempt {attempt} cancelled: "
                                    f"{action.reason}")
-            elif isinstance(action, RecordOutcome):
+            elif isinstance(action, RecordUnlaunched):
                 bookkeeping.record_planned(
                     self.sessions, self._spec(sweep, config, trial, attempt), sweep.spec, trial,
                     action.state, action.oom_kind, action.reason, now=self.clock(),

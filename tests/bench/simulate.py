@@ -40,7 +40,7 @@ from orchestrator.core.estimate import (
 )
 from orchestrator.core.grid import GridPoint, expand
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
-from orchestrator.core.plan import LaunchTrial, Observed, RecordOutcome, plan
+from orchestrator.core.plan import LaunchTrial, Observed, RecordUnlaunched, plan
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import Precision, Resources, Sweep, SweepSpec
 
@@ -336,7 +336,7 @@ def simulate(
         decided = plan(grid, spec, Observed(attempts, capacity, predicted_oom=predicted))
         for action in decided.actions:
             trial = action.trial
-            if isinstance(action, RecordOutcome):
+            if isinstance(action, RecordUnlaunched):
                 attempts.setdefault(trial.trial_id, []).append(AttemptObservation(
                     trial.trial_id, action.attempt, action.state, oom_kind=action.oom_kind))
                 state = ("predicted" if action.oom_kind is OOMKind.PREDICTED

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import orchestrator.backends.local as local_backend
 from orchestrator import store
-from orchestrator.backends.runner import JobOutcome, LocalSweepRunner
+from orchestrator.backends.runner import FinishedJob, LocalSweepRunner
 from orchestrator.cli import app
 from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
@@ -174,8 +174,8 @@ class StandInRay:
     def active(self) -> set[tuple[str, int]]:
         return set(self.jobs)
 
-    def poll(self) -> list[JobOutcome]:
-        done = [JobOutcome(t, a, TrialState.OOM, None, f"CUDA out of memory in {spec.model}",
+    def poll(self) -> list[FinishedJob]:
+        done = [FinishedJob(t, a, TrialState.OOM, None, f"CUDA out of memory in {spec.model}",
                            OOMKind.GPU) for (t, a), spec in self.jobs.items()]
         self.jobs.clear()
         return done
@@ -231,7 +231,7 @@ def test_a_failing_display_is_switched_off_and_the_sweep_goes_on(tmp_path: Path)
 class DyingRay(StandInRay):
     """The stand-in backend, whose runtime dies (poll raises) once a trial is running."""
 
-    def poll(self) -> list[JobOutcome]:
+    def poll(self) -> list[FinishedJob]:
         if self.jobs:
             raise ConnectionError("Ray is gone (postgresql://u:hunter2@db/ladder)")
         return []

@@ -19,7 +19,7 @@ from orchestrator.core.plan import (
     LaunchTrial,
     Observed,
     Plan,
-    RecordOutcome,
+    RecordUnlaunched,
     SweepPhase,
     plan,
     status_dict,
@@ -70,7 +70,7 @@ class World:
     predicted: frozenset[str] = frozenset()
     attempts: dict[str, list[AttemptObservation]] = field(default_factory=dict)
     launched: list[tuple[str, int]] = field(default_factory=list)
-    recorded: list[RecordOutcome] = field(default_factory=list)
+    recorded: list[RecordUnlaunched] = field(default_factory=list)
     rounds: int = 0
 
     def __post_init__(self) -> None:
@@ -112,7 +112,7 @@ class World:
                 assert action.attempt not in used, "reused an attempt number"
                 self.launched.append((trial_id, action.attempt))
                 self._put(AttemptObservation(trial_id, action.attempt, TrialState.PENDING))
-            elif isinstance(action, RecordOutcome):
+            elif isinstance(action, RecordUnlaunched):
                 assert action.attempt not in used, "recorded over an attempt"
                 self.recorded.append(action)
                 self._put(
@@ -390,7 +390,7 @@ def test_a_predicted_oom_caps_its_lane_in_the_same_plan() -> None:
     )
     decided = plan(grid, spec, observed)
 
-    assert decided.records[0] == RecordOutcome(
+    assert decided.records[0] == RecordUnlaunched(
         full[0], 1, OOM, OOMKind.PREDICTED, decided.records[0].reason
     )
     assert "predicted out of memory" in decided.records[0].reason

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from orchestrator import store
+from orchestrator.core.classify import stall_reason
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.outcome import stall_reason
 from orchestrator.core.worker_contract import AttemptKey, EpochRecord
 from orchestrator.operator.manifests import ExecutionConfig, decode_trial
 from orchestrator.operator.reconcile import Reconciler
