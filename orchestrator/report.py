@@ -176,7 +176,9 @@ def top_trials(data: SweepData, k: int) -> list[AttemptResult]:
     return sorted(ranked, key=lambda r: (r.best_eval_loss, r.lane, r.model_index))[:k]
 
 
-def table3(data: SweepData, k: int) -> Table:
+def top_trials_table(data: SweepData, k: int) -> Table:
+    """The top `k` succeeded trials by best eval loss, with their memory, speed and time (the
+    paper's Table 3)."""
     rows = []
     for place, r in enumerate(top_trials(data, k), start=1):
         rows.append([
@@ -198,8 +200,9 @@ def has_dss_ablation(data: SweepData) -> bool:
     return all(any(math.isclose(a, b) for a in alphas) for b in DSS_ALPHAS)
 
 
-def table4(data: SweepData) -> Table:
-    """Per model x method: mean best eval loss at dssAlpha 0.5 and 1.0, and the difference."""
+def dss_ablation_table(data: SweepData) -> Table:
+    """Per model x method: mean best eval loss at dssAlpha 0.5 and 1.0, and the difference
+    (the paper's Table 4, the DSS ablation)."""
     losses: dict[tuple[str, Method], dict[float, list[float]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -331,8 +334,9 @@ def _short(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
 
-def figure6(data: SweepData, path: Path) -> Path:
-    """2 x 2 grouped bars: per model x method means of loss, samples/s, memory, time."""
+def model_method_bars(data: SweepData, path: Path) -> Path:
+    """2 x 2 grouped bars: per model x method means of loss, samples/s, memory, time (the
+    paper's Figure 6; written as figure6.png)."""
     succeeded = data.succeeded
     memory_label, memory = memory_of(succeeded)
     factor, unit = _scale(v for r in succeeded if (v := memory(r)) is not None)
@@ -386,8 +390,9 @@ def _no_bar(ax: Axes, x: float, data: SweepData, model: str, method: Method) -> 
                 color="#aa3333")
 
 
-def figure7(data: SweepData, path: Path) -> Path:
-    """Heatmaps of mean best eval loss over (rank, alpha), one per adapter method."""
+def rank_alpha_heatmaps(data: SweepData, path: Path) -> Path:
+    """Heatmaps of mean best eval loss over (rank, alpha), one per adapter method (the paper's
+    Figure 7; written as figure7.png)."""
     methods = [m for m in ADAPTER_METHODS if any(r.method is m for r in data.results)]
     methods = methods or [Method.LORA]
     succeeded = data.succeeded
@@ -536,14 +541,14 @@ def sections(data: SweepData, top: int) -> list[Section]:
         ["Best evaluation loss over the epochs of each succeeded trial (latest attempt). GPU "
          "memory is the peak per device summed over the trial's devices, as the paper "
          "reports it; '-' where the trial ran on CPU."],
-        table=table3(data, top),
+        table=top_trials_table(data, top),
     ))
     if has_dss_ablation(data):
         out.append(Section(
             "Table 4: DSS (dssAlpha 0.5) against label-only training (dssAlpha 1.0)",
             ["Mean best evaluation loss over seeds (and over adapter pairs where several "
              "ran) per model x method; a positive difference means DSS is better."],
-            table=table4(data),
+            table=dss_ablation_table(data),
         ))
     out.append(Section(
         "Figure 6: per model x method means", [f"Memory panel: {memory_label}."],
@@ -661,7 +666,8 @@ def render(data: SweepData, out: Path, top: int = DEFAULT_TOP,
            generated_at: datetime | None = None) -> Report:
     """Write report.md, report.html and the PNG figures into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    images = (figure6(data, out / "figure6.png"), figure7(data, out / "figure7.png"),
+    images = (model_method_bars(data, out / "figure6.png"),
+              rank_alpha_heatmaps(data, out / "figure7.png"),
               loss_curves(data, out / "loss_curves.png"))
     where = f"{data.sweep.namespace}/" if data.sweep.namespace else ""
     title = f"Ladder report: sweep {where}{data.sweep.name}"

@@ -5,12 +5,13 @@ smallest model; if it succeeds, run the next larger one; stop at the first out-o
 and record the lane's ceiling (the largest model that fitted). Non-OOM failures are retried
 up to `escalation.retries` times, then fail the lane.
 
-`lane_progress` is a pure function of a snapshot (the lane's trials and every attempt observed
-for them). This is the opposite of a Ray Tune scheduler, which keeps its trials' history in
-memory and is told of each result as it comes (`on_trial_result`, `on_trial_complete`):
-`lane_progress` remembers nothing between calls and reads the whole history from the store each
-time. So the same snapshot always gives the same answer, a restarted controller or runner
-resumes exactly where it was, with nothing to rebuild.
+The design is stateless: `lane_progress` is a pure function of a snapshot (the lane's trials and
+every attempt observed for them), and every decision is recomputed from the store on each pass.
+That is the opposite of Ray Tune's schedulers, which are stateful: they keep their trials'
+history in memory and are told of each result as it comes (`on_trial_result`,
+`on_trial_complete`). Stateless fits restarts better: the same snapshot always gives the same
+answer, so a restarted controller or runner resumes exactly where it was, with nothing to
+rebuild or replay.
 
 Rules, walking the ladder smallest model first and looking at each
 trial's latest attempt (by attempt number):

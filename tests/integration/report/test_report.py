@@ -26,7 +26,7 @@ from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.spec import Sweep, SweepSpec
 from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec, EpochRecord
-from orchestrator.report import load, render, table3, top_trials
+from orchestrator.report import load, render, top_trials, top_trials_table
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +160,7 @@ def test_report_renders_every_paper_form(gpu_store, tmp_path: Path) -> None:
     losses = sorted(r.best_eval_loss for r in data.succeeded)
     assert [r.best_eval_loss for r in best] == losses[:8]
     assert all(r.status is TrialState.SUCCEEDED for r in best)
-    rows = table3(data, 8).rows
+    rows = top_trials_table(data, 8).rows
     assert rows[0][1] == "google/flan-t5-large" and rows[0][7] == f"{losses[0]:.5f}"
     assert "GiB" in rows[0][8]
     # The running trial and the failed one are in no table row and no mean.
@@ -186,7 +186,7 @@ def test_report_renders_every_paper_form(gpu_store, tmp_path: Path) -> None:
     assert "| 1.10 |" in estimates
 
 
-def test_cpu_sweep_reports_host_memory_and_skips_table4(tmp_path: Path) -> None:
+def test_cpu_sweep_reports_host_memory_and_skips_the_dss_ablation(tmp_path: Path) -> None:
     sessions = store.open_store(f"sqlite:///{tmp_path / 'cpu.db'}")
     write_sweep(sessions, make_sweep("cpu", gpus=0, seeds=[0], dss=[0.5]), gpus=False)
     written = render(load(sessions), tmp_path / "out")
