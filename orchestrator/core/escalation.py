@@ -99,6 +99,75 @@ def latest_attempt(observations: Sequence[AttemptObservation]) -> AttemptObserva
     return latest_attempts(observations, key=_one_trial).get(None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """Where the walk up a lane's ladder stopped: its next launch, or its end, or a wait."""
+
+    ceiling: GridPoint | None = None
+    launch: tuple[GridPoint, int] | None = None
+    state: LaneState | None = None  # set when the walk ends the lane
+    stopped_at: GridPoint | None = None
+    oom_kind: OOMKind | None = None
+    never_run: tuple[GridPoint, ...] = ()
+
+
+def _active_attempts(
+    ladder: Sequence[GridPoint], attempts: Mapping[str, Sequence[AttemptObservation]]
+) -> tuple[list[tuple[GridPoint, int]], bool]:
+    """The lane's pending or running attempts, smallest model first, and whether it has any
+    attempt at all."""
+    active: list[tuple[GridPoint, int]] = []
+    observed_any = False
+    for trial in ladder:
+        observations = attempts.get(trial.trial_id)
+        if observations:
+            observed_any = True
+            active.extend((trial, obs.attempt) for obs in observations
+                          if obs.state in ACTIVE_STATES)
+    active.sort(key=lambda item: (item[0].model_index, item[1]))
+    return active, observed_any
+
+
+def _walk_ladder(
+    ladder: Sequence[GridPoint],
+    attempts: Mapping[str, Sequence[AttemptObservation]],
+    escalation: Escalation,
+) -> _Decision:
+    """Climb the ladder by each trial's latest attempt until one decides (the rules: the
+    module's docstring)."""
+    stop_lane = escalation.on_oom is OnOOM.STOP_LANE
+    top = len(ladder) - 1
+    ceiling: GridPoint | None = None
+    for position, trial in enumerate(ladder):
+        observations = attempts.get(trial.trial_id) or ()
+        latest = latest_attempt(observations) if observations else None
+        if latest is None:
+            return _Decision(ceiling, launch=(trial, 1))
+        above = tuple(ladder[position + 1 :])
+        outcome = latest.state
+        if outcome is TrialState.SUCCEEDED:
+            ceiling = trial
+            if position == top:
+                return _Decision(ceiling, state=LaneState.COMPLETED)
+        elif outcome is TrialState.OOM:
+            if stop_lane or position == top:
+                return _Decision(ceiling, state=LaneState.CAPPED, stopped_at=trial,
+                                 oom_kind=latest.oom_kind, never_run=above)
+            # `continue`: on to the next model
+        elif outcome is TrialState.FAILED or outcome is TrialState.CANCELLED:
+            # A cancellation is not a failure, but it never buys retries past the bound.
+            failures = sum(1 for obs in observations if obs.state is TrialState.FAILED)
+            if failures <= escalation.retries:
+                return _Decision(ceiling, launch=(trial, latest.attempt + 1))
+            return _Decision(ceiling, state=LaneState.FAILED, stopped_at=trial, never_run=above)
+        elif outcome is TrialState.SKIPPED:
+            return _Decision(ceiling, state=LaneState.CANCELLED,
+                             never_run=tuple(ladder[position:]))
+        else:
+            return _Decision(ceiling)  # pending or running: the lane waits on it
+    return _Decision(ceiling)
+
+
 def lane_progress(
     lane: Lane,
     trials: Sequence[GridPoint],
@@ -109,88 +178,35 @@ def lane_progress(
 
     `trials` are the lane's trials (any order: they are climbed by `model_index`); `attempts`
     maps trial ids to their observed attempts, in any order; ids of other lanes are ignored.
-    One pass over the lane: it runs once per lane on every reconcile.
+    Two steps: the lane's active attempts (`_active_attempts`), and the walk up the ladder
+    (`_walk_ladder`); an active attempt anywhere makes the lane wait, whatever the walk found.
     """
     ladder = sorted(trials, key=_LADDER_ORDER)
-    stop_lane = escalation.on_oom is OnOOM.STOP_LANE
-    top = len(ladder) - 1
-    active: list[tuple[GridPoint, int]] = []
-    observed_any = False
-
-    decided = False  # the walk up the ladder has reached its decision
-    launch: tuple[GridPoint, int] | None = None
-    ceiling: GridPoint | None = None
-    state: LaneState | None = None  # set when the walk ends the lane
-    stopped_at: GridPoint | None = None
-    oom_kind: OOMKind | None = None
-    never_run: tuple[GridPoint, ...] = ()
-
-    for position, trial in enumerate(ladder):
-        observations = attempts.get(trial.trial_id)
-        latest: AttemptObservation | None = None
-        failures = 0
-        if observations:
-            observed_any = True
-            for obs in observations:
-                if obs.state in ACTIVE_STATES:
-                    active.append((trial, obs.attempt))
-                elif obs.state is TrialState.FAILED:
-                    failures += 1
-            latest = latest_attempt(observations)
-        if decided:
-            continue  # only looking for active attempts above the decision
-        decided = True
-        if latest is None:
-            launch = (trial, 1)
-            continue
-        outcome = latest.state
-        if outcome is TrialState.SUCCEEDED:
-            ceiling = trial
-            decided = position == top
-            if decided:
-                state = LaneState.COMPLETED
-        elif outcome is TrialState.OOM:
-            if stop_lane or position == top:
-                state, stopped_at, oom_kind = LaneState.CAPPED, trial, latest.oom_kind
-                never_run = tuple(ladder[position + 1 :])
-            else:
-                decided = False  # `continue`: on to the next model
-        elif outcome is TrialState.FAILED or outcome is TrialState.CANCELLED:
-            # A cancellation is not a failure, but it never buys retries past the bound.
-            if failures <= escalation.retries:
-                launch = (trial, latest.attempt + 1)
-            else:
-                state, stopped_at = LaneState.FAILED, trial
-                never_run = tuple(ladder[position + 1 :])
-        elif outcome is TrialState.SKIPPED:
-            state = LaneState.CANCELLED
-            never_run = tuple(ladder[position:])
-        # pending or running: the lane waits on it
-
-    if active:  # whatever the walk found, the lane waits for its attempts to end
-        if len(active) > 1:
-            active.sort(key=lambda item: (item[0].model_index, item[1]))
+    active, observed_any = _active_attempts(ladder, attempts)
+    decision = _walk_ladder(ladder, attempts, escalation)
+    if active:
         return LaneProgress(
             lane=lane,
             state=LaneState.RUNNING,
             launch=None,
             active=tuple(active),
-            ceiling=ceiling,
+            ceiling=decision.ceiling,
             stopped_at=None,
             oom_kind=None,
             never_run=(),
         )
+    state = decision.state
     if state is None:
         state = LaneState.RUNNING if observed_any else LaneState.PENDING
     return LaneProgress(
         lane=lane,
         state=state,
-        launch=launch,
+        launch=decision.launch,
         active=(),
-        ceiling=ceiling,
-        stopped_at=stopped_at,
-        oom_kind=oom_kind,
-        never_run=never_run,
+        ceiling=decision.ceiling,
+        stopped_at=decision.stopped_at,
+        oom_kind=decision.oom_kind,
+        never_run=decision.never_run,
     )
 
 
