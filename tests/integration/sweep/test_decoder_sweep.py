@@ -25,7 +25,7 @@ MODELS = ["ladder/llama-tiny-s", "ladder/qwen-tiny-s"]
 
 
 def test_full_lora_qlora_on_llama_and_qwen2_through_ray_ddp(tmp_path: Path) -> None:
-    from orchestrator.store import open_store, results, to_result
+    from orchestrator.store import all_attempts, open_store, to_result
 
     spec = yaml.safe_load((ROOT / "examples/quickstart-decoder.yaml").read_text())
     spec["metadata"]["name"] = "decoder-ddp"
@@ -49,7 +49,7 @@ def test_full_lora_qlora_on_llama_and_qwen2_through_ray_ddp(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     with open_store(db)() as session:
-        rows = [to_result(row) for row in results(session, with_epochs=True)]
+        rows = [to_result(row) for row in all_attempts(session, with_epochs=True)]
     assert sorted((r.model, r.method.value) for r in rows) == sorted(
         (m, method) for m in MODELS for method in ("full", "lora", "qlora"))
     for r in rows:

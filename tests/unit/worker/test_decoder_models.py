@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from orchestrator.core.catalog import ARCHITECTURES
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.data import DSSExample
 from worker.data.batching import (
     IGNORE_INDEX,
@@ -28,9 +28,9 @@ EXAMPLES = [DSSExample(f"count the {'x' * i} cities", '{"size": 0}', "no hits as
             for i in (1, 9, 4, 2)]
 
 
-def trial(model: str, method: str, **training: object) -> TrialSpec:
+def trial(model: str, method: str, **training: object) -> AttemptSpec:
     adapters = {} if method == "full" else {"rank": 4, "alpha": 8}
-    return TrialSpec(sweep="s", trial_id="t", lane="l", model=model, method=method,
+    return AttemptSpec(sweep="s", trial_id="t", lane="l", model=model, method=method,
                      training={"init": "random", "precision": "fp32", **training}, **adapters)
 
 

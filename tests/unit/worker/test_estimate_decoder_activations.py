@@ -19,7 +19,7 @@ from orchestrator.core.catalog import DecoderArchitecture
 from orchestrator.core.estimate import estimate_memory
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import ModelInit, Precision, Training
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.data.batching import IGNORE_INDEX
 from worker.models import build_model
 from worker.train import dss_forward
@@ -48,7 +48,7 @@ def saved_bytes(family: str, method: Method, rank: int | None) -> int:
     arch = ARCHS[family]
     training = Training(precision=Precision.FP32, init=ModelInit.RANDOM, max_input_tokens=LI,
                         max_output_tokens=LO)
-    trial = TrialSpec(sweep="s", trial_id="t", lane="l", model=f"ladder/{family}-estimate-check",
+    trial = AttemptSpec(sweep="s", trial_id="t", lane="l", model=f"ladder/{family}-estimate-check",
                       method=method, rank=rank, alpha=rank, training=training)
     torch.manual_seed(0)
     model, _, _ = build_model(trial, torch.device("cpu"))
