@@ -24,19 +24,21 @@ ROOT = Path(__file__).resolve().parents[3]
 MODELS = ["ladder/llama-tiny-s", "ladder/qwen-tiny-s"]
 
 
+@pytest.mark.timeout(1800)  # six Ray Train trials; most of it is worker start-up
 def test_full_lora_qlora_on_llama_and_qwen2_through_ray_ddp(tmp_path: Path) -> None:
     from orchestrator.store import all_attempts, open_store, to_result
 
     spec = yaml.safe_load((ROOT / "examples/quickstart-decoder.yaml").read_text())
     spec["metadata"]["name"] = "decoder-ddp"
     spec["spec"].update({
-        "ladder": MODELS, "parallelism": 1,
+        "ladder": MODELS, "parallelism": 2,
         "resources": {"workers": 2, "gpusPerWorker": 0, "cpusPerWorker": 1},
         "escalation": {"onOOM": "stop-lane", "retries": 0},
-        "dataset": {"source": "builtin:querydsl", "size": 24, "preamble": "short"},
+        "dataset": {"source": "builtin:querydsl", "size": 16, "preamble": "short",
+                    "evalFraction": 0.25},
     })
-    spec["spec"]["training"].update({"batchSize": 4, "maxInputTokens": 96,
-                                     "maxOutputTokens": 64, "generateLimit": 4})
+    spec["spec"]["training"].update({"epochs": 2, "batchSize": 4, "maxInputTokens": 80,
+                                     "maxOutputTokens": 48, "generateLimit": 2})
     sweep = tmp_path / "decoder.yaml"
     sweep.write_text(yaml.safe_dump(spec))
     db = f"sqlite:///{tmp_path / 'ladder.db'}"
@@ -44,7 +46,7 @@ def test_full_lora_qlora_on_llama_and_qwen2_through_ray_ddp(tmp_path: Path) -> N
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "run", str(sweep), "--db", db,
          "--runs-dir", str(tmp_path / "runs"), "--cpus", "4"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1700,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -55,7 +57,7 @@ def test_full_lora_qlora_on_llama_and_qwen2_through_ray_ddp(tmp_path: Path) -> N
     for r in rows:
         assert r.status is TrialState.SUCCEEDED, (r.model, r.method, r.error)
         losses = [e.eval_loss for e in r.epochs]
-        assert len(losses) == 3 and losses[-1] < losses[0], (r.model, r.method, losses)
+        assert len(losses) == 2 and losses[-1] < losses[0], (r.model, r.method, losses)
         assert r.wall_seconds > 0 and r.samples_per_second > 0
         assert 0 < r.time_to_first_step_seconds < r.wall_seconds
         assert r.peak_host_memory_bytes > 0 and r.estimated_memory_bytes > 0
