@@ -559,6 +559,87 @@ def dataset_querydsl(
     console.print(say(("✓", "green"), f" wrote {count} examples to {out}"))
 
 
+@app.command("distill")
+def distill_command(
+    inputs: Annotated[Path, typer.Argument(help="Inputs: .jsonl or .csv with an input column "
+                                                "and, optionally, a gold label column.")],
+    url: Annotated[str, typer.Option(help="Teacher: OpenAI-compatible chat-completions URL "
+                                          "(or its /v1 base).")],
+    model: Annotated[str, typer.Option(help="Teacher model name, as the endpoint knows it.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="DSS dataset to write "
+                                                          "(.jsonl or .csv).")],
+    template: Annotated[Path | None, typer.Option(help="Prompt template (YAML/JSON); default: "
+                                                       "the paper's chain-of-thought shape.")]
+    = None,
+    task: Annotated[str, typer.Option(help="querydsl (labels validated as Query DSL, fields "
+                                           "checked in the rationale) or json.")] = "querydsl",
+    temperature: Annotated[float, typer.Option(min=0, max=2)] = 0.0,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 1024,
+    top_p: Annotated[float | None, typer.Option(min=0, max=1)] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed, if the server takes one.")]
+    = None,
+    screen_retries: Annotated[int, typer.Option(min=0, help="Ask again, warmer, up to N times "
+                                                            "when an answer fails screening.")]
+    = 0,
+    temperature_step: Annotated[float, typer.Option(min=0, help="Added to the temperature "
+                                                                "on each screening retry.")]
+    = 0.3,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
+    max_retries: Annotated[int, typer.Option(min=0, help="HTTP retries on 429, 5xx and "
+                                                         "dropped connections.")] = 6,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds per request.")] = 300.0,
+    input_price: Annotated[float | None, typer.Option(min=0, help="USD per million prompt "
+                                                                  "tokens (for the cost).")]
+    = None,
+    output_price: Annotated[float | None, typer.Option(min=0, help="USD per million "
+                                                                   "completion tokens.")]
+    = None,
+    cache: Annotated[Path | None, typer.Option(help="Answer cache (SQLite); default: beside "
+                                                    "--out. Reruns pay only for new answers.")]
+    = None,
+    rejected: Annotated[Path | None, typer.Option(help="Rejected inputs with reasons; default: "
+                                                       "OUT.rejected.jsonl.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API "
+                                                  "key.")] = "OPENAI_API_KEY",
+    api_key_file: Annotated[Path | None, typer.Option(help="File whose first line is the API "
+                                                           "key (wins over the variable).")]
+    = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Label inputs with a teacher LLM (rationale + label), screen them, write a DSS dataset."""
+    try:
+        from orchestrator.distill.command import (
+            DistillError,
+            Paths,
+            load_template,
+            read_api_key,
+            run_command,
+            summary_table,
+        )
+        from orchestrator.distill.run import Settings
+        from orchestrator.distill.screen import Task
+    except ImportError as error:
+        fail(f"{error}: install the distill extra (pip install 'ladder[distill]')")
+    if task not in tuple(Task):
+        fail(f"--task {task!r}: expected one of {', '.join(Task)}")
+    try:
+        settings = Settings(
+            template=load_template(template), task=Task(task), temperature=temperature,
+            max_tokens=max_tokens, top_p=top_p, seed=seed, screen_retries=screen_retries,
+            temperature_step=temperature_step, concurrency=concurrency,
+            input_price=input_price, output_price=output_price)
+        paths = Paths.beside(out, cache=cache, rejected=rejected)
+        summary = run_command(
+            inputs, url, model, paths, settings,
+            api_key=read_api_key(api_key_env, api_key_file), max_retries=max_retries,
+            timeout_s=timeout, progress=progress, console=errors)
+    except DistillError as error:
+        fail(str(error))
+    console.print(summary_table(summary))
+    console.print(say(("✓", "green"), f" wrote {summary.accepted} examples to {paths.out}, "
+                      f"{summary.rejected} rejected to {paths.rejected}"))
+
+
 
 @app.command()
 def crd() -> None:
