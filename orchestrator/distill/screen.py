@@ -65,7 +65,8 @@ def _walk(node: Any) -> Iterator[str]:
     if not isinstance(node, dict):
         return
     for key, value in node.items():
-        if key in _FIELD_KEYED and isinstance(value, dict):
+        if key in _FIELD_KEYED and isinstance(value, dict) and \
+                not isinstance(value.get("field"), str):  # terms/range aggs name a field
             yield from (k for k in value if k not in _NOT_FIELDS)
         elif key == "field" and isinstance(value, str):
             yield value
