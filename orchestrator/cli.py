@@ -728,6 +728,9 @@ def distill_command(
     except DistillError as error:
         fail(str(error))
     console.print(summary_table(summary))
+    if not summary.accepted:
+        fail(f"no answer passed screening: {paths.out} is empty; the reasons are in "
+             f"{paths.rejected}")
     console.print(say(("✓", "green"), f" wrote {summary.accepted} examples to {paths.out}, "
                       f"{summary.rejected} rejected to {paths.rejected}"))
 
