@@ -11,6 +11,7 @@ Authorization headers it saw, and can delay answers (so a client can be killed h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -49,6 +50,7 @@ class TeacherStandin:
         script: dict[str, list[Reply]] | None = None,
         default: Callable[[str], Reply] | None = None,
         delay_s: float = 0.0,
+        port: int = 0,
     ) -> None:
         self.script = {key: list(replies) for key, replies in (script or {}).items()}
         self.default = default or (lambda _text: answer("Step 1: nothing.", '{"size":0}'))
@@ -60,7 +62,7 @@ class TeacherStandin:
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests being answered at once
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -147,3 +149,40 @@ class TeacherStandin:
                 }, reply.headers)
 
         return Handler
+
+
+def main() -> None:
+    """`python -m tests.distill.teacher_standin DSS.jsonl`: serve a DSS file's own rationales
+    and labels as the teacher's answers (every `--wrong-every`-th one a label that is JSON but
+    not Query DSL), to try `ladder distill` without a model. Ctrl-C stops it."""
+    import argparse
+
+    from worker.data.dss import load_dss
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dataset")
+    parser.add_argument("--wrong-every", type=int, default=0)
+    parser.add_argument("--port", type=int, default=8011)
+    options = parser.parse_args()
+    examples = load_dss(options.dataset)
+    index = {ex.input: (i, ex) for i, ex in enumerate(examples, start=1)}
+
+    def reply(text: str) -> Reply:
+        if text not in index:
+            return Reply("I do not know this question.")
+        i, ex = index[text]
+        label = ex.label
+        if options.wrong_every and i % options.wrong_every == 0:
+            label = '{"query":{"sql":"SELECT * FROM index"}}'
+        return answer(ex.rationale, label, prompt_tokens=len(text) // 4,
+                      completion_tokens=len(ex.rationale + label) // 4)
+
+    with TeacherStandin(default=reply, port=options.port) as teacher:
+        print(f"stand-in teacher at {teacher.url} ({len(examples)} scripted answers)",
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
