@@ -116,6 +116,9 @@ def run_command(
             outcomes, summary = distill(items, teacher, cache, settings, on_done=done)
     except TeacherError as exc:
         raise DistillError(f"{exc} (answers paid so far are kept in {paths.cache})") from None
+    except KeyboardInterrupt:
+        raise DistillError(f"interrupted: the answers paid so far are kept in {paths.cache}; "
+                           "run the same command again to resume") from None
     finally:
         cache.close()
     examples = [o.example for o in outcomes if o.example is not None]

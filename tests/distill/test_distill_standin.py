@@ -190,3 +190,26 @@ def test_killed_half_way_rerun_pays_only_for_the_rest(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "distilled.summary.json").read_text())
     assert summary["answers_cached"] == kept and summary["answers_paid"] == 16 - kept
     assert [ex.input for ex in load_dss(str(out))] == [ex.input for ex in examples]
+
+
+def test_ctrl_c_is_one_line_and_keeps_what_was_paid(tmp_path: Path) -> None:
+    examples = _examples(8)
+    inputs = tmp_path / "questions.jsonl"
+    _write_inputs(inputs, examples)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with TeacherStandin(default=_default(examples), delay_s=0.2) as teacher:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "distill", str(inputs), "--url",
+             teacher.url, "--model", "m", "--out", str(tmp_path / "d.jsonl"),
+             "--concurrency", "1", "--no-progress"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while teacher.total_served < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1, output
+    assert "interrupted" in output and "run the same command again" in output
+    assert "Traceback" not in output
+    with sqlite3.connect(tmp_path / "d.cache.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] >= 1
