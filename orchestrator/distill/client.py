@@ -86,7 +86,6 @@ class Teacher:
             headers=headers, timeout=httpx.Timeout(timeout_s, connect=30.0),
             limits=httpx.Limits(max_connections=concurrency,
                                 max_keepalive_connections=concurrency),
-            trust_env=False,
         )
 
     async def aclose(self) -> None:
@@ -129,7 +128,9 @@ class Teacher:
 
 def _answer(document: Any) -> Answer:
     choice = document["choices"][0]
-    content = choice["message"]["content"]
+    content = choice["message"].get("content")
+    if content is None:  # e.g. a reasoning model that spent max_tokens before answering
+        content = ""
     if not isinstance(content, str):
         raise TypeError("message content is not text")
     usage = document.get("usage") or {}
