@@ -697,6 +697,9 @@ def distill_command(
                                                            "key (wins over the variable).")]
     = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    limit: Annotated[int | None, typer.Option(min=1, help="Ask only for the first N inputs "
+                                                          "(a trial run; all are checked).")]
+    = None,
 ) -> None:
     """Label inputs with a teacher LLM (rationale + label), screen them, write a DSS dataset."""
     try:
@@ -724,7 +727,7 @@ def distill_command(
         summary = run_command(
             inputs, url, model, paths, settings,
             api_key=read_api_key(api_key_env, api_key_file), max_retries=max_retries,
-            timeout_s=timeout, progress=progress, console=errors)
+            timeout_s=timeout, progress=progress, console=errors, limit=limit)
     except DistillError as error:
         fail(str(error))
     console.print(summary_table(summary))

@@ -3,7 +3,8 @@
 Any server speaking `POST /v1/chat/completions` will do (vLLM, an OpenAI-compatible gateway,
 `transformers serve`). 429 and 5xx answers and dropped connections are retried with
 exponential backoff and jitter, waiting what a `Retry-After` header asks for (seconds or an
-HTTP date, capped). 401, 403 and 404 stop the whole run (every request would fail the same
+HTTP date, capped); a 429's Retry-After holds back every request, not only the one that got
+it. 401, 403 and 404 stop the whole run (every request would fail the same
 way); any other 4xx fails that one input. The API key only ever goes into the Authorization
 header: no message, log line or file written here contains it.
 """
@@ -81,6 +82,9 @@ class Teacher:
         self.backoff_s = backoff_s
         self.max_wait_s = max_wait_s
         self.requests = 0  # HTTP requests sent, retries included
+        # A 429 with Retry-After is about the account, not one request: no request is sent
+        # before this (monotonic) time, so the others do not collect 429s of their own.
+        self._resume_at = 0.0
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(timeout_s, connect=30.0),
@@ -101,6 +105,9 @@ class Teacher:
         last = ""
         for attempt in range(self.max_retries + 1):
             retry_after = None
+            pause = self._resume_at - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self.requests += 1
             try:
                 response = await self._client.post(self.url, json=body)
@@ -119,6 +126,9 @@ class Teacher:
                 elif status == 429 or status >= 500:
                     last = f"HTTP {status}: {_error_text(response)}"
                     retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                    if status == 429 and retry_after is not None:
+                        self._resume_at = max(self._resume_at, time.monotonic()
+                                              + min(retry_after, self.max_wait_s))
                 else:
                     raise RequestFailed(f"HTTP {status}: {_error_text(response)}")
             if attempt < self.max_retries:

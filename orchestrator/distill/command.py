@@ -88,12 +88,13 @@ def load_template(path: Path | None) -> Template:
 def run_command(
     inputs: Path, teacher_url: str, model: str, paths: Paths, settings: Settings, *,
     api_key: str | None, max_retries: int, timeout_s: float, progress: bool, console: Console,
+    limit: int | None = None,
 ) -> Summary:
     """Read, label, screen, write (progress on `console`); return the summary."""
     if paths.out.suffix.lower() not in (".jsonl", ".json", ".csv"):
         raise DistillError(f"--out {paths.out}: unknown extension (use .jsonl or .csv)")
     try:
-        items = read_inputs(inputs)
+        items = read_inputs(inputs)[:limit]  # all of it is checked, the first `limit` asked
     except DatasetError as exc:
         raise DistillError(str(exc)) from None
     teacher = Teacher(teacher_url, model, api_key=api_key, concurrency=settings.concurrency,
@@ -109,6 +110,9 @@ def run_command(
     def done(_outcome: Outcome, summary: Summary) -> None:
         tokens = summary.prompt_tokens + summary.completion_tokens
         status = f"kept {summary.accepted} rejected {summary.rejected} tokens {tokens:,}"
+        cost = settings.cost(summary.prompt_tokens, summary.completion_tokens)
+        if cost is not None:
+            status += f" ${cost:,.4f}"
         bar.update(task, advance=1, status=status)
 
     try:

@@ -50,6 +50,13 @@ class Settings:
     input_price: float | None = None  # USD per million prompt tokens
     output_price: float | None = None  # USD per million completion tokens
 
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD for these tokens, or None when no price was given."""
+        if self.input_price is None and self.output_price is None:
+            return None
+        return (prompt_tokens * (self.input_price or 0.0)
+                + completion_tokens * (self.output_price or 0.0)) / 1e6
+
     def sampling(self, attempt: int) -> dict[str, Any]:
         temperature = min(MAX_TEMPERATURE, self.temperature + attempt * self.temperature_step)
         sampling: dict[str, Any] = {"temperature": round(temperature, 6),
@@ -196,9 +203,7 @@ def distill(
             await teacher.aclose()
 
     outcomes = asyncio.run(main())
-    if settings.input_price is not None or settings.output_price is not None:
-        summary.cost = (summary.prompt_tokens * (settings.input_price or 0.0)
-                        + summary.completion_tokens * (settings.output_price or 0.0)) / 1e6
+    summary.cost = settings.cost(summary.prompt_tokens, summary.completion_tokens)
     return outcomes, summary
 
 

@@ -58,6 +58,7 @@ class TeacherStandin:
         self.requests: Counter[str] = Counter()  # per input, every request
         self.served: Counter[str] = Counter()  # per input, answers (status 200) only
         self.authorization: list[str | None] = []
+        self.arrivals: list[tuple[float, str, int]] = []  # (monotonic time, input, status)
         self.bodies: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests being answered at once
@@ -128,6 +129,7 @@ class TeacherStandin:
                 text = request["messages"][-1]["content"]
                 reply = standin._next(text)
                 with standin._lock:
+                    standin.arrivals.append((time.monotonic(), text, reply.status))
                     standin.in_flight += 1
                     standin.max_in_flight = max(standin.max_in_flight, standin.in_flight)
                 try:

@@ -139,8 +139,12 @@ def test_rerun_is_free_and_bad_key_is_one_line(tmp_path: Path) -> None:
     out = tmp_path / "d.jsonl"
     args = ["distill", str(inputs), "--model", "m", "--out", str(out), "--no-progress"]
     with TeacherStandin(default=_default(examples)) as teacher:
+        trial = CliRunner().invoke(app, [*args, "--url", teacher.url, "--limit", "2"])
+        assert trial.exit_code == 0, trial.output
+        assert teacher.total_requests == 2 and len(load_dss(str(out))) == 2
         first = CliRunner().invoke(app, [*args, "--url", teacher.url])
         assert first.exit_code == 0, first.output
+        assert teacher.total_requests == 4  # the trial run's two answers were not paid again
         again = CliRunner().invoke(app, [*args, "--url", teacher.url + "/chat/completions"])
         assert again.exit_code == 0, again.output
         assert teacher.total_requests == 4  # the rerun was answered from the cache
@@ -213,3 +217,22 @@ def test_ctrl_c_is_one_line_and_keeps_what_was_paid(tmp_path: Path) -> None:
     assert "Traceback" not in output
     with sqlite3.connect(tmp_path / "d.cache.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] >= 1
+
+
+def test_a_429_holds_back_every_request(tmp_path: Path) -> None:
+    examples = _examples(8)
+    good = _default(examples)
+    script = {examples[0].input: [error(429, retry_after="1"), good(examples[0].input)]}
+    inputs = tmp_path / "q.jsonl"
+    _write_inputs(inputs, examples)
+    with TeacherStandin(script, default=good, delay_s=0.05) as teacher:
+        result = CliRunner().invoke(app, [
+            "distill", str(inputs), "--url", teacher.url, "--model", "m", "--out",
+            str(tmp_path / "d.jsonl"), "--concurrency", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    refused = next(t for t, _, status in teacher.arrivals if status == 429)
+    # Requests already on their way when the 429 was sent may land just after it; every later
+    # one waited out the Retry-After, whichever input it was for.
+    later = [t - refused for t, _, _ in teacher.arrivals if t - refused > 0.2]
+    assert later and min(later) >= 0.95
+    assert teacher.total_requests == 9
