@@ -581,9 +581,11 @@ def dataset_stats_command(
     = None,
     spec: Annotated[Path | None, typer.Option(help="Sweep YAML: its token limits, dataset "
                                                    "and labelsMustBeJson.")] = None,
-    tokenizer: Annotated[str, typer.Option(help="byte, or a tokenizer.json (or a directory "
-                                                "holding one) to count tokens with.")]
-    = "byte",
+    tokenizer: Annotated[str | None, typer.Option(help="byte, or a tokenizer.json (or a "
+                                                       "directory holding one) to count "
+                                                       "tokens with; default: the spec's "
+                                                       "training.tokenizer, else byte.")]
+    = None,
     max_input_tokens: Annotated[int | None, typer.Option(min=1, help="Default: the spec's "
                                                                      "(1400).")] = None,
     max_output_tokens: Annotated[int | None, typer.Option(min=1, help="Default: the spec's "
@@ -607,6 +609,7 @@ def dataset_stats_command(
         fail("give a dataset FILE or --spec SWEEP.yaml")
     if task not in ("querydsl", "json"):
         fail(f"--task {task!r}: expected querydsl or json")
+    tokenizer = tokenizer or training.tokenizer or "byte"
     try:
         count = token_counter(tokenizer)
         examples = load_dss(source, labels_must_be_json=False, size=dataset.size,

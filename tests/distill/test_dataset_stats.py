@@ -61,7 +61,7 @@ def test_tokenizer_json(tmp_path: Path) -> None:
     tok.save(str(tmp_path / "tokenizer.json"))
     count = token_counter(str(tmp_path))
     assert count("a a b") == 4
-    with pytest.raises(ValueError, match="--tokenizer"):
+    with pytest.raises(ValueError, match=r"tokenizer .*nothing-here"):
         token_counter(str(tmp_path / "nothing-here"))
 
 
@@ -89,6 +89,12 @@ def test_cli_stats(tmp_path: Path) -> None:
     from_spec = CliRunner().invoke(app, ["dataset", "stats", "--spec", str(sweep), "--json"])
     assert from_spec.exit_code == 0, from_spec.output
     assert json.loads(from_spec.output)["lengths"]["label"]["limit"] == 32
+    assert json.loads(from_spec.output)["tokenizer"] == "byte"
+    sweep.write_text(sweep.read_text().replace("maxOutputTokens: 32",
+                                               "maxOutputTokens: 32, tokenizer: /no/such/tok"))
+    named = CliRunner().invoke(app, ["dataset", "stats", "--spec", str(sweep)])
+    assert named.exit_code == 1  # the spec's own tokenizer is used, and it is not there
+    assert "tokenizer /no/such/tok: not" in " ".join(named.output.split())
     missing = CliRunner().invoke(app, ["dataset", "stats", str(tmp_path / "no.jsonl")])
     assert missing.exit_code == 1
     assert "no.jsonl:1: file not found" in " ".join(missing.output.split())

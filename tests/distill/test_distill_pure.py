@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.distill.cache import Answer, AnswerCache, cache_key
 from orchestrator.distill.client import chat_url, retry_after_seconds
@@ -180,3 +182,13 @@ def test_inputs_and_key(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(DistillError, match="--api-key-file"):
         read_api_key("K", tmp_path / "missing")
     assert json.loads(json.dumps(read_api_key("K", None)))  # a plain string
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400), st.sampled_from(["", "Query DSL:", "Rationale: a\nQuery DSL: ",
+                                                 "Query DSL: ```json\n", "Query DSL: {"]))
+def test_any_answer_is_parsed_and_screened_without_raising(tail: str, head: str) -> None:
+    parsed = parse_answer(head + tail, T)
+    problems = screen(parsed, truncated=False, gold='{"size":1}', task=Task.QUERYDSL)
+    assert (parsed.problem is None) == (parsed.label is not None or parsed.label_text == "null")
+    assert all(isinstance(p.reason, Reason) for p in problems)

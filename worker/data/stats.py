@@ -130,15 +130,15 @@ def token_counter(tokenizer: str) -> Callable[[str], int]:
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():
-        raise ValueError(f"--tokenizer {tokenizer}: not 'byte', a tokenizer.json or a "
+        raise ValueError(f"tokenizer {tokenizer}: not 'byte', a tokenizer.json or a "
                          "directory holding one")
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise ValueError(f"--tokenizer {tokenizer}: needs the tokenizers package "
+        raise ValueError(f"tokenizer {tokenizer}: needs the tokenizers package "
                          "(pip install tokenizers)") from None
     try:
         loaded = Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust library raises its own Exception type
-        raise ValueError(f"--tokenizer {path}: cannot load ({exc})") from None
+        raise ValueError(f"tokenizer {path}: cannot load ({exc})") from None
     return lambda text: len(loaded.encode(text, add_special_tokens=False).ids) + 1
