@@ -136,6 +136,9 @@ async def _distill(
         try:
             async with gate:
                 answer = await teacher.complete(messages, sampling)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: a waiter may not exist

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections import Counter
@@ -42,6 +43,16 @@ def error(status: int, **headers: str) -> Reply:
     return Reply(status=status, headers={k.replace("_", "-"): v for k, v in headers.items()})
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up before its answer (a run stopped at a 401, a killed run) is
+        # normal for a server; anything else is printed as usual.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class TeacherStandin:
     """Run with `with TeacherStandin(script) as teacher:`; `teacher.url` is the /v1 base."""
 
@@ -63,8 +74,7 @@ class TeacherStandin:
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests being answered at once
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -236,3 +236,17 @@ def test_a_429_holds_back_every_request(tmp_path: Path) -> None:
     later = [t - refused for t, _, _ in teacher.arrivals if t - refused > 0.2]
     assert later and min(later) >= 0.95
     assert teacher.total_requests == 9
+
+
+def test_the_same_input_twice_is_paid_once(tmp_path: Path) -> None:
+    examples = _examples(3)
+    inputs = tmp_path / "q.jsonl"
+    _write_inputs(inputs, [examples[0], examples[1], examples[0], examples[2], examples[0]])
+    with TeacherStandin(default=_default(examples), delay_s=0.2) as teacher:
+        result = CliRunner().invoke(app, [
+            "distill", str(inputs), "--url", teacher.url, "--model", "m", "--out",
+            str(tmp_path / "d.jsonl"), "--concurrency", "5", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert teacher.total_requests == 3  # sent at once, but the repeats waited for the first
+    assert [ex.input for ex in load_dss(str(tmp_path / "d.jsonl"))] == \
+        [examples[i].input for i in (0, 1, 0, 2, 0)]
