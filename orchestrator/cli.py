@@ -579,8 +579,8 @@ def dataset_stats_command(
     file: Annotated[str | None, typer.Argument(help="Dataset (.jsonl or .csv, or builtin:NAME);"
                                                     " default: the --spec's dataset.source.")]
     = None,
-    spec: Annotated[Path | None, typer.Option(help="Sweep YAML: its token limits, dataset "
-                                                   "and labelsMustBeJson.")] = None,
+    spec: Annotated[Path | None, typer.Option(help="Sweep YAML: its token limits, tokenizer "
+                                                   "and dataset.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="byte, or a tokenizer.json (or a "
                                                        "directory holding one) to count "
                                                        "tokens with; default: the spec's "
