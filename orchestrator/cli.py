@@ -708,6 +708,7 @@ def distill_command(
     try:
         from orchestrator.distill.command import (
             DistillError,
+            Interrupted,
             Paths,
             load_template,
             read_api_key,
@@ -733,6 +734,9 @@ def distill_command(
             timeout_s=timeout, progress=progress, console=errors, limit=limit)
     except DistillError as error:
         fail(str(error))
+    except Interrupted as interrupted:
+        errors.print(say((str(interrupted), "yellow")))
+        raise typer.Exit(130) from None
     console.print(summary_table(summary))
     if not summary.accepted:
         fail(f"no answer passed screening: {paths.out} is empty; the reasons are in "

@@ -28,12 +28,17 @@ from worker.data.examples import DatasetError
 from worker.data.querydsl import write_dataset
 
 __all__ = [
-    "DistillError", "Paths", "load_template", "read_api_key", "run_command", "summary_table",
+    "DistillError", "Interrupted", "Paths", "load_template", "read_api_key", "run_command",
+    "summary_table",
 ]
 
 
 class DistillError(Exception):
     """One line for the user."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: what was paid is kept; the message says how to resume."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +126,8 @@ def run_command(
     except TeacherError as exc:
         raise DistillError(f"{exc} (answers paid so far are kept in {paths.cache})") from None
     except KeyboardInterrupt:
-        raise DistillError(f"interrupted: the answers paid so far are kept in {paths.cache}; "
-                           "run the same command again to resume") from None
+        raise Interrupted(f"Interrupted: the answers paid so far are kept in {paths.cache}. "
+                          "Run the same command again to resume.") from None
     finally:
         cache.close()
     examples = [o.example for o in outcomes if o.example is not None]

@@ -212,8 +212,8 @@ def test_ctrl_c_is_one_line_and_keeps_what_was_paid(tmp_path: Path) -> None:
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
-    assert process.returncode == 1, output
-    assert "interrupted" in output and "run the same command again" in output
+    assert process.returncode == 130, output  # as `ladder run` does
+    assert "Interrupted" in output and "Run the same command again" in output
     assert "Traceback" not in output
     with sqlite3.connect(tmp_path / "d.cache.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] >= 1
