@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +24,10 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from tests.k8s.operator_harness import free_port
 
-SERVE = shutil.which("transformers") or str(Path(os.sys.executable).parent / "transformers")
+# The CLI of the transformers this interpreter imports (the venv's), else one on PATH.
+SERVE = str(Path(sys.executable).parent / "transformers")
+if not Path(SERVE).exists():
+    SERVE = shutil.which("transformers") or SERVE
 MISSING = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(
     bool(MISSING) or not Path(SERVE).exists(),
