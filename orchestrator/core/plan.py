@@ -268,8 +268,9 @@ def plan(grid: Grid, spec: SweepSpec, observed: Observed) -> Plan:
                 head, attempt = w.progress.launch
                 heads[head.trial_id] = (w, attempt)
                 candidates.append(head)
-        candidates.sort(key=lambda t: launch_priority(
-            t, len(heads[t.trial_id][0].trials), spec.parallelism))
+        if running < spec.parallelism:  # else nothing launches: no order needed
+            candidates.sort(key=lambda t: launch_priority(
+                t, len(heads[t.trial_id][0].trials), spec.parallelism))
         chosen = select_launches(
             candidates,
             total=total,

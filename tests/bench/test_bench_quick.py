@@ -79,3 +79,14 @@ def test_makespan_simulation(tmp_path: Path) -> None:
     assert written["scenarios"]["D"]["lanes"] == 100  # --quick: the synthetic grid at 100
     # A dry-run JSON of the GPU ladder is no measurement and must not be used as one.
     assert makespan.load_measured(tmp_path / "missing.json") == {}
+
+
+def test_scale_benchmark(tmp_path: Path) -> None:
+    scale = load("bench_scale")
+    r = scale.main(["--trials", "1000", "--in-flight", "10", "--repeat", "1", "--unfrozen",
+                    "1000", "--json", str(tmp_path / "scale.json")])
+    assert [(row["trials"], row["in_flight"], row["freeze"]) for row in r["rows"]] == [
+        (1000, 10, True), (1000, 10, False)]
+    for row in r["rows"]:
+        assert row["pass_cpu_ms"] > 0 and row["plan_cpu_ms"] > 0 and row["rss_mib"] > 0
+    assert r["machine"] and (tmp_path / "scale.json").exists()
