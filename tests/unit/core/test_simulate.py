@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.core.grid import Trial, expand
+from orchestrator.core.grid import GridPoint, expand
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.scheduler import demand
 from orchestrator.core.spec import PAPER_LADDER, OnOOM, Sweep, SweepSpec
@@ -118,7 +118,7 @@ class DrawnCosts:
     seconds: dict[tuple[int, int], float]
     oom: frozenset[tuple[int, int]]
 
-    def cost(self, spec: SweepSpec, trial: Trial) -> TrialCost:
+    def cost(self, spec: SweepSpec, trial: GridPoint) -> TrialCost:
         run = self.seconds[(trial.lane.index, trial.model_index)]
         fits = (trial.lane.index, trial.model_index) not in self.oom
         return TrialCost(fits, 0, run_seconds=run, step_seconds=run / 100,
