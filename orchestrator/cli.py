@@ -711,6 +711,86 @@ def report(
                       f"{len(written.images)} figures"))
 
 
+RUNS_HELP = ("Where trials wrote their outputs: `ladder run`'s --runs-dir, or where the "
+             "sweep's execution.outputDir is mounted.")
+
+
+@app.command("export")
+def export_command(
+    trial: Annotated[str | None, typer.Argument(help="Trial id (see `ladder results`).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory to write (new or "
+                                             "empty).")] = None,
+    best: Annotated[str | None, typer.Option("--best", metavar="SWEEP", help="Export the "
+                                             "sweep's best trial.")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32 (exact) or bf16 (half the size).")] = "fp32",
+    runs_dir: Annotated[Path, typer.Option(help=RUNS_HELP)] = Path("runs"),
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+) -> None:
+    """A trial's saved weights as a standalone Hugging Face model (adapters merged)."""
+    from orchestrator import trained
+
+    if (trial is None) == (best is None):
+        fail("name a trial, or a sweep with --best SWEEP (one of the two)")
+    if out is None:
+        fail("--out DIR is required: where the model directory goes")
+    sessions = _open_store(db_url(db))
+    try:
+        located = (trained.best_trial(sessions, best, runs_dir) if best
+                   else trained.find_trial(sessions, trial or "", runs_dir))
+        trained.export(located, out, dtype)
+    except trained.TrainedError as error:
+        fail(str(error))
+    r = located.record
+    console.print(say(("✓", "green"), f" exported trial {r['trial_id']} ({r['lane']}, "
+                      f"{r['model']}, eval loss {r['best_eval_loss']}) to {out}"))
+
+
+@app.command("predict")
+def predict_command(
+    target: Annotated[str, typer.Argument(help="Trial id, or a model directory (exported, "
+                                          "or a trial's model/).")],
+    question: Annotated[str | None, typer.Argument(help="The question.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Questions, .jsonl: a "
+                                              "string, or {\"input\": ...}, a line.")] = None,
+    explain: Annotated[bool, typer.Option(help="Also generate the rationale.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: a GPU when "
+                                               "there is one).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+    runs_dir: Annotated[Path, typer.Option(help=RUNS_HELP)] = Path("runs"),
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+) -> None:
+    """Greedy answers (`predict: `) of a trained model; --explain adds the rationale."""
+    import tempfile
+
+    from orchestrator import trained
+
+    if (question is None) == (file is None):
+        fail("give one question, or --file questions.jsonl (one of the two)")
+    try:
+        questions = [question] if question is not None else trained.read_questions(file)
+        path = Path(target)
+        if not path.is_dir():
+            path = trained.find_trial(_open_store(db_url(db)), target, runs_dir).model_dir
+        with tempfile.TemporaryDirectory() as scratch:
+            answers = trained.predict(path, questions, explain=explain, device=device,
+                                      batch_size=batch_size,
+                                      questions_file=Path(scratch) / "questions.jsonl")
+    except trained.TrainedError as error:
+        fail(str(error))
+    for answer in answers:
+        if as_json:
+            typer.echo(json.dumps(answer))
+            continue
+        mark: tuple[str, str] | str = ""
+        if answer["valid_json"] is not None:
+            mark = ("  ✓ valid JSON", "green") if answer["valid_json"] else ("  ✗ not JSON", "red")
+        console.print(say((answer["question"], "bold")))
+        console.print(say("  → ", answer["answer"], mark))
+        if answer["rationale"] is not None:
+            console.print(say("  because: ", answer["rationale"]))
+
+
 def main() -> None:
     """The `ladder` entry point. Every error a command expects is one line of its own; this
     turns the unexpected rest into one line too (LADDER_DEBUG=1 shows the traceback)."""

@@ -257,6 +257,8 @@ def train(
                 "sweep": trial.sweep, "trial": trial.trial_id, "attempt": trial.attempt,
                 "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
                 "alpha": trial.alpha, "epoch": epoch, "eval_loss": eval_loss,
+                # What `ladder export` rebuilds the base from (worker/export.py).
+                "device": device.type, "spec": trial.model_dump(mode="json", by_alias=True),
             })
         if rank == 0:
             publish(loop, progress.summary())
