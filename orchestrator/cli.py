@@ -486,10 +486,17 @@ def loss_selection(record: dict[str, Any]) -> str:
 def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
     """The results as people read them, in `width` columns: short model names, the OOM kind
     with the status, memory in GiB, seconds. Every column but the lane keeps its width (the
-    lane is cut with an ellipsis); too narrow for that, the generation metrics, then the wall
-    time, then the trial id are left out.
+    lane is cut with an ellipsis); too narrow for that, the gain over the baseline and the
+    generation metrics, then the wall time, then the trial id are left out. `gain`: the
+    baseline's eval loss (the untuned model, epoch 0) minus the best epoch's.
     Every field, unformatted, is in --json and --csv."""
-    from orchestrator.core.formatting import fmt_bytes, fmt_float, fmt_ratio, fmt_seconds
+    from orchestrator.core.formatting import (
+        fmt_bytes,
+        fmt_float,
+        fmt_ratio,
+        fmt_seconds,
+        fmt_signed,
+    )
 
     on_gpu = any(r["peak_gpu_memory_bytes"] is not None for r in records)
     shown = loss_shown(records)
@@ -504,6 +511,7 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
             fmt_float(r["best_eval_loss"], 4)
             + (f" {loss_selection(r)}" if mixed and r["best_eval_loss"] is not None else "")
             for r in records],
+        "gain": [fmt_signed(r.get("eval_loss_gain")) for r in records],
         "exact": [fmt_ratio(r["exact_match"]) for r in records],
         "JSON ok": [fmt_ratio(r["json_valid_rate"]) for r in records],
         "samples/s": [fmt_float(r["samples_per_second"], 2) for r in records],
@@ -519,7 +527,7 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
         return width - sum(others) - 2 * len(others) - 1
 
     lane_min = 12
-    for optional in (("exact", "JSON ok"), ("wall",), ("trial",)):
+    for optional in (("gain", "exact", "JSON ok"), ("wall",), ("trial",)):
         if room_for_lane() >= lane_min:
             break
         for header in optional:
