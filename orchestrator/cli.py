@@ -456,7 +456,7 @@ def results(
 
     sessions = _open_store(db_url(db))
     with sessions() as session:
-        records = [result_record(r) for r in store.results(session, sweep=sweep)]
+        records = [result_record(r) for r in store.all_attempts(session, sweep=sweep)]
     if not all_attempts:
         records = latest_attempts(records)
     if as_json:

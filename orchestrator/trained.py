@@ -29,7 +29,7 @@ from orchestrator.core.spec import SaveModel
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-    from orchestrator.store import TrialRow
+    from orchestrator.store import AttemptRow
 
 __all__ = ["Located", "TrainedError", "best_trial", "find_trial", "run_worker", "weights_dir"]
 
@@ -51,7 +51,7 @@ class Located:
     model_dir: Path
 
 
-def _latest(rows: Sequence[TrialRow]) -> list[TrialRow]:
+def _latest(rows: Sequence[AttemptRow]) -> list[AttemptRow]:
     from orchestrator.store.records import latest_rows
 
     return latest_rows(rows)
@@ -62,7 +62,7 @@ def find_trial(sessions: sessionmaker[Session], trial_id: str, runs_dir: Path) -
     from orchestrator import store
 
     with sessions() as session:
-        rows = _latest([r for r in store.results(session) if r.trial_id == trial_id])
+        rows = _latest([r for r in store.all_attempts(session) if r.trial_id == trial_id])
         if not rows:
             raise TrainedError(f"no trial {trial_id!r} in the store (see `ladder results`)")
         if len(rows) > 1:
@@ -80,7 +80,7 @@ def best_trial(
     from orchestrator import store
 
     with sessions() as session:
-        rows = _latest(store.results(session, namespace=namespace, sweep=sweep))
+        rows = _latest(store.all_attempts(session, namespace=namespace, sweep=sweep))
         if not rows:
             raise TrainedError(f"no sweep {sweep!r} in the store (see `ladder status`)")
         done = [r for r in rows if r.status is TrialState.SUCCEEDED
@@ -91,7 +91,7 @@ def best_trial(
         return _located(best, runs_dir)
 
 
-def _located(row: TrialRow, runs_dir: Path) -> Located:
+def _located(row: AttemptRow, runs_dir: Path) -> Located:
     from orchestrator.store.records import result_record, sweep_from_row
 
     record = result_record(row)

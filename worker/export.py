@@ -2,7 +2,7 @@
 
 `training.saveModel` leaves `<trial output>/model` (worker.models.save_trained): the adapter
 for LoRA and QLoRA, the whole model for full fine-tuning, the tokenizer when it has files,
-and `ladder-model.json`, whose `spec` key is the whole TrialSpec the weights were trained
+and `ladder-model.json`, whose `spec` key is the whole AttemptSpec the weights were trained
 with. `load_trained` rebuilds exactly the model the trial evaluated (the base built as
 `build_model` built it, the adapter's weights over it); `export_model` turns it into a plain
 Hugging Face model directory:
@@ -40,7 +40,7 @@ from torch import nn
 
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import ModelInit
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.data.dss import DSSExample
 from worker.tokenizer import ByteTokenizer, HFTokenizer, TextTokenizer
 
@@ -70,7 +70,7 @@ class Trained:
 
     model: nn.Module
     tokenizer: TextTokenizer
-    trial: TrialSpec
+    trial: AttemptSpec
     manifest: dict[str, Any]
 
 
@@ -110,7 +110,7 @@ def load_trained(directory: Path, device: torch.device | None = None) -> Trained
 
     device = device or torch.device("cpu")
     manifest = read_manifest(directory)
-    trial = TrialSpec.model_validate(manifest["spec"])
+    trial = AttemptSpec.model_validate(manifest["spec"])
     _weights_present(directory, trial.method)
     # A random LoRA base is drawn on the trial's device (QLoRA's on the host, always).
     trained_on = torch.device(manifest.get("device", "cpu"))
@@ -152,13 +152,13 @@ def load_trained(directory: Path, device: torch.device | None = None) -> Trained
     return Trained(model, tokenizer, trial, manifest)
 
 
-def _random_init(trial: TrialSpec) -> bool:
+def _random_init(trial: AttemptSpec) -> bool:
     from orchestrator.core.catalog import BUILTIN_ONLY
 
     return trial.training.init is ModelInit.RANDOM or trial.model in BUILTIN_ONLY
 
 
-def _tokenizer_source(directory: Path, trial: TrialSpec, manifest: Mapping[str, Any]) -> str:
+def _tokenizer_source(directory: Path, trial: AttemptSpec, manifest: Mapping[str, Any]) -> str:
     """Where build_model finds the tokenizer: the copy saved with the weights (added
     characters included), else the byte tokenizer."""
     if manifest.get("tokenizer") == "included":

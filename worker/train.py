@@ -1,7 +1,7 @@
 """One trial: DSS fine-tuning with Ray Train (TorchTrainer + Accelerate), measured end to end.
 
 `run_trial` (the driver) validates the data, starts a TorchTrainer and turns whatever happens
-into one TrialResult; it never raises for a training failure. `train_loop_per_worker` runs on
+into one AttemptResult; it never raises for a training failure. `train_loop_per_worker` runs on
 every Ray Train worker and `train` is its body, the whole recipe in one screen:
 
     build model -> probe step on the longest batch (an OOM verdict in seconds)
@@ -55,12 +55,12 @@ from torch import Tensor, nn
 
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
-from orchestrator.core.trial import (
+from orchestrator.core.worker_contract import (
     BASELINE_EPOCH,
     WORKER_ENV,
+    AttemptResult,
+    AttemptSpec,
     EpochRecord,
-    TrialResult,
-    TrialSpec,
     baseline_of,
     best_record,
     selected_loss,
@@ -123,7 +123,7 @@ def dss_forward(
 class LoopConfig:
     """What the driver hands every worker (pickled by Ray)."""
 
-    trial_json: str  # the TrialSpec as JSON, validated again on the worker
+    trial_json: str  # the AttemptSpec as JSON, validated again on the worker
     train: list[DSSExample]
     eval: list[DSSExample]
     started_at: float  # time.time() when the driver started: time to first step counts setup
@@ -143,7 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     from worker.telemetry import Sampler
 
     loop: LoopConfig = config["loop"]
-    trial = TrialSpec.model_validate_json(loop.trial_json)
+    trial = AttemptSpec.model_validate_json(loop.trial_json)
     bf16 = trial.training.precision is Precision.BF16
     # Ray Train has set up the process group (gloo on CPU, nccl on GPU); Accelerate joins it.
     # Without cpu=True Accelerate only looks for accelerators: on a CPU-only worker it would
@@ -172,7 +172,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def train(
-    trial: TrialSpec, loop: LoopConfig, accelerator: Accelerator, host: HostMemoryBudget,
+    trial: AttemptSpec, loop: LoopConfig, accelerator: Accelerator, host: HostMemoryBudget,
     sampler: Sampler,
 ) -> dict[str, Any] | None:
     from worker.data.batching import encode_examples, length_grouped_batches, longest_batch, shard
@@ -406,7 +406,7 @@ def evaluate(
 
 def baseline(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
-    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: TrialSpec,
+    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: AttemptSpec,
     sampler: Sampler, learning_rate: float,
 ) -> tuple[EpochRecord, TrialTelemetry]:
     """Epoch 0 (training.baseline): the untuned model's eval label and rationale losses and
@@ -431,7 +431,7 @@ def baseline(
 
 def generation_score(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
-    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: TrialSpec,
+    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: AttemptSpec,
 ) -> GenerationScore:
     """Greedy generation on (at most generateLimit of) the eval split, shared by the ranks."""
     from worker.generation import GenerationScore, generate_texts, score_generations
@@ -518,7 +518,7 @@ def read_progress(box: Any) -> dict[str, Any]:
 
 
 class Progress:
-    """The trial so far, as rank 0 sees it: what the driver turns into the TrialResult."""
+    """The trial so far, as rank 0 sees it: what the driver turns into the AttemptResult."""
 
     def __init__(
         self, *, first_step_seconds: float, trainable: int, total: int, sink: EpochSink | None,
@@ -557,7 +557,7 @@ class Progress:
         return best.epoch if best else None
 
     def summary(self) -> dict[str, Any]:
-        """TrialResult fields, JSON-ready (it crosses to the driver through Ray)."""
+        """AttemptResult fields, JSON-ready (it crosses to the driver through Ray)."""
         best, t, base = self.best, self.telemetry, baseline_of(self.epochs)
         return {
             "epochs": [r.model_dump(mode="json") for r in self.epochs],
@@ -590,7 +590,7 @@ class Progress:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def load_split(trial: TrialSpec) -> tuple[list[DSSExample], list[DSSExample]]:
+def load_split(trial: AttemptSpec) -> tuple[list[DSSExample], list[DSSExample]]:
     """The trial's dataset, validated and split into (train, eval); DatasetError otherwise.
 
     An input that repeats an earlier one is dropped before the split (the first is kept) and
@@ -607,15 +607,15 @@ def load_split(trial: TrialSpec) -> tuple[list[DSSExample], list[DSSExample]]:
     return train, evaluation
 
 
-def run_trial(trial: TrialSpec, *, probe_only: bool = False) -> TrialResult:
+def run_trial(trial: AttemptSpec, *, probe_only: bool = False) -> AttemptResult:
     """Run one trial attempt and return its result: success, or a classified failure.
 
     `probe_only`: stop after the probe step; success then means "the trial fits".
     """
     started_at, t0 = datetime.now(UTC), time.time()
 
-    def finish(status: TrialState, **fields: Any) -> TrialResult:
-        return TrialResult.for_trial(
+    def finish(status: TrialState, **fields: Any) -> AttemptResult:
+        return AttemptResult.for_trial(
             trial, status=status, started_at=started_at, finished_at=datetime.now(UTC),
             wall_seconds=time.time() - t0, **fields,
         )
@@ -659,7 +659,7 @@ def mid_run_oom_note(state: TrialState, reported: Mapping[str, Any]) -> str | No
 
 
 def fit(
-    trial: TrialSpec, loop: LoopConfig, storage: Path, name: str, reported: dict[str, Any]
+    trial: AttemptSpec, loop: LoopConfig, storage: Path, name: str, reported: dict[str, Any]
 ) -> dict[str, Any]:
     """Run the TorchTrainer; rank 0's summary on success, Ray's exception on failure, with
     `reported` then filled with the last summary rank 0 published (the ProgressBox's)."""
@@ -678,7 +678,7 @@ def fit(
             ray.kill(box)
 
 
-def _fit(trial: TrialSpec, loop: LoopConfig, storage: Path, name: str) -> dict[str, Any]:
+def _fit(trial: AttemptSpec, loop: LoopConfig, storage: Path, name: str) -> dict[str, Any]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -741,10 +741,10 @@ _IDENTITY_AND_OUTCOME = frozenset({
 
 
 def summary_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The TrialResult fields of a worker summary (Ray may add keys of its own)."""
+    """The AttemptResult fields of a worker summary (Ray may add keys of its own)."""
     fields = {
         k: v for k, v in summary.items()
-        if k in TrialResult.model_fields and k not in _IDENTITY_AND_OUTCOME and v is not None
+        if k in AttemptResult.model_fields and k not in _IDENTITY_AND_OUTCOME and v is not None
     }
     if "epochs" in fields:
         fields["epochs"] = [EpochRecord.model_validate(e) for e in fields["epochs"]]

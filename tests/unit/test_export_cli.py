@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import app
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.spec import Sweep, SweepSpec
-from orchestrator.core.trial import TrialResult
+from orchestrator.core.worker_contract import AttemptResult
 from worker.models import build_model, save_trained
 
 SPEC = {
@@ -49,7 +49,7 @@ def sweep_store(tmp_path: Path) -> tuple[str, Path, list[str]]:
     ids = []
     for loss, trial in zip((2.0, 1.5), expand(sweep).all_trials(), strict=True):
         out = runs / "qs" / trial.trial_id / "1"
-        spec = trial_spec(sweep, trial, attempt=1, output_dir=str(out))
+        spec = attempt_spec(sweep, trial, attempt=1, output_dir=str(out))
         torch.manual_seed(spec.seed)
         model, tokenizer, _ = build_model(spec, torch.device("cpu"))
         save_trained(model, tokenizer, out / "model", {
@@ -57,7 +57,7 @@ def sweep_store(tmp_path: Path) -> tuple[str, Path, list[str]]:
             "spec": spec.model_dump(mode="json", by_alias=True)})
         with sessions.begin() as session:
             store.upsert_sweep(session, sweep)
-            store.record_result(session, TrialResult.for_trial(
+            store.record_result(session, AttemptResult.for_trial(
                 spec, status=TrialState.SUCCEEDED, best_eval_loss=loss, best_epoch=1))
         ids.append(spec.trial_id)
     return url, runs, ids

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 
 from orchestrator.core.catalog import ARCHITECTURES
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec, EpochRecord
 from worker.data.batching import encode_examples
 from worker.data.querydsl import generate_querydsl
 from worker.generation import generate_texts, score_generations
@@ -27,7 +27,7 @@ def one_thread() -> object:
     torch.set_num_threads(threads)
 
 
-TRIAL = TrialSpec(sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s", method="full",
+TRIAL = AttemptSpec(sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s", method="full",
                   dss_alpha=1.0, training={"init": "random", "precision": "fp32",
                                            "maxOutputTokens": 8, "generateLimit": 3})
 
@@ -83,13 +83,13 @@ def test_epoch_zero_round_trips_through_the_store(tmp_path) -> None:
 
     sessions = store.open_store(f"sqlite:///{tmp_path / 'l.db'}")
     diverged = epoch(1, 2.0).model_copy(update={"train_loss": math.nan})
-    result = TrialResult.for_trial(TRIAL, status=TrialState.SUCCEEDED,
+    result = AttemptResult.for_trial(TRIAL, status=TrialState.SUCCEEDED,
                                    epochs=[epoch(0, 3.0), diverged], baseline_eval_loss=3.0,
                                    baseline_exact_match=0.0, best_eval_loss=2.0, best_epoch=1)
     with sessions.begin() as session:
         store.record_result(session, result)
     with sessions() as session:
-        (row,) = store.results(session, with_epochs=True)
+        (row,) = store.all_attempts(session, with_epochs=True)
         back = store.to_result(row)
     base, first = back.epochs
     assert base == epoch(0, 3.0)  # its missing train loss stays missing

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.export import ExportError, export_model, load_for_prediction, load_trained, predict
 from worker.models import build_model, save_trained
 from worker.tokenizer import ByteTokenizer, TextTokenizer
@@ -34,9 +34,9 @@ def one_thread() -> object:
     torch.set_num_threads(threads)
 
 
-def spec(method: str, **training: object) -> TrialSpec:
+def spec(method: str, **training: object) -> AttemptSpec:
     adapters = method != "full"
-    return TrialSpec(
+    return AttemptSpec(
         sweep="s", trial_id=f"t-{method}", lane=f"{method}-lane", model="ladder/t5-tiny-s",
         method=method, rank=4 if adapters else None, alpha=8 if adapters else None, seed=3,
         training={"init": "random", "precision": "fp32", "maxOutputTokens": 24,
@@ -45,7 +45,7 @@ def spec(method: str, **training: object) -> TrialSpec:
     )
 
 
-def trained(trial: TrialSpec, directory: Path) -> tuple[torch.nn.Module, TextTokenizer]:
+def trained(trial: AttemptSpec, directory: Path) -> tuple[torch.nn.Module, TextTokenizer]:
     """A trial's model with every trainable weight moved, saved as train.py saves it."""
     torch.manual_seed(trial.seed)
     model, tokenizer, _ = build_model(trial, torch.device("cpu"))
