@@ -749,8 +749,10 @@ def export_command(
     except trained.TrainedError as error:
         fail(str(error))
     r = located.record
+    from orchestrator.core.formatting import fmt_float
+
     console.print(say(("✓", "green"), f" exported trial {r['trial_id']} ({r['lane']}, "
-                      f"{r['model']}, eval loss {r['best_eval_loss']}) to {out}"))
+                      f"{r['model']}, eval loss {fmt_float(r['best_eval_loss'], 4)}) to {out}"))
 
 
 @app.command("predict")
@@ -790,11 +792,14 @@ def predict_command(
         if as_json:
             typer.echo(json.dumps(answer))
             continue
-        mark: tuple[str, str] | str = ""
-        if answer["valid_json"] is not None:
-            mark = ("  ✓ valid JSON", "green") if answer["valid_json"] else ("  ✗ not JSON", "red")
         console.print(say((answer["question"], "bold")))
-        console.print(say("  → ", answer["answer"], mark))
+        if answer["valid_json"] is not None:  # a Query DSL model: is the answer usable?
+            problems = answer.get("dsl_problems") or []
+            mark = (("✗ not JSON", "red") if not answer["valid_json"]
+                    else ("✓ valid JSON", "green") if not problems
+                    else (f"✓ valid JSON, not a Query DSL body: {problems[0]}", "yellow"))
+            console.print(say("  ", mark))
+        console.print(say("  → ", answer["answer"]))
         if answer["rationale"] is not None:
             console.print(say("  because: ", answer["rationale"]))
 

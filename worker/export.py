@@ -266,6 +266,10 @@ def model_card(trained: Trained, dtype: str, record: Mapping[str, Any]) -> str:
         ("eval rationale loss (best epoch)", record.get("eval_rationale_loss")),
         ("exact match (generation subset)", record.get("exact_match")),
         ("valid JSON (generation subset)", record.get("json_valid_rate")),
+        (f"baseline eval loss ({selected}; the untuned model, epoch 0)",
+         record.get("baseline_eval_loss")),
+        ("gain over the baseline (baseline - best eval loss)", record.get("eval_loss_gain")),
+        ("baseline exact match", record.get("baseline_exact_match")),
         ("training samples/s", record.get("samples_per_second")),
     ]
     hyper = t.model_dump(mode="json", by_alias=True)
