@@ -792,7 +792,9 @@ def predict_command(
         if as_json:
             typer.echo(json.dumps(answer))
             continue
-        console.print(say((answer["question"], "bold")))
+        question = answer["question"].rstrip()  # a DSS input: its last line is the question
+        console.print(say((question if "\n" not in question
+                           else "…" + question.rsplit("\n", 1)[1], "bold")))
         if answer["valid_json"] is not None:  # a Query DSL model: is the answer usable?
             problems = answer.get("dsl_problems") or []
             mark = (("✗ not JSON", "red") if not answer["valid_json"]
