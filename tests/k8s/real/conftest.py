@@ -1,5 +1,5 @@
 """Fixtures for tests on the test cluster of ``tests/k8s/cluster/up.sh``: a kube-apiserver
-with the real kube-scheduler, kube-controller-manager and KubeRay operator, and two fake
+with the real kube-scheduler, kube-controller-manager, KubeRay operator and Kueue, and two fake
 GPU nodes (kwok, 4 x nvidia.com/gpu each).
 
 STAND-INS, named: no container runs. kwok marks pods Running; a process a pod would run
@@ -8,6 +8,8 @@ kwok gives every pod (198.51.100.2).
 
 Environment:
     LADDER_SKIP_K8S=1 or LADDER_SKIP_REALCLUSTER=1   skip these tests.
+    LADDER_KUEUE=1   build Kueue (about 20 minutes cold on 2 cores) so that up.sh starts it;
+                     without it Kueue runs only when a build is cached (test_kueue.py skips).
     LADDER_CLUSTER_DIR (default /tmp/ladder-cluster), LADDER_CLUSTER_*: see cluster/env.sh.
     A cluster already up (a developer's `up.sh` with the same LADDER_CLUSTER_DIR) is reused
     and left running.
@@ -74,6 +76,9 @@ def _build_all() -> None:
         ("tests/k8s/cluster/build.sh kuberay",
          ["bash", str(CLUSTER_DIR / "build.sh"), "kuberay"]),
     ]
+    if os.environ.get("LADDER_KUEUE") == "1":  # opt-in: about 20 minutes cold (up.sh)
+        steps.append(("tests/k8s/cluster/build.sh kueue",
+                      ["bash", str(CLUSTER_DIR / "build.sh"), "kueue"]))
     for name, command in steps:
         try:
             proc = subprocess.run(command, capture_output=True, text=True,
