@@ -5,6 +5,7 @@ into one AttemptResult; it never raises for a training failure. `train_loop_per_
 every Ray Train worker and `train` is its body, the whole recipe in one screen:
 
     build model -> probe step on the longest batch (an OOM verdict in seconds)
+    -> [baseline: the untuned model evaluated, epoch 0 (training.baseline)]
     -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation]
        -> [save the weights: training.saveModel best/final, rank 0] -> report
 
@@ -55,12 +56,15 @@ from torch import Tensor, nn
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
 from orchestrator.core.worker_contract import (
+    BASELINE_EPOCH,
     WORKER_ENV,
     AttemptResult,
     AttemptSpec,
     EpochRecord,
+    baseline_of,
     best_record,
     selected_loss,
+    trained_epochs,
 )
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_examples
 from worker.memory import HostMemoryBudget, classify_failure
@@ -212,6 +216,11 @@ def train(
     if rank == 0:
         # The probe passed, with its peaks: a later OOM happened mid-run (mid_run_oom_note).
         publish(loop, progress.summary())
+    if cfg.baseline:  # epoch 0: the untuned model, before any step (the probe updates nothing)
+        progress.add(*baseline(accelerator, model, eval_set, loop.eval, tokenizer, per_pass,
+                               trial, sampler, optimizer.param_groups[0]["lr"]))
+        if rank == 0:
+            publish(loop, progress.summary())
     torch.manual_seed(trial.seed + 1 + rank)  # dropout: different masks on different ranks
 
     for epoch in range(1, cfg.epochs + 1):
@@ -259,6 +268,8 @@ def train(
                 "sweep": trial.sweep, "trial": trial.trial_id, "attempt": trial.attempt,
                 "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
                 "alpha": trial.alpha, "epoch": epoch, "eval_loss": eval_loss,
+                # What `ladder export` rebuilds the base from (worker/export.py).
+                "device": device.type, "spec": trial.model_dump(mode="json", by_alias=True),
             })
         if rank == 0:
             publish(loop, progress.summary())
@@ -410,6 +421,31 @@ def evaluate(
     return label_loss, rationale_loss, dss
 
 
+def baseline(
+    accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
+    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: AttemptSpec,
+    sampler: Sampler, learning_rate: float,
+) -> tuple[EpochRecord, TrialTelemetry]:
+    """Epoch 0 (training.baseline): the untuned model's eval label and rationale losses and
+    its generation metrics on the generation subset, measured as every epoch measures them."""
+    started = time.perf_counter()
+    label, rationale, dss = evaluate(accelerator, model, eval_set, tokenizer, per_worker,
+                                     trial.dss_alpha, with_rationale=True)
+    score = generation_score(accelerator, model, eval_set, examples, tokenizer, per_worker,
+                             trial)
+    telemetry = gather_telemetry(sampler)
+    return EpochRecord(
+        epoch=BASELINE_EPOCH, learning_rate=learning_rate,
+        eval_loss=selected_loss(trial.training.selection_loss, label=label,
+                                rationale=rationale, dss=dss),
+        eval_label_loss=label, eval_rationale_loss=rationale, eval_dss_loss=dss,
+        wall_seconds=time.perf_counter() - started,
+        exact_match=score.exact_match, json_valid_rate=score.json_valid_rate,
+        peak_gpu_memory_bytes=telemetry.epoch_peak_gpu_memory_bytes,
+        peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
+    ), telemetry
+
+
 def generation_score(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
     examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: AttemptSpec,
@@ -539,10 +575,13 @@ class Progress:
 
     def summary(self) -> dict[str, Any]:
         """AttemptResult fields, JSON-ready (it crosses to the driver through Ray)."""
-        best, t = self.best, self.telemetry
+        best, t, base = self.best, self.telemetry, baseline_of(self.epochs)
         return {
             "epochs": [r.model_dump(mode="json") for r in self.epochs],
-            "epochs_completed": len(self.epochs),
+            "epochs_completed": len(trained_epochs(self.epochs)),
+            "baseline_eval_loss": base.eval_loss if base else None,
+            "baseline_exact_match": base.exact_match if base else None,
+            "baseline_json_valid_rate": base.json_valid_rate if base else None,
             "best_eval_loss": best.eval_loss if best else None,
             "best_epoch": best.epoch if best else None,
             "selection_loss": self.selection.value,

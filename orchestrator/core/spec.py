@@ -292,6 +292,12 @@ class Training(_Model):
         "per 256 blocks), as the QLoRA authors' code does; one setting for pretrained and "
         "random-init models and for the memory estimate.",
     )
+    baseline: bool = Field(
+        True,
+        description="Before training, evaluate the untuned model (eval losses and the "
+        "generation metrics) and store it as epoch 0: each trial's gain over its own baseline. "
+        "Costs one evaluation and one generation pass; false skips it.",
+    )
 
     def per_worker_batch(self, workers: int) -> int:
         """Examples each worker takes per optimizer step: batchSize // workers, at least one

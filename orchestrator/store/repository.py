@@ -64,6 +64,7 @@ RESULT_FIELDS = (
     "best_eval_loss", "best_epoch", "selection_loss", "eval_label_loss", "eval_rationale_loss",
     "exact_match", "json_valid_rate", "epochs_completed",
     "trainable_parameters", "total_parameters",
+    "baseline_eval_loss", "baseline_exact_match", "baseline_json_valid_rate",
 )
 # Known before the result (record_attempt writes them); a result without them keeps them.
 KEPT_WHEN_MISSING = frozenset({"started_at", "estimated_memory_bytes"})
@@ -72,6 +73,8 @@ EPOCH_FIELDS = tuple(EpochRecord.model_fields)
 REQUIRED_EPOCH_FLOATS = frozenset(
     name for name, field in EpochRecord.model_fields.items() if field.annotation is float
 )
+# ...and these of every trained epoch (None only at the baseline, epoch 0, that trained nothing).
+TRAINED_EPOCH_FLOATS = frozenset({"train_loss", "train_label_loss", "samples_per_second"})
 
 
 def replaceable_states(status: TrialState) -> tuple[TrialState, ...]:
@@ -474,7 +477,8 @@ def all_attempts(
 
 def _to_epoch(row: EpochRow) -> EpochRecord:
     values = {name: getattr(row, name) for name in EPOCH_FIELDS}
-    for name in REQUIRED_EPOCH_FLOATS:
+    required = REQUIRED_EPOCH_FLOATS | (TRAINED_EPOCH_FLOATS if row.epoch else frozenset())
+    for name in required:
         if values[name] is None:
             values[name] = math.nan
     return EpochRecord(**values)
