@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orchestrator.operator.kube import KubeError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
@@ -29,13 +31,21 @@ def wait_for(
     what: str, probe: Callable[[], T | None], *, timeout: float = 60, interval: float = 0.5,
     diagnose: Callable[[], str] | None = None,
 ) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout`."""
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout`. A
+    transient API error (a 429 while the API server initializes a new CRD's storage, a 5xx)
+    is one more "not yet", as the controller itself treats it."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
+        try:
+            last = probe()
+        except KubeError as error:
+            if not error.transient:
+                raise
+            last = error
+        else:
+            if last:
+                return last
         time.sleep(interval)
     extra = f"\n{diagnose()}" if diagnose is not None else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"
