@@ -41,7 +41,7 @@ from orchestrator.core.escalation import AttemptObservation
 from orchestrator.core.estimate import estimated_bytes
 from orchestrator.core.grid import GridPoint, expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
-from orchestrator.core.plan import Observed, SweepStatus, plan
+from orchestrator.core.plan import Observed, RecordUnlaunched, SweepStatus, plan
 from orchestrator.core.scheduler import NO_CAPACITY, Capacity
 from orchestrator.core.spec import Sweep, SweepSpec
 from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec
@@ -148,18 +148,17 @@ def record_planned(
     sessions: sessionmaker[Session],
     spec: AttemptSpec,
     sweep_spec: SweepSpec,
-    trial: GridPoint,
-    state: TrialState,
-    oom_kind: OOMKind | None,
-    reason: str,
+    action: RecordUnlaunched,
     *,
     now: datetime,
 ) -> store.AttemptRow:
-    """Record an attempt the plan settled without launching it (`RecordUnlaunched`)."""
+    """Record an attempt the plan settled without launching it (`RecordUnlaunched`); `spec`
+    is that attempt's."""
     with sessions.begin() as session:
         store.record_attempt(session, spec, status=TrialState.PENDING,
-                             estimated_memory_bytes=estimated_bytes(sweep_spec, trial))
-    return mark(sessions, spec.key, state, oom_kind=oom_kind, error=reason, finished_at=now)
+                             estimated_memory_bytes=estimated_bytes(sweep_spec, action.trial))
+    return mark(sessions, spec.key, action.state, oom_kind=action.oom_kind, error=action.reason,
+                finished_at=now)
 
 
 def mark(

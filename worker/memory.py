@@ -134,7 +134,7 @@ def apply_cuda_budget(budget_bytes: int, device: torch.device) -> float:
 
     Returns the fraction set. A budget at or above the card's memory sets nothing and returns
     1.0: the budget does not bind, and torch's OOM message then carries no "allowed" figure,
-    which is how an OOM there is told from a budget OOM (`outcome.budget_bound`).
+    which is how an OOM there is told from a budget OOM (`classify.budget_bound`).
     """
     total = torch.cuda.get_device_properties(device).total_memory
     if budget_bytes >= total:

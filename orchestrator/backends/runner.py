@@ -159,8 +159,7 @@ class LocalSweepRunner:
             elif isinstance(action, RecordUnlaunched):
                 bookkeeping.record_planned(
                     self.sessions, self._spec(action.trial, action.attempt), self.sweep.spec,
-                    action.trial, action.state, action.oom_kind, action.reason,
-                    now=datetime.now(UTC),
+                    action, now=datetime.now(UTC),
                 )
                 events.append(RunnerEvent(RunnerEventKind.RECORDED, action.trial,
                                           action.attempt, action.state, action.oom_kind,

@@ -1,7 +1,8 @@
 """The one YAML reader of Sweep files, reading them as kubectl does and bounded in size.
 
 Every command that reads a Sweep file (`validate`, `plan`, `run`, `submit`) goes through
-`read_manifest_file` / `load_documents`, so they all accept and refuse the same files:
+`files.read_manifest_file` (the file's bounds, checked from its `stat`) and `load_documents`
+here, so they all accept and refuse the same files:
 
 - numbers are read as YAML 1.2's core schema reads them (kubectl's reading): `5e-5` and `1e3`
   are floats, `0o17` and `0x1F` integers, `1_000`, `0b1` and `1:30` strings; `.inf` and `.nan`
@@ -18,15 +19,12 @@ Every command that reads a Sweep file (`validate`, `plan`, `run`, `submit`) goes
   "billion laughs" file is refused after composing its few hundred nodes, long before
   anything is expanded), and an alias that refers to its own ancestor.
 
-Reading a file is the only I/O here; the rest is pure.
+Pure: it parses text. Reading the file is `orchestrator.files`'s part.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import stat
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -223,39 +221,3 @@ def load_documents(text: str) -> list[Any]:
         if loader is not None:
             loader.dispose()
     return documents
-
-
-def read_manifest_file(path: str | Path) -> str:
-    """A manifest file's text, after refusing what is not a regular file or is too large,
-    from its `stat` (a FIFO or a device is never opened for reading)."""
-    path = Path(path)
-    try:
-        info = path.stat()
-    except OSError as error:
-        raise ManifestError("file", f"cannot read: {error.strerror or error}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ManifestError("file", "is a directory, not a Sweep file")
-    if not stat.S_ISREG(info.st_mode):
-        raise ManifestError("file", "is not a regular file (a device, FIFO or socket)")
-    if info.st_size > MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            "file", f"{info.st_size} bytes is more than a Sweep may have "
-            f"({MAX_MANIFEST_BYTES} bytes, etcd's object limit)"
-        )
-    try:
-        # O_NONBLOCK: if the path was swapped for a FIFO after the stat, open does not wait.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ManifestError("file", "is not a regular file")
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as error:
-        raise ManifestError("file", f"cannot read: {error.strerror or error}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            "file", f"more than {MAX_MANIFEST_BYTES} bytes (etcd's object limit)"
-        )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ManifestError("file", f"is not UTF-8 text (byte {error.start})") from None

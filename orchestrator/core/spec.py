@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
@@ -34,7 +33,6 @@ from orchestrator.core.manifest_yaml import (
     MAX_DEPTH,
     ManifestError,
     load_documents,
-    read_manifest_file,
 )
 
 API_VERSION = "ladder.dev/v1alpha1"
@@ -787,15 +785,6 @@ def load_sweep_text(
             "(`ladder submit` applies several)",
         )])
     return parse_sweep(documents[0], source=source, default_name=default_name)
-
-
-def read_sweep_file(path: str | Path) -> str:
-    """The text of a Sweep file; SpecError for what is not a regular file, too large or not
-    UTF-8 (checked from its `stat`, before anything is read)."""
-    try:
-        return read_manifest_file(path)
-    except ManifestError as error:
-        raise SpecError(str(path), [(error.where, error.message)]) from None
 
 
 def sweep_manifest(sweep: Sweep) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -23,7 +23,8 @@ from orchestrator.core.names import IDENTITY_FIELDS, SWEEP_FIELDS
 from orchestrator.core.spec import Dataset, ResourceShape, SelectionLoss, Training
 
 
-class AttemptKey(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class AttemptKey:
     """What names one trial attempt in the store: its sweep, the trial and the attempt."""
 
     namespace: str

@@ -16,9 +16,9 @@ from orchestrator.core.spec import (
     SpecError,
     load_documents_text,
     parse_sweep,
-    read_sweep_file,
     sweep_manifest,
 )
+from orchestrator.files import read_sweep_file
 from orchestrator.operator.manifests import TrialPodPolicy, checked_execution_config
 
 log = logging.getLogger(__name__)

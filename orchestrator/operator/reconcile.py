@@ -154,6 +154,38 @@ class _Expanded:
 
 
 @dataclass
+class _PassContext:
+    """One pass over one Sweep: what it read and what it did. Each step of the pass takes it
+    instead of the same half-dozen arguments.
+
+    `rayjobs` are the Sweep's own RayJobs by (trial id, attempt); a step that deletes one pops
+    it, so later steps no longer see it. `result` collects what the pass did."""
+
+    body: Mapping[str, Any]
+    sweep: Sweep
+    config: ExecutionConfig
+    trials: Mapping[str, GridPoint]  # the grid's trials by id
+    result: PassResult
+    rayjobs: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.sweep.namespace
+
+    @property
+    def name(self) -> str:
+        return self.sweep.name
+
+    @property
+    def uid(self) -> str:
+        return str(self.body["metadata"].get("uid", ""))
+
+    def attempt_key(self, key: tuple[str, int]) -> AttemptKey:
+        """The store's key of the attempt (trial id, attempt) of this Sweep."""
+        return AttemptKey(self.sweep.namespace, self.sweep.name, *key)
+
+
+@dataclass
 class _SweepState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     dirty: bool = False
@@ -310,25 +342,14 @@ class Reconciler:
         except SpecError as error:
             return self._invalid(body, error, result)
         expanded = self._grid(sweep, uid)
-        grid, trials = expanded.grid, expanded.trials
+        this = _PassContext(body, sweep, config, expanded.trials, result)
 
         with self.sessions.begin() as session:
             store.upsert_sweep(session, sweep)
-        rayjobs: dict[tuple[str, int], dict[str, Any]] = {}
-        for rayjob in self.cluster.list_rayjobs(namespace, name):
-            key = attempt_of(rayjob)
-            job_name = rayjob["metadata"]["name"]
-            if key is None or not owned_by(rayjob, uid) or key[0] not in trials:
-                log.info("deleting RayJob %s/%s: not an attempt of this sweep", namespace,
-                         job_name)
-                if self.cluster.delete_rayjob(namespace, job_name):
-                    result.deleted.append(job_name)
-                continue
-            rayjobs[key] = rayjob
-
+        this.rayjobs = self._own_rayjobs(this)
         pods = self._sweep_pods(namespace, name)
-        self._observe(body, sweep, config, trials, rayjobs, result)
-        self._requeue_unschedulable(body, sweep, config, trials, rayjobs, pods, result)
+        self._observe(this)
+        self._requeue_unschedulable(this, pods)
         rows, observed = bookkeeping.observe(
             self.sessions, sweep, (), sweep_capacity(config), predicted=None,
             deleting=deleting,
@@ -339,27 +360,45 @@ class Reconciler:
         active = frozenset(
             (r.trial_id, r.attempt) for r in rows if not TrialState(r.status).is_terminal
         )
-        capacity, held = self._capacity(sweep, config, active, pods)
+        capacity, held = self._capacity(this, active, pods)
         observed = dataclasses.replace(
             observed, capacity=capacity, held=held,
-            queued=frozenset(key for key, job in rayjobs.items() if queued(job)),
+            queued=frozenset(key for key, job in this.rayjobs.items() if queued(job)),
         )
-        decided = plan(grid, sweep.spec, observed)
+        decided = plan(expanded.grid, sweep.spec, observed)
         result.plan = decided
-        self._announce(body, rows, trials, rayjobs)
-        self._act(body, sweep, config, decided, rayjobs, result)
-
+        self._announce(this, rows)
+        self._act(this, decided)
         if deleting:
-            # The finalizer's part: every RayJob of the sweep goes; the store keeps results.
-            for rayjob in rayjobs.values():
-                job_name = rayjob["metadata"]["name"]
-                if job_name in result.deleted:
-                    continue
-                if self.cluster.delete_rayjob(namespace, job_name):
-                    result.deleted.append(job_name)
-            result.remaining_rayjobs = len(self.cluster.list_rayjobs(namespace, name))
-        self._patch_status(body, sweep, decided, generation)
+            self._delete_rayjobs(this)
+        self._patch_status(this, decided, generation)
         return result
+
+    def _own_rayjobs(self, this: _PassContext) -> dict[tuple[str, int], dict[str, Any]]:
+        """The Sweep's RayJobs by attempt; RayJobs of its label that are not its own attempts
+        (an older Sweep of the same name, a trial no longer in the grid) are deleted."""
+        rayjobs: dict[tuple[str, int], dict[str, Any]] = {}
+        for rayjob in self.cluster.list_rayjobs(this.namespace, this.name):
+            key = attempt_of(rayjob)
+            job_name = rayjob["metadata"]["name"]
+            if key is None or not owned_by(rayjob, this.uid) or key[0] not in this.trials:
+                log.info("deleting RayJob %s/%s: not an attempt of this sweep", this.namespace,
+                         job_name)
+                if self.cluster.delete_rayjob(this.namespace, job_name):
+                    this.result.deleted.append(job_name)
+                continue
+            rayjobs[key] = rayjob
+        return rayjobs
+
+    def _delete_rayjobs(self, this: _PassContext) -> None:
+        """The finalizer's part: every RayJob of the sweep goes; the store keeps results."""
+        for rayjob in this.rayjobs.values():
+            job_name = rayjob["metadata"]["name"]
+            if job_name in this.result.deleted:
+                continue
+            if self.cluster.delete_rayjob(this.namespace, job_name):
+                this.result.deleted.append(job_name)
+        this.result.remaining_rayjobs = len(self.cluster.list_rayjobs(this.namespace, this.name))
 
     def _invalid(
         self, body: Mapping[str, Any], error: SpecError, result: PassResult
@@ -399,11 +438,7 @@ class Reconciler:
             return []
 
     def _capacity(
-        self,
-        sweep: Sweep,
-        config: ExecutionConfig,
-        active: frozenset[tuple[str, int]],
-        pods: list[dict[str, Any]],
+        self, this: _PassContext, active: frozenset[tuple[str, int]], pods: list[dict[str, Any]]
     ) -> tuple[Capacity, Capacity]:
         """(the capacity the sweep may use, what is held outside its active attempts).
 
@@ -415,16 +450,17 @@ class Reconciler:
         node pool that scales from zero: `UNBOUNDED`). With `execution.queueName` and no
         capacity, unbounded too: Kueue's ClusterQueue quota decides, and `parallelism`
         bounds what Ladder hands to the queue."""
+        config = this.config
         if config.capacity is None and config.queue_name is None:
-            pool = self._cluster_pool(sweep, config, active)
+            pool = self._cluster_pool(this, active)
             if pool is not None and pool.total > 0:
                 return (Capacity(gpus=pool.total, cpus=UNBOUNDED.cpus),
                         Capacity(gpus=pool.unavailable, cpus=0))
-        held = held_gpus(pods, sweep.namespace, sweep.name, active)
+        held = held_gpus(pods, this.namespace, this.name, active)
         return sweep_capacity(config), Capacity(gpus=held, cpus=0)
 
     def _cluster_pool(
-        self, sweep: Sweep, config: ExecutionConfig, active: frozenset[tuple[str, int]]
+        self, this: _PassContext, active: frozenset[tuple[str, int]]
     ) -> GpuPool | None:
         try:
             nodes = self.cluster.list_nodes()
@@ -438,24 +474,16 @@ class Reconciler:
                             error)
                 self._nodes_refused = True
             return None
-        return cluster_gpus(nodes, pods, sweep.namespace, sweep.name, active,
-                            node_selector=config.node_selector, tolerations=config.tolerations)
+        return cluster_gpus(nodes, pods, this.namespace, this.name, active,
+                            node_selector=this.config.node_selector,
+                            tolerations=this.config.tolerations)
 
-    def _requeue_unschedulable(
-        self,
-        body: Mapping[str, Any],
-        sweep: Sweep,
-        config: ExecutionConfig,
-        trials: Mapping[str, GridPoint],
-        rayjobs: dict[tuple[str, int], dict[str, Any]],
-        pods: list[dict[str, Any]],
-        result: PassResult,
-    ) -> None:
+    def _requeue_unschedulable(self, this: _PassContext, pods: list[dict[str, Any]]) -> None:
         """Requeue each live attempt one of whose pods the scheduler has refused for
         `execution.unschedulableTimeoutSeconds`: the RayJob goes first (as for a stall),
         then the attempt is recorded cancelled with the scheduler's message, so the lane
         runs the trial again as a new attempt, once the capacity is there (no failure)."""
-        namespace, name = sweep.namespace, sweep.name
+        namespace, name = this.namespace, this.name
         by_attempt: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for pod in pods:
             key = own_attempt(pod, namespace, name)
@@ -466,21 +494,20 @@ class Reconciler:
         with self.sessions() as session:
             live = {(r.trial_id, r.attempt) for r in store.attempts(session, namespace, name)
                     if not TrialState(r.status).is_terminal}
-        for key in sorted(live & by_attempt.keys() & rayjobs.keys()):
+        for key in sorted(live & by_attempt.keys() & this.rayjobs.keys()):
             why = unschedulable_reason(by_attempt[key], self.clock(),
-                                       config.unschedulable_timeout_seconds)
-            if why is None or key[0] not in trials:
+                                       this.config.unschedulable_timeout_seconds)
+            if why is None or key[0] not in this.trials:
                 continue
-            job_name = rayjobs.pop(key)["metadata"]["name"]
+            job_name = this.rayjobs.pop(key)["metadata"]["name"]
             reason = f"requeued: {why}"
             log.warning("trial %s attempt %d (RayJob %s/%s): %s", key[0], key[1], namespace,
                         job_name, reason)
             if self.cluster.delete_rayjob(namespace, job_name):
-                result.deleted.append(job_name)
-            trial = trials[key[0]]
-            self._settle(body, sweep, trial, key, TrialState.CANCELLED, None, reason, result)
-            if result.settled[key] is TrialState.CANCELLED:
-                self.cluster.event(body, WARNING, "TrialUnschedulable",
+                this.result.deleted.append(job_name)
+            trial = this.trials[key[0]]
+            if self._settle(this, key, TrialState.CANCELLED, reason) is TrialState.CANCELLED:
+                self.cluster.event(this.body, WARNING, "TrialUnschedulable",
                                    f"Trial {_describe(trial)} attempt {key[1]} {reason} "
                                    f"(RayJob {job_name} deleted; it runs again when the "
                                    f"capacity is there)")
@@ -522,30 +549,22 @@ class Reconciler:
         return result
 
     # --- observe ---------------------------------------------------------------------------
-    def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: GridPoint,
-              attempt: int) -> AttemptSpec:
-        output = trial_output_dir(config, sweep.name, trial.trial_id, attempt)
-        return attempt_spec(sweep, trial, attempt=attempt, output_dir=output)
+    @staticmethod
+    def _spec(this: _PassContext, trial: GridPoint, attempt: int) -> AttemptSpec:
+        output = trial_output_dir(this.config, this.name, trial.trial_id, attempt)
+        return attempt_spec(this.sweep, trial, attempt=attempt, output_dir=output)
 
-    def _observe(
-        self,
-        body: Mapping[str, Any],
-        sweep: Sweep,
-        config: ExecutionConfig,
-        trials: Mapping[str, GridPoint],
-        rayjobs: dict[tuple[str, int], dict[str, Any]],
-        result: PassResult,
-    ) -> None:
-        namespace, name = sweep.namespace, sweep.name
-        budget_set = sweep.spec.escalation.memory_budget_bytes is not None
+    def _observe(self, this: _PassContext) -> None:
+        namespace, name, trials = this.namespace, this.name, this.trials
+        budget_set = this.sweep.spec.escalation.memory_budget_bytes is not None
         with self.sessions() as session:
             rows = {(r.trial_id, r.attempt): r for r in store.attempts(session, namespace, name)}
 
         # RayJobs the store does not know (it was wiped or replaced): adopt them.
-        for key, rayjob in rayjobs.items():
+        for key, rayjob in this.rayjobs.items():
             if key in rows:
                 continue
-            spec = decode_trial(rayjob) or self._spec(sweep, config, trials[key[0]], key[1])
+            spec = decode_trial(rayjob) or self._spec(this, trials[key[0]], key[1])
             job_name = rayjob["metadata"]["name"]
             log.info("adopting RayJob %s/%s (no store row)", namespace, job_name)
             rows[key] = bookkeeping.record_adopted(self.sessions, spec, running_state(rayjob),
@@ -555,15 +574,14 @@ class Reconciler:
             if TrialState(row.status).is_terminal or key[0] not in trials:
                 continue
             trial = trials[key[0]]
-            rayjob = rayjobs.get(key)
+            rayjob = this.rayjobs.get(key)
             if rayjob is None:
                 job_name = row.rayjob_name or rayjob_name(name, key[0], key[1])
-                self._settle(body, sweep, trial, key, TrialState.CANCELLED, None,
-                             GONE.format(name=job_name), result)
-                if result.settled[key] is TrialState.CANCELLED:
-                    self.cluster.event(body, WARNING, "RayJobLost",
+                gone = GONE.format(name=job_name)
+                if self._settle(this, key, TrialState.CANCELLED, gone) is TrialState.CANCELLED:
+                    self.cluster.event(this.body, WARNING, "RayJobLost",
                                        f"Trial {_describe(trial)} attempt {key[1]}: "
-                                       f"{GONE.format(name=job_name)}; it will run again")
+                                       f"{gone}; it will run again")
                 continue
             outcome = outcome_from_rayjob(rayjob, budget_set=budget_set)
             if outcome is not None and outcome[0] in (TrialState.FAILED, TrialState.OOM):
@@ -574,24 +592,14 @@ class Reconciler:
             if outcome is None:
                 live = running_state(rayjob)
                 if live is TrialState.RUNNING and row.status == TrialState.PENDING:
-                    row = bookkeeping.record_seen_running(
-                        self.sessions, AttemptKey(namespace, name, *key))
+                    row = bookkeeping.record_seen_running(self.sessions, this.attempt_key(key))
                 if row.status == TrialState.RUNNING:
-                    self._stop_if_stalled(body, sweep, trial, row, rayjobs, config, result)
+                    self._stop_if_stalled(this, trial, row)
                 continue
             state, kind, reason = outcome
-            self._settle(body, sweep, trial, key, state, kind, reason, result)
+            self._settle(this, key, state, reason, kind)
 
-    def _stop_if_stalled(
-        self,
-        body: Mapping[str, Any],
-        sweep: Sweep,
-        trial: GridPoint,
-        row: store.AttemptRow,
-        rayjobs: dict[tuple[str, int], dict[str, Any]],
-        config: ExecutionConfig,
-        result: PassResult,
-    ) -> None:
+    def _stop_if_stalled(self, this: _PassContext, trial: GridPoint, row: store.AttemptRow) -> None:
         """Stop a running attempt with no progress for `execution.stallTimeoutSeconds`.
 
         The RayJob goes first: a controller that dies right after finds the attempt running
@@ -599,19 +607,18 @@ class Reconciler:
         left behind an attempt already recorded as failed."""
         progress = [t for t in (row.started_at, row.updated_at) if t is not None]
         reason = stall_reason(max(progress, default=None), self.clock(),
-                              config.stall_timeout_seconds)
+                              this.config.stall_timeout_seconds)
         if reason is None:
             return
         key = (row.trial_id, row.attempt)
-        job = rayjobs.pop(key)
+        job = this.rayjobs.pop(key)
         job_name = job["metadata"]["name"]
         log.warning("trial %s attempt %d (RayJob %s/%s): %s", row.trial_id, row.attempt,
-                    sweep.namespace, job_name, reason)
-        if self.cluster.delete_rayjob(sweep.namespace, job_name):
-            result.deleted.append(job_name)
-        self._settle(body, sweep, trial, key, TrialState.FAILED, None, reason, result)
-        if result.settled[key] is TrialState.FAILED:
-            self.cluster.event(body, WARNING, "TrialStalled",
+                    this.namespace, job_name, reason)
+        if self.cluster.delete_rayjob(this.namespace, job_name):
+            this.result.deleted.append(job_name)
+        if self._settle(this, key, TrialState.FAILED, reason) is TrialState.FAILED:
+            self.cluster.event(this.body, WARNING, "TrialStalled",
                                f"Trial {_describe(trial)} attempt {row.attempt} stopped: "
                                f"{reason} (RayJob {job_name} deleted)")
 
@@ -639,60 +646,51 @@ class Reconciler:
             log.warning("cannot read %s of RayCluster %s: %s", what, cluster, error)
             return []
 
-    def _settle(
-        self,
-        body: Mapping[str, Any],
-        sweep: Sweep,
-        trial: GridPoint,
-        key: tuple[str, int],
-        state: TrialState,
-        kind: OOMKind | None,
-        reason: str,
-        result: PassResult,
-    ) -> None:
-        """Record an outcome the cluster reports, unless the worker's result got there first."""
-        # mark never overwrites a terminal row: a worker result stands.
-        row = bookkeeping.mark(self.sessions, AttemptKey(sweep.namespace, sweep.name, *key),
-                               state, oom_kind=kind, error=reason, finished_at=self.clock())
-        result.settled[key] = TrialState(row.status)
+    def _mark(
+        self, this: _PassContext, key: tuple[str, int], state: TrialState, reason: str,
+        kind: OOMKind | None = None,
+    ) -> store.AttemptRow:
+        """Record an outcome the cluster reports or the pass decided, unless the worker's
+        result got there first (mark never overwrites a terminal row: a worker result
+        stands); returns the row as stored."""
+        return bookkeeping.mark(self.sessions, this.attempt_key(key), state, oom_kind=kind,
+                                error=reason, finished_at=self.clock())
 
-    def _announce(
-        self,
-        body: Mapping[str, Any],
-        rows: list[store.AttemptRow],
-        trials: Mapping[str, GridPoint],
-        rayjobs: Mapping[tuple[str, int], dict[str, Any]],
-    ) -> None:
+    def _settle(
+        self, this: _PassContext, key: tuple[str, int], state: TrialState, reason: str,
+        kind: OOMKind | None = None,
+    ) -> TrialState:
+        """`_mark` an outcome the cluster reports; the state that stands is returned and
+        kept in the pass's `settled`."""
+        settled = TrialState(self._mark(this, key, state, reason, kind).status)
+        this.result.settled[key] = settled
+        return settled
+
+    def _announce(self, this: _PassContext, rows: list[store.AttemptRow]) -> None:
         """An Event for each attempt whose outcome is known and not yet announced; the
         RayJob's `ladder.dev/outcome` annotation remembers it, across restarts too."""
-        namespace = body["metadata"].get("namespace") or ""
         for row in rows:
             key = (row.trial_id, row.attempt)
-            rayjob = rayjobs.get(key)
+            rayjob = this.rayjobs.get(key)
             state = TrialState(row.status)
-            if rayjob is None or not state.is_terminal or key[0] not in trials:
+            if rayjob is None or not state.is_terminal or key[0] not in this.trials:
                 continue
             annotations = rayjob["metadata"].get("annotations") or {}
             outcome = state.value + (f"/{OOMKind(row.oom_kind).value}" if row.oom_kind else "")
             if annotations.get(ANNOTATION_OUTCOME) == outcome:
                 continue
-            self._outcome_event(body, trials[key[0]], row.attempt, state, row.oom_kind,
-                                row.best_eval_loss, row.error)
+            self._outcome_event(this.body, this.trials[key[0]], row)
             self.cluster.annotate_rayjob(
-                namespace, rayjob["metadata"]["name"], {ANNOTATION_OUTCOME: outcome}
+                this.namespace, rayjob["metadata"]["name"], {ANNOTATION_OUTCOME: outcome}
             )
 
     def _outcome_event(
-        self,
-        obj: Mapping[str, Any],
-        trial: GridPoint,
-        attempt: int,
-        state: TrialState,
-        kind: OOMKind | None,
-        loss: float | None,
-        error: str | None,
+        self, obj: Mapping[str, Any], trial: GridPoint, row: store.AttemptRow
     ) -> None:
-        what = f"Trial {_describe(trial)} attempt {attempt}"
+        """The Event for how the attempt `row` ended."""
+        what = f"Trial {_describe(trial)} attempt {row.attempt}"
+        state, kind, error = TrialState(row.status), row.oom_kind, row.error
+        loss = row.best_eval_loss
         if state is TrialState.OOM:
             kind_text = f" ({OOMKind(kind).value})" if kind else ""
             self.cluster.event(obj, WARNING, "TrialOOM", f"{what} ran out of memory{kind_text}")
@@ -706,34 +704,24 @@ class Reconciler:
                                f"{what} was cancelled: {error or '?'}")
 
     # --- act -------------------------------------------------------------------------------
-    def _act(
-        self,
-        body: Mapping[str, Any],
-        sweep: Sweep,
-        config: ExecutionConfig,
-        decided: Plan,
-        rayjobs: Mapping[tuple[str, int], dict[str, Any]],
-        result: PassResult,
-    ) -> None:
-        namespace, name = sweep.namespace, sweep.name
-        uid = body["metadata"].get("uid", "")
+    def _act(self, this: _PassContext, decided: Plan) -> None:
+        body = this.body
         for action in decided.actions:
             trial, attempt = action.trial, action.attempt
+            key = (trial.trial_id, attempt)
             if isinstance(action, CancelTrial):
-                job = rayjobs.get((trial.trial_id, attempt))
+                job = this.rayjobs.get(key)
                 job_name = (job["metadata"]["name"] if job
-                            else rayjob_name(name, trial.trial_id, attempt))
-                if self.cluster.delete_rayjob(namespace, job_name):
-                    result.deleted.append(job_name)
-                self._mark(sweep, trial, attempt, TrialState.CANCELLED, None, action.reason)
+                            else rayjob_name(this.name, trial.trial_id, attempt))
+                if self.cluster.delete_rayjob(this.namespace, job_name):
+                    this.result.deleted.append(job_name)
+                self._mark(this, key, TrialState.CANCELLED, action.reason)
                 self.cluster.event(body, NORMAL, "TrialCancelled",
                                    f"Trial {_describe(trial)} attempt {attempt} cancelled: "
                                    f"{action.reason}")
             elif isinstance(action, RecordUnlaunched):
-                bookkeeping.record_planned(
-                    self.sessions, self._spec(sweep, config, trial, attempt), sweep.spec, trial,
-                    action.state, action.oom_kind, action.reason, now=self.clock(),
-                )
+                bookkeeping.record_planned(self.sessions, self._spec(this, trial, attempt),
+                                           this.sweep.spec, action, now=self.clock())
                 if action.state is TrialState.OOM:
                     self.cluster.event(body, WARNING, "TrialOOM",
                                        f"Trial {_describe(trial)} not launched: {action.reason}")
@@ -741,22 +729,14 @@ class Reconciler:
                     self.cluster.event(body, WARNING, "TrialUnschedulable",
                                        f"Trial {_describe(trial)}: {action.reason}")
             elif isinstance(action, LaunchTrial):
-                self._launch(body, sweep, config, trial, attempt, uid, result)
+                self._launch(this, trial, attempt)
 
-    def _launch(
-        self,
-        body: Mapping[str, Any],
-        sweep: Sweep,
-        config: ExecutionConfig,
-        trial: GridPoint,
-        attempt: int,
-        uid: str,
-        result: PassResult,
-    ) -> None:
-        spec = self._spec(sweep, config, trial, attempt)
+    def _launch(self, this: _PassContext, trial: GridPoint, attempt: int) -> None:
+        sweep, body = this.sweep, this.body
+        spec = self._spec(this, trial, attempt)
         manifest = rayjob_manifest(
-            sweep, trial, spec, owner_uid=uid, db_url_secret=self.db_secret, config=config,
-            policy=self.pod_policy,
+            sweep, trial, spec, owner_uid=this.uid, db_url_secret=self.db_secret,
+            config=this.config, policy=self.pod_policy,
         )
         job_name = manifest["metadata"]["name"]
         # The store first: a controller that dies after this line finds the attempt, sees no
@@ -769,11 +749,11 @@ class Reconciler:
             if error.transient:
                 raise
             reason = f"the API server refused RayJob {job_name}: {error}"
-            self._mark(sweep, trial, attempt, TrialState.FAILED, None, reason)
+            self._mark(this, (trial.trial_id, attempt), TrialState.FAILED, reason)
             self.cluster.event(body, WARNING, "LaunchFailed", f"Trial {_describe(trial)}: "
                                f"{reason}")
             return
-        result.launched.append(job_name)
+        this.result.launched.append(job_name)
         if created:
             resources = trial.resources
             self.cluster.event(
@@ -782,27 +762,9 @@ class Reconciler:
                 f"({resources.workers} workers x {resources.gpus_per_worker} GPUs)",
             )
 
-    def _mark(
-        self,
-        sweep: Sweep,
-        trial: GridPoint,
-        attempt: int,
-        state: TrialState,
-        kind: OOMKind | None,
-        reason: str | None,
-    ) -> None:
-        bookkeeping.mark(self.sessions,
-                         AttemptKey(sweep.namespace, sweep.name, trial.trial_id, attempt),
-                         state, oom_kind=kind, error=reason, finished_at=self.clock())
-
     # --- status ----------------------------------------------------------------------------
-    def _patch_status(
-        self,
-        body: Mapping[str, Any],
-        sweep: Sweep,
-        decided: Plan,
-        generation: int | None,
-    ) -> None:
+    def _patch_status(self, this: _PassContext, decided: Plan, generation: int | None) -> None:
+        body, sweep = this.body, this.sweep
         old = dict(body.get("status") or {})
         new = status_dict(decided.status, observed_generation=generation)
         new["conditions"] = merge_conditions(

@@ -138,15 +138,13 @@ def _get_trial(
     return session.execute(_fresh(statement)).unique().scalar_one_or_none()
 
 
-def _require_trial(
-    session: Session, namespace: str, sweep: str, trial_id: str, attempt: int
-) -> AttemptRow:
-    row = _get_trial(session, _sweep_id_query(namespace, sweep), trial_id, attempt)
+def _require_trial(session: Session, key: AttemptKey) -> AttemptRow:
+    row = _get_trial(session, _sweep_id_query(key.namespace, key.sweep), key.trial_id,
+                     key.attempt)
     if row is None:
-        where = f"{namespace}/{sweep}" if namespace else sweep
-        raise LookupError(
-            f"no attempt {attempt} of trial {trial_id} in sweep {where}; record_attempt first"
-        )
+        where = f"{key.namespace}/{key.sweep}" if key.namespace else key.sweep
+        raise LookupError(f"no attempt {key.attempt} of trial {key.trial_id} in sweep {where}; "
+                          "record_attempt first")
     return row
 
 
@@ -336,7 +334,7 @@ def mark_attempt(
     terminal mark without `finished_at` is stamped now. Raises LookupError for an attempt
     that was never recorded.
     """
-    namespace, sweep, trial_id, attempt = key
+    namespace, sweep, trial_id, attempt = key.namespace, key.sweep, key.trial_id, key.attempt
     status = TrialState(status)
     if oom_kind is not None and status is not TrialState.OOM:
         raise ValueError(f"oom_kind {oom_kind!r} given for status {status.value!r}")
@@ -361,7 +359,7 @@ def mark_attempt(
         )
         .values(**values)
     )
-    row = _require_trial(session, namespace, sweep, trial_id, attempt)
+    row = _require_trial(session, key)
     if row.status != status:
         log.info(
             "ignored %s for %s/%s trial %s attempt %d: the attempt is already %s",
@@ -403,7 +401,7 @@ def record_epoch(session: Session, key: AttemptKey, epoch: EpochRecord) -> Epoch
     Also advances the attempt's `epochs_completed`, so progress shows before the result.
     Raises LookupError for an attempt that was never recorded.
     """
-    trial = _require_trial(session, *key)
+    trial = _require_trial(session, key)
     _upsert_epochs(session, trial.id, [epoch], overwrite_terminal=False)
     session.execute(
         sa.update(TRIALS)

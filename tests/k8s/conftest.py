@@ -271,3 +271,9 @@ def k8s_namespace(control_plane: ControlPlane) -> str:
     """A fresh namespace for one test. Namespaces are never deleted: without
     kube-controller-manager a deleted namespace would stay Terminating forever."""
     return control_plane.create_namespace()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """A SQLite store of the test's own (the controller and the trial pods' Secret use it)."""
+    return f"sqlite:///{tmp_path / 'ladder.db'}"

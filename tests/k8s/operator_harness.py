@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import signal
@@ -10,9 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from orchestrator.operator.kube import KubeError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -29,17 +33,50 @@ def wait_for(
     what: str, probe: Callable[[], T | None], *, timeout: float = 60, interval: float = 0.5,
     diagnose: Callable[[], str] | None = None,
 ) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout`."""
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout`. A
+    transient API error (a 429 while the API server initializes a new CRD's storage, a 5xx)
+    is one more "not yet", as the controller itself treats it."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
+        try:
+            last = probe()
+        except KubeError as error:
+            if not error.transient:
+                raise
+            last = error
+        else:
+            if last:
+                return last
         time.sleep(interval)
     extra = f"\n{diagnose()}" if diagnose is not None else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"
                          f"{extra}")
+
+
+DB_SECRET = "ladder-db"  # the Secret (key `url`) that gives trial pods LADDER_DB_URL
+
+
+def db_secret(db_url: str) -> dict[str, Any]:
+    """The Secret `DB_SECRET` holding the store's URL, as the controller's tests create it."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": DB_SECRET},
+            "data": {"url": base64.b64encode(db_url.encode()).decode()}}
+
+
+@contextlib.contextmanager
+def running_controller(
+    kubeconfig: Path, namespace: str, db_url: str, log_dir: Path
+) -> Iterator[ControllerProcess]:
+    """`ladder controller` watching `namespace`, with its liveness endpoint on a free port;
+    stopped afterwards."""
+    process = ControllerProcess(kubeconfig=kubeconfig, namespace=namespace, db_url=db_url,
+                                log_dir=log_dir,
+                                liveness=f"http://127.0.0.1:{free_port()}/healthz")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 class ControllerProcess:

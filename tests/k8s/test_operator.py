@@ -8,7 +8,6 @@ end-to-end test runs every RayJob's entrypoint, the real worker, on a local Ray 
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import urllib.request
@@ -23,7 +22,15 @@ from orchestrator import store
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.operator.kube import Kube, load_config
 from tests.k8s.kuberay_standin import Behaviour, KubeRayStandIn
-from tests.k8s.operator_harness import REPO_ROOT, ControllerProcess, dump, free_port, wait_for
+from tests.k8s.operator_harness import (
+    DB_SECRET,
+    REPO_ROOT,
+    ControllerProcess,
+    db_secret,
+    dump,
+    running_controller,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from tests.k8s.conftest import ControlPlane
@@ -62,11 +69,6 @@ def sweep_crd(control_plane: ControlPlane) -> list[str]:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ladder.db'}"
-
-
-@pytest.fixture
 def kube(control_plane: ControlPlane) -> Kube:
     return Kube(load_config(str(control_plane.kubeconfig)))
 
@@ -78,24 +80,16 @@ def namespace(
 ) -> str:
     """A fresh namespace with the Secret that gives trial pods LADDER_DB_URL."""
     name = control_plane.create_namespace("ladder-op")
-    kube.core.create_namespaced_secret(name, {
-        "metadata": {"name": "ladder-db"},
-        "data": {"url": base64.b64encode(db_url.encode()).decode()},
-    })
+    kube.core.create_namespaced_secret(name, db_secret(db_url))
     return name
 
 
 @pytest.fixture
 def controller(control_plane: ControlPlane, namespace: str, db_url: str,
                tmp_path: Path) -> Iterator[ControllerProcess]:
-    process = ControllerProcess(kubeconfig=control_plane.kubeconfig, namespace=namespace,
-                                db_url=db_url, log_dir=tmp_path / "logs",
-                                liveness=f"http://127.0.0.1:{free_port()}/healthz")
-    process.start()
-    try:
+    with running_controller(control_plane.kubeconfig, namespace, db_url,
+                            tmp_path / "logs") as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
@@ -107,8 +101,6 @@ def standin(kube: Kube, namespace: str) -> Iterator[KubeRayStandIn]:
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
 
 
 def submit(cp: ControlPlane, namespace: str, name: str, tmp_path: Path,
@@ -189,7 +181,7 @@ def test_launches_rayjobs_with_labels_owners_and_status(
         assert worker["replicas"] == 1
         env = worker["template"]["spec"]["containers"][0]["env"]
         assert {"name": "LADDER_DB_URL", "valueFrom": {
-            "secretKeyRef": {"name": "ladder-db", "key": "url"}}} in env
+            "secretKeyRef": {"name": DB_SECRET, "key": "url"}}} in env
     lanes = {j["metadata"]["labels"]["ladder.dev/lane"] for j in jobs}
     assert lanes == {"full-dss0.5-seed0", "lora-r8-a16-dss0.5-seed0"}
 

@@ -24,7 +24,6 @@ from tests.k8s.test_operator import (
     SMALL,
     attempts,
     controller,
-    db_url,
     diagnose,
     events,
     kube,
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from tests.k8s.conftest import ControlPlane
 
 pytestmark = pytest.mark.k8s
-__all__ = ["controller", "db_url", "kube", "namespace", "sweep_crd"]  # fixtures
+__all__ = ["controller", "kube", "namespace", "sweep_crd"]  # fixtures
 
 INSUFFICIENT = ("0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 "
                 "nodes are available: 2 No preemption victims found for incoming pod.")

@@ -25,6 +25,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../gobuild.sh
+source "$HERE/../gobuild.sh"
 NAME="${1:-}"
 case "$NAME" in
   kwok)
@@ -58,7 +60,6 @@ VERSION="$(cd "$MODDIR" && GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' "$
 CACHE_ROOT="${LADDER_TOOLS_CACHE:-${HOME:-/tmp}/.cache}/ladder-$NAME"
 VERSION_DIR="$CACHE_ROOT/$VERSION"
 BIN_DIR="$VERSION_DIR/bin"
-STAMP="$BIN_DIR/.stamp"
 JOBS="${LADDER_CP_JOBS:-2}"
 LDFLAGS="-s -w"
 if [[ $NAME == kuberay ]]; then
@@ -66,18 +67,8 @@ if [[ $NAME == kuberay ]]; then
   LDFLAGS+=" -X main._commitId_=$VERSION"
 fi
 
-stamp_content() {
-  {
-    cat "$MODDIR/go.mod" "$MODDIR/go.sum"
-    echo "pkg=$PKG binary=$BINARY ldflags=$LDFLAGS trimpath cgo=0 extras=2"
-    go env GOOS GOARCH
-  } | sha256sum | awk '{print $1}'
-}
-want="$(stamp_content)"
-cached() {
-  [[ "${LADDER_CP_REBUILD:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$BIN_DIR/$BINARY" ]]
-}
-if cached; then
+want="$(go_stamp "$MODDIR" "pkg=$PKG binary=$BINARY ldflags=$LDFLAGS trimpath cgo=0 extras=2")"
+if stamp_ok "$BIN_DIR" "$want" "$BINARY"; then
   echo "build.sh: cached $BINARY $VERSION in $BIN_DIR" >&2
   echo "$BIN_DIR"
   exit 0
@@ -87,23 +78,16 @@ if [[ "${LADDER_BUILD_CACHED_ONLY:-0}" == 1 ]]; then
   exit 5
 fi
 
-mkdir -p "$VERSION_DIR"
-exec 9>"$VERSION_DIR/.build.lock"
-flock 9
-if cached; then
+build_start "$VERSION_DIR"
+if stamp_ok "$BIN_DIR" "$want" "$BINARY"; then  # built by another while we waited
   echo "$BIN_DIR"
   exit 0
 fi
-
 echo "build.sh: building $BINARY from $PKG@$VERSION (go build -p $JOBS) ..." >&2
-tmp="$(mktemp -d "$VERSION_DIR/.bin.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
 
 cd "$MODDIR"
-export CGO_ENABLED=0
-export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
-export GOMAXPROCS="${GOMAXPROCS:-$JOBS}"
+go_build_env "$JOBS"
 go build -p "$JOBS" -ldflags="$LDFLAGS" -o "$tmp/$BINARY" "$PKG"
 
 # Files of the same module version, from the module cache (go build just downloaded it).
@@ -129,10 +113,6 @@ else
   chmod 644 "$tmp/crds"/*.yaml
 fi
 
-rm -rf "$BIN_DIR"
-mv "$tmp" "$BIN_DIR"
-trap - EXIT
-chmod 755 "$BIN_DIR"
-echo "$want" > "$STAMP"
+build_install "$BIN_DIR" "$want"
 echo "build.sh: built $BINARY $VERSION in $(( $(date +%s) - start ))s -> $BIN_DIR" >&2
 echo "$BIN_DIR"

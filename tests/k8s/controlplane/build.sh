@@ -15,6 +15,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../gobuild.sh
+source "$HERE/../gobuild.sh"
 if ! command -v go >/dev/null 2>&1; then
   echo "build.sh: 'go' not found on PATH; Go >= 1.26 is needed to build the control plane" >&2
   exit 1
@@ -40,50 +42,27 @@ done
 BINARIES=(etcd kube-apiserver kubectl kube-scheduler kube-controller-manager)
 
 # The stamp ties the binaries to the exact module graph and build flags.
-stamp_content() {
-  {
-    cat "$HERE/go.mod" "$HERE/go.sum"
-    echo "ldflags=$LDFLAGS trimpath cgo=0"
-    echo "binaries=${BINARIES[*]}"
-    go env GOOS GOARCH
-  } | sha256sum | awk '{print $1}'
-}
-
-
-want="$(stamp_content)"
+want="$(go_stamp "$HERE" "ldflags=$LDFLAGS trimpath cgo=0" "binaries=${BINARIES[*]}")"
 # One bin directory per stamp: checkouts with different binary sets or flags (branches, older
 # clones) sharing this cache then each keep their own instead of rebuilding over each other.
 BIN_DIR="$VERSION_DIR/bin-${want:0:12}"
-STAMP="$BIN_DIR/.stamp"
-if [[ "${LADDER_CP_REBUILD:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
-  ok=1
-  for b in "${BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || ok=0; done
-  if [[ $ok == 1 ]]; then
-    echo "build.sh: cached binaries for kubernetes $K8S_VERSION / etcd $ETCD_VERSION in $BIN_DIR" >&2
-    echo "$BIN_DIR"
-    exit 0
-  fi
-fi
-
-mkdir -p "$VERSION_DIR"
-# One build at a time per cache dir (pytest-xdist workers, parallel CI jobs).
-exec 9>"$VERSION_DIR/.build.lock"
-flock 9
-# Someone else may have finished the build while we waited for the lock.
-if [[ "${LADDER_CP_REBUILD:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+if stamp_ok "$BIN_DIR" "$want" "${BINARIES[@]}"; then
+  echo "build.sh: cached binaries for kubernetes $K8S_VERSION / etcd $ETCD_VERSION in $BIN_DIR" >&2
   echo "$BIN_DIR"
   exit 0
 fi
 
+build_start "$VERSION_DIR"
+# Someone else may have finished the build while we waited for the lock.
+if stamp_ok "$BIN_DIR" "$want" "${BINARIES[@]}"; then
+  echo "$BIN_DIR"
+  exit 0
+fi
 echo "build.sh: building etcd $ETCD_VERSION and kube-apiserver, kubectl, kube-scheduler, kube-controller-manager $K8S_VERSION (go build -p $JOBS) ..." >&2
-tmp="$(mktemp -d "$VERSION_DIR/.bin.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
 
 cd "$HERE"
-export CGO_ENABLED=0
-export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
-export GOMAXPROCS="${GOMAXPROCS:-$JOBS}"
+go_build_env "$JOBS"
 
 gobuild() {  # gobuild BINARY PACKAGE
   local t0; t0=$(date +%s)
@@ -96,10 +75,6 @@ gobuild kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 gobuild kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 gobuild etcd go.etcd.io/etcd/server/v3
 
-rm -rf "$BIN_DIR"
-mv "$tmp" "$BIN_DIR"
-trap - EXIT
-chmod 755 "$BIN_DIR"
-echo "$want" > "$STAMP"
+build_install "$BIN_DIR" "$want"
 echo "build.sh: built in $(( $(date +%s) - start ))s -> $BIN_DIR" >&2
 echo "$BIN_DIR"

@@ -17,7 +17,6 @@ worker pods' Ray workers do not exist: the job runs on that head (training on CP
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from collections.abc import Iterator
@@ -29,7 +28,14 @@ import yaml
 
 from orchestrator import store
 from orchestrator.core.lifecycle import TrialState
-from tests.k8s.operator_harness import REPO_ROOT, ControllerProcess, dump, free_port, wait_for
+from tests.k8s.operator_harness import (
+    REPO_ROOT,
+    ControllerProcess,
+    db_secret,
+    dump,
+    running_controller,
+    wait_for,
+)
 from tests.k8s.real.conftest import NODE_IP, RAY_VERSION, Cluster, ray_head
 
 pytestmark = pytest.mark.realcluster
@@ -47,19 +53,12 @@ def sweep_crd(cluster: Cluster) -> list[str]:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ladder.db'}"
-
-
-@pytest.fixture
 def namespace(cluster: Cluster, sweep_crd: list[str], db_url: str) -> Iterator[str]:
     """A fresh namespace (its default ServiceAccount made by the real controller-manager)
     with the Secret that gives trial pods LADDER_DB_URL; deleted afterwards, which the real
     garbage collector carries through."""
     name = cluster.create_namespace()
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ladder-db"},
-              "data": {"url": base64.b64encode(db_url.encode()).decode()}}
-    cluster.kubectl_ok("-n", name, "apply", "-f", "-", input=json.dumps(secret))
+    cluster.kubectl_ok("-n", name, "apply", "-f", "-", input=json.dumps(db_secret(db_url)))
     try:
         yield name
     finally:
@@ -69,14 +68,8 @@ def namespace(cluster: Cluster, sweep_crd: list[str], db_url: str) -> Iterator[s
 @pytest.fixture
 def controller(cluster: Cluster, namespace: str, db_url: str,
                tmp_path: Path) -> Iterator[ControllerProcess]:
-    process = ControllerProcess(kubeconfig=cluster.kubeconfig, namespace=namespace,
-                                db_url=db_url, log_dir=tmp_path / "logs",
-                                liveness=f"http://127.0.0.1:{free_port()}/healthz")
-    process.start()
-    try:
+    with running_controller(cluster.kubeconfig, namespace, db_url, tmp_path / "logs") as process:
         yield process
-    finally:
-        process.stop()
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Hung trials: `outcome.stall_reason` (pure) and the reconcile pass that stops a running
+"""Hung trials: `classify.stall_reason` (pure) and the reconcile pass that stops a running
 attempt silent for longer than `execution.stallTimeoutSeconds` (in-memory fake of the
 Kubernetes API as in test_reconcile, real SQLite store, real time)."""
 

@@ -2,9 +2,54 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# One trial per dataset source, through the worker's own driver (`run_trial`), in a fresh
+# interpreter: it reports each result and which model code it imported.
+_TRIAL_DRIVER = """
+import json, sys
+from orchestrator.core.grid import expand, attempt_spec
+from orchestrator.core.spec import parse_sweep
+from worker.train import run_trial
+
+results = []
+out, sources = sys.argv[1], sys.argv[2:]
+for source in sources:
+    sweep = parse_sweep({"ladder": ["ladder/t5-tiny-s"], "methods": ["full"],
+                         "training": {"init": "random"}, "dataset": {"source": source}})
+    trial = expand(sweep).all_trials()[0]
+    result = run_trial(attempt_spec(sweep, trial, attempt=1, output_dir=out))
+    results.append({"status": result.status.value, "error": result.error})
+loaded = [m for m in ("worker.models", "transformers", "peft", "ray") if m in sys.modules]
+print(json.dumps({"results": results, "loaded": loaded}))
+"""
+
+
+@pytest.fixture
+def failed_trials(tmp_path: Path) -> Callable[[Sequence[str]], list[str]]:
+    """Run a trial on each dataset source; assert that each failed before any model code was
+    imported (no `worker.models`, transformers, peft or Ray), and return their errors."""
+
+    def run(sources: Sequence[str]) -> list[str]:
+        proc = subprocess.run(
+            [sys.executable, "-c", _TRIAL_DRIVER, str(tmp_path / "out"), *sources],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=180,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert report["loaded"] == [], report
+        assert [r["status"] for r in report["results"]] == ["failed"] * len(sources), report
+        return [r["error"] for r in report["results"]]
+
+    return run
 
 
 @pytest.fixture(scope="session")

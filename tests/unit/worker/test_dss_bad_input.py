@@ -9,16 +9,13 @@ truncations, headers, oversized fields and labels that it does not cover.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from worker.data import DatasetError, DSSExample, load_dss
 from worker.data.dss import MAX_LINE_BYTES
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def record(input_: str = "q", label: str = '{"size":1}', rationale: str = "r") -> bytes:
@@ -113,27 +110,10 @@ def test_a_long_csv_field_under_the_cap_is_accepted(tmp_path: Path) -> None:
 
 
 # A trial given a bad dataset: the worker's driver refuses it first, so no model, tokenizer or
-# Ray runtime is touched (`worker.models` is never imported, `ray` never connected).
-DRIVER = """
-import json, sys
-from orchestrator.core.grid import expand, attempt_spec
-from orchestrator.core.spec import parse_sweep
-from worker.train import run_trial
-
-results = []
-out, sources = sys.argv[1], sys.argv[2:]
-for source in sources:
-    sweep = parse_sweep({"ladder": ["ladder/t5-tiny-s"], "methods": ["full"],
-                         "training": {"init": "random"}, "dataset": {"source": source}})
-    trial = expand(sweep).all_trials()[0]
-    result = run_trial(attempt_spec(sweep, trial, attempt=1, output_dir=out))
-    results.append({"status": result.status.value, "error": result.error})
-loaded = [m for m in ("worker.models", "transformers", "peft", "ray") if m in sys.modules]
-print(json.dumps({"results": results, "loaded": loaded}))
-"""
-
-
-def test_a_trial_with_a_bad_dataset_fails_before_any_model(tmp_path: Path) -> None:
+# Ray runtime is touched (the `failed_trials` fixture, tests/unit/worker/conftest.py).
+def test_a_trial_with_a_bad_dataset_fails_before_any_model(
+    tmp_path: Path, failed_trials: Callable[[Sequence[str]], list[str]]
+) -> None:
     files = {
         "utf16.jsonl": GOOD_TEXT.encode("utf-16"),
         "truncated.jsonl": GOOD + b'{"input": "q", "lab',
@@ -142,13 +122,6 @@ def test_a_trial_with_a_bad_dataset_fails_before_any_model(tmp_path: Path) -> No
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     sources = [str(tmp_path / name) for name in files]
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(tmp_path / "out"), *sources],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["loaded"] == [], report
-    for source, line, result in zip(sources, (1, 2, 2), report["results"], strict=True):
-        assert result["status"] == "failed", result
-        assert f"{source}:{line}: " in result["error"], result
+    errors = failed_trials(sources)
+    for source, line, error in zip(sources, (1, 2, 2), errors, strict=True):
+        assert f"{source}:{line}: " in error, error
