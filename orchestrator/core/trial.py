@@ -182,3 +182,9 @@ RESULT_PREFIX = "LADDER_RESULT "
 # fragment past the probe step's peak and run out of memory mid-run; expandable segments grow
 # in place instead.
 WORKER_ENV: dict[str, str] = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+
+
+def single_cpu_rank(spec: TrialSpec) -> bool:
+    """One worker and no GPU: the local backend lets such a trial train in its job's driver
+    process instead of a Ray Train worker group (names.RANK_IN_DRIVER_ENV)."""
+    return spec.resources.workers == 1 and spec.resources.gpus_per_worker == 0
