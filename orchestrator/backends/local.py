@@ -24,7 +24,13 @@ from pathlib import Path
 from orchestrator.backends.ray_head import SharedHead
 from orchestrator.backends.runner import JobOutcome
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL, RANK_IN_DRIVER_ENV
+from orchestrator.core.names import (
+    DB_URL_ENV,
+    LABEL_SWEEP,
+    LABEL_TRIAL,
+    RANK_IN_DRIVER_ENV,
+    WORKER_PYTHON_ENV,
+)
 from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.trial import WORKER_ENV, TrialResult, TrialSpec, single_cpu_rank
@@ -134,7 +140,8 @@ class LocalRayBackend:
         trial_file = write_trial(spec, Path(spec.output_dir) / "trial.json")
         submission = job_id(spec)
         entrypoint = shlex.join(
-            [sys.executable, "-m", "worker", "run", "--trial", str(trial_file.resolve())]
+            [os.environ.get(WORKER_PYTHON_ENV) or sys.executable, "-m", "worker", "run",
+             "--trial", str(trial_file.resolve())]
         )
         # Ray's job agent comes up a little after `ray.init()` returns; until then submissions
         # are refused with "No available agent", which is no fault of the trial.
