@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.names import RANK_IN_DRIVER_ENV
 from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
+from orchestrator.core.stopping import StopReason, should_stop
 from orchestrator.core.trial import (
     WORKER_ENV,
     EpochRecord,
@@ -251,7 +252,11 @@ def train(
             cfg.selection_loss, label=eval_label, rationale=eval_rationale, dss=eval_dss)
         plateau.step(eval_loss)
         host.check(f"epoch {epoch}")
-        if epoch == cfg.epochs or (cfg.generate_every and epoch % cfg.generate_every == 0):
+        # training.earlyStopping, decided on the losses every rank computed alike (reduced).
+        stop = should_stop([*(r.eval_loss for r in progress.epochs), eval_loss],
+                           cfg.early_stopping)
+        last = epoch == cfg.epochs or stop
+        if last or (cfg.generate_every and epoch % cfg.generate_every == 0):
             progress.score = generation_score(
                 accelerator, model, eval_set, loop.eval, tokenizer, per_pass, trial)
         telemetry = gather_telemetry(sampler)
@@ -265,8 +270,11 @@ def train(
             peak_gpu_memory_bytes=telemetry.epoch_peak_gpu_memory_bytes,
             peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
         ), telemetry)
+        if last:
+            progress.stopped(epoch, StopReason.EARLY_STOPPING if stop and epoch < cfg.epochs
+                             else StopReason.EPOCHS)
         if rank == 0 and loop.model_dir and cfg.save_model.saves_after(
-                epoch, cfg.epochs, progress.best_epoch):
+                epoch, epoch if last else cfg.epochs, progress.best_epoch):
             save_trained(accelerator.unwrap_model(model), tokenizer, Path(loop.model_dir), {
                 "sweep": trial.sweep, "trial": trial.trial_id, "attempt": trial.attempt,
                 "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
@@ -276,6 +284,12 @@ def train(
             publish(loop, progress.summary())
         if not loop.in_driver:
             report(epoch)
+        if stop:
+            log.info("trial %s: early stopping after epoch %d (no %s-loss improvement over "
+                     "%g for %d epochs)", trial.trial_id, epoch, cfg.selection_loss.value,
+                     cfg.early_stopping.min_delta if cfg.early_stopping else 0.0,
+                     cfg.early_stopping.patience if cfg.early_stopping else 0)
+            break
     return progress.summary() if rank == 0 else None
 
 
@@ -520,6 +534,12 @@ class Progress:
         self.score: GenerationScore | None = None
         self.train_seconds = 0.0
         self.examples = 0
+        self.stopped_epoch: int | None = None
+        self.stop_reason: StopReason | None = None
+
+    def stopped(self, epoch: int, reason: StopReason) -> None:
+        """Training ended normally after `epoch`, for `reason`."""
+        self.stopped_epoch, self.stop_reason = epoch, reason
 
     def trained(self, seconds: float, examples: int) -> float:
         """Count one epoch's training (not evaluation) time and examples; returns seconds."""
@@ -549,6 +569,8 @@ class Progress:
         return {
             "epochs": [r.model_dump(mode="json") for r in self.epochs],
             "epochs_completed": len(self.epochs),
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason.value if self.stop_reason else None,
             "best_eval_loss": best.eval_loss if best else None,
             "best_epoch": best.epoch if best else None,
             "selection_loss": self.selection.value,

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS, SWEEP_FIELDS
 from orchestrator.core.spec import Dataset, ResourceShape, SelectionLoss, Training
+from orchestrator.core.stopping import StopReason
 
 
 class AttemptKey(NamedTuple):
@@ -151,6 +152,8 @@ class TrialResult(BaseModel):
     exact_match: float | None = None
     json_valid_rate: float | None = None
     epochs_completed: int = 0
+    stopped_epoch: int | None = None  # the last epoch trained, when training ended normally
+    stop_reason: StopReason | None = None  # why it ended there (core/stopping.py)
     trainable_parameters: int | None = None
     total_parameters: int | None = None
     epochs: list[EpochRecord] = Field(default_factory=list)
