@@ -19,7 +19,7 @@ RESULT_COLUMNS = (
     "eval_label_loss", "eval_rationale_loss", "exact_match",
     "json_valid_rate", "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
     "peak_host_memory_bytes", "estimated_memory_bytes", "wall_seconds",
-    "time_to_first_step_seconds", "error",
+    "time_to_first_step_seconds", "stopped_epoch", "stop_reason", "error",
 )
 
 
