@@ -45,7 +45,8 @@ from orchestrator.core.stopping import stopping_epoch  # noqa: E402
 
 
 def cut(epochs: int, rule: EarlyStopping | None, name: str) -> dict[str, Any]:
-    """The quickstart, one lane per method on its smallest model, `epochs` epochs."""
+    """The quickstart, one lane per method on its smallest model, `epochs` epochs (the
+    quickstart's own 3 leave no room to stop early)."""
     manifest = yaml.safe_load((ROOT / "examples/quickstart.yaml").read_text())
     manifest["metadata"]["name"] = name
     spec = manifest["spec"]
@@ -74,6 +75,35 @@ def run_sweep(manifest: dict[str, Any], root: Path) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"ladder run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return {"wall_seconds": wall, "trials": trials(db, manifest["metadata"]["name"])}
+
+
+def run_direct(manifest: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The same trials one after another as `python -m worker run` (the worker contract, in
+    its driver process as the local backend runs one-CPU-worker trials), writing the same
+    store, without a Ray runtime: for a machine too loaded to start one."""
+    from orchestrator import store
+    from orchestrator.core.grid import expand, trial_spec
+    from orchestrator.core.names import DB_URL_ENV, RANK_IN_DRIVER_ENV
+    from orchestrator.core.spec import parse_sweep
+    from orchestrator.files import write_trial
+
+    db = f"sqlite:///{root / 'ladder.db'}"
+    store.migrate(db)
+    sweep = parse_sweep(manifest)
+    with store.open_store(db).begin() as session:
+        store.upsert_sweep(session, sweep)
+    env = {**os.environ, DB_URL_ENV: db, RANK_IN_DRIVER_ENV: "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    started = time.monotonic()
+    for trial in expand(sweep).all_trials():
+        spec = trial_spec(sweep, trial, attempt=1,
+                          output_dir=str(root / "runs" / sweep.name / trial.trial_id))
+        path = write_trial(spec, Path(spec.output_dir) / "trial.json")
+        subprocess.run([sys.executable, "-m", "worker", "run", "--trial", str(path)],
+                       cwd=root, env=env, capture_output=True, timeout=3600, check=False)
+    return {"wall_seconds": time.monotonic() - started, "trials": trials(db, sweep.name),
+            "how": "python -m worker run, one trial after another (no Ray runtime)"}
 
 
 def trials(db: str, sweep: str) -> list[dict[str, Any]]:
@@ -123,11 +153,12 @@ def estimate(curves: dict[str, list[list[float]]], rule: EarlyStopping) -> dict[
     }
 
 
-def run(epochs: int, rule: EarlyStopping) -> dict[str, Any]:
+def run(epochs: int, rule: EarlyStopping, direct: bool = False) -> dict[str, Any]:
+    runner = run_direct if direct else run_sweep
     with tempfile.TemporaryDirectory(prefix="ladder-early-") as tmp:
         root = Path(tmp)
-        without = run_sweep(cut(epochs, None, "es-without"), root)
-        with_rule = run_sweep(cut(epochs, rule, "es-with"), root)
+        without = runner(cut(epochs, None, "es-without"), root)
+        with_rule = runner(cut(epochs, rule, "es-with"), root)
     curves: dict[str, list[list[float]]] = {}
     for t in without["trials"]:
         if t["status"] == "succeeded" and len(t["curve"]) == epochs:
@@ -172,8 +203,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--min-delta", type=float, default=0.01)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--direct", action="store_true",
+                        help="run the trials as `python -m worker run`, without `ladder run`")
     args = parser.parse_args(argv)
-    result = run(args.epochs, EarlyStopping(patience=args.patience, min_delta=args.min_delta))
+    result = run(args.epochs, EarlyStopping(patience=args.patience, min_delta=args.min_delta),
+                 args.direct)
     print(report(result))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "early_stopping.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
