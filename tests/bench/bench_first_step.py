@@ -29,15 +29,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
-from orchestrator.core.trial import TrialSpec  # noqa: E402
+from orchestrator.core.worker_contract import AttemptSpec  # noqa: E402
 from worker.phases import PHASES, breakdown, parse_startup  # noqa: E402
 
 TOTAL = "time to first step"
 
 
-def tiny_trial(output_dir: Path, trial_id: str, method: str) -> TrialSpec:
+def tiny_trial(output_dir: Path, trial_id: str, method: str) -> AttemptSpec:
     adapter = {"rank": 8, "alpha": 16} if method != "full" else {}
-    return TrialSpec(
+    return AttemptSpec(
         sweep="bench-first-step", trial_id=trial_id, lane=f"{method}-bench", attempt=1,
         model="ladder/t5-tiny-s", method=method, **adapter,
         training=Training(epochs=1, learning_rate=1e-3, batch_size=4, precision="fp32",
@@ -49,7 +49,7 @@ def tiny_trial(output_dir: Path, trial_id: str, method: str) -> TrialSpec:
     )
 
 
-def run_one(backend: Any, spec: TrialSpec, timeout: float = 600.0) -> dict[str, Any]:
+def run_one(backend: Any, spec: AttemptSpec, timeout: float = 600.0) -> dict[str, Any]:
     """Launch one trial, wait for it, and return its phases (seconds) and status."""
     from orchestrator.backends.local import job_id
 

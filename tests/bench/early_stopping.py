@@ -82,7 +82,7 @@ def run_direct(manifest: dict[str, Any], root: Path) -> dict[str, Any]:
     its driver process as the local backend runs one-CPU-worker trials), writing the same
     store, without a Ray runtime: for a machine too loaded to start one."""
     from orchestrator import store
-    from orchestrator.core.grid import expand, trial_spec
+    from orchestrator.core.grid import attempt_spec, expand
     from orchestrator.core.names import DB_URL_ENV, RANK_IN_DRIVER_ENV
     from orchestrator.core.spec import parse_sweep
     from orchestrator.files import write_trial
@@ -97,7 +97,7 @@ def run_direct(manifest: dict[str, Any], root: Path) -> dict[str, Any]:
                                          if p)}
     started = time.monotonic()
     for trial in expand(sweep).all_trials():
-        spec = trial_spec(sweep, trial, attempt=1,
+        spec = attempt_spec(sweep, trial, attempt=1,
                           output_dir=str(root / "runs" / sweep.name / trial.trial_id))
         path = write_trial(spec, Path(spec.output_dir) / "trial.json")
         subprocess.run([sys.executable, "-m", "worker", "run", "--trial", str(path)],

@@ -22,7 +22,7 @@ from orchestrator.core.stopping import (
     should_stop,
     stopping_epoch,
 )
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec
 
 
 def test_off_by_default_and_spelled_as_in_yaml() -> None:
@@ -66,8 +66,8 @@ def test_stopping_epoch_is_the_first_that_should_stop(
     assert epoch > patience or epoch == len(losses)  # the first epoch always improves
 
 
-def _trial(tmp_path: Path, **training: Any) -> TrialSpec:
-    return TrialSpec.model_validate({
+def _trial(tmp_path: Path, **training: Any) -> AttemptSpec:
+    return AttemptSpec.model_validate({
         "sweep": "s", "trial_id": "t", "lane": "l", "model": "ladder/t5-tiny-s",
         "method": "full", "output_dir": str(tmp_path / "run"),
         "training": {"epochs": 5, "init": "random", "precision": "fp32", "batchSize": 4,
@@ -106,17 +106,17 @@ def test_store_and_report_keep_where_and_why(tmp_path: Path) -> None:
         "  training: {epochs: 10, earlyStopping: {patience: 2, minDelta: 0.01}}\n")
     with sessions.begin() as session:
         store.upsert_sweep(session, sweep)
-    from orchestrator.core.grid import expand, trial_spec
+    from orchestrator.core.grid import attempt_spec, expand
 
     for trial, stopped, reason in zip(expand(sweep).all_trials(), (4, 10),
                                       (StopReason.EARLY_STOPPING, StopReason.EPOCHS),
                                       strict=True):
-        spec = trial_spec(sweep, trial, attempt=1, output_dir=str(tmp_path))
+        spec = attempt_spec(sweep, trial, attempt=1, output_dir=str(tmp_path))
         now = datetime.now(UTC)
         with sessions.begin() as session:
             store.record_attempt(session, spec, status=TrialState.RUNNING, started_at=now)
         with sessions.begin() as session:
-            store.record_result(session, TrialResult.for_trial(
+            store.record_result(session, AttemptResult.for_trial(
                 spec, status=TrialState.SUCCEEDED, best_eval_loss=1.0, best_epoch=2,
                 epochs_completed=stopped, stopped_epoch=stopped, stop_reason=reason,
                 started_at=now, finished_at=now))

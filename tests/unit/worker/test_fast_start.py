@@ -13,14 +13,14 @@ import pytest
 from orchestrator.backends.local import LocalRayBackend
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.names import RANK_IN_DRIVER_ENV
-from orchestrator.core.trial import TrialSpec, single_cpu_rank
+from orchestrator.core.worker_contract import AttemptSpec, single_cpu_rank
 from worker.phases import PHASES, breakdown, log_startup, parse_startup
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _trial(tmp_path: Path, **fields: Any) -> TrialSpec:
-    return TrialSpec.model_validate({
+def _trial(tmp_path: Path, **fields: Any) -> AttemptSpec:
+    return AttemptSpec.model_validate({
         "sweep": "s", "trial_id": "t", "lane": "l", "model": "ladder/t5-tiny-s",
         "method": "full", "output_dir": str(tmp_path / "run"),
         "training": {"epochs": 2, "init": "random", "precision": "fp32", "batchSize": 4,
