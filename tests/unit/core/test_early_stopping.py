@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator import store
@@ -53,6 +53,7 @@ def test_the_rule() -> None:
     assert stopping_epoch([5.0, 4.0, 3.0], rule) == 3  # never: the last epoch
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.floats(0, 10), min_size=1, max_size=30), st.integers(1, 5),
        st.floats(0, 1))
 def test_stopping_epoch_is_the_first_that_should_stop(

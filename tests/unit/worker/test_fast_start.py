@@ -50,6 +50,7 @@ def test_startup_line_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse_startup("ladder-startup {broken") is None
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, transformers, peft, bitsandbytes
 def test_full_fine_tuning_imports_neither_peft_nor_bitsandbytes() -> None:
     code = ("import sys\nfrom worker.models import import_method_libraries, build_model\n"
             "from orchestrator.core.lifecycle import Method\n"
