@@ -25,7 +25,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("dataset", "dataset"),
     ("attempt marked running (store)", "marked_running"),
     ("ray.init (join the runtime)", "ray_joined"),
-    ("trainer built (ray.train.torch)", "trainer"),
+    ("trainer built (ray.train.torch); in the driver: hand-over", "trainer"),
     ("Ray Train controller + worker group", "rank_process"),
     ("rank 0 process to training loop", "rank_loop"),
     ("rank 0 imports (accelerate, transformers, peft, ...)", "rank_imports"),

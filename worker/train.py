@@ -671,10 +671,10 @@ def fit(
 ) -> dict[str, Any]:
     """Run the TorchTrainer; rank 0's summary on success, Ray's exception on failure, with
     `reported` then filled with the last summary rank 0 published (the ProgressBox's)."""
+    if rank_in_driver(trial):
+        return _fit_in_driver(loop, reported)  # Ray is not even imported
     import ray
 
-    if rank_in_driver(trial):
-        return _fit_in_driver(loop, reported)
     connect_ray()
     phases.mark("ray_joined")
     box = progress_box()
