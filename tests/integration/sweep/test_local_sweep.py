@@ -132,16 +132,19 @@ def test_resume_after_sigkill_runs_every_trial_once(tmp_path: Path) -> None:
     db = f"sqlite:///{db_file}"
     args = [*LADDER, "run", str(sweep), "--db", db, "--runs-dir", str(tmp_path / "runs")]
     env = fast_env(tmp_path, epoch_seconds=2.0)
-    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True,
-                             env={**os.environ, **env})
+    log = tmp_path / "first-run.log"
+    with log.open("wb") as out:
+        first = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env={**os.environ, **env})
     deadline = time.monotonic() + 600
     # Kill it once one trial has succeeded and another is under way.
     while time.monotonic() < deadline:
         states = [s for _, _, s in _states(db_file)]
         if "succeeded" in states and "running" in states:
             break
-        assert first.poll() is None, "the first run ended before it could be killed"
+        assert first.poll() is None, (
+            "the first run ended before it could be killed:\n"
+            + log.read_text(errors="replace")[-3000:])
         time.sleep(0.5)
     else:
         pytest.fail("no trial succeeded in time")
