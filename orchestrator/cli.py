@@ -218,6 +218,11 @@ def plan_command(
                       str(lane.alpha or "-"), f"{lane.dss_alpha:g}", str(lane.seed))
     console.print(table)
     _more(len(grid.lanes), "lanes")
+    from orchestrator.model_tables import fit_rich_table, wide
+
+    fits = fit_rich_table(spec, grid)
+    if fits is not None:
+        wide(console).print(fits)
 
 
 # A terminal table of a grid at the maxTrials ceiling (25,000 lanes, 100,000 trials) takes
@@ -501,10 +506,17 @@ def loss_selection(record: dict[str, Any]) -> str:
 def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
     """The results as people read them, in `width` columns: short model names, the OOM kind
     with the status, memory in GiB, seconds. Every column but the lane keeps its width (the
-    lane is cut with an ellipsis); too narrow for that, the generation metrics, then the wall
-    time, then the trial id are left out.
+    lane is cut with an ellipsis); too narrow for that, the gain over the baseline and the
+    generation metrics, then the wall time, then the trial id are left out. `gain`: the
+    baseline's eval loss (the untuned model, epoch 0) minus the best epoch's.
     Every field, unformatted, is in --json and --csv."""
-    from orchestrator.core.formatting import fmt_bytes, fmt_float, fmt_ratio, fmt_seconds
+    from orchestrator.core.formatting import (
+        fmt_bytes,
+        fmt_float,
+        fmt_ratio,
+        fmt_seconds,
+        fmt_signed,
+    )
 
     on_gpu = any(r["peak_gpu_memory_bytes"] is not None for r in records)
     shown = loss_shown(records)
@@ -519,6 +531,7 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
             fmt_float(r["best_eval_loss"], 4)
             + (f" {loss_selection(r)}" if mixed and r["best_eval_loss"] is not None else "")
             for r in records],
+        "gain": [fmt_signed(r.get("eval_loss_gain")) for r in records],
         "exact": [fmt_ratio(r["exact_match"]) for r in records],
         "JSON ok": [fmt_ratio(r["json_valid_rate"]) for r in records],
         "samples/s": [fmt_float(r["samples_per_second"], 2) for r in records],
@@ -534,7 +547,7 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
         return width - sum(others) - 2 * len(others) - 1
 
     lane_min = 12
-    for optional in (("exact", "JSON ok"), ("wall",), ("trial",)):
+    for optional in (("gain", "exact", "JSON ok"), ("wall",), ("trial",)):
         if room_for_lane() >= lane_min:
             break
         for header in optional:
@@ -746,6 +759,29 @@ def distill_command(
 
 
 
+@app.command("models")
+def models_command(
+    file: Annotated[Path | None, typer.Argument(help="Sweep YAML whose training settings "
+                                                "(lengths, batch, precision, checkpointing, "
+                                                "first LoRA rank) the estimates use.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List every known architecture: family, parameters and the estimated peak memory per
+    device of each method."""
+    from orchestrator.model_tables import catalog_json, catalog_settings, catalog_table, wide
+
+    settings = catalog_settings(_load(file).spec if file is not None else None)
+    if as_json:
+        typer.echo(json.dumps(catalog_json(settings), indent=2))
+        return
+    training = settings["training"]
+    console.print(f"Estimates at maxInputTokens={training.max_input_tokens}, maxOutputTokens="
+                  f"{training.max_output_tokens}, {training.pass_batch(settings['workers'])} "
+                  f"example(s) per device, {training.precision.value}, LoRA rank "
+                  f"{settings['rank']}")
+    wide(console).print(catalog_table(settings))
+
+
 @app.command()
 def crd() -> None:
     """Print the Sweep CustomResourceDefinition generated from the spec model (YAML)."""
@@ -895,6 +931,93 @@ def report(
         fail(str(error))
     console.print(say(("✓", "green"), f" wrote {written.markdown}, {written.html} and "
                       f"{len(written.images)} figures"))
+
+
+RUNS_HELP = ("Where trials wrote their outputs: `ladder run`'s --runs-dir, or where the "
+             "sweep's execution.outputDir is mounted.")
+
+
+@app.command("export")
+def export_command(
+    trial: Annotated[str | None, typer.Argument(help="Trial id (see `ladder results`).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory to write (new or "
+                                             "empty).")] = None,
+    best: Annotated[str | None, typer.Option("--best", metavar="SWEEP", help="Export the "
+                                             "sweep's best trial.")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32 (exact) or bf16 (half the size).")] = "fp32",
+    runs_dir: Annotated[Path, typer.Option(help=RUNS_HELP)] = Path("runs"),
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+) -> None:
+    """A trial's saved weights as a standalone Hugging Face model (adapters merged)."""
+    from orchestrator import trained
+
+    if (trial is None) == (best is None):
+        fail("name a trial, or a sweep with --best SWEEP (one of the two)")
+    if out is None:
+        fail("--out DIR is required: where the model directory goes")
+    sessions = _open_store(db_url(db))
+    try:
+        located = (trained.best_trial(sessions, best, runs_dir) if best
+                   else trained.find_trial(sessions, trial or "", runs_dir))
+        trained.export(located, out, dtype)
+    except trained.TrainedError as error:
+        fail(str(error))
+    r = located.record
+    from orchestrator.core.formatting import fmt_float
+
+    console.print(say(("✓", "green"), f" exported trial {r['trial_id']} ({r['lane']}, "
+                      f"{r['model']}, eval loss {fmt_float(r['best_eval_loss'], 4)}) to {out}"))
+
+
+@app.command("predict")
+def predict_command(
+    target: Annotated[str, typer.Argument(help="Trial id, or a model directory (exported, "
+                                          "or a trial's model/).")],
+    question: Annotated[str | None, typer.Argument(help="The question.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Questions, .jsonl: a "
+                                              "string, or {\"input\": ...}, a line.")] = None,
+    explain: Annotated[bool, typer.Option(help="Also generate the rationale.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: a GPU when "
+                                               "there is one).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+    runs_dir: Annotated[Path, typer.Option(help=RUNS_HELP)] = Path("runs"),
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+) -> None:
+    """Greedy answers (`predict: `) of a trained model; --explain adds the rationale."""
+    import tempfile
+
+    from orchestrator import trained
+
+    if (question is None) == (file is None):
+        fail("give one question, or --file questions.jsonl (one of the two)")
+    try:
+        questions = [question] if question is not None else trained.read_questions(file)
+        path = Path(target)
+        if not path.is_dir():
+            path = trained.find_trial(_open_store(db_url(db)), target, runs_dir).model_dir
+        with tempfile.TemporaryDirectory() as scratch:
+            answers = trained.predict(path, questions, explain=explain, device=device,
+                                      batch_size=batch_size,
+                                      questions_file=Path(scratch) / "questions.jsonl")
+    except trained.TrainedError as error:
+        fail(str(error))
+    for answer in answers:
+        if as_json:
+            typer.echo(json.dumps(answer))
+            continue
+        question = answer["question"].rstrip()  # a DSS input: its last line is the question
+        console.print(say((question if "\n" not in question
+                           else "…" + question.rsplit("\n", 1)[1], "bold")))
+        if answer["valid_json"] is not None:  # a Query DSL model: is the answer usable?
+            problems = answer.get("dsl_problems") or []
+            mark = (("✗ not JSON", "red") if not answer["valid_json"]
+                    else ("✓ valid JSON", "green") if not problems
+                    else (f"✓ valid JSON, not a Query DSL body: {problems[0]}", "yellow"))
+            console.print(say("  ", mark))
+        console.print(say("  → ", answer["answer"]))
+        if answer["rationale"] is not None:
+            console.print(say("  because: ", answer["rationale"]))
 
 
 def main() -> None:

@@ -71,6 +71,11 @@ TRIAL_FIGURES = (
      "Fraction of generated DSL equal to the label (as parsed JSON)."),
     ("ladder_trial_json_valid_ratio", "json_valid_rate",
      "Fraction of generations that parse as JSON."),
+    ("ladder_trial_baseline_eval_loss", "baseline_eval_loss",
+     "Evaluation loss of the untuned model (epoch 0, training.baseline), the same loss as "
+     "ladder_trial_best_eval_loss: their difference is what fine-tuning gained."),
+    ("ladder_trial_baseline_exact_match_ratio", "baseline_exact_match",
+     "Exact match of the untuned model's generations (epoch 0, training.baseline)."),
 )
 # (metric name, EpochRow attribute, help) of the latest epoch of a running trial.
 LIVE_FIGURES = (

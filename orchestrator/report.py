@@ -228,6 +228,37 @@ def dss_ablation_table(data: SweepData) -> Table:
     return Table(headers, rows, frozenset({2, 3, 4}))
 
 
+def helped_rows(data: SweepData) -> list[tuple[str, Method, AttemptResult]]:
+    """Per model x method that has a baseline: the best tuned trial (lowest best eval loss)."""
+    out = []
+    for model in data.models:
+        for method in data.methods:
+            tuned = [r for r in data.succeeded if (r.model, r.method) == (model, method)
+                     and r.best_eval_loss is not None and r.baseline_eval_loss is not None]
+            if tuned:
+                best = min(tuned, key=lambda r: (r.best_eval_loss, r.lane, r.model_index))
+                out.append((model, method, best))
+    return out
+
+
+def helped_table(data: SweepData) -> Table:
+    """"Did fine-tuning help?": per model x method, the best tuned trial against its own
+    baseline (the same trial's untuned model, epoch 0): eval loss and exact match."""
+    rows = []
+    for model, method, r in helped_rows(data):
+        assert r.baseline_eval_loss is not None and r.best_eval_loss is not None
+        gain = r.baseline_eval_loss - r.best_eval_loss
+        rows.append([
+            model, method.value, fmt_float(r.baseline_eval_loss), fmt_float(r.best_eval_loss),
+            f"{gain:+.5f}", fmt_ratio(r.baseline_exact_match), fmt_ratio(r.exact_match),
+            "yes" if gain > 0 else "no", f"`{r.trial_id}` {r.lane}",
+        ])
+    headers = ["model", "method", f"baseline eval loss ({data.loss_shown})",
+               "best tuned eval loss", "gain (baseline - tuned)", "baseline exact match",
+               "tuned exact match", "helped", "best tuned trial"]
+    return Table(headers, rows, frozenset({2, 3, 4, 5, 6}))
+
+
 def ceilings_table(data: SweepData) -> Table:
     rows = []
     if data.status is not None:
@@ -502,8 +533,8 @@ def loss_curves(data: SweepData, path: Path) -> Path:
     lanes = sorted({r.lane for r in with_epochs}, key=lane_order)
     by_lane = len(lanes) <= LEGEND_LANES
     figure = _new_figure(4.2 * len(models) + (3.2 if by_lane else 1.6), 4.4)
-    figure.suptitle(f"Per-epoch loss, sweep {data.sweep.name}: eval (solid), train (dashed)",
-                    fontsize=12)
+    figure.suptitle(f"Per-epoch loss, sweep {data.sweep.name}: eval (solid), train (dashed); "
+                    "epoch 0: the untuned baseline", fontsize=12)
     axes = figure.subplots(1, len(models), squeeze=False, sharey=True)[0]
     colors = _lane_colors(lanes)
     for ax, model in zip(axes, models, strict=True):
@@ -519,7 +550,8 @@ def loss_curves(data: SweepData, path: Path) -> Path:
             ax.plot(epochs, [e.eval_loss for e in r.epochs], marker="o" if by_lane else None,
                     markersize=3, linewidth=width, alpha=alpha, color=color,
                     label=r.lane + suffix if by_lane else None)
-            ax.plot(epochs, [e.train_loss for e in r.epochs], linestyle="--", linewidth=width,
+            train = [math.nan if e.train_loss is None else e.train_loss for e in r.epochs]
+            ax.plot(epochs, train, linestyle="--", linewidth=width,
                     alpha=0.6 * alpha, color=color)
         if not by_lane:
             for method in data.methods:
@@ -565,6 +597,15 @@ def sections(data: SweepData, top: int) -> list[Section]:
          "reports it; '-' where the trial ran on CPU."],
         table=top_trials_table(data, top),
     ))
+    if helped_rows(data):
+        out.append(Section(
+            "Did fine-tuning help?",
+            ["Per model and method, the best tuned trial against its baseline: the same "
+             "trial's untuned model, evaluated before training (epoch 0, training.baseline) "
+             "on the same split and generation subset. A positive gain: fine-tuning lowered "
+             "the evaluation loss."],
+            table=helped_table(data),
+        ))
     if has_dss_ablation(data):
         out.append(Section(
             "Table 4: DSS (dssAlpha 0.5) against label-only training (dssAlpha 1.0)",

@@ -10,6 +10,9 @@ SIGTERM (the trial stopped from outside) becomes a cancelled one.
 
 `python -m worker probe --trial FILE` runs only the probe step on the longest batch (does
 the trial fit?) and prints the result line, storing nothing.
+
+`python -m worker export|predict` are the torch side of `ladder export` and `ladder predict`
+(worker/export.py): the controller's CLI runs them as a subprocess, never importing torch.
 """
 
 from __future__ import annotations
@@ -42,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--trial", required=True, type=Path, help="the trial as JSON")
+    export = commands.add_parser("export", help="saved weights as a Hugging Face model")
+    export.add_argument("--model-dir", required=True, type=Path, help="a trial's model/")
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    export.add_argument("--record", default="{}", help="the trial's stored result, as JSON")
+    predict = commands.add_parser("predict", help="greedy answers, one JSON line each")
+    predict.add_argument("--model-dir", required=True, type=Path,
+                         help="a trial's model/ or an exported model")
+    predict.add_argument("--questions", required=True, type=Path, help="one JSON string a line")
+    predict.add_argument("--explain", action="store_true")
+    predict.add_argument("--device", default=None, help="default: cuda when there is one")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--max-new-tokens", type=int, default=None)
     return parser
 
 
@@ -51,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("export", "predict"):
+        from worker.export import main as export_main
+
+        return export_main(args)
     return int(run(args.trial, probe_only=args.command == "probe"))
 
 

@@ -5,6 +5,7 @@ into one AttemptResult; it never raises for a training failure. `train_loop_per_
 every Ray Train worker and `train` is its body, the whole recipe in one screen:
 
     build model -> probe step on the longest batch (an OOM verdict in seconds)
+    -> [baseline: the untuned model evaluated, epoch 0 (training.baseline)]
     -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation]
        -> [save the weights: training.saveModel best/final, rank 0] -> report
 
@@ -57,13 +58,16 @@ from orchestrator.core.names import RANK_IN_DRIVER_ENV
 from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
 from orchestrator.core.stopping import StopReason, should_stop
 from orchestrator.core.worker_contract import (
+    BASELINE_EPOCH,
     WORKER_ENV,
     AttemptResult,
     AttemptSpec,
     EpochRecord,
+    baseline_of,
     best_record,
     selected_loss,
     single_cpu_rank,
+    trained_epochs,
 )
 from worker import phases
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_examples
@@ -191,10 +195,12 @@ def train(
     phases.mark("model")
     host.check("building the model")
     keep = input_keep(cfg.input_truncation)
+    layout: dict[str, Any] = {"keep_input": keep, "causal": info.causal,
+                              "frame": prompt_frame(tokenizer, cfg.chat_template, info.causal)}
     train_set = encode_examples(loop.train, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
-                                keep_input=keep)
+                                **layout)
     eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
-                               keep_input=keep)
+                               **layout)
     phases.mark("encoded")
     per_worker = cfg.per_worker_batch(world)  # examples per optimizer step on this worker
     per_pass = cfg.pass_batch(world)  # examples per forward/backward pass (micro-batch)
@@ -225,6 +231,11 @@ def train(
     if rank == 0:
         # The probe passed, with its peaks: a later OOM happened mid-run (mid_run_oom_note).
         publish(loop, progress.summary())
+    if cfg.baseline:  # epoch 0: the untuned model, before any step (the probe updates nothing)
+        progress.add(*baseline(accelerator, model, eval_set, loop.eval, tokenizer, per_pass,
+                               trial, sampler, optimizer.param_groups[0]["lr"]))
+        if rank == 0:
+            publish(loop, progress.summary())
     torch.manual_seed(trial.seed + 1 + rank)  # dropout: different masks on different ranks
 
     for epoch in range(1, cfg.epochs + 1):
@@ -253,7 +264,7 @@ def train(
         plateau.step(eval_loss)
         host.check(f"epoch {epoch}")
         # training.earlyStopping, decided on the losses every rank computed alike (reduced).
-        stop = should_stop([*(r.eval_loss for r in progress.epochs), eval_loss],
+        stop = should_stop([*(r.eval_loss for r in trained_epochs(progress.epochs)), eval_loss],
                            cfg.early_stopping)
         last = epoch == cfg.epochs or stop
         if last or (cfg.generate_every and epoch % cfg.generate_every == 0):
@@ -279,6 +290,8 @@ def train(
                 "sweep": trial.sweep, "trial": trial.trial_id, "attempt": trial.attempt,
                 "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
                 "alpha": trial.alpha, "epoch": epoch, "eval_loss": eval_loss,
+                # What `ladder export` rebuilds the base from (worker/export.py).
+                "device": device.type, "spec": trial.model_dump(mode="json", by_alias=True),
             })
         if rank == 0:
             publish(loop, progress.summary())
@@ -345,6 +358,21 @@ def clip_gradients(accelerator: Accelerator, model: nn.Module, max_norm: float |
     after DDP's all-reduce) is at most `max_norm`, as the HF Trainer does; None: no clipping."""
     if max_norm is not None:
         accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def prompt_frame(tokenizer: TextTokenizer, chat_template: bool, causal: bool) -> Any:
+    """A decoder-only model's prompt frame: the tokenizer's chat template with
+    training.chatTemplate (where it has one), else the plain one; None for T5."""
+    from worker.data.batching import PromptFrame
+
+    if not causal:
+        return None
+    chat = getattr(tokenizer, "chat_frame", None)
+    frame = chat() if chat_template and chat is not None else None
+    if chat_template and frame is None:
+        log.warning("training.chatTemplate: the tokenizer has no chat template; prompts are "
+                    "joined to their completions by a newline")
+    return PromptFrame(*frame) if frame is not None else PromptFrame.plain(tokenizer)
 
 
 def input_keep(truncation: InputTruncation) -> Keep:
@@ -420,6 +448,31 @@ def evaluate(
     # The same weighting as dss_loss, on the per-example means.
     dss = label_loss if a == 1.0 else a * label_loss + (1.0 - a) * (rationale_loss or 0.0)
     return label_loss, rationale_loss, dss
+
+
+def baseline(
+    accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
+    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: AttemptSpec,
+    sampler: Sampler, learning_rate: float,
+) -> tuple[EpochRecord, TrialTelemetry]:
+    """Epoch 0 (training.baseline): the untuned model's eval label and rationale losses and
+    its generation metrics on the generation subset, measured as every epoch measures them."""
+    started = time.perf_counter()
+    label, rationale, dss = evaluate(accelerator, model, eval_set, tokenizer, per_worker,
+                                     trial.dss_alpha, with_rationale=True)
+    score = generation_score(accelerator, model, eval_set, examples, tokenizer, per_worker,
+                             trial)
+    telemetry = gather_telemetry(sampler)
+    return EpochRecord(
+        epoch=BASELINE_EPOCH, learning_rate=learning_rate,
+        eval_loss=selected_loss(trial.training.selection_loss, label=label,
+                                rationale=rationale, dss=dss),
+        eval_label_loss=label, eval_rationale_loss=rationale, eval_dss_loss=dss,
+        wall_seconds=time.perf_counter() - started,
+        exact_match=score.exact_match, json_valid_rate=score.json_valid_rate,
+        peak_gpu_memory_bytes=telemetry.epoch_peak_gpu_memory_bytes,
+        peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
+    ), telemetry
 
 
 def generation_score(
@@ -565,12 +618,15 @@ class Progress:
 
     def summary(self) -> dict[str, Any]:
         """AttemptResult fields, JSON-ready (it crosses to the driver through Ray)."""
-        best, t = self.best, self.telemetry
+        best, t, base = self.best, self.telemetry, baseline_of(self.epochs)
         return {
             "epochs": [r.model_dump(mode="json") for r in self.epochs],
-            "epochs_completed": len(self.epochs),
+            "epochs_completed": len(trained_epochs(self.epochs)),
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason.value if self.stop_reason else None,
+            "baseline_eval_loss": base.eval_loss if base else None,
+            "baseline_exact_match": base.exact_match if base else None,
+            "baseline_json_valid_rate": base.json_valid_rate if base else None,
             "best_eval_loss": best.eval_loss if best else None,
             "best_epoch": best.epoch if best else None,
             "selection_loss": self.selection.value,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["fmt_bytes", "fmt_float", "fmt_opt", "fmt_ratio", "fmt_seconds"]
+__all__ = ["fmt_bytes", "fmt_float", "fmt_opt", "fmt_ratio", "fmt_seconds", "fmt_signed"]
 
 
 def fmt_bytes(value: float | None) -> str:
@@ -30,6 +30,13 @@ def fmt_float(value: float | None, digits: int = 5) -> str:
     if value is None or math.isnan(value):
         return "-"
     return f"{value:.{digits}f}"
+
+
+def fmt_signed(value: float | None, digits: int = 4) -> str:
+    """A difference, always signed (+0.1234, -0.0100): a gain over the baseline."""
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:+.{digits}f}"
 
 
 def fmt_ratio(value: float | None) -> str:

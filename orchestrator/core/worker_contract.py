@@ -71,19 +71,25 @@ class EpochRecord(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    epoch: int = Field(ge=1)
-    train_loss: float
-    train_label_loss: float
+    epoch: int = Field(ge=0)  # 0: the baseline, the untuned model (training.baseline)
+    train_loss: float | None = None  # None at epoch 0 only (nothing trained yet)
+    train_label_loss: float | None = None
     train_rationale_loss: float | None = None  # None when dssAlpha = 1 (rationales ignored)
     eval_loss: float  # the selection loss (training.selectionLoss): best epoch, LR plateau
     eval_label_loss: float | None = None  # the `predict:` task alone (the authors' eval loss)
     eval_rationale_loss: float | None = None  # None when dssAlpha = 1 and it is not selected
     eval_dss_loss: float | None = None  # a * label + (1 - a) * rationale
     learning_rate: float
-    samples_per_second: float
+    samples_per_second: float | None = None  # training samples/s; None at epoch 0
     wall_seconds: float
     peak_gpu_memory_bytes: int | None = None  # max over devices, NVML used, this epoch's own
     peak_host_memory_bytes: int | None = None  # max over workers, peak RSS of the run so far
+    exact_match: float | None = None  # generation metrics, recorded at epoch 0 (the baseline)
+    json_valid_rate: float | None = None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.epoch == BASELINE_EPOCH
 
 
 def selected_loss(
@@ -101,9 +107,22 @@ def selected_loss(
     return rationale
 
 
+BASELINE_EPOCH = 0  # the untuned model's evaluation, stored as epoch 0 (training.baseline)
+
+
+def trained_epochs(epochs: Iterable[EpochRecord]) -> list[EpochRecord]:
+    """The epochs that trained (the baseline, epoch 0, left out)."""
+    return [r for r in epochs if r.epoch != BASELINE_EPOCH]
+
+
+def baseline_of(epochs: Iterable[EpochRecord]) -> EpochRecord | None:
+    return next((r for r in epochs if r.epoch == BASELINE_EPOCH), None)
+
+
 def best_record(epochs: Iterable[EpochRecord]) -> EpochRecord | None:
-    """The epoch with the lowest finite selection loss (`eval_loss`), the earliest of equals."""
-    finite = [r for r in epochs if math.isfinite(r.eval_loss)]
+    """The trained epoch with the lowest finite selection loss (`eval_loss`), the earliest of
+    equals; the baseline (epoch 0) is never the best epoch."""
+    finite = [r for r in trained_epochs(epochs) if math.isfinite(r.eval_loss)]
     return min(finite, key=lambda r: (r.eval_loss, r.epoch), default=None)
 
 
@@ -159,6 +178,10 @@ class AttemptResult(BaseModel):
     stop_reason: StopReason | None = None  # why it ended there (core/stopping.py)
     trainable_parameters: int | None = None
     total_parameters: int | None = None
+    # The untuned model (epoch 0, training.baseline): the selection loss and exact match.
+    baseline_eval_loss: float | None = None
+    baseline_exact_match: float | None = None
+    baseline_json_valid_rate: float | None = None
     epochs: list[EpochRecord] = Field(default_factory=list)
 
     @classmethod

@@ -184,6 +184,9 @@ class AttemptRow(Base):
     stop_reason: Mapped[StopReason | None] = mapped_column(StrEnumType(StopReason))
     trainable_parameters: Mapped[int | None] = mapped_column(sa.BigInteger)
     total_parameters: Mapped[int | None] = mapped_column(sa.BigInteger)
+    baseline_eval_loss: Mapped[float | None] = mapped_column(sa.Double)
+    baseline_exact_match: Mapped[float | None] = mapped_column(sa.Double)
+    baseline_json_valid_rate: Mapped[float | None] = mapped_column(sa.Double)
     rayjob_name: Mapped[str | None] = mapped_column(sa.String(253))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -208,7 +211,8 @@ class AttemptRow(Base):
 
 
 class EpochRow(Base):
-    """One epoch of one trial attempt (an EpochRecord), written live and with the result."""
+    """One epoch of one trial attempt (an EpochRecord), written live and with the result;
+    epoch 0 is the untuned model's evaluation (training.baseline)."""
 
     __tablename__ = "epochs"
     __table_args__ = (sa.UniqueConstraint("trial_pk", "epoch"),)
@@ -230,6 +234,8 @@ class EpochRow(Base):
     wall_seconds: Mapped[float | None] = mapped_column(sa.Double)
     peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
     peak_host_memory_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    exact_match: Mapped[float | None] = mapped_column(sa.Double)
+    json_valid_rate: Mapped[float | None] = mapped_column(sa.Double)
 
     trial: Mapped[AttemptRow] = relationship(back_populates="epochs")
 

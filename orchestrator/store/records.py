@@ -17,7 +17,8 @@ RESULT_COLUMNS = (
     "sweep", "namespace", "trial_id", "lane", "model", "method", "rank", "alpha", "dss_alpha",
     "seed", "status", "oom_kind", "attempt", "best_eval_loss", "best_epoch", "selection_loss",
     "eval_label_loss", "eval_rationale_loss", "exact_match",
-    "json_valid_rate", "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
+    "json_valid_rate", "baseline_eval_loss", "baseline_exact_match", "eval_loss_gain",
+    "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
     "peak_host_memory_bytes", "estimated_memory_bytes", "wall_seconds",
     "time_to_first_step_seconds", "stopped_epoch", "stop_reason", "error",
 )
@@ -32,7 +33,17 @@ def sweep_from_row(row: store.SweepRow) -> Sweep:
 def result_record(row: store.AttemptRow) -> dict[str, Any]:
     """A flat, JSON-ready record of one attempt (snake_case keys)."""
     record = store.to_result(row, epochs=()).model_dump(mode="json", exclude={"epochs"})
+    record["eval_loss_gain"] = eval_loss_gain(record)
     return {column: record.get(column) for column in RESULT_COLUMNS}
+
+
+def eval_loss_gain(record: dict[str, Any]) -> float | None:
+    """How much fine-tuning lowered the selected eval loss: the baseline's (epoch 0, the
+    untuned model) minus the best epoch's; positive when it helped. None without both."""
+    base, best = record.get("baseline_eval_loss"), record.get("best_eval_loss")
+    if base is None or best is None:
+        return None
+    return float(base) - float(best)
 
 
 class _Record:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
+from sqlalchemy.orm import Session, contains_eager, joinedload, selectinload, sessionmaker
 
 from orchestrator.core.lifecycle import ACTIVE_STATES, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS
@@ -64,6 +64,7 @@ RESULT_FIELDS = (
     "best_eval_loss", "best_epoch", "selection_loss", "eval_label_loss", "eval_rationale_loss",
     "exact_match", "json_valid_rate", "epochs_completed", "stopped_epoch", "stop_reason",
     "trainable_parameters", "total_parameters",
+    "baseline_eval_loss", "baseline_exact_match", "baseline_json_valid_rate",
 )
 # Known before the result (record_attempt writes them); a result without them keeps them.
 KEPT_WHEN_MISSING = frozenset({"started_at", "estimated_memory_bytes"})
@@ -72,6 +73,8 @@ EPOCH_FIELDS = tuple(EpochRecord.model_fields)
 REQUIRED_EPOCH_FLOATS = frozenset(
     name for name, field in EpochRecord.model_fields.items() if field.annotation is float
 )
+# ...and these of every trained epoch (None only at the baseline, epoch 0, that trained nothing).
+TRAINED_EPOCH_FLOATS = frozenset({"train_loss", "train_label_loss", "samples_per_second"})
 
 
 def replaceable_states(status: TrialState) -> tuple[TrialState, ...]:
@@ -428,11 +431,17 @@ def epochs_of(session: Session, trial_pk: int) -> list[EpochRow]:
 def attempts(
     session: Session, namespace: str, sweep: str, *, with_epochs: bool = False
 ) -> list[AttemptRow]:
-    """Every attempt of a sweep, ordered by (lane, model_index, attempt)."""
+    """Every attempt of a sweep, ordered by (lane, model_index, attempt).
+
+    Each row's joined sweep comes without its spec (loaded on first use): the reconciler
+    reads this on every pass, and decoding the spec JSON once per attempt row was a fifth of a
+    pass with 1,000 trials in flight (docs/benchmarks.md, "Controller memory and pass time").
+    """
     statement = (
         sa.select(AttemptRow)
         .where(AttemptRow.sweep_id == _sweep_id_query(namespace, sweep))
         .order_by(AttemptRow.lane, AttemptRow.model_index, AttemptRow.attempt)
+        .options(joinedload(AttemptRow.sweep, innerjoin=True).defer(SweepRow.spec))
     )
     if with_epochs:
         statement = statement.options(selectinload(AttemptRow.epochs))
@@ -468,7 +477,8 @@ def all_attempts(
 
 def _to_epoch(row: EpochRow) -> EpochRecord:
     values = {name: getattr(row, name) for name in EPOCH_FIELDS}
-    for name in REQUIRED_EPOCH_FLOATS:
+    required = REQUIRED_EPOCH_FLOATS | (TRAINED_EPOCH_FLOATS if row.epoch else frozenset())
+    for name in required:
         if values[name] is None:
             values[name] = math.nan
     return EpochRecord(**values)

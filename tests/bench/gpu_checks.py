@@ -78,7 +78,7 @@ def judge_storage(result: AttemptResult, epochs: int) -> Verdict:
         return Verdict(False, "Ray refused the rank's report: " + (result.error or "")[:300])
     if result.status is not TrialState.SUCCEEDED:
         return Verdict(False, f"{result.status.value}: {(result.error or '')[:300]}")
-    got = [e.epoch for e in result.epochs]
+    got = [e.epoch for e in result.epochs if e.epoch]  # epoch 0: the baseline
     if got != list(range(1, epochs + 1)):
         return Verdict(False, f"epochs {got}, expected 1..{epochs}")
     return Verdict(True, f"{epochs} epochs reported across nodes")

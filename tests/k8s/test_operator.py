@@ -371,6 +371,7 @@ def quickstart_one_lane(tmp_path: Path) -> str:
     spec["methods"] = ["lora"]
     spec["adapters"] = spec["adapters"][:1]
     spec["training"]["epochs"] = 1
+    spec["training"].pop("saveModel", None)  # weights need a shared volume on a cluster
     spec["escalation"]["memoryBudget"] = E2E_BUDGET
     spec["execution"] = {"outputDir": str(tmp_path / "runs")}
     document["metadata"] = {"name": "quickstart"}

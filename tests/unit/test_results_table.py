@@ -68,3 +68,14 @@ def test_the_header_names_the_loss_shown() -> None:
     mixed = [*ROWS, record(trial_id="c0ffee0000", selection_loss="dss", best_eval_loss=0.5)]
     text = "\n".join(render(mixed, 160))
     assert "eval loss: per row" in text and "0.4787 label" in text and "0.5000 dss" in text
+
+
+def test_the_gain_over_the_baseline_is_shown_signed() -> None:
+    from orchestrator.store.records import eval_loss_gain
+
+    row = record(baseline_eval_loss=5.0, best_eval_loss=0.4787)
+    row["eval_loss_gain"] = eval_loss_gain(row)
+    text = "\n".join(render([row, record(trial_id="c0ffee0000")], 160))
+    assert "gain" in text and "+4.5213" in text
+    assert eval_loss_gain(record(baseline_eval_loss=None)) is None
+    assert eval_loss_gain(record(baseline_eval_loss=0.3)) == pytest.approx(0.3 - 0.4787)

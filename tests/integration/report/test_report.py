@@ -75,6 +75,10 @@ def result_for(spec: AttemptSpec, gpus: bool) -> AttemptResult:
                     peak_host_memory_bytes=(300 + 50 * spec.model_index) * 2**20)
         for n in range(1, 4)
     ]
+    # Epoch 0: the untuned model (training.baseline), twice the best loss, no exact match.
+    baseline = EpochRecord(epoch=0, eval_loss=2 * best, learning_rate=5e-5, wall_seconds=30.0,
+                           exact_match=0.0, json_valid_rate=0.0)
+    epochs = [baseline, *epochs]
     memory = _memory(spec)
     wall = 300.0 * (1 + spec.model_index) * (1.5 if spec.method is Method.FULL else 1.0)
     return AttemptResult.for_trial(
@@ -87,7 +91,8 @@ def result_for(spec: AttemptSpec, gpus: bool) -> AttemptResult:
         gpu_memory_per_device=[memory // 2] * 2 if gpus else [],
         peak_host_memory_bytes=(300 + 50 * spec.model_index) * 2**20,
         best_eval_loss=best, best_epoch=3, exact_match=0.5, json_valid_rate=0.9,
-        epochs_completed=3, epochs=epochs,
+        epochs_completed=3, epochs=epochs, baseline_eval_loss=2 * best,
+        baseline_exact_match=0.0, baseline_json_valid_rate=0.0,
     )
 
 
@@ -173,6 +178,16 @@ def test_report_renders_every_paper_form(gpu_store, tmp_path: Path) -> None:
                    if line.startswith("| google/")]
     assert len(table4_rows) == 3 * 3 - 1  # the full lanes never fitted flan-t5-large
     assert all(line.rstrip(" |").endswith("yes") for line in table4_rows)
+
+    # Did fine-tuning help? Per model x method, the best tuned trial against its baseline.
+    helped = markdown.split("## Did fine-tuning help?")[1].split("## ")[0]
+    helped_rows = [line for line in helped.splitlines() if line.startswith("| google/")]
+    assert len(helped_rows) == 3 * 3 - 1  # as Table 4: full never fitted flan-t5-large
+    top = best[0]
+    line = next(row for row in helped_rows
+                if row.startswith(f"| {top.model} | {top.method.value} |"))
+    assert f"| {2 * top.best_eval_loss:.5f} | {top.best_eval_loss:.5f} | " \
+           f"{top.best_eval_loss:+.5f} | 0% | 50% | yes | `{top.trial_id}`" in line
 
     # Lane ceilings: full lanes capped at base (OOM on large), adapter lanes completed.
     ceilings = markdown.split("## Lane ceilings")[1]

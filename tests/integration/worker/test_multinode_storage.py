@@ -60,9 +60,9 @@ def test_rank_on_another_node_with_its_own_disk(
     assert result.status is TrialState.SUCCEEDED, result.error
     assert done.returncode == ExitCode.SUCCEEDED
     # The whole summary reached the driver from the other node.
-    assert [e.epoch for e in result.epochs] == [1, 2] and result.best_epoch in (1, 2)
+    assert [e.epoch for e in result.epochs] == [0, 1, 2] and result.best_epoch in (1, 2)
     assert result.time_to_first_step_seconds > 0 and result.peak_host_memory_bytes > 0
     (row,) = stored(url)
-    assert row.status is TrialState.SUCCEEDED and len(row.epochs) == 2
+    assert row.status is TrialState.SUCCEEDED and len(row.epochs) == 3  # the baseline, 2 epochs
     # The driver's side of the output directory holds the result; the rank's tmpfs is gone.
     assert AttemptResult.model_validate_json((run_dir / "result.json").read_text()) == result

@@ -72,17 +72,22 @@ def test_trains_and_stores(
     result = run_trial(trial)
 
     assert result.status is TrialState.SUCCEEDED, result.error
-    assert result.epochs_completed == len(result.epochs) == 3
-    losses = [e.eval_loss for e in result.epochs]
-    assert losses[-1] < losses[0]
-    best = min(result.epochs, key=lambda e: e.eval_loss)
+    baseline, *epochs = result.epochs  # epoch 0: the untuned model (training.baseline)
+    assert baseline.epoch == 0 and baseline.train_loss is None and baseline.exact_match == 0
+    assert baseline.eval_rationale_loss is not None and baseline.json_valid_rate is not None
+    assert (result.baseline_eval_loss, result.baseline_exact_match) == (
+        baseline.eval_loss, baseline.exact_match)
+    assert result.epochs_completed == len(epochs) == 3
+    losses = [e.eval_loss for e in epochs]
+    assert losses[-1] < losses[0] and min(losses) < baseline.eval_loss  # training helped
+    best = min(epochs, key=lambda e: e.eval_loss)
     assert (result.best_epoch, result.best_eval_loss) == (best.epoch, best.eval_loss)
-    assert all(e.train_rationale_loss is not None for e in result.epochs)  # dssAlpha 0.5
+    assert all(e.train_rationale_loss is not None for e in epochs)  # dssAlpha 0.5
     # Telemetry, measured.
     assert result.wall_seconds > 0 and result.samples_per_second > 0
     assert 0 < result.time_to_first_step_seconds < result.wall_seconds
     assert result.peak_host_memory_bytes > 0
-    assert all(e.samples_per_second > 0 and e.wall_seconds > 0 for e in result.epochs)
+    assert all(e.samples_per_second > 0 and e.wall_seconds > 0 for e in epochs)
     assert result.peak_gpu_memory_bytes is None and result.gpu_memory_per_device == []  # CPU
     # Generation after the last epoch, on generateLimit examples.
     assert 0 <= result.exact_match <= 1 and 0 <= result.json_valid_rate <= 1
@@ -95,10 +100,15 @@ def test_trains_and_stores(
     assert (manifest["epoch"], manifest["method"]) == (saved_epoch, method)
     weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     assert (tmp_path / "run" / "model" / weights).stat().st_size > 0
+    # ...and `ladder export` turns them into a plain model (tests/unit/worker/test_export.py).
+    from worker.export import export_model
+
+    exported = export_model(tmp_path / "run" / "model", tmp_path / "exported")
+    assert (exported / "model.safetensors").stat().st_size > 0
 
     # Rank 0 wrote the epochs live; the final write then records the whole result.
     (live,) = stored(url)
-    assert live.status is TrialState.RUNNING and [e.epoch for e in live.epochs] == [1, 2, 3]
+    assert live.status is TrialState.RUNNING and [e.epoch for e in live.epochs] == [0, 1, 2, 3]
     assert deliver(result, trial)
     (final,) = stored(url)
     assert final.status is TrialState.SUCCEEDED

@@ -120,6 +120,7 @@ def one_trial_sweep(tmp_path: Path) -> str:
     spec["methods"] = ["lora"]
     spec["adapters"] = spec["adapters"][:1]
     spec["training"]["epochs"] = 1
+    spec["training"].pop("saveModel", None)  # weights need a shared volume on a cluster
     spec["escalation"].pop("memoryBudget", None)
     spec["execution"] = {
         "outputDir": str(tmp_path / "runs"),
