@@ -94,7 +94,7 @@ def test_a_one_cpu_worker_trial_trains_in_the_driver(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     result = run_trial(_trial(tmp_path))
     assert result.status is TrialState.SUCCEEDED, result.error
-    assert [e.epoch for e in result.epochs] == [1, 2]
+    assert [e.epoch for e in result.epochs if e.epoch > 0] == [1, 2]  # 0: the baseline
     assert result.best_eval_loss is not None and result.time_to_first_step_seconds > 0
     assert result.json_valid_rate is not None  # generation ran at the last epoch
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

@@ -1,7 +1,7 @@
 """Where and why each trial stopped training (training.earlyStopping).
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0005 (0002 on this branch before main brought 0005; re-chained at the merge)
 
 Plain nullable column additions, as 0002: rows written before keep NULL (they ran every
 configured epoch, or failed).
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
