@@ -42,6 +42,7 @@ from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import Method, TrialState
 from orchestrator.core.plan import SweepStatus
 from orchestrator.core.spec import Sweep
+from orchestrator.core.stopping import StopReason
 from orchestrator.core.worker_contract import AttemptResult
 from orchestrator.store.records import latest_rows, sweep_from_row
 
@@ -271,6 +272,27 @@ def ceilings_table(data: SweepData) -> Table:
     headers = ["lane", "method", "rank", "alpha", "dssAlpha", "seed", "state",
                "ceiling (largest model that fitted)", "stopped at"]
     return Table(headers, rows)
+
+
+def stopping_section(data: SweepData) -> Section | None:
+    """The epoch each trial's training stopped at and why (training.earlyStopping), for
+    trials that ended normally; None when no trial recorded it."""
+    stopped = [r for r in data.results if r.stopped_epoch is not None and r.stop_reason]
+    if not stopped:
+        return None
+    configured = data.sweep.spec.training.epochs
+    rule = data.sweep.spec.training.early_stopping
+    rows = [[r.trial_id, r.lane, _short(r.model), str(r.stopped_epoch), str(configured),
+             r.stop_reason.value if r.stop_reason else "-", fmt_opt(r.best_epoch)]
+            for r in stopped]
+    early = sum(r.stop_reason is StopReason.EARLY_STOPPING for r in stopped)
+    saved = sum(configured - (r.stopped_epoch or configured) for r in stopped)
+    setting = (f"training.earlyStopping: patience {rule.patience}, minDelta "
+               f"{rule.min_delta:g} on the {data.loss_shown} loss; " if rule else
+               "training.earlyStopping is off (every configured epoch runs); ")
+    text = [f"{setting}{early} of {len(stopped)} trials stopped early, {saved} epochs not run."]
+    headers = ["trial", "lane", "model", "stopped after epoch", "of", "why", "best epoch"]
+    return Section("Where training stopped", text, table=Table(headers, rows))
 
 
 def estimator_rows(data: SweepData) -> list[tuple[AttemptResult, float]]:
@@ -603,6 +625,9 @@ def sections(data: SweepData, top: int) -> list[Section]:
     out.append(Section("Lane ceilings", ["The largest model of each lane's ladder that "
                                           "fitted, and where the lane stopped."],
                        table=ceilings_table(data)))
+    stopping = stopping_section(data)
+    if stopping is not None:
+        out.append(stopping)
     out.append(estimator_section(data))
     out.append(Section("Per-epoch loss", image="loss_curves.png",
                        image_alt="Per-epoch train and eval loss"))

@@ -110,6 +110,10 @@ def _stopped(result: AttemptResult) -> AttemptResult:
 
 
 def run(path: Path, *, probe_only: bool = False) -> ExitCode:
+    from worker import phases
+
+    phases.mark("driver_process", phases.process_started())
+    phases.mark("driver_main")
     from worker.result import deliver, exit_code, failure_result
 
     started_at, t0 = datetime.now(UTC), time.time()
@@ -138,6 +142,7 @@ def run(path: Path, *, probe_only: bool = False) -> ExitCode:
     try:
         from worker.train import run_trial
 
+        phases.mark("driver_imports")
         result = run_trial(trial, probe_only=probe_only)
     except BaseException as error:  # a stop too: the result must still go out.
         if isinstance(error, KeyboardInterrupt):

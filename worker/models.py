@@ -32,9 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bitsandbytes as bnb
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -68,6 +66,7 @@ __all__ = [
     "compute_dtype",
     "count_parameters",
     "fit_embeddings",
+    "import_method_libraries",
     "keep_off_cpu_packed_path",
     "quantize_nf4",
     "random_decoder",
@@ -89,6 +88,17 @@ class ModelInfo:
     total_parameters: int
     quantized: bool
     causal: bool = False  # decoder-only: prompt and completion form one sequence
+
+
+def import_method_libraries(method: Method) -> None:
+    """Import what building a model of `method` needs, and nothing more: peft for LoRA and
+    QLoRA, bitsandbytes for QLoRA (seconds each on a small CPU; a full fine-tune needs
+    neither). The worker calls it before its host-memory baseline, so the libraries' own pages
+    are not charged to the trial's budget; `build_model` imports them anyway when needed."""
+    if method.uses_adapters:
+        import peft  # noqa: F401
+    if method is Method.QLORA:
+        import bitsandbytes  # noqa: F401
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -199,6 +209,8 @@ def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype, *, double_quant: bo
     through save + from_pretrained: transformers 5 would re-tie the LM head on reload.
     Returns how many layers were replaced.
     """
+    import bitsandbytes as bnb
+
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or []) | {"lm_head"}
     replaced = 0
     for parent in list(model.modules()):
@@ -237,6 +249,8 @@ def keep_off_cpu_packed_path(model: nn.Module) -> int:
     the module's fast-path flag off, so every CPU runs the path the training step runs. CUDA is
     unaffected (the flag only applies to CPU inputs). Returns how many layers it set.
     """
+    import bitsandbytes as bnb
+
     layers = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
@@ -340,6 +354,8 @@ def build_model(
     causal = not model.config.is_encoder_decoder
 
     if trial.method.uses_adapters:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
         if trial.rank is None or trial.alpha is None:
             raise ValueError(f"method {trial.method} needs a LoRA rank and alpha")
         if trial.method is Method.QLORA:

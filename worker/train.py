@@ -54,7 +54,9 @@ import torch
 from torch import Tensor, nn
 
 from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.names import RANK_IN_DRIVER_ENV
 from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
+from orchestrator.core.stopping import StopReason, should_stop
 from orchestrator.core.worker_contract import (
     BASELINE_EPOCH,
     WORKER_ENV,
@@ -64,8 +66,10 @@ from orchestrator.core.worker_contract import (
     baseline_of,
     best_record,
     selected_loss,
+    single_cpu_rank,
     trained_epochs,
 )
+from worker import phases
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_examples
 from worker.memory import HostMemoryBudget, classify_failure
 from worker.result import EpochSink, error_text, mark_running, store_url
@@ -131,19 +135,25 @@ class LoopConfig:
     probe_only: bool = False  # stop after the probe step (`python -m worker probe`)
     model_dir: str | None = None  # where rank 0 keeps the weights (training.saveModel)
     progress: Any = None  # the ProgressBox actor's handle: rank 0's summary for the driver
+    marks: dict[str, float] = dataclasses.field(default_factory=dict)  # worker.phases
+    in_driver: bool = False  # the one rank runs in the driver's process (rank_in_driver)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train's entry point on each worker: devices, budget, telemetry, then `train`."""
-    import ray.train
+    loop: LoopConfig = config["loop"]
+    if not loop.in_driver:
+        phases.mark("rank_process", phases.process_started())
+    phases.mark("rank_loop")
     from accelerate import Accelerator
 
-    import worker.models  # noqa: F401 - transformers, peft, bitsandbytes: before the baseline
     from worker.memory import apply_cuda_budget
+    from worker.models import import_method_libraries
     from worker.telemetry import Sampler
 
-    loop: LoopConfig = config["loop"]
     trial = AttemptSpec.model_validate_json(loop.trial_json)
+    import_method_libraries(trial.method)  # transformers (peft, bitsandbytes): before the baseline
+    phases.mark("rank_imports")
     bf16 = trial.training.precision is Precision.BF16
     # Ray Train has set up the process group (gloo on CPU, nccl on GPU); Accelerate joins it.
     # Without cpu=True Accelerate only looks for accelerators: on a CPU-only worker it would
@@ -151,7 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     accelerator = Accelerator(
         mixed_precision="bf16" if bf16 else "no", cpu=trial.resources.gpus_per_worker == 0
     )
-    expected = ray.train.get_context().get_world_size()
+    expected = 1 if loop.in_driver else ray_train_world_size()
     if accelerator.num_processes != expected:
         raise RuntimeError(
             f"Accelerate sees {accelerator.num_processes} processes where Ray Train started "
@@ -182,6 +192,7 @@ def train(
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     torch.manual_seed(trial.seed)  # every rank builds the same initial weights
     model, tokenizer, info = build_model(trial, device)
+    phases.mark("model")
     host.check("building the model")
     keep = input_keep(cfg.input_truncation)
     layout: dict[str, Any] = {"keep_input": keep, "causal": info.causal,
@@ -190,6 +201,7 @@ def train(
                                 **layout)
     eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
                                **layout)
+    phases.mark("encoded")
     per_worker = cfg.per_worker_batch(world)  # examples per optimizer step on this worker
     per_pass = cfg.pass_batch(world)  # examples per forward/backward pass (micro-batch)
     optimizer = torch.optim.AdamW(
@@ -205,6 +217,9 @@ def train(
     probe_step(accelerator, model, optimizer, probe, a)
     wait_for_device(device)  # CUDA runs ahead of the host: the probe is done only now
     host.check("the probe step on the longest batch")
+    phases.mark("first_step")
+    if rank == 0:
+        phases.log_startup({**loop.marks, **phases.marks()})
     progress = Progress(
         first_step_seconds=time.time() - loop.started_at, trainable=info.trainable_parameters,
         total=info.total_parameters, sink=EpochSink(trial, loop.db_url) if rank == 0 else None,
@@ -248,7 +263,11 @@ def train(
             cfg.selection_loss, label=eval_label, rationale=eval_rationale, dss=eval_dss)
         plateau.step(eval_loss)
         host.check(f"epoch {epoch}")
-        if epoch == cfg.epochs or (cfg.generate_every and epoch % cfg.generate_every == 0):
+        # training.earlyStopping, decided on the losses every rank computed alike (reduced).
+        stop = should_stop([*(r.eval_loss for r in trained_epochs(progress.epochs)), eval_loss],
+                           cfg.early_stopping)
+        last = epoch == cfg.epochs or stop
+        if last or (cfg.generate_every and epoch % cfg.generate_every == 0):
             progress.score = generation_score(
                 accelerator, model, eval_set, loop.eval, tokenizer, per_pass, trial)
         telemetry = gather_telemetry(sampler)
@@ -262,8 +281,11 @@ def train(
             peak_gpu_memory_bytes=telemetry.epoch_peak_gpu_memory_bytes,
             peak_host_memory_bytes=telemetry.peak_host_memory_bytes,
         ), telemetry)
+        if last:
+            progress.stopped(epoch, StopReason.EARLY_STOPPING if stop and epoch < cfg.epochs
+                             else StopReason.EPOCHS)
         if rank == 0 and loop.model_dir and cfg.save_model.saves_after(
-                epoch, cfg.epochs, progress.best_epoch):
+                epoch, epoch if last else cfg.epochs, progress.best_epoch):
             save_trained(accelerator.unwrap_model(model), tokenizer, Path(loop.model_dir), {
                 "sweep": trial.sweep, "trial": trial.trial_id, "attempt": trial.attempt,
                 "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
@@ -273,7 +295,14 @@ def train(
             })
         if rank == 0:
             publish(loop, progress.summary())
-        report(epoch)
+        if not loop.in_driver:
+            report(epoch)
+        if stop:
+            log.info("trial %s: early stopping after epoch %d (no %s-loss improvement over "
+                     "%g for %d epochs)", trial.trial_id, epoch, cfg.selection_loss.value,
+                     cfg.early_stopping.min_delta if cfg.early_stopping else 0.0,
+                     cfg.early_stopping.patience if cfg.early_stopping else 0)
+            break
     return progress.summary() if rank == 0 else None
 
 
@@ -479,6 +508,12 @@ def gather_telemetry(sampler: Sampler) -> TrialTelemetry:
     return merge_telemetry(gather_object([sampler.snapshot()]))
 
 
+def ray_train_world_size() -> int:
+    import ray.train
+
+    return int(ray.train.get_context().get_world_size())
+
+
 def report(epoch: int) -> None:
     """Every rank reports (it is a barrier). No checkpoint: it would need storage shared by
     every node (see the module's docstring); the summary goes through `publish`."""
@@ -517,7 +552,9 @@ def progress_box() -> Any:
 
 def publish(loop: LoopConfig, summary: dict[str, Any]) -> None:
     """Hand rank 0's summary to the driver (waits for it: a failure right after keeps it)."""
-    if loop.progress is not None:
+    if isinstance(loop.progress, ProgressBox):  # the rank runs in the driver: no actor
+        loop.progress.put(summary)
+    elif loop.progress is not None:
         import ray
 
         ray.get(loop.progress.put.remote(summary))
@@ -550,6 +587,12 @@ class Progress:
         self.score: GenerationScore | None = None
         self.train_seconds = 0.0
         self.examples = 0
+        self.stopped_epoch: int | None = None
+        self.stop_reason: StopReason | None = None
+
+    def stopped(self, epoch: int, reason: StopReason) -> None:
+        """Training ended normally after `epoch`, for `reason`."""
+        self.stopped_epoch, self.stop_reason = epoch, reason
 
     def trained(self, seconds: float, examples: int) -> float:
         """Count one epoch's training (not evaluation) time and examples; returns seconds."""
@@ -579,6 +622,8 @@ class Progress:
         return {
             "epochs": [r.model_dump(mode="json") for r in self.epochs],
             "epochs_completed": len(trained_epochs(self.epochs)),
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason.value if self.stop_reason else None,
             "baseline_eval_loss": base.eval_loss if base else None,
             "baseline_exact_match": base.exact_match if base else None,
             "baseline_json_valid_rate": base.json_valid_rate if base else None,
@@ -642,9 +687,11 @@ def run_trial(trial: AttemptSpec, *, probe_only: bool = False) -> AttemptResult:
         train_split, eval_split = load_split(trial)
     except (DatasetError, ValueError) as error:
         return finish(TrialState.FAILED, error=error_text(error))
+    phases.mark("dataset")
 
     if not probe_only:
         mark_running(trial, started_at)
+    phases.mark("marked_running")
     storage = Path(trial.output_dir).resolve() / "ray"
     name = f"{trial.trial_id}-a{trial.attempt}-{started_at:%Y%m%d-%H%M%S-%f}"
     saves = trial.training.save_model is not SaveModel.NONE and not probe_only
@@ -680,9 +727,12 @@ def fit(
 ) -> dict[str, Any]:
     """Run the TorchTrainer; rank 0's summary on success, Ray's exception on failure, with
     `reported` then filled with the last summary rank 0 published (the ProgressBox's)."""
+    if rank_in_driver(trial):
+        return _fit_in_driver(loop, reported)  # Ray is not even imported
     import ray
 
     connect_ray()
+    phases.mark("ray_joined")
     box = progress_box()
     loop = dataclasses.replace(loop, progress=box)
     try:
@@ -695,10 +745,43 @@ def fit(
             ray.kill(box)
 
 
+def rank_in_driver(trial: AttemptSpec) -> bool:
+    """Whether the trial's one rank trains in this (the driver's) process, without Ray Train:
+    when the local backend asks (RANK_IN_DRIVER_ENV) and the trial is one worker on CPU.
+
+    A Ray Train worker group costs two fresh processes (its controller and the rank), each
+    importing Ray Train and torch again, and a Ray connection: most of a tiny trial's time to
+    first step (docs/benchmarks.md, "Time to first step"). On one machine and one CPU worker
+    there is no process group to set up and nothing to place, so the driver trains itself:
+    same `train_loop_per_worker`, same recipe, same result. Multi-worker and GPU trials, and
+    every trial on a cluster (where the driver runs on the head pod), keep Ray Train.
+    """
+    return os.environ.get(RANK_IN_DRIVER_ENV) == "1" and single_cpu_rank(trial)
+
+
+def _fit_in_driver(loop: LoopConfig, reported: dict[str, Any]) -> dict[str, Any]:
+    """`train_loop_per_worker` in this process; on failure `reported` gets the last summary
+    rank 0 published, as from the ProgressBox actor on the Ray Train path."""
+    box = ProgressBox()
+    phases.mark("trainer")
+    loop = dataclasses.replace(loop, progress=box, in_driver=True,
+                               marks={**loop.marks, **phases.marks()})
+    try:
+        summary = train_loop_per_worker({"loop": loop})
+    except Exception:
+        reported.update(box.get())
+        raise
+    if not isinstance(summary, dict):
+        raise RuntimeError(f"rank 0 returned no summary (got {type(summary).__name__})")
+    return summary
+
+
 def _fit(trial: AttemptSpec, loop: LoopConfig, storage: Path, name: str) -> dict[str, Any]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    phases.mark("trainer")
+    loop = dataclasses.replace(loop, marks={**loop.marks, **phases.marks()})
     res = trial.resources
     per_worker = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
     trainer = TorchTrainer(

@@ -48,6 +48,14 @@ ALLOW_TRIAL_SERVICE_ACCOUNT_ENV = "LADDER_ALLOW_TRIAL_SERVICE_ACCOUNT"
 ALLOWED_TRIAL_SECRETS_ENV = "LADDER_ALLOWED_TRIAL_SECRETS"
 ALLOW_TRIAL_PROJECTED_TOKENS_ENV = "LADDER_ALLOW_TRIAL_PROJECTED_TOKENS"
 ALLOW_TRIAL_NETWORK_VOLUMES_ENV = "LADDER_ALLOW_TRIAL_NETWORK_VOLUMES"
+# Set to "1" by the local backend: a trial of one CPU worker trains in the job's driver process
+# instead of a Ray Train worker group (worker/train.py: rank_in_driver), which saves two fresh
+# processes' start and imports; multi-worker and GPU trials, and every trial on a cluster,
+# keep Ray Train.
+RANK_IN_DRIVER_ENV = "LADDER_RANK_IN_DRIVER"
+# The interpreter the local backend runs `-m worker run` with (default: the CLI's own), e.g.
+# a virtualenv that has the worker's dependencies; the tests point it at the fast stand-in.
+WORKER_PYTHON_ENV = "LADDER_WORKER_PYTHON"
 # Set to show the traceback of an unexpected CLI error (otherwise one line).
 DEBUG_ENV = "LADDER_DEBUG"
 

@@ -206,6 +206,16 @@ class LRPlateau(_Model):
     patience: int = Field(10, ge=0, le=INT32_MAX)
 
 
+class EarlyStopping(_Model):
+    """Stop a trial once the selected eval loss has not improved for `patience` epochs.
+
+    An epoch improves when its loss is below the best so far by more than `minDelta`. Off
+    unless set: the paper's recipe trains every epoch (core/stopping.py decides)."""
+
+    patience: int = Field(ge=1, le=INT32_MAX)
+    min_delta: float = Field(0.0, ge=0)
+
+
 class Training(_Model):
     """The recipe of every trial. Defaults are the paper's (docs/paper.md, "Training recipe")."""
 
@@ -220,6 +230,11 @@ class Training(_Model):
         description="The evaluation loss that picks the best epoch and drives the LR plateau: "
         "label (the authors' metric, comparable across dssAlpha), rationale or dss "
         "(a * label + (1 - a) * rationale). All three are recorded every epoch.",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        None,
+        description="Stop once the selected eval loss (selectionLoss) has not improved by more "
+        "than minDelta for patience epochs. Unset (the paper's recipe): every epoch runs.",
     )
     precision: Precision = Precision.BF16
     tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere+ GPUs.")

@@ -21,6 +21,7 @@ from pydantic.alias_generators import to_camel
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS, SWEEP_FIELDS
 from orchestrator.core.spec import Dataset, ResourceShape, SelectionLoss, Training
+from orchestrator.core.stopping import StopReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,8 @@ class AttemptResult(BaseModel):
     exact_match: float | None = None
     json_valid_rate: float | None = None
     epochs_completed: int = 0
+    stopped_epoch: int | None = None  # the last epoch trained, when training ended normally
+    stop_reason: StopReason | None = None  # why it ended there (core/stopping.py)
     trainable_parameters: int | None = None
     total_parameters: int | None = None
     # The untuned model (epoch 0, training.baseline): the selection loss and exact match.
@@ -209,3 +212,9 @@ RESULT_PREFIX = "LADDER_RESULT "
 # fragment past the probe step's peak and run out of memory mid-run; expandable segments grow
 # in place instead.
 WORKER_ENV: dict[str, str] = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+
+
+def single_cpu_rank(spec: AttemptSpec) -> bool:
+    """One worker and no GPU: the local backend lets such a trial train in its job's driver
+    process instead of a Ray Train worker group (names.RANK_IN_DRIVER_ENV)."""
+    return spec.resources.workers == 1 and spec.resources.gpus_per_worker == 0

@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.spec import SelectionLoss
+from orchestrator.core.stopping import StopReason
 
 # Explicit constraint names, so migrations can address constraints by name on every database
 # (SQLite's batch mode needs them to rebuild a table) and autogenerate never sees a rename.
@@ -179,6 +180,8 @@ class AttemptRow(Base):
     exact_match: Mapped[float | None] = mapped_column(sa.Double)
     json_valid_rate: Mapped[float | None] = mapped_column(sa.Double)
     epochs_completed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    stopped_epoch: Mapped[int | None] = mapped_column(sa.Integer)
+    stop_reason: Mapped[StopReason | None] = mapped_column(StrEnumType(StopReason))
     trainable_parameters: Mapped[int | None] = mapped_column(sa.BigInteger)
     total_parameters: Mapped[int | None] = mapped_column(sa.BigInteger)
     baseline_eval_loss: Mapped[float | None] = mapped_column(sa.Double)

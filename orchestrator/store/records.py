@@ -20,7 +20,7 @@ RESULT_COLUMNS = (
     "json_valid_rate", "baseline_eval_loss", "baseline_exact_match", "eval_loss_gain",
     "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
     "peak_host_memory_bytes", "estimated_memory_bytes", "wall_seconds",
-    "time_to_first_step_seconds", "error",
+    "time_to_first_step_seconds", "stopped_epoch", "stop_reason", "error",
 )
 
 

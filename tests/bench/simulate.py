@@ -168,6 +168,8 @@ class CostModel:
     decode_seconds_per_block: float = 0.0003  # one generated token, per decoder block
     measured: Mapping[tuple[str, Method], Measured] = field(default_factory=dict)
     fits: Callable[[GridPoint], bool] | None = None  # overrides the memory model's verdict
+    # Epochs a trial runs of its configured ones (training.earlyStopping); None: all of them.
+    epochs_run: Callable[[GridPoint, int], int] | None = None
 
     def per_device_batch(self, spec: SweepSpec, trial: GridPoint) -> int:
         """Examples per optimizer step on one worker (compute)."""
@@ -220,6 +222,8 @@ class CostModel:
             decoder_blocks * self.decode_seconds_per_block)
         epoch = steps * step + evaluation
         epochs = training.epochs
+        if self.epochs_run is not None:
+            epochs = max(1, min(epochs, self.epochs_run(trial, epochs)))
         run = self.startup_seconds + epochs * epoch + generation * (
             epochs if self.recipe.generate_every_epoch else 1)
         if self.recipe.generate_every_epoch:

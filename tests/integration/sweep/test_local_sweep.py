@@ -1,7 +1,11 @@
 """Local sweeps end to end: the real CLI, a real Ray runtime, real CPU training, SQLite.
 
-The quickstart is run exactly as a newcomer runs it; a smaller sweep is SIGKILLed mid-way and
-resumed, and every trial must appear exactly once in the results.
+The quickstart is run exactly as a newcomer runs it, with real training (the one whole
+real-training sweep of the local runner in the suite). A smaller sweep is SIGKILLed mid-way
+and resumed, and every trial must appear exactly once in the results; another is stopped with
+Ctrl-C. Those two test the runner, not training, so their trials are the FAST STAND-IN
+(tests/reliability/fast_worker.py, run as the worker through LADDER_WORKER_PYTHON): real Ray
+jobs on a real Ray runtime, the real store and the real worker contract, no training.
 """
 
 from __future__ import annotations
@@ -18,14 +22,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.core.names import WORKER_PYTHON_ENV
+from tests.reliability.fast_worker import (
+    EPOCH_SECONDS_ENV,
+    EPOCHS_ENV,
+    OOM_MODELS_ENV,
+    write_shim,
+)
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
 LADDER = [sys.executable, "-m", "orchestrator.cli"]
 
 
-def ladder(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+def ladder(*args: str, cwd: Path, timeout: float = 900,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([*LADDER, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -84,6 +97,16 @@ def _small_sweep(path: Path) -> Path:
     return path
 
 
+def fast_env(tmp_path: Path, epoch_seconds: float) -> dict[str, str]:
+    """`ladder run` with the fast stand-in as every trial's worker: two epochs of
+    `epoch_seconds` each, and the largest tiny model out of its budget as in the quickstart."""
+    shim = write_shim(tmp_path / "fast-python")
+    root = str(ROOT)
+    return {WORKER_PYTHON_ENV: str(shim), EPOCHS_ENV: "2", EPOCH_SECONDS_ENV: str(epoch_seconds),
+            OOM_MODELS_ENV: "ladder/t5-tiny-l",
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
 def _states(db_file: Path) -> list[tuple[str, int, str]]:
     if not db_file.exists():
         return []
@@ -108,15 +131,20 @@ def test_resume_after_sigkill_runs_every_trial_once(tmp_path: Path) -> None:
     db_file = tmp_path / "ladder.db"
     db = f"sqlite:///{db_file}"
     args = [*LADDER, "run", str(sweep), "--db", db, "--runs-dir", str(tmp_path / "runs")]
-    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    env = fast_env(tmp_path, epoch_seconds=2.0)
+    log = tmp_path / "first-run.log"
+    with log.open("wb") as out:
+        first = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env={**os.environ, **env})
     deadline = time.monotonic() + 600
     # Kill it once one trial has succeeded and another is under way.
     while time.monotonic() < deadline:
         states = [s for _, _, s in _states(db_file)]
         if "succeeded" in states and "running" in states:
             break
-        assert first.poll() is None, "the first run ended before it could be killed"
+        assert first.poll() is None, (
+            "the first run ended before it could be killed:\n"
+            + log.read_text(errors="replace")[-3000:])
         time.sleep(0.5)
     else:
         pytest.fail("no trial succeeded in time")
@@ -127,7 +155,7 @@ def test_resume_after_sigkill_runs_every_trial_once(tmp_path: Path) -> None:
     first.wait()
 
     done = ladder("run", str(sweep), "--db", db, "--runs-dir", str(tmp_path / "runs"),
-                  cwd=tmp_path)
+                  cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # The resumed run took over the head the killed one left (and its running trial), and
     # stopped it at the end.
@@ -151,14 +179,15 @@ def test_ctrl_c_stops_running_trials_and_records_them_cancelled(tmp_path: Path) 
     db_file = tmp_path / "ladder.db"
     args = [*LADDER, "run", str(sweep), "--db", f"sqlite:///{db_file}",
             "--runs-dir", str(tmp_path / "runs")]
-    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1",
+           **fast_env(tmp_path, epoch_seconds=30.0)}
     run = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while "running" not in [s for _, _, s in _states(db_file)]:
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.5)
-    time.sleep(3)  # into the trial's start-up
+    time.sleep(3)  # into the trial (its first epoch takes 30 s)
     run.send_signal(signal.SIGINT)  # what Ctrl-C sends the foreground process
     out, err = run.communicate(timeout=180)
     assert run.returncode == 130, out[-3000:] + err[-3000:]
