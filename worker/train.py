@@ -53,7 +53,13 @@ import torch
 from torch import Tensor, nn
 
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
+from orchestrator.core.spec import (
+    InputTruncation,
+    LossReduction,
+    Precision,
+    SaveModel,
+    SelectionLoss,
+)
 from orchestrator.core.trial import (
     WORKER_ENV,
     EpochRecord,
@@ -70,7 +76,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from worker.data.batching import EncodedExample
-    from worker.generation import GenerationScore
+    from worker.generation import GenerationScore, TextScores
     from worker.telemetry import Sampler, TrialTelemetry
     from worker.tokenizer import Keep, TextTokenizer
 
@@ -93,22 +99,46 @@ def dss_loss(label_loss: Tensor, rationale_loss: Tensor | None, a: float) -> Ten
     return a * label_loss + (1.0 - a) * rationale_loss
 
 
+def example_mean_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """training.lossReduction example-mean: each example's cross-entropy averaged over its own
+    target tokens, then averaged over the examples that have any (what DDP's average of
+    one-example devices computes, the authors' setup)."""
+    from worker.data.batching import IGNORE_INDEX
+
+    per_token = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+        reduction="none").view(labels.shape)
+    counts = (labels != IGNORE_INDEX).sum(dim=1)
+    present = counts > 0
+    return (per_token.sum(dim=1)[present] / counts[present]).mean()
+
+
+def task_loss(
+    model: Callable[..., Any], input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+    reduction: LossReduction,
+) -> Tensor:
+    """One task's loss over a batch: the model's own token mean, or the example mean."""
+    # No KV cache: a loss needs none (and CPU autocast cannot concatenate fp16 cache entries,
+    # which training.qloraWeightDtype fp16 leaves).
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                   use_cache=False)
+    if reduction is LossReduction.TOKEN_MEAN:
+        return output.loss
+    return example_mean_loss(output.logits, labels)
+
+
 def dss_forward(
-    model: Callable[..., Any], batch: Mapping[str, Tensor], a: float
+    model: Callable[..., Any], batch: Mapping[str, Tensor], a: float,
+    reduction: LossReduction = LossReduction.TOKEN_MEAN,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(loss, label loss, rationale loss) of one batch; a = 1 skips the `explain:` pass."""
-    label_loss = model(
-        input_ids=batch["predict_input_ids"],
-        attention_mask=batch["predict_attention_mask"],
-        labels=batch["labels"],
-    ).loss
+    label_loss = task_loss(model, batch["predict_input_ids"], batch["predict_attention_mask"],
+                           batch["labels"], reduction)
     rationale_loss = None
     if a != 1.0:
-        rationale_loss = model(
-            input_ids=batch["explain_input_ids"],
-            attention_mask=batch["explain_attention_mask"],
-            labels=batch["rationale_labels"],
-        ).loss
+        rationale_loss = task_loss(model, batch["explain_input_ids"],
+                                   batch["explain_attention_mask"], batch["rationale_labels"],
+                                   reduction)
     return dss_loss(label_loss, rationale_loss, a), label_loss, rationale_loss
 
 
@@ -154,9 +184,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             f"{expected} workers: gradients would not be synchronised"
         )
     device = accelerator.device
+    set_tf32(trial.training.tf32)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = trial.training.tf32
-        torch.backends.cudnn.allow_tf32 = trial.training.tf32
         if trial.memory_budget_bytes is not None:
             apply_cuda_budget(trial.memory_budget_bytes, device)
     else:
@@ -165,6 +194,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     host = HostMemoryBudget(trial.memory_budget_bytes if device.type == "cpu" else None)
     with Sampler(device, on_rss=host.observe) as sampler:
         return train(trial, loop, accelerator, host, sampler)
+
+
+def set_tf32(enabled: bool) -> None:
+    """training.tf32: whether CUDA matmuls and cuDNN convolutions may use TF32 (Ampere and
+    later). Off is PyTorch's default and the authors' (they never set it); the flags do
+    nothing on a CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def train(
@@ -196,7 +233,7 @@ def train(
     )
     host.check("creating the optimizer")
     probe = to_device(train_set, longest_batch(train_set, per_pass), tokenizer, device)
-    probe_step(accelerator, model, optimizer, probe, a)
+    probe_step(accelerator, model, optimizer, probe, a, cfg.loss_reduction)
     wait_for_device(device)  # CUDA runs ahead of the host: the probe is done only now
     host.check("the probe step on the longest batch")
     progress = Progress(
@@ -211,7 +248,9 @@ def train(
         # The probe passed, with its peaks: a later OOM happened mid-run (mid_run_oom_note).
         publish(loop, progress.summary())
     torch.manual_seed(trial.seed + 1 + rank)  # dropout: different masks on different ranks
+    accumulate = cfg.gradient_accumulation_steps  # batches per optimizer step (HF's)
 
+    loop_started = time.perf_counter()  # end-to-end: training, evaluation, generation, saves
     for epoch in range(1, cfg.epochs + 1):
         sampler.new_epoch()  # this epoch's own memory peaks (the run's are kept)
         model.train()
@@ -219,12 +258,19 @@ def train(
         losses = torch.zeros(3, device=device)  # loss, label loss, rationale loss
         steps = examples = 0
         started = time.perf_counter()
-        for indices in shard(batches, rank, world):
-            passes = [to_device(train_set, indices[i:i + per_pass], tokenizer, device)
-                      for i in range(0, len(indices), per_pass)]
+        mine = shard(batches, rank, world)
+        for first in range(0, len(mine), accumulate):
+            passes, group_of = [], []
+            for group, indices in enumerate(mine[first:first + accumulate]):
+                for i in range(0, len(indices), per_pass):
+                    passes.append(to_device(train_set, indices[i:i + per_pass], tokenizer,
+                                            device))
+                    group_of.append(group)
+                examples += len(indices)
             losses += train_step(accelerator, model, optimizer, passes, a,
-                                 max_grad_norm=cfg.max_grad_norm)
-            steps, examples = steps + 1, examples + len(indices)
+                                 max_grad_norm=cfg.max_grad_norm,
+                                 reduction=cfg.loss_reduction, group_of=group_of)
+            steps += 1
         totals = torch.cat([losses, losses.new_tensor([steps, examples])])
         loss_sum, label_sum, rationale_sum, steps, examples = accelerator.reduce(
             totals, reduction="sum").tolist()  # the training loop's only host sync
@@ -232,13 +278,14 @@ def train(
         learning_rate = optimizer.param_groups[0]["lr"]
         eval_label, eval_rationale, eval_dss = evaluate(
             accelerator, model, eval_set, tokenizer, per_pass, a,
-            with_rationale=cfg.selection_loss is SelectionLoss.RATIONALE)
+            with_rationale=cfg.selection_loss is SelectionLoss.RATIONALE,
+            reduction=cfg.loss_reduction)
         eval_loss = selected_loss(
             cfg.selection_loss, label=eval_label, rationale=eval_rationale, dss=eval_dss)
         plateau.step(eval_loss)
         host.check(f"epoch {epoch}")
         if epoch == cfg.epochs or (cfg.generate_every and epoch % cfg.generate_every == 0):
-            progress.score = generation_score(
+            progress.score, progress.text = generation_score(
                 accelerator, model, eval_set, loop.eval, tokenizer, per_pass, trial)
         telemetry = gather_telemetry(sampler)
         progress.add(EpochRecord(
@@ -253,11 +300,14 @@ def train(
         ), telemetry)
         if rank == 0 and loop.model_dir and cfg.save_model.saves_after(
                 epoch, cfg.epochs, progress.best_epoch):
+            every = cfg.save_model is SaveModel.EVERY_EPOCH  # the authors' checkpoint
             save_trained(accelerator.unwrap_model(model), tokenizer, Path(loop.model_dir), {
                 "sweep": trial.sweep, "trial": trial.trial_id, "attempt": trial.attempt,
                 "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
                 "alpha": trial.alpha, "epoch": epoch, "eval_loss": eval_loss,
-            })
+            }, optimizer_state=optimizer.state_dict() if every else None)
+        wait_for_device(device)
+        progress.end_to_end(time.perf_counter() - loop_started)
         if rank == 0:
             publish(loop, progress.summary())
         report(epoch)
@@ -274,30 +324,25 @@ def wait_for_device(device: torch.device) -> None:
 def train_step(
     accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
     passes: Sequence[Mapping[str, Tensor]], a: float, *, max_grad_norm: float | None = None,
+    reduction: LossReduction = LossReduction.TOKEN_MEAN, group_of: Sequence[int] | None = None,
 ) -> Tensor:
     """One optimizer step over a worker's batch, run as one or more forward/backward passes
-    (micro-batches). Each task's loss is a mean over target tokens, so a pass's loss is
-    weighted by its share of the batch's tokens of that task: the gradients add up to exactly
-    those of the whole batch in one pass. DDP all-reduces on the last pass only. Returns the
-    step's (loss, label loss, rationale loss) over the whole batch."""
-    from worker.data.batching import IGNORE_INDEX
-
-    def shares(key: str) -> Tensor | list[float]:
-        """Each pass's share of the batch's target tokens of one task, kept on the device:
-        counting on the host would stall a GPU every step. One pass: the whole batch."""
-        if len(passes) == 1:
-            return [1.0]
-        counts = torch.stack([(batch[key] != IGNORE_INDEX).sum() for batch in passes])
-        return counts / counts.sum().clamp(min=1)
-
-    label_shares = shares("labels")
-    rationale_shares = shares("rationale_labels") if a != 1.0 else [1.0] * len(passes)
+    (micro-batches). Each task's loss is a mean (over target tokens, or over examples with
+    lossReduction example-mean), so a pass's loss is weighted by its share of the batch's
+    tokens (or examples) of that task: the gradients add up to exactly those of the whole
+    batch in one pass. With gradient accumulation, `group_of` names each pass's batch and
+    every batch weighs 1/batches (the HF Trainer's loss / gradient_accumulation_steps). DDP
+    all-reduces on the last pass only. Returns the step's (loss, label loss, rationale
+    loss)."""
+    label_shares = pass_weights(passes, "labels", reduction, group_of)
+    rationale_shares = (pass_weights(passes, "rationale_labels", reduction, group_of)
+                        if a != 1.0 else [1.0] * len(passes))
     losses = torch.zeros(3, device=accelerator.device)
     for number, batch in enumerate(passes):
         last = number == len(passes) - 1 or accelerator.num_processes == 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
-                _, label_loss, rationale_loss = dss_forward(model, batch, a)
+                _, label_loss, rationale_loss = dss_forward(model, batch, a, reduction)
                 label_loss = label_loss * label_shares[number]
                 if rationale_loss is not None:
                     rationale_loss = rationale_loss * rationale_shares[number]
@@ -309,6 +354,29 @@ def train_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return losses
+
+
+def pass_weights(
+    passes: Sequence[Mapping[str, Tensor]], key: str, reduction: LossReduction,
+    group_of: Sequence[int] | None = None,
+) -> Tensor | list[float]:
+    """Each pass's weight in the step's loss of one task (`key`: its labels): its share of
+    its batch's target tokens (token-mean) or of its batch's examples with any target token
+    (example-mean), divided by the number of batches (`group_of`: each pass's batch; None:
+    one batch). Kept on the device: counting on the host would stall a GPU every step."""
+    from worker.data.batching import IGNORE_INDEX
+
+    groups = list(group_of) if group_of is not None else [0] * len(passes)
+    batches = max(groups) + 1
+    if len(passes) == batches:  # one pass per batch: no counting needed
+        return [1.0 / batches] * len(passes)
+    targets = [batch[key] != IGNORE_INDEX for batch in passes]
+    counts = torch.stack([
+        t.sum() if reduction is LossReduction.TOKEN_MEAN else t.any(dim=1).sum()
+        for t in targets]).float()
+    index = torch.tensor(groups, device=counts.device)
+    totals = torch.zeros(batches, device=counts.device).index_add_(0, index, counts)
+    return counts / totals[index].clamp(min=1) / batches
 
 
 def clip_gradients(accelerator: Accelerator, model: nn.Module, max_norm: float | None) -> None:
@@ -335,7 +403,7 @@ def to_device(
 
 def probe_step(
     accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
-    batch: Mapping[str, Tensor], a: float,
+    batch: Mapping[str, Tensor], a: float, reduction: LossReduction = LossReduction.TOKEN_MEAN,
 ) -> None:
     """One real step on the longest batch: forward, backward (with DDP's all-reduce) and an
     optimizer step, which allocates AdamW's state, so the run's peak memory comes in seconds.
@@ -345,7 +413,7 @@ def probe_step(
     """
     model.train()
     with accelerator.autocast():
-        loss, _, _ = dss_forward(model, batch, a)
+        loss, _, _ = dss_forward(model, batch, a, reduction)
     accelerator.backward(loss)
     learning_rates = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:
@@ -364,6 +432,7 @@ def probe_step(
 def evaluate(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
     tokenizer: TextTokenizer, per_worker: int, a: float, *, with_rationale: bool = False,
+    reduction: LossReduction = LossReduction.TOKEN_MEAN,
 ) -> tuple[float, float | None, float]:
     """(label loss, rationale loss, DSS-weighted loss) over the eval split, each averaged per
     example. The rationale pass runs when a < 1 or `with_rationale` (a = 1 with the rationale
@@ -380,7 +449,7 @@ def evaluate(
     for indices in length_grouped_batches(eval_set, per_worker, seed=0, epoch=0)[rank::world]:
         with accelerator.autocast():
             _, label, rationale = dss_forward(
-                net, to_device(eval_set, indices, tokenizer, device), rationale_a)
+                net, to_device(eval_set, indices, tokenizer, device), rationale_a, reduction)
         n = float(len(indices))
         rationale = rationale if rationale is not None else torch.zeros_like(label)
         total += torch.stack([label.float() * n, rationale.float() * n, total.new_tensor(n)])
@@ -396,13 +465,17 @@ def evaluate(
 def generation_score(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
     examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: TrialSpec,
-) -> GenerationScore:
-    """Greedy generation on (at most generateLimit of) the eval split, shared by the ranks."""
-    from worker.generation import GenerationScore, generate_texts, score_generations
+) -> tuple[GenerationScore, TextScores]:
+    """Greedy generation on (at most generateLimit of) the eval split, shared by the ranks;
+    every rank gets the texts of all (a collective) and scores them whole, since BLEU, chrF
+    and TER are corpus statistics that do not add up across shares."""
+    from accelerate.utils import gather_object
+
+    from worker.generation import generate_texts, score_generations, text_scores
 
     limit = min(trial.training.generate_limit or len(eval_set), len(eval_set))
     mine = list(range(limit))[accelerator.process_index :: accelerator.num_processes]
-    score = GenerationScore()
+    pairs: list[tuple[str, str]] = []
     if mine:
         with accelerator.autocast():
             texts = generate_texts(
@@ -410,11 +483,11 @@ def generation_score(
                 batch_size=per_worker, max_new_tokens=trial.training.max_output_tokens,
                 device=accelerator.device,
             )
-        score = score_generations(texts, [examples[i].label for i in mine])
-    counts = torch.tensor([score.examples, score.exact, score.json_valid],
-                          dtype=torch.float64, device=accelerator.device)
-    examples_n, exact, valid = accelerator.reduce(counts, reduction="sum").tolist()
-    return GenerationScore(int(examples_n), int(exact), int(valid))
+        pairs = list(zip(texts, [examples[i].label for i in mine], strict=True))
+    everyone = gather_object([pairs]) if accelerator.num_processes > 1 else [pairs]
+    generated = [g for share in everyone for g, _ in share]
+    labels = [label for share in everyone for _, label in share]
+    return score_generations(generated, labels), text_scores(generated, labels)
 
 
 def gather_telemetry(sampler: Sampler) -> TrialTelemetry:
@@ -495,7 +568,9 @@ class Progress:
         self.epochs: list[EpochRecord] = []
         self.telemetry = TrialTelemetry()
         self.score: GenerationScore | None = None
+        self.text: TextScores | None = None
         self.train_seconds = 0.0
+        self.loop_seconds = 0.0
         self.examples = 0
 
     def trained(self, seconds: float, examples: int) -> float:
@@ -503,6 +578,10 @@ class Progress:
         self.train_seconds += seconds
         self.examples += examples
         return seconds
+
+    def end_to_end(self, seconds: float) -> None:
+        """The whole epoch loop so far: training, evaluation, generation and saves."""
+        self.loop_seconds = seconds
 
     def add(self, record: EpochRecord, telemetry: TrialTelemetry) -> None:
         self.epochs.append(record)
@@ -534,11 +613,18 @@ class Progress:
             "samples_per_second": (
                 self.examples / self.train_seconds if self.train_seconds > 0 else None
             ),
+            "end_to_end_samples_per_second": (
+                self.examples / self.loop_seconds if self.loop_seconds > 0 else None
+            ),
             "time_to_first_step_seconds": self.first_step_seconds,
             "trainable_parameters": self.trainable,
             "total_parameters": self.total,
             "exact_match": self.score.exact_match if self.score else None,
             "json_valid_rate": self.score.json_valid_rate if self.score else None,
+            "bleu": self.text.bleu if self.text else None,
+            "chrf": self.text.chrf if self.text else None,
+            "ter": self.text.ter if self.text else None,
+            "dsl_similarity": self.text.dsl_similarity if self.text else None,
             "peak_host_memory_bytes": t.peak_host_memory_bytes,
             "peak_gpu_memory_bytes": t.peak_gpu_memory_bytes,
             "total_gpu_memory_bytes": t.total_gpu_memory_bytes,

@@ -17,7 +17,8 @@ RESULT_COLUMNS = (
     "sweep", "namespace", "trial_id", "lane", "model", "method", "rank", "alpha", "dss_alpha",
     "seed", "status", "oom_kind", "attempt", "best_eval_loss", "best_epoch", "selection_loss",
     "eval_label_loss", "eval_rationale_loss", "exact_match",
-    "json_valid_rate", "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
+    "json_valid_rate", "bleu", "chrf", "ter", "dsl_similarity", "samples_per_second",
+    "end_to_end_samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
     "peak_host_memory_bytes", "estimated_memory_bytes", "wall_seconds",
     "time_to_first_step_seconds", "error",
 )

@@ -62,7 +62,8 @@ RESULT_FIELDS = (
     "total_gpu_memory_bytes", "gpu_memory_per_device", "peak_torch_allocated_bytes",
     "peak_torch_reserved_bytes", "peak_host_memory_bytes", "estimated_memory_bytes",
     "best_eval_loss", "best_epoch", "selection_loss", "eval_label_loss", "eval_rationale_loss",
-    "exact_match", "json_valid_rate", "epochs_completed",
+    "exact_match", "json_valid_rate", "bleu", "chrf", "ter", "dsl_similarity",
+    "end_to_end_samples_per_second", "epochs_completed",
     "trainable_parameters", "total_parameters",
 )
 # Known before the result (record_attempt writes them); a result without them keeps them.

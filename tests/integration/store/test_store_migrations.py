@@ -142,7 +142,7 @@ class TestEvalLossesMigration:
                 connection.execute(sa.text(
                     "INSERT INTO epochs (id, trial_pk, epoch, eval_loss) VALUES (1, 1, 1, 0.25)"))
             migrate(engine)
-            assert current_revision(engine) == head_revisions()[0] == "0002"
+            assert current_revision(engine) == head_revisions()[0]
             with engine.connect() as connection:
                 trial = connection.execute(sa.text(
                     "SELECT best_eval_loss, selection_loss, eval_label_loss, "
@@ -156,5 +156,37 @@ class TestEvalLossesMigration:
                 command.downgrade(alembic_config(connection), "0001")
             columns = {c["name"] for c in sa.inspect(engine).get_columns("epochs")}
             assert "eval_dss_loss" not in columns and "eval_loss" in columns
+        finally:
+            engine.dispose()
+
+
+class TestGenerationMetricsMigration:
+    """0003 adds the generation metrics and end-to-end samples/s to a store with results."""
+
+    def test_rows_written_under_0002_survive_and_read_null(self, store_url: str) -> None:
+        engine = create_store_engine(store_url)
+        try:
+            with engine.begin() as connection:
+                command.upgrade(alembic_config(connection), "0002")
+                connection.execute(sa.text(
+                    "INSERT INTO sweeps (id, namespace, name, spec, created_at, updated_at) "
+                    "VALUES (1, '', 'old', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+                connection.execute(sa.text(
+                    "INSERT INTO trials (id, sweep_id, trial_id, attempt, lane, model, "
+                    "model_index, method, dss_alpha, seed, status, gpu_memory_per_device, "
+                    "exact_match, epochs_completed, updated_at) VALUES (1, 1, 't1', 1, "
+                    "'l', 'm', 0, 'full', 0.5, 0, 'succeeded', '[]', 0.5, 1, "
+                    "CURRENT_TIMESTAMP)"))
+            migrate(engine)
+            assert current_revision(engine) == head_revisions()[0]
+            with engine.connect() as connection:
+                trial = connection.execute(sa.text(
+                    "SELECT exact_match, bleu, chrf, ter, dsl_similarity, "
+                    "end_to_end_samples_per_second FROM trials")).one()
+            assert tuple(trial) == (0.5, None, None, None, None, None)
+            with engine.begin() as connection:
+                command.downgrade(alembic_config(connection), "0002")
+            columns = {c["name"] for c in sa.inspect(engine).get_columns("trials")}
+            assert "bleu" not in columns and "exact_match" in columns
         finally:
             engine.dispose()
