@@ -6,7 +6,7 @@ every Ray Train worker and `train` is its body, the whole recipe in one screen:
 
     build model -> probe step on the longest batch (an OOM verdict in seconds)
     -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation]
-       -> [save the weights: training.saveModel best/final, rank 0] -> report
+       -> [save the weights: training.saveModel best/final/every-epoch, rank 0] -> report
 
 The recipe is the paper's (docs/paper.md, "Training recipe"): AdamW, ReduceLROnPlateau on the
 evaluation loss, every example trained twice per step (`predict:` -> label, `explain:` ->
@@ -18,7 +18,10 @@ When batchSize is not a multiple of the worker count the effective batch is roun
 at least one example per worker). With `training.microBatchSize` a worker's share runs as
 several smaller forward/backward passes whose gradients add up before the one optimizer step
 (DDP syncs on the last pass only): the paper's total batch of 8 on one GPU with the memory of
-a batch of 1, instead of 8 GPUs that each hold a full replica.
+a batch of 1, instead of 8 GPUs that each hold a full replica. With
+`training.gradientAccumulationSteps` k (the HF Trainer's), one optimizer step takes k such
+batches per worker, each weighing 1/k: a step sees batchSize x k examples (the authors' QLoRA:
+8 x 4 = 32). `training.lossReduction` says how a batch's tokens make its loss.
 
 Ray Train V2 (Ray 2.60) keeps reported metrics for the driver only when they come with a
 checkpoint, and `fit()` raises on failure without handing back its Result. A checkpoint would

@@ -265,7 +265,9 @@ class Training(_Model):
     epochs: int = Field(100, ge=1, le=INT32_MAX)
     learning_rate: float = Field(5.0e-5, gt=0)
     batch_size: int = Field(
-        8, ge=1, le=INT32_MAX, description="Total batch per optimizer step, all workers."
+        8, ge=1, le=INT32_MAX,
+        description="Total batch per optimizer step, all workers (times "
+        "gradientAccumulationSteps when that is more than 1).",
     )
     lr_plateau: LRPlateau = LRPlateau()
     selection_loss: SelectionLoss = Field(
