@@ -55,13 +55,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.lifecycle import Method, TrialState
 from orchestrator.core.spec import (
     InputTruncation,
     LossReduction,
     Precision,
     SaveModel,
     SelectionLoss,
+    WeightDtype,
 )
 from orchestrator.core.trial import (
     WORKER_ENV,
@@ -480,7 +481,7 @@ def generation_score(
     mine = list(range(limit))[accelerator.process_index :: accelerator.num_processes]
     pairs: list[tuple[str, str]] = []
     if mine:
-        with accelerator.autocast():
+        with generation_autocast(accelerator, trial):
             texts = generate_texts(
                 accelerator.unwrap_model(model), tokenizer, [eval_set[i] for i in mine],
                 batch_size=per_worker, max_new_tokens=trial.training.max_output_tokens,
@@ -491,6 +492,21 @@ def generation_score(
     generated = [g for share in everyone for g, _ in share]
     labels = [label for share in everyone for _, label in share]
     return score_generations(generated, labels), text_scores(generated, labels)
+
+
+def generation_autocast(
+    accelerator: Accelerator, trial: TrialSpec
+) -> contextlib.AbstractContextManager[Any]:
+    """The precision generation runs in: the trial's autocast, except for QLoRA with fp16
+    frozen weights (training.qloraWeightDtype fp16). There the KV cache holds fp16 keys and
+    values, and a bf16 autocast refuses to concatenate them (torch.cat is a "promote" op that
+    accepts only fp32 and the autocast dtype: "Unexpected floating ScalarType in
+    at::autocast::prioritize"), so generation runs without autocast: the NF4 layers still
+    compute in their bf16 compute dtype, the fp16 weights in fp16. Losses need no cache and
+    keep the autocast."""
+    if trial.method is Method.QLORA and trial.training.qlora_weight_dtype is WeightDtype.FP16:
+        return contextlib.nullcontext()
+    return accelerator.autocast()
 
 
 def gather_telemetry(sampler: Sampler) -> TrialTelemetry:

@@ -236,3 +236,27 @@ def test_every_epoch_saves_weights_and_optimizer_state_each_epoch(tmp_path: Path
     assert state["state"] and len(state["state"]) == len(optimizer.param_groups[0]["params"])
     assert not (save_trained(model, ByteTokenizer(), tmp_path / "best", {})
                 / OPTIMIZER_STATE).exists()
+
+
+def test_qlora_with_fp16_weights_generates_outside_autocast() -> None:
+    """A bf16 autocast cannot concatenate the fp16 KV cache that fp16 frozen weights make;
+    generation then runs without autocast (worker.train.generation_autocast) and works."""
+    from worker.data.batching import encode_examples as encode
+    from worker.generation import generate_texts
+    from worker.train import generation_autocast
+
+    spec = trial("qlora", qloraWeightDtype="fp16", precision="bf16")
+    model = tiny("qlora", qloraWeightDtype="fp16", precision="bf16")
+    tokenizer = ByteTokenizer()
+    encoded = encode(generate_querydsl(2, seed=3, preamble="short"), tokenizer, 96, 64)
+    accelerator = Accelerator(cpu=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError,
+                                                                     match="prioritize"):
+        generate_texts(model, tokenizer, encoded, batch_size=2, max_new_tokens=3,
+                       device=torch.device("cpu"))
+    with generation_autocast(accelerator, spec):
+        texts = generate_texts(model, tokenizer, encoded, batch_size=2, max_new_tokens=3,
+                               device=torch.device("cpu"))
+    assert len(texts) == 2
+    assert isinstance(generation_autocast(accelerator, trial("qlora")),
+                      type(accelerator.autocast()))
