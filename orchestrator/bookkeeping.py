@@ -39,12 +39,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import store
 from orchestrator.core.escalation import AttemptObservation
 from orchestrator.core.estimate import estimated_bytes
-from orchestrator.core.grid import Trial, expand
+from orchestrator.core.grid import GridPoint, expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import Observed, SweepStatus, plan
 from orchestrator.core.scheduler import NO_CAPACITY, Capacity
 from orchestrator.core.spec import Sweep, SweepSpec
-from orchestrator.core.trial import AttemptKey, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec
 
 # The state a launch is recorded in, by every backend (see the module docstring).
 LAUNCH_STATE = TrialState.PENDING
@@ -67,7 +67,7 @@ __all__ = [
 # --- reading ------------------------------------------------------------------------------
 
 
-def attempt_observations(rows: Sequence[store.TrialRow]) -> dict[str, list[AttemptObservation]]:
+def attempt_observations(rows: Sequence[store.AttemptRow]) -> dict[str, list[AttemptObservation]]:
     """Store rows as the core's observations, grouped by trial id."""
     by_trial: dict[str, list[AttemptObservation]] = {}
     for row in rows:
@@ -85,7 +85,7 @@ def attempt_observations(rows: Sequence[store.TrialRow]) -> dict[str, list[Attem
 
 
 def predicted_oom_ids(
-    predicted: Callable[[Trial], bool] | None, trials: Iterable[Trial]
+    predicted: Callable[[GridPoint], bool] | None, trials: Iterable[GridPoint]
 ) -> frozenset[str]:
     """The ids of the trials `predicted` (`estimate.predicted_oom_fn`) says run out of memory."""
     if predicted is None:
@@ -96,12 +96,12 @@ def predicted_oom_ids(
 def observe(
     sessions: sessionmaker[Session],
     sweep: Sweep,
-    trials: Iterable[Trial],
+    trials: Iterable[GridPoint],
     capacity: Capacity,
     *,
-    predicted: Callable[[Trial], bool] | None,
+    predicted: Callable[[GridPoint], bool] | None,
     deleting: bool,
-) -> tuple[list[store.TrialRow], Observed]:
+) -> tuple[list[store.AttemptRow], Observed]:
     """The sweep's attempts in the store, and the core's `Observed` built from them."""
     with sessions() as session:
         rows = store.attempts(session, sweep.namespace, sweep.name)
@@ -114,7 +114,7 @@ def observe(
     return rows, observed
 
 
-def sweep_status(sweep: Sweep, rows: Sequence[store.TrialRow]) -> SweepStatus:
+def sweep_status(sweep: Sweep, rows: Sequence[store.AttemptRow]) -> SweepStatus:
     """A sweep's status from its store rows alone (for `ladder status`, reports, metrics)."""
     observed = Observed(attempts=attempt_observations(rows), capacity=NO_CAPACITY)
     return plan(expand(sweep), sweep.spec, observed).status
@@ -125,13 +125,13 @@ def sweep_status(sweep: Sweep, rows: Sequence[store.TrialRow]) -> SweepStatus:
 
 def record_launch(
     sessions: sessionmaker[Session],
-    spec: TrialSpec,
+    spec: AttemptSpec,
     sweep_spec: SweepSpec,
-    trial: Trial,
+    trial: GridPoint,
     *,
     now: datetime,
     job_name: str | None = None,
-) -> store.TrialRow:
+) -> store.AttemptRow:
     """Record an attempt whose launch is requested: pending, started now, with its estimate.
 
     Call it before creating the job (with the job's name when known in advance) and again
@@ -146,16 +146,16 @@ def record_launch(
 
 def record_planned(
     sessions: sessionmaker[Session],
-    spec: TrialSpec,
+    spec: AttemptSpec,
     sweep_spec: SweepSpec,
-    trial: Trial,
+    trial: GridPoint,
     state: TrialState,
     oom_kind: OOMKind | None,
     reason: str,
     *,
     now: datetime,
-) -> store.TrialRow:
-    """Record an attempt the plan settled without launching it (`RecordOutcome`)."""
+) -> store.AttemptRow:
+    """Record an attempt the plan settled without launching it (`RecordUnlaunched`)."""
     with sessions.begin() as session:
         store.record_attempt(session, spec, status=TrialState.PENDING,
                              estimated_memory_bytes=estimated_bytes(sweep_spec, trial))
@@ -170,14 +170,14 @@ def mark(
     oom_kind: OOMKind | None = None,
     error: str | None = None,
     finished_at: datetime | None = None,
-) -> store.TrialRow:
+) -> store.AttemptRow:
     """Record an outcome a backend learned without a worker result; returns the stored row.
 
     Retries transient store failures (an outcome must not be lost). The store's rules
     hold: states only move forward and the first terminal write wins, so a worker's result
     that got there first stands (compare the returned row's status with `state`).
     """
-    def write(session: Session) -> store.TrialRow:
+    def write(session: Session) -> store.AttemptRow:
         return store.mark_attempt(
             session, key, state,
             oom_kind=oom_kind if state is TrialState.OOM else None, error=error,
@@ -187,21 +187,21 @@ def mark(
     return store.save_with_retry(sessions, write)
 
 
-def record_result(sessions: sessionmaker[Session], result: TrialResult) -> store.TrialRow:
+def record_result(sessions: sessionmaker[Session], result: AttemptResult) -> store.AttemptRow:
     """Store a worker's result read from its job's output, retrying transient failures."""
     return store.save_with_retry(sessions, lambda session: store.record_result(session, result))
 
 
-def record_seen_running(sessions: sessionmaker[Session], key: AttemptKey) -> store.TrialRow:
+def record_seen_running(sessions: sessionmaker[Session], key: AttemptKey) -> store.AttemptRow:
     """Record that a backend saw a pending attempt's job running (before its worker did)."""
     with sessions.begin() as session:
         return store.mark_attempt(session, key, TrialState.RUNNING)
 
 
 def record_adopted(
-    sessions: sessionmaker[Session], spec: TrialSpec, state: TrialState, job_name: str, *,
+    sessions: sessionmaker[Session], spec: AttemptSpec, state: TrialState, job_name: str, *,
     now: datetime,
-) -> store.TrialRow:
+) -> store.AttemptRow:
     """Record a job the store did not know (a store wiped or replaced): `state` is the
     job's own (pending or running)."""
     with sessions.begin() as session:

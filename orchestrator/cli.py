@@ -67,7 +67,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-dataset_app = typer.Typer(help="Write Ladder's built-in datasets to files.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Write Ladder's built-in datasets; inspect any dataset.",
+                          no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 # Text is text: model ids, names, paths, dataset sources and error messages come from users,
 # so neither console reads markup (`[/x]`, `[link=...]`) or emoji codes (`:smile:`) in what it
@@ -304,6 +305,19 @@ def _cpu_only(spec: SweepSpec) -> SweepSpec:
     return spec.model_copy(update={"resources": resources})
 
 
+def _local_dataset(spec: SweepSpec) -> SweepSpec:
+    """A dataset file (a distilled one, say) named relative to here, made absolute: trials run
+    in Ray jobs with other working directories (the store's SQLite path likewise)."""
+    from worker.data.dss import BUILTIN_PREFIX
+
+    source = spec.dataset.source
+    if source.startswith(BUILTIN_PREFIX):
+        return spec
+    dataset = spec.dataset.model_copy(
+        update={"source": str(Path(source).expanduser().absolute())})
+    return spec.model_copy(update={"dataset": dataset})
+
+
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="Sweep YAML.")],
@@ -334,6 +348,7 @@ def run(
         spec = spec.model_copy(update={"parallelism": parallelism})
     if cpu:
         spec = _cpu_only(spec)
+    spec = _local_dataset(spec)
     sweep = sweep.model_copy(update={"spec": spec})
     url = db_url(db)
     sessions = _open_store(url)
@@ -456,7 +471,7 @@ def results(
 
     sessions = _open_store(db_url(db))
     with sessions() as session:
-        records = [result_record(r) for r in store.results(session, sweep=sweep)]
+        records = [result_record(r) for r in store.all_attempts(session, sweep=sweep)]
     if not all_attempts:
         records = latest_attempts(records)
     if as_json:
@@ -560,6 +575,177 @@ def dataset_querydsl(
     except (ValueError, OSError) as error:
         fail(f"{out}: {_reason(error)}" if isinstance(error, OSError) else str(error))
     console.print(say(("✓", "green"), f" wrote {count} examples to {out}"))
+
+
+@dataset_app.command("stats")
+def dataset_stats_command(
+    file: Annotated[str | None, typer.Argument(help="Dataset (.jsonl or .csv, or builtin:NAME);"
+                                                    " default: the --spec's dataset.source.")]
+    = None,
+    spec: Annotated[Path | None, typer.Option(help="Sweep YAML: its token limits, tokenizer "
+                                                   "and dataset.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="byte, or a tokenizer.json (or a "
+                                                       "directory holding one) to count "
+                                                       "tokens with; default: the spec's "
+                                                       "training.tokenizer, else byte.")]
+    = None,
+    max_input_tokens: Annotated[int | None, typer.Option(min=1, help="Default: the spec's "
+                                                                     "(1400).")] = None,
+    max_output_tokens: Annotated[int | None, typer.Option(min=1, help="Default: the spec's "
+                                                                      "(1024).")] = None,
+    task: Annotated[str, typer.Option(help="querydsl (labels checked as Query DSL) or json.")]
+    = "querydsl",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")]
+    = False,
+) -> None:
+    """Counts, token lengths against the spec's limits, duplicates and label validity."""
+    from orchestrator.core.spec import Dataset, Training
+    from worker.data.dss import DatasetError, load_dss
+    from worker.data.stats import dataset_stats, token_counter
+
+    training, dataset = Training(), Dataset()
+    if spec is not None:
+        loaded = _load(spec).spec
+        training, dataset = loaded.training, loaded.dataset
+    source = file or (dataset.source if spec is not None else None)
+    if source is None:
+        fail("give a dataset FILE or --spec SWEEP.yaml")
+    if task not in ("querydsl", "json"):
+        fail(f"--task {task!r}: expected querydsl or json")
+    tokenizer = tokenizer or training.tokenizer or "byte"
+    try:
+        count = token_counter(tokenizer)
+        examples = load_dss(source, labels_must_be_json=False, size=dataset.size,
+                            preamble=dataset.preamble, seed=dataset.split_seed)
+        stats = dataset_stats(
+            examples, count, max_input_tokens=max_input_tokens or training.max_input_tokens,
+            max_output_tokens=max_output_tokens or training.max_output_tokens,
+            querydsl=task == "querydsl")
+    except (DatasetError, ValueError) as error:
+        fail(str(error))
+    if as_json:
+        typer.echo(json.dumps({"source": source, "tokenizer": tokenizer, **stats.as_dict()},
+                              indent=2))
+        return
+    console.print(say((source, "bold"), f": {stats.examples} examples, "
+                      f"{stats.distinct_inputs} distinct inputs (tokenizer: {tokenizer})"))
+    table = Table(box=box.SIMPLE, show_edge=False)
+    for column in ("tokens", "min", "p50", "p90", "p99", "max", "mean", "limit", "over"):
+        table.add_column(column, justify="left" if column == "tokens" else "right")
+    for name, lengths in stats.lengths.items():
+        table.add_row(name, *(str(v) for v in (lengths.min, lengths.p50, lengths.p90,
+                                               lengths.p99, lengths.max, lengths.mean,
+                                               lengths.limit)),
+                      Text(str(lengths.over), style="yellow" if lengths.over else ""))
+    console.print(table)
+
+    def line(ok: bool, text: str) -> None:
+        console.print(say(("✓" if ok else "!", "green" if ok else "yellow"), f" {text}"))
+
+    def numbers(records: list[int]) -> str:
+        return ", ".join(map(str, records[:10])) + (" ..." if len(records) > 10 else "")
+
+    line(not stats.repeated_inputs, f"{stats.repeated_inputs} repeated input(s) (dropped "
+         f"before the split), {stats.identical_records} identical record(s)")
+    line(not stats.conflicting_inputs,
+         f"{stats.conflicting_inputs} input(s) with more than one label")
+    line(not stats.labels_not_json, f"{len(stats.labels_not_json)} label(s) not JSON"
+         + (f" (records {numbers(stats.labels_not_json)})" if stats.labels_not_json else ""))
+    if task == "querydsl":
+        line(not stats.labels_not_dsl, f"{len(stats.labels_not_dsl)} label(s) not valid "
+             "Query DSL" + (f" (records {numbers(stats.labels_not_dsl)})"
+                            if stats.labels_not_dsl else ""))
+
+
+@app.command("distill")
+def distill_command(
+    inputs: Annotated[Path, typer.Argument(help="Inputs: .jsonl or .csv with an input column "
+                                                "and, optionally, a gold label column.")],
+    url: Annotated[str, typer.Option(help="Teacher: OpenAI-compatible chat-completions URL "
+                                          "(or its /v1 base).")],
+    model: Annotated[str, typer.Option(help="Teacher model name, as the endpoint knows it.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="DSS dataset to write "
+                                                          "(.jsonl or .csv).")],
+    template: Annotated[Path | None, typer.Option(help="Prompt template (YAML/JSON); default: "
+                                                       "the paper's chain-of-thought shape.")]
+    = None,
+    task: Annotated[str, typer.Option(help="querydsl (labels validated as Query DSL, fields "
+                                           "checked in the rationale) or json.")] = "querydsl",
+    temperature: Annotated[float, typer.Option(min=0, max=2)] = 0.0,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 1024,
+    top_p: Annotated[float | None, typer.Option(min=0, max=1)] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed, if the server takes one.")]
+    = None,
+    screen_retries: Annotated[int, typer.Option(min=0, help="Ask again, warmer, up to N times "
+                                                            "when an answer fails screening.")]
+    = 0,
+    temperature_step: Annotated[float, typer.Option(min=0, help="Added to the temperature "
+                                                                "on each screening retry.")]
+    = 0.3,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
+    max_retries: Annotated[int, typer.Option(min=0, help="HTTP retries on 429, 5xx and "
+                                                         "dropped connections.")] = 6,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds per request.")] = 300.0,
+    input_price: Annotated[float | None, typer.Option(min=0, help="USD per million prompt "
+                                                                  "tokens (for the cost).")]
+    = None,
+    output_price: Annotated[float | None, typer.Option(min=0, help="USD per million "
+                                                                   "completion tokens.")]
+    = None,
+    cache: Annotated[Path | None, typer.Option(help="Answer cache (SQLite); default: beside "
+                                                    "--out. Reruns pay only for new answers.")]
+    = None,
+    rejected: Annotated[Path | None, typer.Option(help="Rejected inputs with reasons; default: "
+                                                       "OUT.rejected.jsonl.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API "
+                                                  "key.")] = "OPENAI_API_KEY",
+    api_key_file: Annotated[Path | None, typer.Option(help="File whose first line is the API "
+                                                           "key (wins over the variable).")]
+    = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    limit: Annotated[int | None, typer.Option(min=1, help="Ask only for the first N inputs "
+                                                          "(a trial run; all are checked).")]
+    = None,
+) -> None:
+    """Label inputs with a teacher LLM (rationale + label), screen them, write a DSS dataset."""
+    try:
+        from orchestrator.distill.command import (
+            DistillError,
+            Interrupted,
+            Paths,
+            load_template,
+            read_api_key,
+            run_command,
+            summary_table,
+        )
+        from orchestrator.distill.run import Settings
+        from orchestrator.distill.screen import Task
+    except ImportError as error:
+        fail(f"{error}: install the distill extra (pip install 'ladder[distill]')")
+    if task not in tuple(Task):
+        fail(f"--task {task!r}: expected one of {', '.join(Task)}")
+    try:
+        settings = Settings(
+            template=load_template(template), task=Task(task), temperature=temperature,
+            max_tokens=max_tokens, top_p=top_p, seed=seed, screen_retries=screen_retries,
+            temperature_step=temperature_step, concurrency=concurrency,
+            input_price=input_price, output_price=output_price)
+        paths = Paths.beside(out, cache=cache, rejected=rejected)
+        summary = run_command(
+            inputs, url, model, paths, settings,
+            api_key=read_api_key(api_key_env, api_key_file), max_retries=max_retries,
+            timeout_s=timeout, progress=progress, console=errors, limit=limit)
+    except DistillError as error:
+        fail(str(error))
+    except Interrupted as interrupted:
+        errors.print(say((str(interrupted), "yellow")))
+        raise typer.Exit(130) from None
+    console.print(summary_table(summary))
+    if not summary.accepted:
+        fail(f"no answer passed screening: {paths.out} is empty; the reasons are in "
+             f"{paths.rejected}")
+    console.print(say(("✓", "green"), f" wrote {summary.accepted} examples to {paths.out}, "
+                      f"{summary.rejected} rejected to {paths.rejected}"))
 
 
 

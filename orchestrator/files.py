@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from orchestrator.core.spec import MAX_SWEEP_NAME, Sweep, load_sweep_text, read_sweep_file
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 
 __all__ = ["load_sweep", "read_trial", "write_trial"]
 
@@ -28,7 +28,7 @@ def load_sweep(path: str | Path) -> Sweep:
     return load_sweep_text(text, source=str(path), default_name=_sweep_name_from_path(path))
 
 
-def write_trial(spec: TrialSpec, path: str | Path) -> Path:
+def write_trial(spec: AttemptSpec, path: str | Path) -> Path:
     """Write the trial as the worker reads it (`python -m worker run --trial FILE`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +36,6 @@ def write_trial(spec: TrialSpec, path: str | Path) -> Path:
     return path
 
 
-def read_trial(path: str | Path) -> TrialSpec:
+def read_trial(path: str | Path) -> AttemptSpec:
     """The trial a `--trial FILE` names."""
-    return TrialSpec.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    return AttemptSpec.model_validate_json(Path(path).read_text(encoding="utf-8"))

@@ -49,7 +49,7 @@ STATE_LABEL, KIND_LABEL, PHASE_LABEL = "state", "kind", "phase"
 # are grid coordinates, ids and enum values, never free text such as an error message.
 LABEL_NAMES = frozenset({*TRIAL_LABELS, *LANE_LABELS, STATE_LABEL, KIND_LABEL, PHASE_LABEL})
 
-# (metric name, TrialRow attribute, help) of per-trial result gauges.
+# (metric name, AttemptRow attribute, help) of per-trial result gauges.
 TRIAL_FIGURES = (
     ("ladder_trial_best_eval_loss", "best_eval_loss",
      "Best evaluation loss over the epochs: the loss training.selectionLoss names (default "
@@ -99,7 +99,7 @@ LIVE_FIGURES = (
 )
 
 
-def _trial_labels(row: store.TrialRow, sweep: store.SweepRow) -> list[str]:
+def _trial_labels(row: store.AttemptRow, sweep: store.SweepRow) -> list[str]:
     return [
         sweep.name, sweep.namespace, row.trial_id, row.lane, row.model, str(row.method),
         "" if row.rank is None else str(row.rank), "" if row.alpha is None else str(row.alpha),
@@ -181,7 +181,7 @@ class StoreCollector(Collector):
         yield from families.all()
 
 
-def _sweep(sweep_row: store.SweepRow, rows: list[store.TrialRow], out: _Families) -> None:
+def _sweep(sweep_row: store.SweepRow, rows: list[store.AttemptRow], out: _Families) -> None:
     ids = [sweep_row.name, sweep_row.namespace]
     latest = latest_rows(rows)
     states = Counter(TrialState(r.status) for r in latest)

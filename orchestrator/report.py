@@ -45,7 +45,7 @@ from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import Method, TrialState
 from orchestrator.core.plan import SweepStatus
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import TrialResult
+from orchestrator.core.worker_contract import AttemptResult
 from orchestrator.store.records import latest_rows, sweep_from_row
 
 DEFAULT_TOP = 8
@@ -65,14 +65,14 @@ class SweepData:
 
     sweep: Sweep
     status: SweepStatus | None  # None for a sweep stored without its spec
-    results: list[TrialResult]  # each trial's latest attempt, with its epochs
+    results: list[AttemptResult]  # each trial's latest attempt, with its epochs
     attempts: int
     lane_info: dict[str, tuple[Method, int | None, int | None, float, int]] = field(
         default_factory=dict
     )
 
     @property
-    def succeeded(self) -> list[TrialResult]:
+    def succeeded(self) -> list[AttemptResult]:
         return [r for r in self.results if r.status is TrialState.SUCCEEDED]
 
     @property
@@ -161,7 +161,9 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def memory_of(results: Sequence[TrialResult]) -> tuple[str, Callable[[TrialResult], float | None]]:
+def memory_of(
+    results: Sequence[AttemptResult],
+) -> tuple[str, Callable[[AttemptResult], float | None]]:
     """Which memory the figures show: GPU summed over devices, else peak host memory (CPU)."""
     if any(r.total_gpu_memory_bytes for r in results):
         return "GPU memory, summed over devices", lambda r: r.total_gpu_memory_bytes
@@ -172,12 +174,14 @@ def memory_of(results: Sequence[TrialResult]) -> tuple[str, Callable[[TrialResul
 # --- tables -------------------------------------------------------------------------------
 
 
-def top_trials(data: SweepData, k: int) -> list[TrialResult]:
+def top_trials(data: SweepData, k: int) -> list[AttemptResult]:
     ranked = [r for r in data.succeeded if r.best_eval_loss is not None]
     return sorted(ranked, key=lambda r: (r.best_eval_loss, r.lane, r.model_index))[:k]
 
 
-def table3(data: SweepData, k: int) -> Table:
+def top_trials_table(data: SweepData, k: int) -> Table:
+    """The top `k` succeeded trials by best eval loss, with their memory, speed and time (the
+    paper's Table 3)."""
     rows = []
     for place, r in enumerate(top_trials(data, k), start=1):
         rows.append([
@@ -227,8 +231,9 @@ def has_dss_ablation(data: SweepData) -> bool:
     return all(any(math.isclose(a, b) for a in alphas) for b in DSS_ALPHAS)
 
 
-def table4(data: SweepData) -> Table:
-    """Per model x method: mean best eval loss at dssAlpha 0.5 and 1.0, and the difference."""
+def dss_ablation_table(data: SweepData) -> Table:
+    """Per model x method: mean best eval loss at dssAlpha 0.5 and 1.0, and the difference
+    (the paper's Table 4, the DSS ablation)."""
     losses: dict[tuple[str, Method], dict[float, list[float]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -268,7 +273,7 @@ def ceilings_table(data: SweepData) -> Table:
     return Table(headers, rows)
 
 
-def estimator_rows(data: SweepData) -> list[tuple[TrialResult, float]]:
+def estimator_rows(data: SweepData) -> list[tuple[AttemptResult, float]]:
     """Trials with both the estimate made before launch and a measured GPU peak (the
     allocator's reserve of the busiest device), with estimate / measured."""
     return [(r, r.estimated_memory_bytes / r.peak_torch_reserved_bytes)
@@ -360,12 +365,13 @@ def _short(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
 
-def figure6(data: SweepData, path: Path) -> Path:
-    """2 x 2 grouped bars: per model x method means of loss, samples/s, memory, time."""
+def model_method_bars(data: SweepData, path: Path) -> Path:
+    """2 x 2 grouped bars: per model x method means of loss, samples/s, memory, time (the
+    paper's Figure 6; written as figure6.png)."""
     succeeded = data.succeeded
     memory_label, memory = memory_of(succeeded)
     factor, unit = _scale(v for r in succeeded if (v := memory(r)) is not None)
-    panels: list[tuple[str, Callable[[TrialResult], float | None]]] = [
+    panels: list[tuple[str, Callable[[AttemptResult], float | None]]] = [
         (f"Evaluation loss, {data.loss_shown} (best epoch)", lambda r: r.best_eval_loss),
         ("Training-loop samples/s", lambda r: r.samples_per_second),
         (f"Memory ({unit}): {memory_label}",
@@ -415,8 +421,9 @@ def _no_bar(ax: Axes, x: float, data: SweepData, model: str, method: Method) -> 
                 color="#aa3333")
 
 
-def figure7(data: SweepData, path: Path) -> Path:
-    """Heatmaps of mean best eval loss over (rank, alpha), one per adapter method."""
+def rank_alpha_heatmaps(data: SweepData, path: Path) -> Path:
+    """Heatmaps of mean best eval loss over (rank, alpha), one per adapter method (the paper's
+    Figure 7; written as figure7.png)."""
     methods = [m for m in ADAPTER_METHODS if any(r.method is m for r in data.results)]
     methods = methods or [Method.LORA]
     succeeded = data.succeeded
@@ -565,7 +572,7 @@ def sections(data: SweepData, top: int) -> list[Section]:
         ["Best evaluation loss over the epochs of each succeeded trial (latest attempt). GPU "
          "memory is the peak per device summed over the trial's devices, as the paper "
          "reports it; '-' where the trial ran on CPU."],
-        table=table3(data, top),
+        table=top_trials_table(data, top),
     ))
     out.append(Section(
         f"Generated labels and throughput: top {top} trials", [GENERATION_NOTE],
@@ -576,7 +583,7 @@ def sections(data: SweepData, top: int) -> list[Section]:
             "Table 4: DSS (dssAlpha 0.5) against label-only training (dssAlpha 1.0)",
             ["Mean best evaluation loss over seeds (and over adapter pairs where several "
              "ran) per model x method; a positive difference means DSS is better."],
-            table=table4(data),
+            table=dss_ablation_table(data),
         ))
     out.append(Section(
         "Figure 6: per model x method means", [f"Memory panel: {memory_label}."],
@@ -694,7 +701,8 @@ def render(data: SweepData, out: Path, top: int = DEFAULT_TOP,
            generated_at: datetime | None = None) -> Report:
     """Write report.md, report.html and the PNG figures into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    images = (figure6(data, out / "figure6.png"), figure7(data, out / "figure7.png"),
+    images = (model_method_bars(data, out / "figure6.png"),
+              rank_alpha_heatmaps(data, out / "figure7.png"),
               loss_curves(data, out / "loss_curves.png"))
     where = f"{data.sweep.namespace}/" if data.sweep.namespace else ""
     title = f"Ladder report: sweep {where}{data.sweep.name}"

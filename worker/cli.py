@@ -2,7 +2,7 @@
 
 docs/architecture.md, "The worker contract".
 
-Runs one trial and always ends the same way, whatever happened: one TrialResult in the store
+Runs one trial and always ends the same way, whatever happened: one AttemptResult in the store
 (when a URL is known) and in `<outputDir>/result.json`, printed as the last stdout line, and
 the exit code of its state: 0 succeeded, 3 out of memory (any kind), 1 anything else. An
 exception anywhere, setup included, becomes a failed result rather than a bare traceback; a
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.core.lifecycle import ExitCode, TrialState
-from orchestrator.core.trial import TrialResult
+from orchestrator.core.worker_contract import AttemptResult
 from orchestrator.files import read_trial
 
 log = logging.getLogger("worker")
@@ -81,7 +81,7 @@ def _stop_on_sigterm(signum: int, _frame: object) -> None:
     sys.exit(signum)
 
 
-def _stopped(result: TrialResult) -> TrialResult:
+def _stopped(result: AttemptResult) -> AttemptResult:
     """The result as it stood (epochs done, figures so far), recorded as cancelled."""
     return result.model_copy(update={
         "status": TrialState.CANCELLED, "oom_kind": None,
@@ -102,7 +102,7 @@ def run(path: Path, *, probe_only: bool = False) -> ExitCode:
             return  # the main thread is delivering its own result
         log.warning("trial %s did not unwind within %.0f s of SIGTERM; ending it",
                     trial.trial_id, STOP_GRACE_SECONDS)
-        stopped = _stopped(TrialResult.for_trial(
+        stopped = _stopped(AttemptResult.for_trial(
             trial, status=TrialState.CANCELLED, started_at=started_at,
             finished_at=datetime.now(UTC), wall_seconds=time.time() - t0))
         if probe_only:
@@ -124,7 +124,7 @@ def run(path: Path, *, probe_only: bool = False) -> ExitCode:
             STOP_REQUESTED.set()
         if STOP_REQUESTED.is_set():
             # No classification: the stop may have cut an import short (a half-imported ray).
-            result = TrialResult.for_trial(
+            result = AttemptResult.for_trial(
                 trial, status=TrialState.FAILED, started_at=started_at,
                 finished_at=datetime.now(UTC), wall_seconds=time.time() - t0,
             )
@@ -166,7 +166,7 @@ def _unreadable_trial(path: Path, error: Exception) -> ExitCode:
         raw = json.loads(path.read_text(encoding="utf-8"))
         identity = {k: raw[k] for k in ("sweep", "trialId", "lane", "model", "method")}
         identity.update({k: raw[k] for k in ("namespace", "attempt") if k in raw})
-        result = TrialResult.model_validate({**identity, "status": "failed", "error": message})
+        result = AttemptResult.model_validate({**identity, "status": "failed", "error": message})
     except Exception:
         return ExitCode.FAILED
     print(result.json_line(), flush=True)

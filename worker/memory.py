@@ -7,7 +7,7 @@ smaller card than the one at hand, and so tests hit real OOMs without a GPU:
   resulting `torch.OutOfMemoryError` is classified as a budget OOM. Only when it binds: a
   budget at or above the card's memory sets no fraction at all, so an OOM there is the card's
   (`gpu`), and torch's message (`... allowed; ...`) tells the two apart in every process that
-  reads it (`orchestrator.core.outcome.budget_bound`).
+  reads it (`orchestrator.core.classify.budget_bound`).
 - CPU: nothing enforces it, so it is measured: the growth of the process's peak RSS over a
   baseline taken after imports and a tiny warm-up step (library pages that load lazily on the
   first matmul or backward are overhead, not the trial's memory). `HostMemoryBudget.check`
@@ -15,7 +15,7 @@ smaller card than the one at hand, and so tests hit real OOMs without a GPU:
   created, probe step done, and after every epoch.
 
 `classify_failure` turns any exception (through Ray's wrappers) or text into a state and OOM
-kind; the text rules are shared with the backends (`orchestrator.core.outcome.classify_text`).
+kind; the text rules are shared with the backends (`orchestrator.core.classify.classify_text`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import psutil
 import torch
 
+from orchestrator.core.classify import budget_bound, classify_text
 from orchestrator.core.lifecycle import OOMKind, TrialState
-from orchestrator.core.outcome import budget_bound, classify_text
 
 __all__ = [
     "HostMemoryBudget",
@@ -52,7 +52,7 @@ def format_bytes(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
-class MemoryBudgetExceeded(Exception):  # its name is matched in logs (orchestrator/core/outcome.py)
+class MemoryBudgetExceeded(Exception):  # its name is matched in logs (core/classify.py)
     """The trial needs more memory than `escalation.memoryBudget` allows on this device."""
 
     def __init__(self, stage: str, used_bytes: int, budget_bytes: int, device: str = "cpu"):
@@ -190,7 +190,7 @@ def classify_failure(
     budget's memory fraction capped the allocator), Python's MemoryError
     and Ray's memory-monitor OutOfMemoryError (host). Then the text of every exception in the
     chain: torch's CPU allocator failing is a host OOM, the rest follows the rules the backends
-    apply to logs (`orchestrator.core.outcome.classify_text`).
+    apply to logs (`orchestrator.core.classify.classify_text`).
     """
     if isinstance(error, str):
         return _classify_text(error, budget_set)

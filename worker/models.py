@@ -34,7 +34,7 @@ from transformers import BitsAndBytesConfig, PreTrainedModel, T5Config, T5ForCon
 from orchestrator.core.catalog import BUILTIN_ONLY, T5Architecture, architecture
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import ModelInit, Precision, Training, WeightDtype
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.tokenizer import HFTokenizer, TextTokenizer, load_tokenizer
 
 __all__ = [
@@ -206,7 +206,7 @@ def keep_off_cpu_packed_path(model: nn.Module) -> int:
     return layers
 
 
-def _from_pretrained(trial: TrialSpec, device: torch.device) -> PreTrainedModel:
+def _from_pretrained(trial: AttemptSpec, device: torch.device) -> PreTrainedModel:
     # Every method loads straight onto its device: without a device map each rank would
     # first materialise the whole fp32 model in host memory (about 11 GB per rank for XL).
     kwargs: dict[str, object] = {
@@ -236,7 +236,7 @@ def _from_pretrained(trial: TrialSpec, device: torch.device) -> PreTrainedModel:
     return model
 
 
-def _tokenizer(trial: TrialSpec, random_init: bool) -> TextTokenizer:
+def _tokenizer(trial: AttemptSpec, random_init: bool) -> TextTokenizer:
     name = trial.training.tokenizer
     if name is None:
         name = "byte" if random_init else trial.model
@@ -260,7 +260,7 @@ def fit_embeddings(model: PreTrainedModel, tokenizer: TextTokenizer) -> None:
 
 
 def build_model(
-    trial: TrialSpec, device: torch.device
+    trial: AttemptSpec, device: torch.device
 ) -> tuple[nn.Module, TextTokenizer, ModelInfo]:
     """The trial's model on `device`, ready to train, with its tokenizer and parameter counts."""
     training = trial.training

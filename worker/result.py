@@ -6,7 +6,7 @@ run) and insistent at the end: `deliver` keeps retrying the result write with ba
 database restarted or failed over while the trial ends still gets the result; the epochs
 written live while it was away travel with the result. Whatever happens to the store, the
 result is also written to `<outputDir>/result.json` and printed as the last stdout line
-(`TrialResult.json_line()`), which is what backends read when the database is away.
+(`AttemptResult.json_line()`), which is what backends read when the database is away.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.classify import excerpt
 from orchestrator.core.lifecycle import ExitCode, TrialState
 from orchestrator.core.names import DB_URL_ENV, RESULT_RETRY_ENV
-from orchestrator.core.outcome import excerpt
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec, EpochRecord
 from worker.memory import classify_failure, exception_chain
 
 __all__ = [
@@ -47,7 +47,7 @@ _WRAPPERS = frozenset({
 })
 
 
-def store_url(trial: TrialSpec) -> str | None:
+def store_url(trial: AttemptSpec) -> str | None:
     """LADDER_DB_URL in the environment, else the trial's `dbUrl`, else None (no store).
 
     A relative SQLite path is made absolute here, against the driver's working directory:
@@ -79,15 +79,15 @@ def error_text(error: BaseException, limit: int = 3000) -> str:
 
 
 def failure_result(
-    trial: TrialSpec,
+    trial: AttemptSpec,
     error: BaseException,
     *,
     started_at: datetime | None = None,
     wall_seconds: float | None = None,
-) -> TrialResult:
+) -> AttemptResult:
     """A classified failure for an exception raised outside training (setup, CLI)."""
     state, kind = classify_failure(error, budget_set=trial.memory_budget_bytes is not None)
-    return TrialResult.for_trial(
+    return AttemptResult.for_trial(
         trial,
         status=state,
         oom_kind=kind,
@@ -98,7 +98,7 @@ def failure_result(
     )
 
 
-def exit_code(result: TrialResult) -> ExitCode:
+def exit_code(result: AttemptResult) -> ExitCode:
     if result.status is TrialState.SUCCEEDED:
         return ExitCode.SUCCEEDED
     if result.status is TrialState.OOM:
@@ -112,7 +112,7 @@ def _factory(url: str) -> Any:
     return open_store(url)
 
 
-def mark_running(trial: TrialSpec, started_at: datetime) -> None:
+def mark_running(trial: AttemptSpec, started_at: datetime) -> None:
     """Record the attempt as running (so live epochs have a row to attach to); best effort."""
     url = store_url(trial)
     if url is None:
@@ -132,7 +132,7 @@ class EpochSink:
 
     MAX_FAILURES = 3
 
-    def __init__(self, trial: TrialSpec, url: str | None) -> None:
+    def __init__(self, trial: AttemptSpec, url: str | None) -> None:
         self.trial, self.url = trial, url
         self.failures = 0
 
@@ -165,7 +165,7 @@ def result_retry_seconds() -> float:
 
 def store_result(
     url: str,
-    result: TrialResult,
+    result: AttemptResult,
     *,
     within: float,
     sleep: Callable[[float], None] = time.sleep,
@@ -195,7 +195,7 @@ def store_result(
             pause = min(pause * 2, 10.0)
 
 
-def deliver(result: TrialResult, trial: TrialSpec) -> bool:
+def deliver(result: AttemptResult, trial: AttemptSpec) -> bool:
     """Store the result (retrying for LADDER_RESULT_RETRY_SECONDS), write result.json, print
     the result line last.
 

@@ -9,7 +9,7 @@ reports it, and host memory as the largest worker's peak RSS. (Throughput is cou
 training loop itself: worker/train.py, `Progress`.)
 
 Two GPU memory figures, kept side by side because they answer different questions:
-- NVML "used" (`gpu_peak_bytes`, the TrialResult's `peak_gpu_memory_bytes`): what the device
+- NVML "used" (`gpu_peak_bytes`, the AttemptResult's `peak_gpu_memory_bytes`): what the device
   had in use, sampled every half second. It includes the CUDA context (~0.5 GiB), cuBLAS and
   NCCL workspaces, the caching allocator's reserve, and any other process on the same device:
   the figure that must fit the card, and the one the paper reports.
@@ -65,7 +65,7 @@ class WorkerTelemetry:
 
 @dataclass
 class TrialTelemetry:
-    """All workers' peaks merged into the figures a TrialResult carries."""
+    """All workers' peaks merged into the figures an AttemptResult carries."""
 
     peak_host_memory_bytes: int | None = None
     gpu_memory_per_device: list[int] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """One trial: DSS fine-tuning with Ray Train (TorchTrainer + Accelerate), measured end to end.
 
 `run_trial` (the driver) validates the data, starts a TorchTrainer and turns whatever happens
-into one TrialResult; it never raises for a training failure. `train_loop_per_worker` runs on
+into one AttemptResult; it never raises for a training failure. `train_loop_per_worker` runs on
 every Ray Train worker and `train` is its body, the whole recipe in one screen:
 
     build model -> probe step on the longest batch (an OOM verdict in seconds)
@@ -64,11 +64,11 @@ from orchestrator.core.spec import (
     SelectionLoss,
     WeightDtype,
 )
-from orchestrator.core.trial import (
+from orchestrator.core.worker_contract import (
     WORKER_ENV,
+    AttemptResult,
+    AttemptSpec,
     EpochRecord,
-    TrialResult,
-    TrialSpec,
     best_record,
     selected_loss,
 )
@@ -153,7 +153,7 @@ def dss_forward(
 class LoopConfig:
     """What the driver hands every worker (pickled by Ray)."""
 
-    trial_json: str  # the TrialSpec as JSON, validated again on the worker
+    trial_json: str  # the AttemptSpec as JSON, validated again on the worker
     train: list[DSSExample]
     eval: list[DSSExample]
     started_at: float  # time.time() when the driver started: time to first step counts setup
@@ -173,7 +173,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     from worker.telemetry import Sampler
 
     loop: LoopConfig = config["loop"]
-    trial = TrialSpec.model_validate_json(loop.trial_json)
+    trial = AttemptSpec.model_validate_json(loop.trial_json)
     bf16 = trial.training.precision is Precision.BF16
     # Ray Train has set up the process group (gloo on CPU, nccl on GPU); Accelerate joins it.
     # Without cpu=True Accelerate only looks for accelerators: on a CPU-only worker it would
@@ -209,7 +209,7 @@ def set_tf32(enabled: bool) -> None:
 
 
 def train(
-    trial: TrialSpec, loop: LoopConfig, accelerator: Accelerator, host: HostMemoryBudget,
+    trial: AttemptSpec, loop: LoopConfig, accelerator: Accelerator, host: HostMemoryBudget,
     sampler: Sampler,
 ) -> dict[str, Any] | None:
     from worker.data.batching import encode_examples, length_grouped_batches, longest_batch, shard
@@ -468,7 +468,7 @@ def evaluate(
 
 def generation_score(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
-    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: TrialSpec,
+    examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: AttemptSpec,
 ) -> tuple[GenerationScore, TextScores]:
     """Greedy generation on (at most generateLimit of) the eval split, shared by the ranks;
     every rank gets the texts of all (a collective) and scores them whole, since BLEU, chrF
@@ -495,7 +495,7 @@ def generation_score(
 
 
 def generation_autocast(
-    accelerator: Accelerator, trial: TrialSpec
+    accelerator: Accelerator, trial: AttemptSpec
 ) -> contextlib.AbstractContextManager[Any]:
     """The precision generation runs in: the trial's autocast, except for QLoRA with fp16
     frozen weights (training.qloraWeightDtype fp16). There the KV cache holds fp16 keys and
@@ -574,7 +574,7 @@ def read_progress(box: Any) -> dict[str, Any]:
 
 
 class Progress:
-    """The trial so far, as rank 0 sees it: what the driver turns into the TrialResult."""
+    """The trial so far, as rank 0 sees it: what the driver turns into the AttemptResult."""
 
     def __init__(
         self, *, first_step_seconds: float, trainable: int, total: int, sink: EpochSink | None,
@@ -619,7 +619,7 @@ class Progress:
         return best.epoch if best else None
 
     def summary(self) -> dict[str, Any]:
-        """TrialResult fields, JSON-ready (it crosses to the driver through Ray)."""
+        """AttemptResult fields, JSON-ready (it crosses to the driver through Ray)."""
         best, t = self.best, self.telemetry
         return {
             "epochs": [r.model_dump(mode="json") for r in self.epochs],
@@ -656,7 +656,7 @@ class Progress:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def load_split(trial: TrialSpec) -> tuple[list[DSSExample], list[DSSExample]]:
+def load_split(trial: AttemptSpec) -> tuple[list[DSSExample], list[DSSExample]]:
     """The trial's dataset, validated and split into (train, eval); DatasetError otherwise.
 
     An input that repeats an earlier one is dropped before the split (the first is kept) and
@@ -673,15 +673,15 @@ def load_split(trial: TrialSpec) -> tuple[list[DSSExample], list[DSSExample]]:
     return train, evaluation
 
 
-def run_trial(trial: TrialSpec, *, probe_only: bool = False) -> TrialResult:
+def run_trial(trial: AttemptSpec, *, probe_only: bool = False) -> AttemptResult:
     """Run one trial attempt and return its result: success, or a classified failure.
 
     `probe_only`: stop after the probe step; success then means "the trial fits".
     """
     started_at, t0 = datetime.now(UTC), time.time()
 
-    def finish(status: TrialState, **fields: Any) -> TrialResult:
-        return TrialResult.for_trial(
+    def finish(status: TrialState, **fields: Any) -> AttemptResult:
+        return AttemptResult.for_trial(
             trial, status=status, started_at=started_at, finished_at=datetime.now(UTC),
             wall_seconds=time.time() - t0, **fields,
         )
@@ -725,7 +725,7 @@ def mid_run_oom_note(state: TrialState, reported: Mapping[str, Any]) -> str | No
 
 
 def fit(
-    trial: TrialSpec, loop: LoopConfig, storage: Path, name: str, reported: dict[str, Any]
+    trial: AttemptSpec, loop: LoopConfig, storage: Path, name: str, reported: dict[str, Any]
 ) -> dict[str, Any]:
     """Run the TorchTrainer; rank 0's summary on success, Ray's exception on failure, with
     `reported` then filled with the last summary rank 0 published (the ProgressBox's)."""
@@ -744,7 +744,7 @@ def fit(
             ray.kill(box)
 
 
-def _fit(trial: TrialSpec, loop: LoopConfig, storage: Path, name: str) -> dict[str, Any]:
+def _fit(trial: AttemptSpec, loop: LoopConfig, storage: Path, name: str) -> dict[str, Any]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -807,10 +807,10 @@ _IDENTITY_AND_OUTCOME = frozenset({
 
 
 def summary_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The TrialResult fields of a worker summary (Ray may add keys of its own)."""
+    """The AttemptResult fields of a worker summary (Ray may add keys of its own)."""
     fields = {
         k: v for k, v in summary.items()
-        if k in TrialResult.model_fields and k not in _IDENTITY_AND_OUTCOME and v is not None
+        if k in AttemptResult.model_fields and k not in _IDENTITY_AND_OUTCOME and v is not None
     }
     if "epochs" in fields:
         fields["epochs"] = [EpochRecord.model_validate(e) for e in fields["epochs"]]

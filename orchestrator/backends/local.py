@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 from orchestrator.backends.ray_head import SharedHead
-from orchestrator.backends.runner import JobOutcome
+from orchestrator.backends.runner import FinishedJob
+from orchestrator.core.classify import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.names import DB_URL_ENV, LABEL_SWEEP, LABEL_TRIAL
-from orchestrator.core.outcome import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.trial import WORKER_ENV, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import WORKER_ENV, AttemptResult, AttemptSpec
 from orchestrator.files import write_trial
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _reload_ray_auth_settings() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def job_id(spec: TrialSpec) -> str:
+def job_id(spec: AttemptSpec) -> str:
     """Deterministic Ray job submission id of a trial attempt."""
     namespace = f"{spec.namespace}-" if spec.namespace else ""
     return f"ladder-{namespace}{spec.sweep}-{spec.trial_id}-{spec.attempt}"
@@ -73,7 +73,7 @@ class LocalRayBackend:
         self._client = None
         self._head: SharedHead | None = None
         self._saved_env: dict[str, str | None] = {}
-        self._jobs: dict[tuple[str, int], TrialSpec] = {}
+        self._jobs: dict[tuple[str, int], AttemptSpec] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -127,7 +127,7 @@ class LocalRayBackend:
         return Capacity(gpus=int(resources.get("GPU", 0)), cpus=int(resources.get("CPU", 0)))
 
     # -- acting --------------------------------------------------------------------------
-    def launch(self, spec: TrialSpec) -> str:
+    def launch(self, spec: AttemptSpec) -> str:
         trial_file = write_trial(spec, Path(spec.output_dir) / "trial.json")
         submission = job_id(spec)
         entrypoint = shlex.join(
@@ -173,7 +173,7 @@ class LocalRayBackend:
         except RuntimeError as error:  # unknown job: nothing to stop
             log.debug("stop_job %s: %s", job_id(spec), error)
 
-    def adopt(self, spec: TrialSpec) -> bool:
+    def adopt(self, spec: AttemptSpec) -> bool:
         """Track a job launched by an earlier runner, if the Ray runtime still has it."""
         try:
             self._client.get_job_status(job_id(spec))
@@ -186,7 +186,7 @@ class LocalRayBackend:
     def active(self) -> set[tuple[str, int]]:
         return set(self._jobs)
 
-    def poll(self) -> list[JobOutcome]:
+    def poll(self) -> list[FinishedJob]:
         """Jobs that ended since the last poll, each with its outcome."""
         finished = []
         for key, spec in list(self._jobs.items()):
@@ -194,23 +194,23 @@ class LocalRayBackend:
             if not info.status.is_terminal():
                 continue
             del self._jobs[key]
-            finished.append(self._outcome(spec, info))
+            finished.append(self._finished_job(spec, info))
         return finished
 
-    def _outcome(self, spec: TrialSpec, info: object) -> JobOutcome:
+    def _finished_job(self, spec: AttemptSpec, info: object) -> FinishedJob:
         logs = self._client.get_job_logs(job_id(spec))
-        result = TrialResult.from_output(logs)
+        result = AttemptResult.from_output(logs)
         status = str(getattr(info, "status", ""))
         if result is not None:
-            return JobOutcome(
+            return FinishedJob(
                 spec.trial_id, spec.attempt, result.status, result, result.error, result.oom_kind
             )
         if status == "STOPPED":
-            return JobOutcome(spec.trial_id, spec.attempt, TrialState.CANCELLED, None, "stopped")
+            return FinishedJob(spec.trial_id, spec.attempt, TrialState.CANCELLED, None, "stopped")
         # The worker died without its result line: classify what the job left behind.
         text = f"{getattr(info, 'message', '') or ''}\n{logs}"
         state, kind = classify_text(text, budget_set=spec.memory_budget_bytes is not None)
         code_state = state_for_exit_code(getattr(info, "driver_exit_code", None))
         if state is TrialState.FAILED and code_state is TrialState.OOM:
             state = TrialState.OOM
-        return JobOutcome(spec.trial_id, spec.attempt, state, None, excerpt(text), kind)
+        return FinishedJob(spec.trial_id, spec.attempt, state, None, excerpt(text), kind)

@@ -24,20 +24,20 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
-from orchestrator.core.grid import Grid, Trial, expand, trial_spec
+from orchestrator.core.grid import Grid, GridPoint, attempt_spec, expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.plan import (
     CancelTrial,
     LaunchTrial,
     Observed,
     Plan,
-    RecordOutcome,
+    RecordUnlaunched,
     SweepStatus,
     plan,
 )
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import AttemptKey, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec
 
 if TYPE_CHECKING:
     from orchestrator.metrics import LadderMetrics
@@ -48,13 +48,13 @@ INTERRUPTED = "interrupted: the runner stopped before this attempt finished"
 
 
 @dataclass(frozen=True, slots=True)
-class JobOutcome:
+class FinishedJob:
     """A finished job as a backend saw it; `result` when the worker printed one."""
 
     trial_id: str
     attempt: int
     state: TrialState
-    result: TrialResult | None
+    result: AttemptResult | None
     error: str | None
     oom_kind: OOMKind | None = None
 
@@ -63,11 +63,11 @@ class TrialBackend(Protocol):
     """What the runner needs from a backend (LocalRayBackend implements it)."""
 
     def capacity(self) -> Capacity: ...
-    def launch(self, spec: TrialSpec) -> str: ...
+    def launch(self, spec: AttemptSpec) -> str: ...
     def cancel(self, trial_id: str, attempt: int) -> None: ...
-    def adopt(self, spec: TrialSpec) -> bool: ...
+    def adopt(self, spec: AttemptSpec) -> bool: ...
     def active(self) -> set[tuple[str, int]]: ...
-    def poll(self) -> list[JobOutcome]: ...
+    def poll(self) -> list[FinishedJob]: ...
 
 
 class RunnerEventKind(StrEnum):
@@ -84,7 +84,7 @@ class RunnerEvent:
     """Something the runner did, for the live display and the log."""
 
     kind: RunnerEventKind
-    trial: Trial
+    trial: GridPoint
     attempt: int
     state: TrialState | None = None
     oom_kind: OOMKind | None = None
@@ -101,7 +101,7 @@ class LocalSweepRunner:
     runs_dir: Path
     poll_interval: float = 0.5
     on_update: Callable[[SweepStatus, Sequence[RunnerEvent]], None] | None = None
-    predicted_oom: Callable[[Trial], bool] | None = None
+    predicted_oom: Callable[[GridPoint], bool] | None = None
     metrics: LadderMetrics | None = None
     grid: Grid = field(init=False)
 
@@ -118,9 +118,9 @@ class LocalSweepRunner:
         )
         return observed
 
-    def _spec(self, trial: Trial, attempt: int) -> TrialSpec:
+    def _spec(self, trial: GridPoint, attempt: int) -> AttemptSpec:
         output = self.runs_dir / self.sweep.name / trial.trial_id / str(attempt)
-        return trial_spec(self.sweep, trial, attempt=attempt, output_dir=str(output.resolve()))
+        return attempt_spec(self.sweep, trial, attempt=attempt, output_dir=str(output.resolve()))
 
     def recover(self) -> int:
         """Adopt jobs an earlier runner left running; record the lost ones as interrupted."""
@@ -156,7 +156,7 @@ class LocalSweepRunner:
                 bookkeeping.record_launch(self.sessions, spec, self.sweep.spec, action.trial,
                                           now=datetime.now(UTC), job_name=name)
                 events.append(RunnerEvent(RunnerEventKind.LAUNCHED, action.trial, action.attempt))
-            elif isinstance(action, RecordOutcome):
+            elif isinstance(action, RecordUnlaunched):
                 bookkeeping.record_planned(
                     self.sessions, self._spec(action.trial, action.attempt), self.sweep.spec,
                     action.trial, action.state, action.oom_kind, action.reason,
@@ -173,7 +173,7 @@ class LocalSweepRunner:
         return events
 
     def _mark(
-        self, trial: Trial, attempt: int, state: TrialState, oom_kind: OOMKind | None,
+        self, trial: GridPoint, attempt: int, state: TrialState, oom_kind: OOMKind | None,
         error: str | None,
     ) -> None:
         key = AttemptKey(self.sweep.namespace, self.sweep.name, trial.trial_id, attempt)
@@ -182,15 +182,14 @@ class LocalSweepRunner:
 
     def _collect(self) -> list[RunnerEvent]:
         events = []
-        for outcome in self.backend.poll():
-            trial = self._trials[outcome.trial_id]
-            if outcome.result is not None:
-                bookkeeping.record_result(self.sessions, outcome.result)
+        for job in self.backend.poll():
+            trial = self._trials[job.trial_id]
+            if job.result is not None:
+                bookkeeping.record_result(self.sessions, job.result)
             else:
-                self._mark(trial, outcome.attempt, outcome.state, outcome.oom_kind,
-                           outcome.error)
-            events.append(RunnerEvent(RunnerEventKind.FINISHED, trial, outcome.attempt,
-                                      outcome.state, outcome.oom_kind, outcome.error or ""))
+                self._mark(trial, job.attempt, job.state, job.oom_kind, job.error)
+            events.append(RunnerEvent(RunnerEventKind.FINISHED, trial, job.attempt,
+                                      job.state, job.oom_kind, job.error or ""))
         return events
 
     # -- loop ------------------------------------------------------------------------------

@@ -5,12 +5,13 @@ smallest model; if it succeeds, run the next larger one; stop at the first out-o
 and record the lane's ceiling (the largest model that fitted). Non-OOM failures are retried
 up to `escalation.retries` times, then fail the lane.
 
-`lane_progress` is a pure function of a snapshot (the lane's trials and every attempt observed
-for them). This is the opposite of a Ray Tune scheduler, which keeps its trials' history in
-memory and is told of each result as it comes (`on_trial_result`, `on_trial_complete`):
-`lane_progress` remembers nothing between calls and reads the whole history from the store each
-time. So the same snapshot always gives the same answer, a restarted controller or runner
-resumes exactly where it was, with nothing to rebuild.
+The design is stateless: `lane_progress` is a pure function of a snapshot (the lane's trials and
+every attempt observed for them), and every decision is recomputed from the store on each pass.
+That is the opposite of Ray Tune's schedulers, which are stateful: they keep their trials'
+history in memory and are told of each result as it comes (`on_trial_result`,
+`on_trial_complete`). Stateless fits restarts better: the same snapshot always gives the same
+answer, so a restarted controller or runner resumes exactly where it was, with nothing to
+rebuild or replay.
 
 Rules, walking the ladder smallest model first and looking at each
 trial's latest attempt (by attempt number):
@@ -36,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-from orchestrator.core.grid import Lane, Trial
+from orchestrator.core.grid import GridPoint, Lane
 from orchestrator.core.lifecycle import (
     ACTIVE_STATES,
     LaneState,
@@ -74,12 +75,12 @@ class LaneProgress:
 
     lane: Lane
     state: LaneState
-    launch: tuple[Trial, int] | None
-    active: tuple[tuple[Trial, int], ...]
-    ceiling: Trial | None
-    stopped_at: Trial | None
+    launch: tuple[GridPoint, int] | None
+    active: tuple[tuple[GridPoint, int], ...]
+    ceiling: GridPoint | None
+    stopped_at: GridPoint | None
     oom_kind: OOMKind | None
-    never_run: tuple[Trial, ...]
+    never_run: tuple[GridPoint, ...]
 
     @property
     def is_terminal(self) -> bool:
@@ -98,9 +99,78 @@ def latest_attempt(observations: Sequence[AttemptObservation]) -> AttemptObserva
     return latest_attempts(observations, key=_one_trial).get(None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """Where the walk up a lane's ladder stopped: its next launch, or its end, or a wait."""
+
+    ceiling: GridPoint | None = None
+    launch: tuple[GridPoint, int] | None = None
+    state: LaneState | None = None  # set when the walk ends the lane
+    stopped_at: GridPoint | None = None
+    oom_kind: OOMKind | None = None
+    never_run: tuple[GridPoint, ...] = ()
+
+
+def _active_attempts(
+    ladder: Sequence[GridPoint], attempts: Mapping[str, Sequence[AttemptObservation]]
+) -> tuple[list[tuple[GridPoint, int]], bool]:
+    """The lane's pending or running attempts, smallest model first, and whether it has any
+    attempt at all."""
+    active: list[tuple[GridPoint, int]] = []
+    observed_any = False
+    for trial in ladder:
+        observations = attempts.get(trial.trial_id)
+        if observations:
+            observed_any = True
+            active.extend((trial, obs.attempt) for obs in observations
+                          if obs.state in ACTIVE_STATES)
+    active.sort(key=lambda item: (item[0].model_index, item[1]))
+    return active, observed_any
+
+
+def _walk_ladder(
+    ladder: Sequence[GridPoint],
+    attempts: Mapping[str, Sequence[AttemptObservation]],
+    escalation: Escalation,
+) -> _Decision:
+    """Climb the ladder by each trial's latest attempt until one decides (the rules: the
+    module's docstring)."""
+    stop_lane = escalation.on_oom is OnOOM.STOP_LANE
+    top = len(ladder) - 1
+    ceiling: GridPoint | None = None
+    for position, trial in enumerate(ladder):
+        observations = attempts.get(trial.trial_id) or ()
+        latest = latest_attempt(observations) if observations else None
+        if latest is None:
+            return _Decision(ceiling, launch=(trial, 1))
+        above = tuple(ladder[position + 1 :])
+        outcome = latest.state
+        if outcome is TrialState.SUCCEEDED:
+            ceiling = trial
+            if position == top:
+                return _Decision(ceiling, state=LaneState.COMPLETED)
+        elif outcome is TrialState.OOM:
+            if stop_lane or position == top:
+                return _Decision(ceiling, state=LaneState.CAPPED, stopped_at=trial,
+                                 oom_kind=latest.oom_kind, never_run=above)
+            # `continue`: on to the next model
+        elif outcome is TrialState.FAILED or outcome is TrialState.CANCELLED:
+            # A cancellation is not a failure, but it never buys retries past the bound.
+            failures = sum(1 for obs in observations if obs.state is TrialState.FAILED)
+            if failures <= escalation.retries:
+                return _Decision(ceiling, launch=(trial, latest.attempt + 1))
+            return _Decision(ceiling, state=LaneState.FAILED, stopped_at=trial, never_run=above)
+        elif outcome is TrialState.SKIPPED:
+            return _Decision(ceiling, state=LaneState.CANCELLED,
+                             never_run=tuple(ladder[position:]))
+        else:
+            return _Decision(ceiling)  # pending or running: the lane waits on it
+    return _Decision(ceiling)
+
+
 def lane_progress(
     lane: Lane,
-    trials: Sequence[Trial],
+    trials: Sequence[GridPoint],
     attempts: Mapping[str, Sequence[AttemptObservation]],
     escalation: Escalation,
 ) -> LaneProgress:
@@ -108,88 +178,35 @@ def lane_progress(
 
     `trials` are the lane's trials (any order: they are climbed by `model_index`); `attempts`
     maps trial ids to their observed attempts, in any order; ids of other lanes are ignored.
-    One pass over the lane: it runs once per lane on every reconcile.
+    Two steps: the lane's active attempts (`_active_attempts`), and the walk up the ladder
+    (`_walk_ladder`); an active attempt anywhere makes the lane wait, whatever the walk found.
     """
     ladder = sorted(trials, key=_LADDER_ORDER)
-    stop_lane = escalation.on_oom is OnOOM.STOP_LANE
-    top = len(ladder) - 1
-    active: list[tuple[Trial, int]] = []
-    observed_any = False
-
-    decided = False  # the walk up the ladder has reached its decision
-    launch: tuple[Trial, int] | None = None
-    ceiling: Trial | None = None
-    state: LaneState | None = None  # set when the walk ends the lane
-    stopped_at: Trial | None = None
-    oom_kind: OOMKind | None = None
-    never_run: tuple[Trial, ...] = ()
-
-    for position, trial in enumerate(ladder):
-        observations = attempts.get(trial.trial_id)
-        latest: AttemptObservation | None = None
-        failures = 0
-        if observations:
-            observed_any = True
-            for obs in observations:
-                if obs.state in ACTIVE_STATES:
-                    active.append((trial, obs.attempt))
-                elif obs.state is TrialState.FAILED:
-                    failures += 1
-            latest = latest_attempt(observations)
-        if decided:
-            continue  # only looking for active attempts above the decision
-        decided = True
-        if latest is None:
-            launch = (trial, 1)
-            continue
-        outcome = latest.state
-        if outcome is TrialState.SUCCEEDED:
-            ceiling = trial
-            decided = position == top
-            if decided:
-                state = LaneState.COMPLETED
-        elif outcome is TrialState.OOM:
-            if stop_lane or position == top:
-                state, stopped_at, oom_kind = LaneState.CAPPED, trial, latest.oom_kind
-                never_run = tuple(ladder[position + 1 :])
-            else:
-                decided = False  # `continue`: on to the next model
-        elif outcome is TrialState.FAILED or outcome is TrialState.CANCELLED:
-            # A cancellation is not a failure, but it never buys retries past the bound.
-            if failures <= escalation.retries:
-                launch = (trial, latest.attempt + 1)
-            else:
-                state, stopped_at = LaneState.FAILED, trial
-                never_run = tuple(ladder[position + 1 :])
-        elif outcome is TrialState.SKIPPED:
-            state = LaneState.CANCELLED
-            never_run = tuple(ladder[position:])
-        # pending or running: the lane waits on it
-
-    if active:  # whatever the walk found, the lane waits for its attempts to end
-        if len(active) > 1:
-            active.sort(key=lambda item: (item[0].model_index, item[1]))
+    active, observed_any = _active_attempts(ladder, attempts)
+    decision = _walk_ladder(ladder, attempts, escalation)
+    if active:
         return LaneProgress(
             lane=lane,
             state=LaneState.RUNNING,
             launch=None,
             active=tuple(active),
-            ceiling=ceiling,
+            ceiling=decision.ceiling,
             stopped_at=None,
             oom_kind=None,
             never_run=(),
         )
+    state = decision.state
     if state is None:
         state = LaneState.RUNNING if observed_any else LaneState.PENDING
     return LaneProgress(
         lane=lane,
         state=state,
-        launch=launch,
+        launch=decision.launch,
         active=(),
-        ceiling=ceiling,
-        stopped_at=stopped_at,
-        oom_kind=oom_kind,
-        never_run=never_run,
+        ceiling=decision.ceiling,
+        stopped_at=decision.stopped_at,
+        oom_kind=decision.oom_kind,
+        never_run=decision.never_run,
     )
 
 

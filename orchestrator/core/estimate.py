@@ -79,7 +79,7 @@ from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import INT64_MAX, Precision
 
 if TYPE_CHECKING:
-    from orchestrator.core.grid import Trial
+    from orchestrator.core.grid import GridPoint
     from orchestrator.core.spec import SweepSpec
 
 __all__ = [
@@ -243,6 +243,103 @@ def _stack_extra(arch: T5Architecture, full: bool) -> int:
     return MASK * arch.d_model + FP32 * arch.d_model * (2 if full else 1) + MASK * arch.d_model
 
 
+@dataclass(frozen=True, slots=True)
+class _Parameters:
+    """Bytes that scale with the parameters: weights, their gradients and optimizer state."""
+
+    weights: int  # fp32 weights (all of them, or those QLoRA leaves unquantized)
+    quantized: int  # QLoRA's NF4 weights (with their quantization constants)
+    adapters: int  # LoRA's A and B, fp32
+    gradients: int
+    optimizer: int  # AdamW's two moments
+    buckets: int  # DDP's gradient buckets, with several data-parallel workers
+    trainable: int
+
+
+def _parameter_bytes(
+    arch: T5Architecture, method: Method, rank: int, *, data_parallel: bool, double_quant: bool
+) -> _Parameters:
+    """Step 1 of `estimate_memory`: the parameters and what training keeps per parameter."""
+    lora_params = adapter_parameters(arch, rank) if method.uses_adapters else 0
+    quantized_bytes = 0
+    if method is Method.QLORA:
+        quantized = arch.linear_params - _wo_parameters(arch)
+        weights = FP32 * (arch.parameters - quantized)
+        quantized_bytes = math.ceil(quantized * nf4_bytes_per_weight(double_quant=double_quant))
+    else:
+        weights = FP32 * arch.parameters
+    trainable = arch.parameters if method is Method.FULL else lora_params
+    return _Parameters(
+        weights=weights,
+        quantized=quantized_bytes,
+        adapters=FP32 * lora_params,
+        gradients=FP32 * trainable,
+        optimizer=2 * FP32 * trainable,
+        buckets=FP32 * trainable if data_parallel else 0,
+        trainable=trainable,
+    )
+
+
+def _weight_copy_bytes(
+    arch: T5Architecture, method: Method, *, bf16: bool, gradient_checkpointing: bool,
+    forwards: int,
+) -> int:
+    """Step 2: the bf16 weight copies autocast saves for backward (none in fp32)."""
+    if not bf16:
+        return 0
+    head = arch.lm_head_params
+    if method is Method.FULL:
+        return 2 * (arch.linear_params + head)  # cached once per autocast region
+    if gradient_checkpointing:
+        return 2 * head * forwards  # block copies live one block at a time
+    if method is Method.LORA:
+        return 2 * (arch.linear_params + head) * forwards
+    return 2 * (_wo_parameters(arch) + head) * forwards
+
+
+@dataclass(frozen=True, slots=True)
+class _Activations:
+    """Activation bytes of one forward pass (one DSS task), and the transient logits."""
+
+    encoder: int
+    decoder: int
+    logits: int  # kept for backward
+    logits_transient: int  # the loss's temporaries at the end of the forward pass
+
+
+def _activation_bytes(
+    arch: T5Architecture, method: Method, rank: int, act: int, attention: Attention, *,
+    batch: int, input_tokens: int, output_tokens: int, gradient_checkpointing: bool,
+) -> _Activations:
+    """Step 3: what one forward pass saves for backward, per stack, and the logits."""
+    b, li, lo = batch, input_tokens, output_tokens
+    full = method is Method.FULL
+    enc = _layer_bytes(arch, method, rank, act, attention, decoder=False)
+    dec = _layer_bytes(arch, method, rank, act, attention, decoder=True)
+    h = arch.num_heads
+    enc_layer = b * (li * enc.per_query_token + h * li * li * enc.scores_self)
+    dec_layer = b * (
+        lo * dec.per_query_token + li * dec.per_key_token
+        + h * lo * lo * dec.scores_self + h * lo * li * dec.scores_cross
+    )
+    enc_stack = b * li * _stack_extra(arch, full) + FP32 * h * li * li  # + position bias
+    dec_stack = b * lo * _stack_extra(arch, full) + FP32 * h * lo * lo + act * h * lo * li
+    if gradient_checkpointing:
+        enc_acts = arch.num_layers * b * li * FP32 * arch.d_model + enc_layer + enc_stack
+        dec_acts = arch.num_decoder_layers * b * lo * FP32 * arch.d_model + dec_layer + dec_stack
+        dec_acts += b * li * FP32 * arch.d_model  # the encoder output every block reads
+    else:
+        enc_acts = arch.num_layers * enc_layer + enc_stack
+        dec_acts = arch.num_decoder_layers * dec_layer + dec_stack
+    head_input = (act * arch.d_model if act != FP32 else FP32 * arch.d_model) if full else 0
+    return _Activations(
+        encoder=enc_acts,
+        decoder=dec_acts,
+        logits=b * lo * (FP32 * arch.vocab_size + head_input),
+        logits_transient=b * lo * arch.vocab_size * (2 * FP32 + act),
+    )
+
+
 def estimate_memory(
     arch: T5Architecture,
     method: Method,
@@ -261,7 +358,11 @@ def estimate_memory(
     """The predicted peak memory of one worker's device for one training step.
 
     `batch_per_device` examples, each padded to `input_tokens` in and `output_tokens` out
-    (the probe step's worst case). See the module docstring for what is counted and why.
+    (the probe step's worst case). See the module docstring for what is counted and why. The
+    steps: the parameters (`_parameter_bytes`), the weight copies autocast saves
+    (`_weight_copy_bytes`), the activations of each forward pass (`_activation_bytes`), then
+    the larger of the two peaks: the end of the last forward pass, or after the second
+    backward pass.
     """
     if batch_per_device < 1 or input_tokens < 1 or output_tokens < 1:
         raise ValueError("batch_per_device, input_tokens and output_tokens must be positive")
@@ -270,87 +371,49 @@ def estimate_memory(
     r = rank if method.uses_adapters and rank is not None else 0
     bf16 = precision is Precision.BF16
     act = 2 if bf16 else FP32
-    full = method is Method.FULL
     forwards = 2 if dss_two_tasks else 1
-    b, li, lo = batch_per_device, input_tokens, output_tokens
-    total_params = arch.parameters
-    lora_params = adapter_parameters(arch, r) if method.uses_adapters else 0
 
-    # -- parameters -----------------------------------------------------------------------
-    quantized_bytes = 0
-    if method is Method.QLORA:
-        quantized = arch.linear_params - _wo_parameters(arch)
-        weights = FP32 * (total_params - quantized)
-        quantized_bytes = math.ceil(quantized * nf4_bytes_per_weight(double_quant=double_quant))
-    else:
-        weights = FP32 * total_params
-    trainable = total_params if full else lora_params
-    gradients = FP32 * trainable
-    optimizer = 2 * FP32 * trainable
-    buckets = FP32 * trainable if data_parallel else 0
-    adapters = FP32 * lora_params
-
-    # -- weight copies autocast saves for backward -------------------------------------------
-    copies = 0
-    if bf16:
-        head = arch.lm_head_params
-        if full:
-            copies = 2 * (arch.linear_params + head)  # cached once per autocast region
-        elif gradient_checkpointing:
-            copies = 2 * head * forwards  # block copies live one block at a time
-        elif method is Method.LORA:
-            copies = 2 * (arch.linear_params + head) * forwards
-        else:
-            copies = 2 * (_wo_parameters(arch) + head) * forwards
-
-    # -- activations ----------------------------------------------------------------------
-    enc = _layer_bytes(arch, method, r, act, attention, decoder=False)
-    dec = _layer_bytes(arch, method, r, act, attention, decoder=True)
-    h = arch.num_heads
-    enc_layer = b * (li * enc.per_query_token + h * li * li * enc.scores_self)
-    dec_layer = b * (
-        lo * dec.per_query_token + li * dec.per_key_token
-        + h * lo * lo * dec.scores_self + h * lo * li * dec.scores_cross
+    params = _parameter_bytes(
+        arch, method, r, data_parallel=data_parallel, double_quant=double_quant
     )
-    enc_stack = b * li * _stack_extra(arch, full) + FP32 * h * li * li  # + position bias
-    dec_stack = b * lo * _stack_extra(arch, full) + FP32 * h * lo * lo + act * h * lo * li
-    if gradient_checkpointing:
-        enc_acts = arch.num_layers * b * li * FP32 * arch.d_model + enc_layer + enc_stack
-        dec_acts = arch.num_decoder_layers * b * lo * FP32 * arch.d_model + dec_layer + dec_stack
-        dec_acts += b * li * FP32 * arch.d_model  # the encoder output every block reads
-    else:
-        enc_acts = arch.num_layers * enc_layer + enc_stack
-        dec_acts = arch.num_decoder_layers * dec_layer + dec_stack
-    head_input = (act * arch.d_model if act != FP32 else FP32 * arch.d_model) if full else 0
-    logits = b * lo * (FP32 * arch.vocab_size + head_input)
-    logits_transient = b * lo * arch.vocab_size * (2 * FP32 + act)
-
-    encoder_total = forwards * enc_acts
-    decoder_total = forwards * dec_acts
-    logits_total = forwards * logits
+    copies = _weight_copy_bytes(
+        arch, method, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+        forwards=forwards,
+    )
+    one_forward = _activation_bytes(
+        arch, method, r, act, attention, batch=batch_per_device, input_tokens=input_tokens,
+        output_tokens=output_tokens, gradient_checkpointing=gradient_checkpointing,
+    )
+    encoder_total = forwards * one_forward.encoder
+    decoder_total = forwards * one_forward.decoder
+    logits_total = forwards * one_forward.logits
     activations = encoder_total + decoder_total + logits_total + copies
 
-    persistent = weights + quantized_bytes + adapters + optimizer + buckets + CUDA_OVERHEAD_BYTES
-    head_gradient = FP32 * arch.lm_head_params if full else 0
-    end_of_forward = activations + logits_transient + head_gradient
-    after_second_backward = (activations - copies) * (forwards - 1) // forwards + gradients
+    # -- the peak: the end of the last forward pass, or after the second backward pass --------
+    persistent = (params.weights + params.quantized + params.adapters + params.optimizer
+                  + params.buckets + CUDA_OVERHEAD_BYTES)
+    head_gradient = FP32 * arch.lm_head_params if method is Method.FULL else 0
+    end_of_forward = activations + one_forward.logits_transient + head_gradient
+    after_second_backward = (
+        (activations - copies) * (forwards - 1) // forwards + params.gradients
+    )
     total = persistent + max(end_of_forward, after_second_backward)
     return MemoryEstimate(
-        weights_bytes=weights,
-        quantized_weights_bytes=quantized_bytes,
-        adapter_bytes=adapters,
-        gradient_bytes=gradients,
-        optimizer_bytes=optimizer,
-        ddp_bucket_bytes=buckets,
+        weights_bytes=params.weights,
+        quantized_weights_bytes=params.quantized,
+        adapter_bytes=params.adapters,
+        gradient_bytes=params.gradients,
+        optimizer_bytes=params.optimizer,
+        ddp_bucket_bytes=params.buckets,
         weight_copy_bytes=copies,
         encoder_activation_bytes=encoder_total,
         decoder_activation_bytes=decoder_total,
         logits_bytes=logits_total,
-        logits_transient_bytes=logits_transient,
+        logits_transient_bytes=one_forward.logits_transient,
         overhead_bytes=CUDA_OVERHEAD_BYTES,
         total_bytes=int(total),
-        trainable_parameters=trainable,
-        total_parameters=total_params,
+        trainable_parameters=params.trainable,
+        total_parameters=arch.parameters,
     )
 
 
@@ -367,7 +430,7 @@ def predicts_oom(
 # --- the helper the runner and the controller use ----------------------------------------
 
 
-def estimate_trial(spec: SweepSpec, trial: Trial) -> MemoryEstimate | None:
+def estimate_trial(spec: SweepSpec, trial: GridPoint) -> MemoryEstimate | None:
     """The estimate of one trial of a sweep, or None for a model without a known architecture.
 
     Batch per device: the examples of one forward/backward pass on a worker (its share of
@@ -395,7 +458,7 @@ def estimate_trial(spec: SweepSpec, trial: Trial) -> MemoryEstimate | None:
     )
 
 
-def estimated_bytes(spec: SweepSpec, trial: Trial) -> int | None:
+def estimated_bytes(spec: SweepSpec, trial: GridPoint) -> int | None:
     """Peak bytes per device the estimator expects of a trial, stored with every attempt so
     that reports can set it against the measured peak."""
     estimate = estimate_trial(spec, trial)
@@ -406,7 +469,7 @@ def estimated_bytes(spec: SweepSpec, trial: Trial) -> int | None:
 
 def predicted_oom_fn(
     spec: SweepSpec, *, margin: float = DEFAULT_MARGIN
-) -> Callable[[Trial], bool] | None:
+) -> Callable[[GridPoint], bool] | None:
     """`trial -> predicted to run out of memory`, for `Observed.predicted_oom`.
 
     None when `escalation.predictOOM` is false or `escalation.deviceMemory` is unknown. The
@@ -423,7 +486,7 @@ def predicted_oom_fn(
         device = min(device, budget)
     cache: dict[str, bool] = {}
 
-    def predicted(trial: Trial) -> bool:
+    def predicted(trial: GridPoint) -> bool:
         known = cache.get(trial.trial_id)
         if known is None:
             estimate = estimate_trial(spec, trial)

@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import Axes, ResourceShape, Sweep, Training
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 
 TRIAL_ID_LENGTH = 10
 LONG_TRIAL_ID_LENGTH = 16  # the store's trial_id column holds 16 characters
@@ -46,8 +46,9 @@ class Lane:
 
 
 @dataclass(frozen=True, slots=True)
-class Trial:
-    """One (lane, model) point; attempts of it share its id."""
+class GridPoint:
+    """One trial: a (lane, model) point of the grid. Its attempts share its `trial_id`; each
+    attempt is resolved into an `AttemptSpec` for the worker (`attempt_spec`)."""
 
     trial_id: str
     lane: Lane
@@ -61,12 +62,12 @@ class Grid:
     """The expanded sweep: lanes in order, each with its trials smallest model first."""
 
     lanes: tuple[Lane, ...]
-    trials: dict[str, tuple[Trial, ...]]  # lane name -> trials in ladder order
+    trials: dict[str, tuple[GridPoint, ...]]  # lane name -> trials in ladder order
 
-    def all_trials(self) -> list[Trial]:
+    def all_trials(self) -> list[GridPoint]:
         return [t for lane in self.lanes for t in self.trials[lane.name]]
 
-    def trial(self, trial_id: str) -> Trial:
+    def trial(self, trial_id: str) -> GridPoint:
         for trial in self.all_trials():
             if trial.trial_id == trial_id:
                 return trial
@@ -158,7 +159,7 @@ def expand(sweep: Sweep) -> Grid:
     ids = iter(_unique_ids(sweep, [(lane.name, model) for lane in lanes for model in spec.ladder]))
     trials = {
         lane.name: tuple(
-            Trial(
+            GridPoint(
                 trial_id=next(ids),
                 lane=lane,
                 model=model,
@@ -172,12 +173,12 @@ def expand(sweep: Sweep) -> Grid:
     return Grid(lanes=tuple(lanes), trials=trials)
 
 
-def trial_spec(
-    sweep: Sweep, trial: Trial, *, attempt: int, output_dir: str, db_url: str | None = None
-) -> TrialSpec:
+def attempt_spec(
+    sweep: Sweep, trial: GridPoint, *, attempt: int, output_dir: str, db_url: str | None = None
+) -> AttemptSpec:
     """The worker's payload for one attempt of a trial."""
     lane = trial.lane
-    return TrialSpec(
+    return AttemptSpec(
         sweep=sweep.name,
         namespace=sweep.namespace,
         trial_id=trial.trial_id,

@@ -32,7 +32,7 @@ FINALIZER = f"{DOMAIN}/finalizer"
 # The store's SQLAlchemy URL, for the CLI, the controller and every worker.
 DB_URL_ENV = "LADDER_DB_URL"
 DEFAULT_DB_URL = "sqlite:///ladder.db"
-# The trial (TrialSpec JSON) of a RayJob's worker, inline in its runtime environment.
+# The trial (AttemptSpec JSON) of a RayJob's worker, inline in its runtime environment.
 TRIAL_JSON_ENV = "LADDER_TRIAL_JSON"
 # How long a worker keeps retrying the delivery of its result to the store.
 RESULT_RETRY_ENV = "LADDER_RESULT_RETRY_SECONDS"
@@ -55,7 +55,7 @@ DEBUG_ENV = "LADDER_DEBUG"
 # The exit code of a worker whose trial ran out of memory (lifecycle.ExitCode has them all).
 OOM_EXIT_CODE = int(ExitCode.OOM)
 
-# The fields that identify a trial attempt, shared by TrialSpec, TrialResult and TrialRow
+# The fields that identify a trial attempt, shared by AttemptSpec, AttemptResult and AttemptRow
 # (the store's natural key is the sweep's (namespace, name) plus trial id and attempt).
 SWEEP_FIELDS = ("sweep", "namespace")
 IDENTITY_FIELDS = (

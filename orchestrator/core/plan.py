@@ -40,7 +40,7 @@ from orchestrator.core.escalation import (
     latest_attempt,
     stop_reason,
 )
-from orchestrator.core.grid import Grid, Lane, Trial
+from orchestrator.core.grid import Grid, GridPoint, Lane
 from orchestrator.core.lifecycle import ACTIVE_STATES, LaneState, OOMKind, TrialState
 from orchestrator.core.scheduler import (
     NO_CAPACITY,
@@ -85,15 +85,15 @@ class Observed:
 class LaunchTrial:
     """Start this attempt of the trial (a RayJob, or a task on the local Ray runtime)."""
 
-    trial: Trial
+    trial: GridPoint
     attempt: int
 
 
 @dataclass(frozen=True, slots=True)
-class RecordOutcome:
+class RecordUnlaunched:
     """Record an attempt that is never launched: predicted OOM, unschedulable, or skipped."""
 
-    trial: Trial
+    trial: GridPoint
     attempt: int
     state: TrialState
     oom_kind: OOMKind | None
@@ -104,12 +104,12 @@ class RecordOutcome:
 class CancelTrial:
     """Stop a pending or running attempt (delete its RayJob) and record it cancelled."""
 
-    trial: Trial
+    trial: GridPoint
     attempt: int
     reason: str
 
 
-Action = LaunchTrial | RecordOutcome | CancelTrial
+Action = LaunchTrial | RecordUnlaunched | CancelTrial
 
 
 class SweepPhase(StrEnum):
@@ -178,8 +178,8 @@ class Plan:
         return tuple(a for a in self.actions if isinstance(a, LaunchTrial))
 
     @property
-    def records(self) -> tuple[RecordOutcome, ...]:
-        return tuple(a for a in self.actions if isinstance(a, RecordOutcome))
+    def records(self) -> tuple[RecordUnlaunched, ...]:
+        return tuple(a for a in self.actions if isinstance(a, RecordUnlaunched))
 
     @property
     def cancels(self) -> tuple[CancelTrial, ...]:
@@ -198,20 +198,20 @@ class _LaneWork:
     """
 
     lane: Lane
-    trials: tuple[Trial, ...]
+    trials: tuple[GridPoint, ...]
     observed: Mapping[str, Sequence[AttemptObservation]]
     progress: LaneProgress
-    records: list[RecordOutcome] = field(default_factory=list)
+    records: list[RecordUnlaunched] = field(default_factory=list)
     own: dict[str, Sequence[AttemptObservation]] | None = None
 
     @property
     def view(self) -> Mapping[str, Sequence[AttemptObservation]]:
         return self.observed if self.own is None else self.own
 
-    def attempts(self, trial: Trial) -> Sequence[AttemptObservation]:
+    def attempts(self, trial: GridPoint) -> Sequence[AttemptObservation]:
         return self.view.get(trial.trial_id, _NONE)
 
-    def fold(self, trial: Trial, attempt: int, state: TrialState, **details: Any) -> None:
+    def fold(self, trial: GridPoint, attempt: int, state: TrialState, **details: Any) -> None:
         """Treat the attempt as observed in `state` (replacing what was observed of it)."""
         if self.own is None:
             self.own = {t.trial_id: self.observed.get(t.trial_id, _NONE) for t in self.trials}
@@ -259,7 +259,7 @@ def plan(grid: Grid, spec: SweepSpec, observed: Observed) -> Plan:
         ).plus(observed.held)
         running = sum(len(w.progress.active) for w in work)
         heads: dict[str, tuple[_LaneWork, int]] = {}
-        candidates: list[Trial] = []
+        candidates: list[GridPoint] = []
         for w in work:
             if w.progress.launch is not None:
                 head, attempt = w.progress.launch
@@ -301,14 +301,14 @@ def _settle(
             reason = (
                 f"predicted out of memory: the memory estimate of {trial.model} exceeds the device"
             )
-            record = RecordOutcome(trial, attempt, TrialState.OOM, OOMKind.PREDICTED, reason)
+            record = RecordUnlaunched(trial, attempt, TrialState.OOM, OOMKind.PREDICTED, reason)
         elif total is not None and unschedulable(trial, total):
             need = demand(trial)
             reason = (
                 f"unschedulable: needs {need.gpus} GPUs and {need.cpus} CPUs, "
                 f"the sweep has {total.gpus} GPUs and {total.cpus} CPUs"
             )
-            record = RecordOutcome(trial, attempt, TrialState.FAILED, None, reason)
+            record = RecordUnlaunched(trial, attempt, TrialState.FAILED, None, reason)
         else:
             break
         item.records.append(record)
@@ -318,14 +318,14 @@ def _settle(
         reason = f"skipped: {stop_reason(progress)}"
         for trial in progress.never_run:
             if not item.attempts(trial):
-                item.records.append(RecordOutcome(trial, 1, TrialState.SKIPPED, None, reason))
+                item.records.append(RecordUnlaunched(trial, 1, TrialState.SKIPPED, None, reason))
                 item.fold(trial, 1, TrialState.SKIPPED, error=reason)
 
 
 def _status(spec: SweepSpec, observed: Observed, work: list[_LaneWork]) -> SweepStatus:
     counts = dict.fromkeys(TrialState, 0)
     done = ooms = started = 0
-    best: tuple[float, int, int, Trial] | None = None
+    best: tuple[float, int, int, GridPoint] | None = None
     for item in work:
         relaunch = item.progress.launch[0].trial_id if item.progress.launch else None
         view = item.view

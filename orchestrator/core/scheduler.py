@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from orchestrator.core.grid import Trial
+from orchestrator.core.grid import GridPoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,24 +54,24 @@ class Capacity:
 NO_CAPACITY = Capacity(gpus=0, cpus=0)
 
 
-def demand(trial: Trial) -> Capacity:
+def demand(trial: GridPoint) -> Capacity:
     """What one trial holds while it runs: all its workers' GPUs and CPUs."""
     return Capacity(gpus=trial.resources.gpus, cpus=trial.resources.cpus)
 
 
-def unschedulable(trial: Trial, total: Capacity) -> bool:
+def unschedulable(trial: GridPoint, total: Capacity) -> bool:
     """Whether the trial needs more than the whole capacity, so it can never start."""
     return not demand(trial).fits(total)
 
 
 def select_launches(
-    candidates: Sequence[Trial],
+    candidates: Sequence[GridPoint],
     *,
     total: Capacity,
     in_use: Capacity,
     running: int,
     parallelism: int,
-) -> list[Trial]:
+) -> list[GridPoint]:
     """The candidates to launch now, in their given (priority) order.
 
     `candidates` are lane heads ready to launch, highest priority first; `in_use` and
@@ -81,7 +81,7 @@ def select_launches(
     twice is taken at most once.
     """
     slots = parallelism - running
-    chosen: list[Trial] = []
+    chosen: list[GridPoint] = []
     if slots <= 0:
         return chosen
     free = total.minus(in_use)

@@ -53,8 +53,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from orchestrator.core.classify import classify_text, excerpt
 from orchestrator.core.execution import MAX_LABEL_VALUE, ControllerExecution
-from orchestrator.core.grid import Trial
+from orchestrator.core.grid import GridPoint
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.names import (
     ANNOTATION_MODEL,
@@ -69,7 +70,6 @@ from orchestrator.core.names import (
     OOM_EXIT_CODE,
     TRIAL_JSON_ENV,
 )
-from orchestrator.core.outcome import classify_text, excerpt
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import (
     API_VERSION,
@@ -78,7 +78,7 @@ from orchestrator.core.spec import (
     Sweep,
     validation_problems,
 )
-from orchestrator.core.trial import WORKER_ENV, TrialSpec
+from orchestrator.core.worker_contract import WORKER_ENV, AttemptSpec
 
 RAY_API_VERSION = "ray.io/v1"
 RAYJOB_KIND = "RayJob"
@@ -647,7 +647,7 @@ def sweep_selector(sweep: str) -> str:
     return ",".join(f"{key}={value}" for key, value in sweep_labels(sweep).items())
 
 
-def trial_labels(sweep: str, trial: Trial, attempt: int) -> dict[str, str]:
+def trial_labels(sweep: str, trial: GridPoint, attempt: int) -> dict[str, str]:
     return {
         **sweep_labels(sweep),
         LABEL_LANE: label_value(trial.lane.name),
@@ -690,7 +690,7 @@ def trial_output_dir(config: ExecutionConfig, sweep: str, trial_id: str, attempt
     return f"{config.output_dir.rstrip('/')}/{sweep}/{trial_id}/{attempt}"
 
 
-def entrypoint(spec: TrialSpec, config: ExecutionConfig) -> str:
+def entrypoint(spec: AttemptSpec, config: ExecutionConfig) -> str:
     """The worker contract, after writing the inline trial JSON to the trial file."""
     trial_file = f"{spec.output_dir.rstrip('/')}/trial.json"
     return (
@@ -700,7 +700,7 @@ def entrypoint(spec: TrialSpec, config: ExecutionConfig) -> str:
     )
 
 
-def runtime_env(spec: TrialSpec, config: ExecutionConfig) -> dict[str, Any]:
+def runtime_env(spec: AttemptSpec, config: ExecutionConfig) -> dict[str, Any]:
     """The Ray job's runtime env: the trial JSON inline, the worker environment
     (`trial.WORKER_ENV`, unless `execution.env` or `execution.runtimeEnv` sets the variable),
     plus `execution.runtimeEnv`."""
@@ -873,7 +873,7 @@ def auth_options(config: ExecutionConfig) -> dict[str, str] | None:
 
 
 def ray_cluster_spec(
-    trial: Trial,
+    trial: GridPoint,
     labels: Mapping[str, str],
     annotations: Mapping[str, str],
     config: ExecutionConfig,
@@ -929,8 +929,8 @@ def ray_cluster_spec(
 
 def rayjob_manifest(
     sweep: Sweep,
-    trial: Trial,
-    spec: TrialSpec,
+    trial: GridPoint,
+    spec: AttemptSpec,
     *,
     owner_uid: str,
     db_url_secret: SecretRef | None = None,
@@ -986,15 +986,15 @@ def rayjob_manifest(
     return {"apiVersion": RAY_API_VERSION, "kind": RAYJOB_KIND, "metadata": metadata, "spec": body}
 
 
-def decode_trial(rayjob: Mapping[str, Any]) -> TrialSpec | None:
-    """The TrialSpec a RayJob carries (from its runtimeEnvYAML), if it is one of ours."""
+def decode_trial(rayjob: Mapping[str, Any]) -> AttemptSpec | None:
+    """The AttemptSpec a RayJob carries (from its runtimeEnvYAML), if it is one of ours."""
     text = (rayjob.get("spec") or {}).get("runtimeEnvYAML")
     if not text:
         return None
     try:
         env = yaml.safe_load(text) or {}
         payload = (env.get("env_vars") or {}).get(TRIAL_JSON_ENV)
-        return None if payload is None else TrialSpec.model_validate(json.loads(payload))
+        return None if payload is None else AttemptSpec.model_validate(json.loads(payload))
     except (yaml.YAMLError, ValueError, AttributeError):
         return None
 
@@ -1130,7 +1130,7 @@ def outcome_from_rayjob(
       a host OOM when a pod of the cluster was OOMKilled (now, or in its last state: the
       kubelet restarted it) or evicted for memory, or KubeRay's Event says it deleted an
       OOMKilled pod (`host_oom_events`), else the
-      status message is classified (`outcome.classify_text`: a CUDA OOM is `oom/gpu`, our
+      status message is classified (`classify.classify_text`: a CUDA OOM is `oom/gpu`, our
       budget exception `oom/budget`), else the worker's exit code 3 means an OOM of unknown
       kind, else failed.
     The worker's own result (in the store) is more precise and is read before this.

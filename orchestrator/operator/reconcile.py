@@ -19,7 +19,7 @@ Observe:
    cancelled, so the lane relaunches it as the next attempt. A RayJob without a store row
    (a store that lost it) is adopted.
    A running attempt silent for longer than `execution.stallTimeoutSeconds` (no epoch, no
-   other write of its worker; `outcome.stall_reason` decides) has hung: its RayJob is deleted
+   other write of its worker; `classify.stall_reason` decides) has hung: its RayJob is deleted
    and the attempt recorded as failed, "stalled: no progress for N s" (it retries like any
    failure). A live attempt one of whose pods the scheduler has refused for longer than
    `execution.unschedulableTimeoutSeconds` is requeued: its RayJob is deleted and the
@@ -52,23 +52,23 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import bookkeeping, store
+from orchestrator.core.classify import stall_reason
 from orchestrator.core.estimate import predicted_oom_fn
-from orchestrator.core.grid import Grid, Trial, expand, trial_spec
+from orchestrator.core.grid import Grid, GridPoint, attempt_spec, expand
 from orchestrator.core.lifecycle import LaneState, OOMKind, TrialState
 from orchestrator.core.names import ANNOTATION_OUTCOME
-from orchestrator.core.outcome import stall_reason
 from orchestrator.core.plan import (
     CancelTrial,
     LaunchTrial,
     Plan,
-    RecordOutcome,
+    RecordUnlaunched,
     SweepPhase,
     plan,
     status_dict,
 )
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import API_VERSION, KIND, SpecError, Sweep, parse_sweep
-from orchestrator.core.trial import AttemptKey, TrialSpec
+from orchestrator.core.worker_contract import AttemptKey, AttemptSpec
 from orchestrator.metrics import LadderMetrics
 from orchestrator.operator.capacity import (
     GpuPool,
@@ -126,7 +126,7 @@ class _Expanded:
     """What a pass needs of a Sweep's grid, computed once per spec."""
 
     grid: Grid
-    trials: Mapping[str, Trial]
+    trials: Mapping[str, GridPoint]
     predicted_oom: frozenset[str]
 
 
@@ -162,7 +162,7 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def _describe(trial: Trial) -> str:
+def _describe(trial: GridPoint) -> str:
     return f"{trial.trial_id} ({trial.lane.name}, {trial.model})"
 
 
@@ -422,7 +422,7 @@ class Reconciler:
         body: Mapping[str, Any],
         sweep: Sweep,
         config: ExecutionConfig,
-        trials: Mapping[str, Trial],
+        trials: Mapping[str, GridPoint],
         rayjobs: dict[tuple[str, int], dict[str, Any]],
         pods: list[dict[str, Any]],
         result: PassResult,
@@ -498,17 +498,17 @@ class Reconciler:
         return result
 
     # --- observe ---------------------------------------------------------------------------
-    def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: Trial,
-              attempt: int) -> TrialSpec:
+    def _spec(self, sweep: Sweep, config: ExecutionConfig, trial: GridPoint,
+              attempt: int) -> AttemptSpec:
         output = trial_output_dir(config, sweep.name, trial.trial_id, attempt)
-        return trial_spec(sweep, trial, attempt=attempt, output_dir=output)
+        return attempt_spec(sweep, trial, attempt=attempt, output_dir=output)
 
     def _observe(
         self,
         body: Mapping[str, Any],
         sweep: Sweep,
         config: ExecutionConfig,
-        trials: Mapping[str, Trial],
+        trials: Mapping[str, GridPoint],
         rayjobs: dict[tuple[str, int], dict[str, Any]],
         result: PassResult,
     ) -> None:
@@ -562,8 +562,8 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         sweep: Sweep,
-        trial: Trial,
-        row: store.TrialRow,
+        trial: GridPoint,
+        row: store.AttemptRow,
         rayjobs: dict[tuple[str, int], dict[str, Any]],
         config: ExecutionConfig,
         result: PassResult,
@@ -619,7 +619,7 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         sweep: Sweep,
-        trial: Trial,
+        trial: GridPoint,
         key: tuple[str, int],
         state: TrialState,
         kind: OOMKind | None,
@@ -635,8 +635,8 @@ class Reconciler:
     def _announce(
         self,
         body: Mapping[str, Any],
-        rows: list[store.TrialRow],
-        trials: Mapping[str, Trial],
+        rows: list[store.AttemptRow],
+        trials: Mapping[str, GridPoint],
         rayjobs: Mapping[tuple[str, int], dict[str, Any]],
     ) -> None:
         """An Event for each attempt whose outcome is known and not yet announced; the
@@ -661,7 +661,7 @@ class Reconciler:
     def _outcome_event(
         self,
         obj: Mapping[str, Any],
-        trial: Trial,
+        trial: GridPoint,
         attempt: int,
         state: TrialState,
         kind: OOMKind | None,
@@ -705,7 +705,7 @@ class Reconciler:
                 self.cluster.event(body, NORMAL, "TrialCancelled",
                                    f"Trial {_describe(trial)} attempt {attempt} cancelled: "
                                    f"{action.reason}")
-            elif isinstance(action, RecordOutcome):
+            elif isinstance(action, RecordUnlaunched):
                 bookkeeping.record_planned(
                     self.sessions, self._spec(sweep, config, trial, attempt), sweep.spec, trial,
                     action.state, action.oom_kind, action.reason, now=self.clock(),
@@ -724,7 +724,7 @@ class Reconciler:
         body: Mapping[str, Any],
         sweep: Sweep,
         config: ExecutionConfig,
-        trial: Trial,
+        trial: GridPoint,
         attempt: int,
         uid: str,
         result: PassResult,
@@ -761,7 +761,7 @@ class Reconciler:
     def _mark(
         self,
         sweep: Sweep,
-        trial: Trial,
+        trial: GridPoint,
         attempt: int,
         state: TrialState,
         kind: OOMKind | None,

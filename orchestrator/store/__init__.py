@@ -28,8 +28,9 @@ from orchestrator.store.engine import (
     resolve_db_url,
     session_factory,
 )
-from orchestrator.store.models import Base, EpochRow, SweepRow, TrialRow
+from orchestrator.store.models import AttemptRow, Base, EpochRow, SweepRow
 from orchestrator.store.repository import (
+    all_attempts,
     attempts,
     ensure_sweep,
     epochs_of,
@@ -40,7 +41,6 @@ from orchestrator.store.repository import (
     record_attempt,
     record_epoch,
     record_result,
-    results,
     save_with_retry,
     to_result,
     upsert_sweep,
@@ -49,11 +49,12 @@ from orchestrator.store.repository import (
 __all__ = [
     "DB_URL_ENV",
     "DEFAULT_DB_URL",
+    "AttemptRow",
     "Base",
     "EpochRow",
     "SweepRow",
-    "TrialRow",
     "alembic_config",
+    "all_attempts",
     "attempts",
     "create_store_engine",
     "current_revision",
@@ -76,7 +77,6 @@ __all__ = [
     "redact_secrets",
     "redact_url",
     "resolve_db_url",
-    "results",
     "save_with_retry",
     "session_factory",
     "to_result",

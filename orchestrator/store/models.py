@@ -121,7 +121,7 @@ class SweepRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    trials: Mapped[list[TrialRow]] = relationship(
+    trials: Mapped[list[AttemptRow]] = relationship(
         back_populates="sweep", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -129,8 +129,8 @@ class SweepRow(Base):
         return f"SweepRow(id={self.id!r}, namespace={self.namespace!r}, name={self.name!r})"
 
 
-class TrialRow(Base):
-    """One attempt of one trial: identity, outcome and measurements (a TrialResult's fields)."""
+class AttemptRow(Base):
+    """One attempt of one trial: identity, outcome and measurements (an AttemptResult's fields)."""
 
     __tablename__ = "trials"
     __table_args__ = (
@@ -204,7 +204,7 @@ class TrialRow(Base):
 
     def __repr__(self) -> str:
         return (
-            f"TrialRow(id={self.id!r}, trial_id={self.trial_id!r}, attempt={self.attempt!r}, "
+            f"AttemptRow(id={self.id!r}, trial_id={self.trial_id!r}, attempt={self.attempt!r}, "
             f"status={self.status!r})"
         )
 
@@ -233,7 +233,7 @@ class EpochRow(Base):
     peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
     peak_host_memory_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
 
-    trial: Mapped[TrialRow] = relationship(back_populates="epochs")
+    trial: Mapped[AttemptRow] = relationship(back_populates="epochs")
 
     def __repr__(self) -> str:
         return f"EpochRow(trial_pk={self.trial_pk!r}, epoch={self.epoch!r})"

@@ -30,7 +30,7 @@ def sweep_from_row(row: store.SweepRow) -> Sweep:
     return Sweep(name=row.name, namespace=row.namespace, spec=spec)
 
 
-def result_record(row: store.TrialRow) -> dict[str, Any]:
+def result_record(row: store.AttemptRow) -> dict[str, Any]:
     """A flat, JSON-ready record of one attempt (snake_case keys)."""
     record = store.to_result(row, epochs=()).model_dump(mode="json", exclude={"epochs"})
     return {column: record.get(column) for column in RESULT_COLUMNS}
@@ -58,7 +58,7 @@ def latest_attempts(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row.values for row in latest.values()]
 
 
-def latest_rows(rows: Sequence[store.TrialRow]) -> list[store.TrialRow]:
+def latest_rows(rows: Sequence[store.AttemptRow]) -> list[store.AttemptRow]:
     """Each trial's latest attempt row."""
     latest = lifecycle.latest_attempts(rows, key=lambda row: (row.sweep_id, row.trial_id))
     return list(latest.values())

@@ -34,13 +34,13 @@ from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
 from orchestrator.core.lifecycle import ACTIVE_STATES, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import AttemptKey, EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec, EpochRecord
 from orchestrator.store.engine import redact_secrets
 from orchestrator.store.models import (
     ERROR_EXCERPT_CHARS,
+    AttemptRow,
     EpochRow,
     SweepRow,
-    TrialRow,
     as_utc,
     utcnow,
 )
@@ -50,12 +50,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SWEEPS = cast(sa.Table, SweepRow.__table__)
-TRIALS = cast(sa.Table, TrialRow.__table__)
+TRIALS = cast(sa.Table, AttemptRow.__table__)
 EPOCHS = cast(sa.Table, EpochRow.__table__)
 
 NON_TERMINAL = tuple(sorted(ACTIVE_STATES))
 
-# What a TrialResult carries beyond its identity, column for column.
+# What an AttemptResult carries beyond its identity, column for column.
 RESULT_FIELDS = (
     "status", "oom_kind", "error", "started_at", "finished_at", "wall_seconds",
     "time_to_first_step_seconds", "samples_per_second", "peak_gpu_memory_bytes",
@@ -127,16 +127,18 @@ def _get_sweep(session: Session, namespace: str, name: str) -> SweepRow | None:
 
 def _get_trial(
     session: Session, sweep_id: int | sa.ScalarSelect[int], trial_id: str, attempt: int
-) -> TrialRow | None:
-    statement = sa.select(TrialRow).where(
-        TrialRow.sweep_id == sweep_id, TrialRow.trial_id == trial_id, TrialRow.attempt == attempt
+) -> AttemptRow | None:
+    statement = sa.select(AttemptRow).where(
+        AttemptRow.sweep_id == sweep_id,
+        AttemptRow.trial_id == trial_id,
+        AttemptRow.attempt == attempt,
     )
     return session.execute(_fresh(statement)).unique().scalar_one_or_none()
 
 
 def _require_trial(
     session: Session, namespace: str, sweep: str, trial_id: str, attempt: int
-) -> TrialRow:
+) -> AttemptRow:
     row = _get_trial(session, _sweep_id_query(namespace, sweep), trial_id, attempt)
     if row is None:
         where = f"{namespace}/{sweep}" if namespace else sweep
@@ -195,13 +197,13 @@ def list_sweeps(session: Session) -> list[SweepRow]:
 
 def record_attempt(
     session: Session,
-    spec: TrialSpec,
+    spec: AttemptSpec,
     *,
     status: TrialState,
     started_at: datetime | None = None,
     rayjob_name: str | None = None,
     estimated_memory_bytes: int | None = None,
-) -> TrialRow:
+) -> AttemptRow:
     """Create (or advance) the attempt's row as pending or running.
 
     Never moves the row back: pending after running stays running, and a terminal row is
@@ -250,7 +252,7 @@ def record_attempt(
     return row
 
 
-def _result_values(result: TrialResult) -> dict[str, Any]:
+def _result_values(result: AttemptResult) -> dict[str, Any]:
     values: dict[str, Any] = {name: getattr(result, name) for name in IDENTITY_FIELDS}
     values.update({name: getattr(result, name) for name in RESULT_FIELDS})
     values["error"] = error_excerpt(result.error)
@@ -267,7 +269,7 @@ def _same(stored: Any, wanted: Any) -> bool:
     return bool(stored == wanted)
 
 
-def _differences(row: TrialRow, values: Mapping[str, Any]) -> list[str]:
+def _differences(row: AttemptRow, values: Mapping[str, Any]) -> list[str]:
     """The fields whose stored value differs from what writing `values` would leave."""
     return [
         name
@@ -277,7 +279,7 @@ def _differences(row: TrialRow, values: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def record_result(session: Session, result: TrialResult) -> TrialRow:
+def record_result(session: Session, result: AttemptResult) -> AttemptRow:
     """Store an attempt's result (every field, and its epochs); returns the row as stored.
 
     A terminal result replaces a pending or running row. For a row that is already terminal,
@@ -325,7 +327,7 @@ def mark_attempt(
     oom_kind: OOMKind | None = None,
     error: str | None = None,
     finished_at: datetime | None = None,
-) -> TrialRow:
+) -> AttemptRow:
     """Set an outcome a backend learned without a worker result (cancelled, host OOM, ...).
 
     Same rules as results: states only move forward and the first terminal write wins. A
@@ -426,33 +428,34 @@ def epochs_of(session: Session, trial_pk: int) -> list[EpochRow]:
 
 def attempts(
     session: Session, namespace: str, sweep: str, *, with_epochs: bool = False
-) -> list[TrialRow]:
+) -> list[AttemptRow]:
     """Every attempt of a sweep, ordered by (lane, model_index, attempt)."""
     statement = (
-        sa.select(TrialRow)
-        .where(TrialRow.sweep_id == _sweep_id_query(namespace, sweep))
-        .order_by(TrialRow.lane, TrialRow.model_index, TrialRow.attempt)
+        sa.select(AttemptRow)
+        .where(AttemptRow.sweep_id == _sweep_id_query(namespace, sweep))
+        .order_by(AttemptRow.lane, AttemptRow.model_index, AttemptRow.attempt)
     )
     if with_epochs:
-        statement = statement.options(selectinload(TrialRow.epochs))
+        statement = statement.options(selectinload(AttemptRow.epochs))
     return list(session.execute(_fresh(statement)).unique().scalars())
 
 
-def results(
+def all_attempts(
     session: Session,
     namespace: str | None = None,
     sweep: str | None = None,
     *,
     with_epochs: bool = False,
-) -> list[TrialRow]:
-    """Attempts of all sweeps, or of one namespace and/or sweep name, in a stable order."""
+) -> list[AttemptRow]:
+    """Attempts of all sweeps, or of one namespace and/or sweep name, in a stable order (`ladder
+    results`; `attempts` is the one-sweep query the backends use)."""
     statement = (
-        sa.select(TrialRow)
-        .join(TrialRow.sweep)
-        .options(contains_eager(TrialRow.sweep))
+        sa.select(AttemptRow)
+        .join(AttemptRow.sweep)
+        .options(contains_eager(AttemptRow.sweep))
         .order_by(
-            SweepRow.namespace, SweepRow.name, TrialRow.lane, TrialRow.model_index,
-            TrialRow.attempt,
+            SweepRow.namespace, SweepRow.name, AttemptRow.lane, AttemptRow.model_index,
+            AttemptRow.attempt,
         )
     )
     if namespace is not None:
@@ -460,7 +463,7 @@ def results(
     if sweep is not None:
         statement = statement.where(SweepRow.name == sweep)
     if with_epochs:
-        statement = statement.options(selectinload(TrialRow.epochs))
+        statement = statement.options(selectinload(AttemptRow.epochs))
     return list(session.execute(_fresh(statement)).unique().scalars())
 
 
@@ -472,12 +475,12 @@ def _to_epoch(row: EpochRow) -> EpochRecord:
     return EpochRecord(**values)
 
 
-def to_result(row: TrialRow, epochs: Iterable[EpochRow] | None = None) -> TrialResult:
-    """The TrialResult a row stores; with its epochs when given or already loaded."""
+def to_result(row: AttemptRow, epochs: Iterable[EpochRow] | None = None) -> AttemptResult:
+    """The AttemptResult a row stores; with its epochs when given or already loaded."""
     if epochs is None and "epochs" not in sa.inspect(row).unloaded:
         epochs = row.epochs
     fields = {name: getattr(row, name) for name in (*IDENTITY_FIELDS, *RESULT_FIELDS)}
-    return TrialResult(
+    return AttemptResult(
         sweep=row.sweep.name,
         namespace=row.sweep.namespace,
         **fields,

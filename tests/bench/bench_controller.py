@@ -68,10 +68,10 @@ def bench_plan(lanes: int, repeat: int) -> dict[str, Any]:
 
 
 def bench_store(url: str, trials: int) -> dict[str, Any]:
-    from orchestrator.core.grid import expand, trial_spec
+    from orchestrator.core.grid import attempt_spec, expand
     from orchestrator.core.lifecycle import TrialState
     from orchestrator.core.spec import PAPER_LADDER, Sweep, SweepSpec
-    from orchestrator.core.trial import EpochRecord, TrialResult
+    from orchestrator.core.worker_contract import AttemptResult, EpochRecord
     from orchestrator.store import dispose_stores, open_store, record_attempt, record_result
     from orchestrator.store import upsert_sweep as upsert
 
@@ -79,7 +79,7 @@ def bench_store(url: str, trials: int) -> dict[str, Any]:
     spec = SweepSpec(ladder=list(PAPER_LADDER), axes={"seed": list(range(seeds))},
                      max_trials=100 * seeds)
     sweep = Sweep(name="bench-store", spec=spec)
-    specs = [trial_spec(sweep, t, attempt=1, output_dir="runs/x")
+    specs = [attempt_spec(sweep, t, attempt=1, output_dir="runs/x")
              for t in expand(sweep).all_trials()][:trials]
     factory = open_store(url)
     with factory.begin() as session:
@@ -97,7 +97,7 @@ def bench_store(url: str, trials: int) -> dict[str, Any]:
 
     start = time.perf_counter()
     for s in specs:
-        result = TrialResult.for_trial(
+        result = AttemptResult.for_trial(
             s, status=TrialState.SUCCEEDED, started_at=t0, finished_at=t0 + timedelta(hours=1),
             wall_seconds=3600.0, samples_per_second=10.0, best_eval_loss=0.37, best_epoch=3,
             epochs_completed=3, epochs=epochs,

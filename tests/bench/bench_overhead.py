@@ -34,12 +34,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
-from orchestrator.core.trial import TrialResult, TrialSpec  # noqa: E402
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec  # noqa: E402
 from orchestrator.files import write_trial  # noqa: E402
 
 
-def short_trial(output_dir: Path, trial_id: str, gpus: int = 0) -> TrialSpec:
-    return TrialSpec(
+def short_trial(output_dir: Path, trial_id: str, gpus: int = 0) -> AttemptSpec:
+    return AttemptSpec(
         sweep="bench-overhead", trial_id=trial_id, lane="full-dss0.5-seed0",
         model="ladder/t5-tiny-s", method="full",
         training=Training(
@@ -52,13 +52,13 @@ def short_trial(output_dir: Path, trial_id: str, gpus: int = 0) -> TrialSpec:
     )
 
 
-def _first_step_after(result: TrialResult, launched_at: float) -> float | None:
+def _first_step_after(result: AttemptResult, launched_at: float) -> float | None:
     if result.started_at is None or result.time_to_first_step_seconds is None:
         return None
     return result.started_at.timestamp() + result.time_to_first_step_seconds - launched_at
 
 
-def run_direct(spec: TrialSpec) -> dict[str, Any]:
+def run_direct(spec: AttemptSpec) -> dict[str, Any]:
     path = write_trial(spec, Path(spec.output_dir) / "trial.json")
     env = {k: v for k, v in os.environ.items() if k not in ("LADDER_DB_URL", "RAY_ADDRESS")}
     launched = time.time()
@@ -67,7 +67,7 @@ def run_direct(spec: TrialSpec) -> dict[str, Any]:
         capture_output=True, text=True, timeout=600,
     )
     end_to_end = time.time() - launched
-    result = TrialResult.from_output(done.stdout)
+    result = AttemptResult.from_output(done.stdout)
     if result is None or done.returncode != 0:
         raise RuntimeError(f"direct run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return {"end_to_end_seconds": end_to_end,
@@ -154,7 +154,7 @@ def _connect(backend: Any, timeout: float = 120.0) -> None:
 
 
 def run_backend(
-    specs: list[TrialSpec], runs_dir: Path, db_url: str, gpus: int = 0
+    specs: list[AttemptSpec], runs_dir: Path, db_url: str, gpus: int = 0
 ) -> tuple[float, list[dict]]:
     from orchestrator.backends.local import LocalRayBackend
 
@@ -168,7 +168,7 @@ def run_backend(
     return ray_start, rows
 
 
-def _launch_all(backend: Any, specs: list[TrialSpec]) -> list[dict]:
+def _launch_all(backend: Any, specs: list[AttemptSpec]) -> list[dict]:
     rows = []
     try:
         for spec in specs:

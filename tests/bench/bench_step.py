@@ -35,10 +35,10 @@ TARGET = 0.95
 def _trial(model: str, method: str, precision: str, max_in: int, max_out: int,
            batch: int) -> Any:
     from orchestrator.core.spec import Training
-    from orchestrator.core.trial import TrialSpec
+    from orchestrator.core.worker_contract import AttemptSpec
 
     uses_adapters = method != "full"
-    return TrialSpec(
+    return AttemptSpec(
         sweep="bench-step", trial_id="step", lane="bench", model=model, method=method,
         rank=8 if uses_adapters else None, alpha=16 if uses_adapters else None,
         training=Training(precision=precision, init="random", max_input_tokens=max_in,

@@ -3,7 +3,7 @@
     python tests/bench/gpu_checks.py [--only storage oom peaks] [--out bench-results]
 
 Each check runs real trials through the worker contract (`python -m worker run`), on random-
-init models (nothing downloaded), and judges the TrialResult:
+init models (nothing downloaded), and judges the AttemptResult:
 
 - storage (item 1): the trial's ranks on another Ray node than the driver, whose output
   directory is a disk of its own (a mount namespace with a tmpfs, as two pods have; without
@@ -18,7 +18,7 @@ init models (nothing downloaded), and judges the TrialResult:
   only after the last epoch, so its peak differs), the allocator's peak stays below NVML's
   "used" (the CUDA context), and the time to first step is measured after a synchronize.
 
-The verdicts (`judge_*`) are pure functions of TrialResults, unit-tested on CPU
+The verdicts (`judge_*`) are pure functions of AttemptResults, unit-tested on CPU
 (tests/bench/test_gpu_checks.py); only `main` needs a GPU. Output: JSON under --out.
 """
 
@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from orchestrator.core.lifecycle import OOMKind, TrialState  # noqa: E402
-from orchestrator.core.trial import WORKER_ENV, TrialResult, TrialSpec  # noqa: E402
+from orchestrator.core.worker_contract import WORKER_ENV, AttemptResult, AttemptSpec  # noqa: E402
 from orchestrator.files import write_trial  # noqa: E402
 
 CHECKS = ("storage", "oom", "peaks")
@@ -49,10 +49,10 @@ GiB = 2**30
 
 def trial(name: str, model: str, method: str, *, workers: int = 1, epochs: int = 1,
           batch: int = 8, budget: int | None = None, size: int = 48,
-          output_dir: str = "runs/gpu-checks") -> TrialSpec:
+          output_dir: str = "runs/gpu-checks") -> AttemptSpec:
     """A GPU trial at random init with the paper's recipe at short lengths."""
     adapters = {} if method == "full" else {"rank": 16, "alpha": 32}
-    return TrialSpec.model_validate({
+    return AttemptSpec.model_validate({
         "sweep": "gpu-checks", "trial_id": name, "lane": name, "model": model,
         "method": method, "memory_budget_bytes": budget, "output_dir": output_dir,
         "training": {"epochs": epochs, "batchSize": batch, "init": "random",
@@ -72,7 +72,7 @@ class Verdict(NamedTuple):
     detail: str
 
 
-def judge_storage(result: TrialResult, epochs: int) -> Verdict:
+def judge_storage(result: AttemptResult, epochs: int) -> Verdict:
     """Succeeded, every epoch's summary at the driver, no cluster-storage error."""
     if "Unable to set up cluster storage" in (result.error or ""):
         return Verdict(False, "Ray refused the rank's report: " + (result.error or "")[:300])
@@ -84,7 +84,7 @@ def judge_storage(result: TrialResult, epochs: int) -> Verdict:
     return Verdict(True, f"{epochs} epochs reported across nodes")
 
 
-def judge_oom(result: TrialResult, kind: OOMKind, *, at_probe: bool = True) -> Verdict:
+def judge_oom(result: AttemptResult, kind: OOMKind, *, at_probe: bool = True) -> Verdict:
     """An OOM of the expected kind (and at the probe step: no epoch completed)."""
     got = (result.status, result.oom_kind)
     if got != (TrialState.OOM, kind):
@@ -97,7 +97,7 @@ def judge_oom(result: TrialResult, kind: OOMKind, *, at_probe: bool = True) -> V
     return Verdict(True, f"oom/{kind.value}" + (" at the probe step" if at_probe else ""))
 
 
-def judge_peaks(result: TrialResult) -> Verdict:
+def judge_peaks(result: AttemptResult) -> Verdict:
     """Per-epoch peaks of their own; allocator peak under NVML's; first step measured."""
     if result.status is not TrialState.SUCCEEDED:
         return Verdict(False, f"{result.status.value}: {(result.error or '')[:300]}")
@@ -121,14 +121,14 @@ def judge_peaks(result: TrialResult) -> Verdict:
 # --- running (GPU) ---------------------------------------------------------------------------
 
 
-def run_worker(spec: TrialSpec, workdir: Path, env: dict[str, str] | None = None,
-               timeout: float = 1500) -> TrialResult:
+def run_worker(spec: AttemptSpec, workdir: Path, env: dict[str, str] | None = None,
+               timeout: float = 1500) -> AttemptResult:
     path = write_trial(spec, workdir / f"{spec.trial_id}.json")
     done = subprocess.run(
         [sys.executable, "-m", "worker", "run", "--trial", str(path)], cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, capture_output=True,
         text=True, timeout=timeout)
-    result = TrialResult.from_output(done.stdout)
+    result = AttemptResult.from_output(done.stdout)
     if result is None:
         raise RuntimeError(f"no result (exit {done.returncode}): {done.stderr[-2000:]}")
     return result
@@ -159,7 +159,7 @@ def check_oom(workdir: Path) -> dict[str, Any]:
     import torch
 
     card = torch.cuda.get_device_properties(0).total_memory
-    cases: list[tuple[str, TrialSpec, OOMKind]] = [
+    cases: list[tuple[str, AttemptSpec, OOMKind]] = [
         ("huge-batch", trial("oom-huge", "google/flan-t5-xl", "full", batch=512, size=600),
          OOMKind.GPU),
         ("huge-batch-budget-above-card",

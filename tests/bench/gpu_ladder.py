@@ -73,7 +73,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from orchestrator.core.spec import Training
-    from orchestrator.core.trial import TrialSpec
+    from orchestrator.core.worker_contract import AttemptSpec
     from worker.models import build_model
     from worker.telemetry import Sampler
     from worker.train import dss_forward
@@ -83,7 +83,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     precision = Precision.BF16 if cuda else Precision.FP32
     method = Method(args.method)
     rank = args.rank if method.uses_adapters else None
-    trial = TrialSpec(
+    trial = AttemptSpec(
         sweep="gpu-ladder", trial_id="point", lane="bench", model=args.model, method=method,
         rank=rank, alpha=2 * rank if rank else None,
         training=Training(precision=precision, init="random", batch_size=args.batch,

@@ -38,9 +38,9 @@ from orchestrator.core.estimate import (
     flops_per_sample,
     predicted_oom_fn,
 )
-from orchestrator.core.grid import Trial, expand
+from orchestrator.core.grid import GridPoint, expand
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
-from orchestrator.core.plan import LaunchTrial, Observed, RecordOutcome, plan
+from orchestrator.core.plan import LaunchTrial, Observed, RecordUnlaunched, plan
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import Precision, Resources, Sweep, SweepSpec
 
@@ -150,13 +150,13 @@ class CostModel:
     block_pass_seconds: float = 0.00025  # kernel launches per block per pass per task
     decode_seconds_per_block: float = 0.0003  # one generated token, per decoder block
     measured: Mapping[tuple[str, Method], Measured] = field(default_factory=dict)
-    fits: Callable[[Trial], bool] | None = None  # overrides the memory model's verdict
+    fits: Callable[[GridPoint], bool] | None = None  # overrides the memory model's verdict
 
-    def per_device_batch(self, spec: SweepSpec, trial: Trial) -> int:
+    def per_device_batch(self, spec: SweepSpec, trial: GridPoint) -> int:
         """Examples per optimizer step on one worker (compute)."""
         return trial.lane.training(spec.training).per_worker_batch(trial.resources.workers)
 
-    def cost(self, spec: SweepSpec, trial: Trial) -> TrialCost:
+    def cost(self, spec: SweepSpec, trial: GridPoint) -> TrialCost:
         arch = architecture(trial.model)
         if arch is None:
             raise ValueError(f"no architecture for {trial.model!r}")
@@ -336,7 +336,7 @@ def simulate(
         decided = plan(grid, spec, Observed(attempts, capacity, predicted_oom=predicted))
         for action in decided.actions:
             trial = action.trial
-            if isinstance(action, RecordOutcome):
+            if isinstance(action, RecordUnlaunched):
                 attempts.setdefault(trial.trial_id, []).append(AttemptObservation(
                     trial.trial_id, action.attempt, action.state, oom_kind=action.oom_kind))
                 state = ("predicted" if action.oom_kind is OOMKind.PREDICTED

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator.core.lifecycle import OOMKind, TrialState
-from orchestrator.core.trial import EpochRecord, TrialResult
+from orchestrator.core.worker_contract import AttemptResult, EpochRecord
 from tests.bench.test_bench_quick import load
 
 GiB = 2**30
@@ -20,11 +20,11 @@ def checks():
     return load("gpu_checks")
 
 
-def _result(**fields: Any) -> TrialResult:
+def _result(**fields: Any) -> AttemptResult:
     base: dict[str, Any] = {"sweep": "gpu-checks", "trial_id": "t", "lane": "l",
                             "model": "google/flan-t5-base", "method": "lora",
                             "status": TrialState.SUCCEEDED}
-    return TrialResult.model_validate({**base, **fields})
+    return AttemptResult.model_validate({**base, **fields})
 
 
 def _epochs(peaks: list[int | None]) -> list[EpochRecord]:

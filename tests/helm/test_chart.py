@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.spec import load_sweep_text
 from orchestrator.operator.capacity import cluster_gpus
 from orchestrator.operator.manifests import (
@@ -501,7 +501,7 @@ def test_default_execution_runs_the_paper_grid_on_two_nodes_of_4_gpus() -> None:
     # stays on NVLink inside each; Small's single worker gets a pod of one GPU.
     for model, pods, gpus in (("google/flan-t5-xl", 2, 4), ("google/flan-t5-small", 1, 1)):
         trial = trials[model]
-        payload = trial_spec(sweep, trial, attempt=1, output_dir=trial_output_dir(
+        payload = attempt_spec(sweep, trial, attempt=1, output_dir=trial_output_dir(
             config, sweep.name, trial.trial_id, 1))
         rayjob = rayjob_manifest(sweep, trial, payload, owner_uid="uid", config=config,
                                  db_url_secret=SecretRef(name="ladder-db"))
@@ -544,7 +544,7 @@ def test_cluster_selector_mode() -> None:
     config = ExecutionConfig.model_validate(defaults)
     sweep = load_sweep_text((REPO_ROOT / "k8s/examples/paper-grid.yaml").read_text())
     trial = expand(sweep).all_trials()[0]
-    payload = trial_spec(sweep, trial, attempt=1, output_dir="/tmp/x")
+    payload = attempt_spec(sweep, trial, attempt=1, output_dir="/tmp/x")
     rayjob = rayjob_manifest(sweep, trial, payload, owner_uid="uid", config=config)
     assert rayjob["spec"]["clusterSelector"] == {"ray.io/cluster": "gpus"}
     assert "rayClusterSpec" not in rayjob["spec"]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.spec import load_sweep_text
 from orchestrator.operator.kube import Kube, load_config
 from orchestrator.operator.manifests import (
@@ -141,7 +141,7 @@ def _paper_rayjob(execution: dict[str, Any], namespace: str, secret: str) -> dic
     sweep = load_sweep_text((REPO_ROOT / "k8s/examples/paper-grid.yaml").read_text())
     sweep = sweep.model_copy(update={"namespace": namespace})
     trial = next(t for t in expand(sweep).all_trials() if t.model == "google/flan-t5-xl")
-    payload = trial_spec(sweep, trial, attempt=1,
+    payload = attempt_spec(sweep, trial, attempt=1,
                          output_dir=trial_output_dir(config, sweep.name, trial.trial_id, 1))
     return rayjob_manifest(sweep, trial, payload, owner_uid=str(uuid.uuid4()), config=config,
                            db_url_secret=SecretRef.parse(secret))

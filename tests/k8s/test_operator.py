@@ -130,7 +130,7 @@ def sweep_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return body.get("status") or {}
 
 
-def attempts(db_url: str, namespace: str, sweep: str) -> list[store.TrialRow]:
+def attempts(db_url: str, namespace: str, sweep: str) -> list[store.AttemptRow]:
     with store.open_store(db_url)() as session:
         return store.attempts(session, namespace, sweep)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.spec import load_sweep_text
 from orchestrator.operator.manifests import (
     SecretRef,
@@ -171,7 +171,7 @@ def test_rayjob_manifests_are_accepted_by_kuberay_crd(
     sweep = sweep.model_copy(update={"namespace": k8s_namespace, "spec": spec})
     trial = expand(sweep).all_trials()[0]
     config = execution_config(sweep)
-    payload = trial_spec(sweep, trial, attempt=1,
+    payload = attempt_spec(sweep, trial, attempt=1,
                          output_dir=trial_output_dir(config, sweep.name, trial.trial_id, 1))
     manifest = rayjob_manifest(sweep, trial, payload, owner_uid="0000-1111",
                                db_url_secret=SecretRef(name="ladder-db"))

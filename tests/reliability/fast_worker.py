@@ -6,11 +6,11 @@ RayJobs, store, retries). So this program takes the worker's place in the entryp
 controller writes (`<python> -m worker run --trial FILE`, with `execution.python` pointing
 at a shim that runs `main`) and honours the rest of the worker contract for real:
 
-- reads the resolved trial from FILE (`TrialSpec`); writes its pid to
+- reads the resolved trial from FILE (`AttemptSpec`); writes its pid to
   `<outputDir>/worker.pid` (so a test can kill it);
 - records the attempt as running, writes one epoch row per epoch live (`worker.result`'s
   `mark_running` and `EpochSink`: best effort, as in the real worker);
-- ends with one `TrialResult` delivered by the real `worker.result.deliver` (the store, with
+- ends with one `AttemptResult` delivered by the real `worker.result.deliver` (the store, with
   its bounded retries; `result.json`; the result line on stdout) and the contract's exit
   code: 0 succeeded, 3 out of memory.
 
@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.core.lifecycle import OOMKind, TrialState
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec, EpochRecord
 from orchestrator.files import read_trial
 from worker.result import EpochSink, deliver, exit_code, mark_running, store_url
 
@@ -39,7 +39,7 @@ EPOCH_SECONDS_ENV = "LADDER_FAST_EPOCH_SECONDS"
 OOM_MODELS_ENV = "LADDER_FAST_OOM_MODELS"
 
 
-def expected_loss(trial: TrialSpec, epoch: int) -> float:
+def expected_loss(trial: AttemptSpec, epoch: int) -> float:
     """The eval loss this stand-in reports: a deterministic function of the trial, so a test
     can tell the worker's own result from anything else written to the store."""
     return round(1.0 / (epoch + trial.model_index + 1), 6)
@@ -48,7 +48,7 @@ def expected_loss(trial: TrialSpec, epoch: int) -> float:
 PID_FILE = "worker.pid"
 
 
-def run(trial: TrialSpec) -> TrialResult:
+def run(trial: AttemptSpec) -> AttemptResult:
     started, t0 = datetime.now(UTC), time.monotonic()
     # Where a test finds this process to kill it (a Ray worker dying mid-trial).
     (Path(trial.output_dir) / PID_FILE).write_text(str(os.getpid()), encoding="utf-8")
@@ -69,11 +69,11 @@ def run(trial: TrialSpec) -> TrialResult:
     common = {"started_at": started, "finished_at": datetime.now(UTC),
               "wall_seconds": time.monotonic() - t0}
     if trial.model in oom_models:
-        return TrialResult.for_trial(
+        return AttemptResult.for_trial(
             trial, status=TrialState.OOM, oom_kind=OOMKind.BUDGET,
             error="MemoryBudgetExceeded: the fast stand-in's budget OOM", **common)
     best = min(epochs, key=lambda e: e.eval_loss)
-    return TrialResult.for_trial(
+    return AttemptResult.for_trial(
         trial, status=TrialState.SUCCEEDED, best_eval_loss=best.eval_loss,
         best_epoch=best.epoch, epochs_completed=len(epochs), samples_per_second=100.0,
         epochs=epochs, **common)

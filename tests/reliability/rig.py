@@ -121,7 +121,7 @@ class Rig:
     def rayjobs(self, name: str) -> list[dict[str, Any]]:
         return self.kube.list_rayjobs(self.namespace, name)
 
-    def rows(self, name: str) -> list[store.TrialRow]:
+    def rows(self, name: str) -> list[store.AttemptRow]:
         with store.open_store(self.db_url)() as session:
             return store.attempts(session, self.namespace, name, with_epochs=True)
 
@@ -197,7 +197,7 @@ def assert_sweep_intact(rig: Rig, name: str) -> None:
     rows = rig.rows(name)
     keys = [(r.trial_id, r.attempt) for r in rows]
     assert len(keys) == len(set(keys)), detail
-    ran: dict[str, list[store.TrialRow]] = {}
+    ran: dict[str, list[store.AttemptRow]] = {}
     for row in rows:
         if row.status == TrialState.CANCELLED:
             assert row.rayjob_name not in seen, f"a RayJob that ran was cancelled\n{detail}"

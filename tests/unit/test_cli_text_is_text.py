@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 
 import orchestrator.backends.local as local_backend
 from orchestrator import store
-from orchestrator.backends.runner import JobOutcome, LocalSweepRunner
+from orchestrator.backends.runner import FinishedJob, LocalSweepRunner
 from orchestrator.cli import app
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.scheduler import Capacity
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from orchestrator.files import load_sweep
 
 HOSTILE = ["[/x]", "[bold]b", "[link=https://example.invalid]l", ":smile:"]
@@ -68,7 +68,7 @@ def filled_store(root: Path, text: str) -> str:
     with sessions.begin() as session:
         store.upsert_sweep(session, sweep)
         trial = expand(sweep).all_trials()[0]
-        spec = trial_spec(sweep, trial, attempt=1, output_dir=str(root / trial.trial_id))
+        spec = attempt_spec(sweep, trial, attempt=1, output_dir=str(root / trial.trial_id))
         store.record_attempt(session, spec, status=TrialState.RUNNING)
         store.mark_attempt(session, spec.key, TrialState.OOM, oom_kind=OOMKind.BUDGET,
                            error=f"worker said {text}")
@@ -152,7 +152,7 @@ class StandInRay:
     the next poll, out of memory, with an error message that quotes the trial's model id."""
 
     def __init__(self, **_: Any) -> None:
-        self.jobs: dict[tuple[str, int], TrialSpec] = {}
+        self.jobs: dict[tuple[str, int], AttemptSpec] = {}
         self.reused_runtime = False
 
     def start(self) -> None: ...
@@ -161,21 +161,21 @@ class StandInRay:
     def capacity(self) -> Capacity:
         return Capacity(gpus=0, cpus=8)
 
-    def launch(self, spec: TrialSpec) -> str:
+    def launch(self, spec: AttemptSpec) -> str:
         self.jobs[(spec.trial_id, spec.attempt)] = spec
         return f"job-{spec.trial_id}"
 
     def cancel(self, trial_id: str, attempt: int) -> None:
         self.jobs.pop((trial_id, attempt), None)
 
-    def adopt(self, spec: TrialSpec) -> bool:
+    def adopt(self, spec: AttemptSpec) -> bool:
         return False
 
     def active(self) -> set[tuple[str, int]]:
         return set(self.jobs)
 
-    def poll(self) -> list[JobOutcome]:
-        done = [JobOutcome(t, a, TrialState.OOM, None, f"CUDA out of memory in {spec.model}",
+    def poll(self) -> list[FinishedJob]:
+        done = [FinishedJob(t, a, TrialState.OOM, None, f"CUDA out of memory in {spec.model}",
                            OOMKind.GPU) for (t, a), spec in self.jobs.items()]
         self.jobs.clear()
         return done
@@ -231,7 +231,7 @@ def test_a_failing_display_is_switched_off_and_the_sweep_goes_on(tmp_path: Path)
 class DyingRay(StandInRay):
     """The stand-in backend, whose runtime dies (poll raises) once a trial is running."""
 
-    def poll(self) -> list[JobOutcome]:
+    def poll(self) -> list[FinishedJob]:
         if self.jobs:
             raise ConnectionError("Ray is gone (postgresql://u:hunter2@db/ladder)")
         return []

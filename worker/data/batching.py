@@ -20,6 +20,7 @@ from typing import Final, TypeVar
 import torch
 
 from worker.data.dss import DSSExample
+from worker.data.examples import TASK_PREFIXES
 from worker.tokenizer import Keep, TextTokenizer
 
 __all__ = [
@@ -67,7 +68,7 @@ def encode_examples(
     tok: TextTokenizer,
     max_input_tokens: int,
     max_output_tokens: int,
-    task_prefixes: tuple[str, str] = ("predict: ", "explain: "),
+    task_prefixes: tuple[str, str] = TASK_PREFIXES,
     keep_input: Keep = "tail",
 ) -> list[EncodedExample]:
     """Encode each example's two task inputs (tail-truncated) and two targets (head-truncated).

@@ -12,13 +12,15 @@ from typing import Any, Final
 
 from orchestrator.core import spec
 
-__all__ = ["BUILTIN_PREFIX", "COLUMNS", "DSSExample", "DatasetError"]
+__all__ = ["BUILTIN_PREFIX", "COLUMNS", "TASK_PREFIXES", "DSSExample", "DatasetError"]
 
 #: Sources of this form name a generated dataset instead of a file (the spec's constant: the
 #: spec refuses `builtin:` names that `builtin.BUILTINS` lacks, a test ties the two).
 BUILTIN_PREFIX: Final = spec.BUILTIN_PREFIX
 #: The three columns every record must carry, in the order CSV files are written.
 COLUMNS: Final = ("input", "label", "rationale")
+#: DSS trains each example twice: this prefix + input -> label, and this one -> rationale.
+TASK_PREFIXES: Final = ("predict: ", "explain: ")
 
 
 @dataclass(frozen=True, slots=True)

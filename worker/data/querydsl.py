@@ -690,97 +690,133 @@ def _intent_count(rng: random.Random, plan: _Plan) -> None:
     plan.steps = steps
 
 
-def _intent_aggregate(rng: random.Random, plan: _Plan) -> None:
-    """Metrics, terms breakdowns and date histograms, possibly nested."""
-    _pick_conditions(rng, plan, 0, 2)
-    index, p = plan.index, plan.index.plural
+@dataclass(slots=True)
+class _Aggregation:
+    """An aggregation question's parts: the `aggs` body, the question's head (no scope, no
+    punctuation) and the reasoning steps that explain the aggregation."""
+
+    aggs: dict[str, Any]
+    head: str
+    steps: list[str]
+
+
+def _aggregation_fields(
+    plan: _Plan,
+) -> tuple[list[FieldSpec], list[FieldSpec], list[FieldSpec]]:
+    """The fields an aggregation can use: numeric (not codes), groupable keywords (those the
+    filters do not already pin, when any remain) and dates."""
+    index = plan.index
     numeric = [f for f in index.by_type(*_NUMERIC) if not f.is_code]
     groupable = [f for f in index.by_type("keyword") if f.values]
-    dates = index.by_type("date")
-    shape = rng.choice(("metric", "terms", "terms_metric", "hist", "hist_metric", "hist_terms"))
     used = {c.field for c in plan.conds}
     if plan.either is not None:
         used |= {plan.either[0].field, plan.either[1].field}
     groupable = [f for f in groupable if f.name not in used] or groupable
-    steps_tail: list[str] = []
-    aggs: dict[str, Any]
-    if shape == "metric":
-        name, body, what, why = _metric_agg(rng, rng.choice(numeric))
-        aggs = {name: body}
-        head = rng.choice(
-            (f"What is {what} of {p}", f"Compute {what} of {p}", f"Tell me {what} across {p}")
+    return numeric, groupable, index.by_type("date")
+
+
+def _metric_question(rng: random.Random, p: str, numeric: list[FieldSpec]) -> _Aggregation:
+    """One metric over every matching document (average, sum, max, ...)."""
+    name, body, what, why = _metric_agg(rng, rng.choice(numeric))
+    head = rng.choice(
+        (f"What is {what} of {p}", f"Compute {what} of {p}", f"Tell me {what} across {p}")
+    )
+    return _Aggregation({name: body}, head, [why])
+
+
+def _terms_question(
+    rng: random.Random, p: str, groupable: list[FieldSpec], numeric: list[FieldSpec], *,
+    with_metric: bool,
+) -> _Aggregation:
+    """A terms breakdown: counts per value, or a metric per value as a sub-aggregation."""
+    name, body, per, noun, why = _terms_agg(rng, rng.choice(groupable))
+    if not with_metric:
+        head = (
+            rng.choice((f"How many {p} are there {per}", f"Count {p} {per}"))
+            if not noun.startswith("top")
+            else f"Which are the {noun} by number of {p}"
         )
-        steps_tail.append(why)
+        return _Aggregation({name: body}, head, [why])
+    m_name, m_body, what, m_why = _metric_agg(rng, rng.choice(numeric))
+    head = rng.choice((f"What is {what} {per} of {p}", f"Break down {what} {per} of {p}"))
+    if noun.startswith("top"):
+        head = f"What is {what} {per} of {p}"
+    return _Aggregation(
+        {name: {**body, "aggs": {m_name: m_body}}},
+        head,
+        [why, m_why, f"Because the {m_name} value is wanted per bucket, it is a "
+                     f"sub-aggregation inside {name}."],
+    )
+
+
+def _histogram_question(
+    rng: random.Random, p: str, dates: list[FieldSpec], groupable: list[FieldSpec],
+    numeric: list[FieldSpec], *, inner: Literal["metric", "terms"] | None,
+) -> _Aggregation:
+    """A date histogram: counts per period, or a metric or a terms split inside each period."""
+    d = rng.choice(dates)
+    name, body, per, why = _histogram_agg(rng, d)
+    if inner is None:
+        heads = [f"Count {p} {per} by {d.noun}", f"How many {p} are there {per} by {d.noun}"]
+        if not d.verb.endswith("ing"):  # "were resolved per day", not "were arriving"
+            heads += [f"How many {p} were {d.verb} {per}", f"Count {p} {d.verb} {per}"]
+        return _Aggregation({name: body}, rng.choice(heads), [why])
+    if inner == "metric":
+        m_name, m_body, what, m_why = _metric_agg(rng, rng.choice(numeric))
+        head = rng.choice(
+            (f"Show {what} of {p} {per} by {d.noun}", f"What is {what} of {p} {per}, by {d.noun}")
+        )
+        return _Aggregation(
+            {name: {**body, "aggs": {m_name: m_body}}},
+            head,
+            [why, m_why, f"Because the {m_name} value is wanted per period, it is a "
+                         f"sub-aggregation inside {name}."],
+        )
+    t_name, t_body, t_per, _noun, t_why = _terms_agg(rng, rng.choice(groupable))
+    head = rng.choice(
+        (
+            f"Break down {p} {per} by {d.noun} and then {t_per}",
+            f"How many {p} are there {per} by {d.noun}, split {t_per}",
+        )
+    )
+    return _Aggregation(
+        {name: {**body, "aggs": {t_name: t_body}}},
+        head,
+        [why, t_why,
+         f"The split inside each period makes {t_name} a sub-aggregation of {name}."],
+    )
+
+
+# What a date histogram nests inside each period, by aggregation shape.
+_INNER: Final[dict[str, Literal["metric", "terms"] | None]] = {
+    "hist": None, "hist_metric": "metric", "hist_terms": "terms",
+}
+
+
+def _intent_aggregate(rng: random.Random, plan: _Plan) -> None:
+    """Metrics, terms breakdowns and date histograms, possibly nested: pick the filters, the
+    shape, build the aggregation (`_metric_question`, `_terms_question`,
+    `_histogram_question`), then the query around it."""
+    _pick_conditions(rng, plan, 0, 2)
+    p = plan.index.plural
+    numeric, groupable, dates = _aggregation_fields(plan)
+    shape = rng.choice(("metric", "terms", "terms_metric", "hist", "hist_metric", "hist_terms"))
+    if shape == "metric":
+        agg = _metric_question(rng, p, numeric)
     elif shape in ("terms", "terms_metric"):
-        g = rng.choice(groupable)
-        name, body, per, noun, why = _terms_agg(rng, g)
-        steps_tail.append(why)
-        if shape == "terms":
-            aggs = {name: body}
-            head = (
-                rng.choice((f"How many {p} are there {per}", f"Count {p} {per}"))
-                if not noun.startswith("top")
-                else f"Which are the {noun} by number of {p}"
-            )
-        else:
-            m_name, m_body, what, m_why = _metric_agg(rng, rng.choice(numeric))
-            aggs = {name: {**body, "aggs": {m_name: m_body}}}
-            head = rng.choice((f"What is {what} {per} of {p}", f"Break down {what} {per} of {p}"))
-            if noun.startswith("top"):
-                head = f"What is {what} {per} of {p}"
-            steps_tail += [
-                m_why,
-                f"Because the {m_name} value is wanted per bucket, it is a "
-                f"sub-aggregation inside {name}.",
-            ]
+        agg = _terms_question(rng, p, groupable, numeric, with_metric=shape == "terms_metric")
     else:
-        d = rng.choice(dates)
-        name, body, per, why = _histogram_agg(rng, d)
-        steps_tail.append(why)
-        if shape == "hist":
-            aggs = {name: body}
-            heads = [f"Count {p} {per} by {d.noun}", f"How many {p} are there {per} by {d.noun}"]
-            if not d.verb.endswith("ing"):  # "were resolved per day", not "were arriving"
-                heads += [f"How many {p} were {d.verb} {per}", f"Count {p} {d.verb} {per}"]
-            head = rng.choice(heads)
-        elif shape == "hist_metric":
-            m_name, m_body, what, m_why = _metric_agg(rng, rng.choice(numeric))
-            aggs = {name: {**body, "aggs": {m_name: m_body}}}
-            head = rng.choice(
-                (
-                    f"Show {what} of {p} {per} by {d.noun}",
-                    f"What is {what} of {p} {per}, by {d.noun}",
-                )
-            )
-            steps_tail += [
-                m_why,
-                f"Because the {m_name} value is wanted per period, it is a "
-                f"sub-aggregation inside {name}.",
-            ]
-        else:
-            g = rng.choice(groupable)
-            t_name, t_body, t_per, _noun, t_why = _terms_agg(rng, g)
-            aggs = {name: {**body, "aggs": {t_name: t_body}}}
-            head = rng.choice(
-                (
-                    f"Break down {p} {per} by {d.noun} and then {t_per}",
-                    f"How many {p} are there {per} by {d.noun}, split {t_per}",
-                )
-            )
-            steps_tail += [
-                t_why,
-                f"The split inside each period makes {t_name} a sub-aggregation of {name}.",
-            ]
+        agg = _histogram_question(rng, p, dates, groupable, numeric, inner=_INNER[shape])
     query, steps = _build_query(plan)
     plan.body["size"] = 0
     if query is not None:
         plan.body["query"] = query
-    plan.body["aggs"] = aggs
-    steps += steps_tail
+    plan.body["aggs"] = agg.aggs
+    steps += agg.steps
     steps.append("Only aggregation results are needed, not documents, so size is 0.")
-    end = "." if head.split()[0] in ("Compute", "Tell", "Count", "Break", "Show") else "?"
+    end = "." if agg.head.split()[0] in ("Compute", "Tell", "Count", "Break", "Show") else "?"
     scope = _scope(plan)
-    plan.question = f"{head}{' ' + scope if scope else ''}{end}"
+    plan.question = f"{agg.head}{' ' + scope if scope else ''}{end}"
     plan.steps = steps
 
 

@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 from orchestrator import store
 from orchestrator.cli import app
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.spec import Sweep, SweepSpec
-from orchestrator.core.trial import AttemptKey, EpochRecord, TrialResult, TrialSpec
-from orchestrator.report import load, render, table3, top_trials
+from orchestrator.core.worker_contract import AttemptKey, AttemptResult, AttemptSpec, EpochRecord
+from orchestrator.report import load, render, top_trials, top_trials_table
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def make_sweep(name: str, *, gpus: int, seeds: list[int], dss: list[float]) -> S
     return Sweep(name=name, spec=spec)
 
 
-def loss(spec: TrialSpec) -> float:
+def loss(spec: AttemptSpec) -> float:
     """Falls with model size, best at alpha = 4 x rank, DSS better than label-only."""
     value = 0.2 - 0.04 * spec.model_index
     if spec.method is not Method.FULL:
@@ -58,13 +58,13 @@ def loss(spec: TrialSpec) -> float:
     return round(value, 6)
 
 
-def _memory(spec: TrialSpec) -> int:
+def _memory(spec: AttemptSpec) -> int:
     """Peak GPU memory of a fixture trial, summed over its 2 devices."""
     return (4 + 8 * spec.model_index) * 2**30 if spec.method is Method.FULL else (
         (2 + 5 * spec.model_index) * 2**30)
 
 
-def result_for(spec: TrialSpec, gpus: bool) -> TrialResult:
+def result_for(spec: AttemptSpec, gpus: bool) -> AttemptResult:
     best = loss(spec)
     epochs = [
         EpochRecord(epoch=n, train_loss=best * (1.6 - 0.2 * n), train_label_loss=best,
@@ -77,7 +77,7 @@ def result_for(spec: TrialSpec, gpus: bool) -> TrialResult:
     ]
     memory = _memory(spec)
     wall = 300.0 * (1 + spec.model_index) * (1.5 if spec.method is Method.FULL else 1.0)
-    return TrialResult.for_trial(
+    return AttemptResult.for_trial(
         spec, status=TrialState.SUCCEEDED, started_at=T0,
         finished_at=T0 + timedelta(seconds=wall), wall_seconds=wall,
         samples_per_second=40.0 / (1 + spec.model_index),
@@ -98,7 +98,7 @@ def write_sweep(sessions: sessionmaker[Session], sweep: Sweep, *, gpus: bool) ->
     with sessions.begin() as session:
         store.upsert_sweep(session, sweep)
     for trial in expand(sweep).all_trials():
-        spec = trial_spec(sweep, trial, attempt=1, output_dir="runs")
+        spec = attempt_spec(sweep, trial, attempt=1, output_dir="runs")
         with sessions.begin() as session:
             # The estimate made before launch: 10% above what the fixture's trials reserve.
             store.record_attempt(session, spec, status=TrialState.RUNNING, started_at=T0,
@@ -106,7 +106,7 @@ def write_sweep(sessions: sessionmaker[Session], sweep: Sweep, *, gpus: bool) ->
                                      1.1 * (_memory(spec) // 2 - 2**28)))
             lane = trial.lane
             if lane.method is Method.FULL and trial.model_index == 2:
-                store.record_result(session, TrialResult.for_trial(
+                store.record_result(session, AttemptResult.for_trial(
                     spec, status=TrialState.OOM, oom_kind=OOMKind.GPU, started_at=T0,
                     finished_at=T0 + timedelta(seconds=20), error="CUDA out of memory"))
             elif (lane.method, lane.rank, lane.alpha, lane.dss_alpha, lane.seed,
@@ -117,7 +117,7 @@ def write_sweep(sessions: sessionmaker[Session], sweep: Sweep, *, gpus: bool) ->
                     result_for(spec, gpus).epochs[0])
             elif (lane.method, lane.rank, lane.alpha, lane.dss_alpha, lane.seed,
                   trial.model_index) == (Method.LORA, 8, 8, 1.0, 0, 2):
-                store.record_result(session, TrialResult.for_trial(
+                store.record_result(session, AttemptResult.for_trial(
                     spec, status=TrialState.FAILED, started_at=T0, error="boom"))
             else:
                 store.record_result(session, result_for(spec, gpus))
@@ -162,7 +162,7 @@ def test_report_renders_every_paper_form(gpu_store, tmp_path: Path) -> None:
     losses = sorted(r.best_eval_loss for r in data.succeeded)
     assert [r.best_eval_loss for r in best] == losses[:8]
     assert all(r.status is TrialState.SUCCEEDED for r in best)
-    rows = table3(data, 8).rows
+    rows = top_trials_table(data, 8).rows
     assert rows[0][1] == "google/flan-t5-large" and rows[0][7] == f"{losses[0]:.5f}"
     assert "GiB" in rows[0][8]
     # The generation metrics and both throughputs, for the same trials, each named.
@@ -197,7 +197,7 @@ def test_report_renders_every_paper_form(gpu_store, tmp_path: Path) -> None:
     assert "| 1.10 |" in estimates
 
 
-def test_cpu_sweep_reports_host_memory_and_skips_table4(tmp_path: Path) -> None:
+def test_cpu_sweep_reports_host_memory_and_skips_the_dss_ablation(tmp_path: Path) -> None:
     sessions = store.open_store(f"sqlite:///{tmp_path / 'cpu.db'}")
     write_sweep(sessions, make_sweep("cpu", gpus=0, seeds=[0], dss=[0.5]), gpus=False)
     written = render(load(sessions), tmp_path / "out")

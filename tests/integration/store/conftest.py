@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from orchestrator.store import open_store
 from tests.integration.store.store_helpers import make_sweep, trial_specs
 
@@ -32,5 +32,5 @@ def sweep() -> Sweep:
 
 
 @pytest.fixture
-def spec(sweep: Sweep) -> TrialSpec:
+def spec(sweep: Sweep) -> AttemptSpec:
     return trial_specs(sweep)[0]

@@ -9,10 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.spec import AdapterSet, SelectionLoss, Sweep, SweepSpec
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec, EpochRecord
 from orchestrator.store import (
     Base,
     create_store_engine,
@@ -36,10 +36,10 @@ def make_sweep(name: str = "paper-grid", namespace: str = "", **spec: object) ->
     return Sweep(name=name, namespace=namespace, spec=SweepSpec.model_validate(body))
 
 
-def trial_specs(sweep: Sweep, attempt: int = 1) -> list[TrialSpec]:
+def trial_specs(sweep: Sweep, attempt: int = 1) -> list[AttemptSpec]:
     """Every trial of the sweep's grid, as the scheduler would resolve it."""
     return [
-        trial_spec(sweep, trial, attempt=attempt, output_dir=f"runs/{trial.trial_id}")
+        attempt_spec(sweep, trial, attempt=attempt, output_dir=f"runs/{trial.trial_id}")
         for trial in expand(sweep).all_trials()
     ]
 
@@ -64,7 +64,7 @@ def epoch(number: int, **fields: object) -> EpochRecord:
     return EpochRecord.model_validate(values)
 
 
-def succeeded(spec: TrialSpec, epoch_count: int = 3, **fields: object) -> TrialResult:
+def succeeded(spec: AttemptSpec, epoch_count: int = 3, **fields: object) -> AttemptResult:
     """A complete successful result, every field set (large values exercise BIGINT)."""
     values: dict[str, object] = {
         "status": TrialState.SUCCEEDED,
@@ -98,10 +98,10 @@ def succeeded(spec: TrialSpec, epoch_count: int = 3, **fields: object) -> TrialR
         "epochs": [epoch(n) for n in range(1, epoch_count + 1)],
     }
     values.update(fields)
-    return TrialResult.for_trial(spec, **values)
+    return AttemptResult.for_trial(spec, **values)
 
 
-def failed(spec: TrialSpec, status: TrialState, **fields: object) -> TrialResult:
+def failed(spec: AttemptSpec, status: TrialState, **fields: object) -> AttemptResult:
     """A terminal, unsuccessful result (an OOM carries its kind)."""
     values: dict[str, object] = {
         "status": status,
@@ -112,7 +112,7 @@ def failed(spec: TrialSpec, status: TrialState, **fields: object) -> TrialResult
     if status is TrialState.OOM:
         values["oom_kind"] = OOMKind.GPU
     values.update(fields)
-    return TrialResult.for_trial(spec, **values)
+    return AttemptResult.for_trial(spec, **values)
 
 
 def snapshot(session: Session) -> dict[str, list[tuple[Any, ...]]]:
@@ -141,7 +141,7 @@ def migrate_after(barrier: Barrier, url: str) -> str | None:
 
 def record_after(barrier: Barrier, url: str, result_json: str) -> str:
     """Wait until every process is ready, record a result, and report the stored status."""
-    result = TrialResult.model_validate_json(result_json)
+    result = AttemptResult.model_validate_json(result_json)
     factory = open_store(url)
     barrier.wait(timeout=60)
     row = save_with_retry(factory, lambda session: record_result(session, result))

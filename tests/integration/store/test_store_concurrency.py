@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.trial import TrialSpec
-from orchestrator.store import EpochRow, TrialRow, epochs_of, to_result
+from orchestrator.core.worker_contract import AttemptSpec
+from orchestrator.store import AttemptRow, EpochRow, epochs_of, to_result
 from tests.integration.store.store_helpers import failed, record_after, succeeded
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ class TestRacingResults:
         ],
     )
     def test_one_outcome_wins_everywhere(
-        self, factory: sessionmaker[Session], store_url: str, spec: TrialSpec,
+        self, factory: sessionmaker[Session], store_url: str, spec: AttemptSpec,
         statuses: list[TrialState],
     ) -> None:
         results = [
@@ -48,7 +48,7 @@ class TestRacingResults:
         assert len(seen) == 1
         (winner,) = seen
         with factory() as session:
-            (row,) = session.execute(sa.select(TrialRow)).unique().scalars()
+            (row,) = session.execute(sa.select(AttemptRow)).unique().scalars()
             assert row.status == winner
             expected = next(r for r in results if r.status == winner)
             assert to_result(row, epochs_of(session, row.id)) == expected

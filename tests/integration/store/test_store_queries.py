@@ -12,14 +12,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec, EpochRecord
 from orchestrator.store import (
+    all_attempts,
     attempts,
     epochs_of,
     list_sweeps,
     record_attempt,
     record_result,
-    results,
     to_result,
     upsert_sweep,
 )
@@ -52,7 +52,7 @@ class TestAttempts:
         assert {r.sweep.name for r in attempts(session, "", "alpha")} == {"alpha"}
         assert attempts(session, "", "missing") == []
 
-    def test_epochs_on_request(self, session: Session, spec: TrialSpec) -> None:
+    def test_epochs_on_request(self, session: Session, spec: AttemptSpec) -> None:
         record_result(session, succeeded(spec))
         session.commit()
         session.expunge_all()
@@ -89,12 +89,12 @@ class TestResults:
         self, stored: Session, namespace: str | None, sweep: str | None,
         expected: set[tuple[str, str]],
     ) -> None:
-        rows = results(stored, namespace, sweep)
+        rows = all_attempts(stored, namespace, sweep)
         assert {(r.sweep.namespace, r.sweep.name) for r in rows} == expected
         assert len(rows) == 2 * len(expected)
 
     def test_stable_order(self, stored: Session) -> None:
-        rows = results(stored)
+        rows = all_attempts(stored)
         keys = [(r.sweep.namespace, r.sweep.name, r.lane, r.model_index, r.attempt) for r in rows]
         assert keys == sorted(keys)
 
@@ -105,7 +105,7 @@ class TestResults:
 
 
 class TestEpochsOf:
-    def test_in_epoch_order(self, session: Session, spec: TrialSpec) -> None:
+    def test_in_epoch_order(self, session: Session, spec: AttemptSpec) -> None:
         result = succeeded(spec, epoch_count=4)
         row = record_result(session, result)
         assert [e.epoch for e in epochs_of(session, row.id)] == [1, 2, 3, 4]
@@ -169,7 +169,7 @@ class TestRoundTrip:
         # A fresh trial id per example (they share one database): an attempt keeps its first
         # outcome, so reusing one would compare against an earlier example's result.
         spec = trial_specs(sweep)[0].model_copy(update={"trial_id": f"h{next(TRIAL_NUMBERS)}"})
-        result = TrialResult.for_trial(spec, **outcome)
+        result = AttemptResult.for_trial(spec, **outcome)
         with factory.begin() as session:
             record_result(session, result)
         with factory() as session:
@@ -181,7 +181,7 @@ class TestRoundTrip:
         assert stored == expected
 
     def test_a_complete_failure_round_trips(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         result = failed(spec, TrialState.OOM, oom_kind=OOMKind.BUDGET, started_at=T0,
                         epochs=[epoch(1)], epochs_completed=1)

@@ -8,8 +8,8 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.trial import TrialResult, TrialSpec
-from orchestrator.store import TrialRow, is_transient, record_result, save_with_retry
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec
+from orchestrator.store import AttemptRow, is_transient, record_result, save_with_retry
 from tests.integration.store.store_helpers import succeeded
 
 pytestmark = pytest.mark.integration
@@ -22,13 +22,13 @@ def unavailable() -> OperationalError:
 class FailingFirst:
     """Raises `failures` transient errors after doing its write, then succeeds."""
 
-    def __init__(self, result: TrialResult, failures: int, error: Exception | None = None):
+    def __init__(self, result: AttemptResult, failures: int, error: Exception | None = None):
         self.result = result
         self.failures = failures
         self.error = error or unavailable()
         self.calls = 0
 
-    def __call__(self, session: Session) -> TrialRow:
+    def __call__(self, session: Session) -> AttemptRow:
         self.calls += 1
         row = record_result(session, self.result)
         if self.calls <= self.failures:
@@ -42,9 +42,9 @@ class Sleeps(list[float]):
         self.append(seconds)
 
 
-def stored(factory: sessionmaker[Session]) -> list[TrialRow]:
+def stored(factory: sessionmaker[Session]) -> list[AttemptRow]:
     with factory() as session:
-        return list(session.execute(sa.select(TrialRow)).unique().scalars())
+        return list(session.execute(sa.select(AttemptRow)).unique().scalars())
 
 
 class TestRetries:
@@ -53,7 +53,7 @@ class TestRetries:
                      pytest.param(3, id="three-failures")]
     )
     def test_transient_failures_are_retried(
-        self, factory: sessionmaker[Session], spec: TrialSpec, failures: int
+        self, factory: sessionmaker[Session], spec: AttemptSpec, failures: int
     ) -> None:
         sleeps = Sleeps()
         fn = FailingFirst(succeeded(spec), failures)
@@ -64,7 +64,7 @@ class TestRetries:
         assert len(stored(factory)) == 1  # committed once; rolled-back tries left nothing
 
     def test_gives_up_after_the_last_attempt(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         sleeps = Sleeps()
         fn = FailingFirst(succeeded(spec), failures=10)
@@ -74,14 +74,14 @@ class TestRetries:
         assert sleeps == [1.0, 2.0]
         assert stored(factory) == []  # every try rolled back
 
-    def test_backoff_is_capped(self, factory: sessionmaker[Session], spec: TrialSpec) -> None:
+    def test_backoff_is_capped(self, factory: sessionmaker[Session], spec: AttemptSpec) -> None:
         sleeps = Sleeps()
         fn = FailingFirst(succeeded(spec), failures=5)
         save_with_retry(factory, fn, attempts=6, backoff=1.0, max_backoff=5.0, sleep=sleeps)
         assert sleeps == [1.0, 2.0, 4.0, 5.0, 5.0]
 
     def test_disconnects_are_retried(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         dropped = InterfaceError("SELECT 1", {}, Exception("connection lost"))
         dropped.connection_invalidated = True
@@ -98,7 +98,7 @@ class TestRetries:
         ],
     )
     def test_other_errors_are_not_retried(
-        self, factory: sessionmaker[Session], spec: TrialSpec, error: Exception
+        self, factory: sessionmaker[Session], spec: AttemptSpec, error: Exception
     ) -> None:
         fn = FailingFirst(succeeded(spec), failures=1, error=error)
         with pytest.raises(type(error)):
@@ -124,7 +124,7 @@ class TestRetries:
 
 
     def test_killed_connections_are_replaced(
-        self, factory: sessionmaker[Session], spec: TrialSpec, store_url: str
+        self, factory: sessionmaker[Session], spec: AttemptSpec, store_url: str
     ) -> None:
         """A database restart kills pooled connections; the next write must not notice."""
         if not store_url.startswith("postgresql"):

@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.core.spec import Sweep
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec
 from orchestrator.store import (
+    AttemptRow,
     EpochRow,
     SweepRow,
-    TrialRow,
     ensure_sweep,
     epochs_of,
     list_sweeps,
@@ -49,7 +49,7 @@ TERMINAL = [s for s in TrialState if s.is_terminal]
 NON_TERMINAL = [s for s in TrialState if not s.is_terminal]
 
 
-def outcome(spec: TrialSpec, status: TrialState) -> TrialResult:
+def outcome(spec: AttemptSpec, status: TrialState) -> AttemptResult:
     return succeeded(spec) if status is TrialState.SUCCEEDED else failed(spec, status)
 
 
@@ -57,7 +57,7 @@ def count(session: Session, model: type[object]) -> int:
     return session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
-def write(factory: sessionmaker[Session], result: TrialResult) -> TrialRow:
+def write(factory: sessionmaker[Session], result: AttemptResult) -> AttemptRow:
     """Record a result in a transaction of its own, as a worker does."""
     with factory.begin() as session:
         return record_result(session, result)
@@ -112,7 +112,7 @@ class TestSweeps:
 
 
 class TestRecordAttempt:
-    def test_creates_the_attempt_from_its_spec(self, session: Session, spec: TrialSpec) -> None:
+    def test_creates_the_attempt_from_its_spec(self, session: Session, spec: AttemptSpec) -> None:
         row = record_attempt(session, spec, status=TrialState.PENDING, estimated_memory_bytes=2**36)
         assert row.status is TrialState.PENDING
         assert (row.trial_id, row.attempt, row.lane, row.model) == (
@@ -125,12 +125,12 @@ class TestRecordAttempt:
         assert row.sweep.name == spec.sweep
         assert row.gpu_memory_per_device == []
 
-    def test_twice_leaves_one_row(self, factory: sessionmaker[Session], spec: TrialSpec) -> None:
+    def test_twice_leaves_one_row(self, factory: sessionmaker[Session], spec: AttemptSpec) -> None:
         for _ in range(2):
             with factory.begin() as session:
                 record_attempt(session, spec, status=TrialState.RUNNING, started_at=T0)
         with factory() as session:
-            assert count(session, TrialRow) == 1
+            assert count(session, AttemptRow) == 1
 
     @pytest.mark.parametrize(
         ("first", "then", "expected"),
@@ -142,7 +142,7 @@ class TestRecordAttempt:
         ],
     )
     def test_states_only_move_forward(
-        self, session: Session, spec: TrialSpec, first: str, then: str, expected: str
+        self, session: Session, spec: AttemptSpec, first: str, then: str, expected: str
     ) -> None:
         record_attempt(session, spec, status=TrialState(first))
         row = record_attempt(session, spec, status=TrialState(then))
@@ -150,7 +150,7 @@ class TestRecordAttempt:
 
     @pytest.mark.parametrize("terminal", TERMINAL, ids=str)
     def test_terminal_never_back_to_running(
-        self, factory: sessionmaker[Session], spec: TrialSpec, terminal: TrialState
+        self, factory: sessionmaker[Session], spec: AttemptSpec, terminal: TrialState
     ) -> None:
         write(factory, outcome(spec, terminal))
         with factory() as session:
@@ -165,13 +165,13 @@ class TestRecordAttempt:
 
     @pytest.mark.parametrize("terminal", TERMINAL, ids=str)
     def test_refuses_terminal_states(
-        self, session: Session, spec: TrialSpec, terminal: TrialState
+        self, session: Session, spec: AttemptSpec, terminal: TrialState
     ) -> None:
         with pytest.raises(ValueError, match="record_result or mark_attempt"):
             record_attempt(session, spec, status=terminal)
 
     def test_keeps_the_first_start_and_the_latest_names(
-        self, session: Session, spec: TrialSpec
+        self, session: Session, spec: AttemptSpec
     ) -> None:
         record_attempt(session, spec, status=TrialState.PENDING, rayjob_name="job-a")
         record_attempt(session, spec, status=TrialState.RUNNING, started_at=T0)
@@ -188,23 +188,23 @@ class TestRecordAttempt:
         first, second = trial_specs(sweep, attempt=1)[0], trial_specs(sweep, attempt=2)[0]
         record_attempt(session, first, status=TrialState.RUNNING)
         record_attempt(session, second, status=TrialState.PENDING)
-        assert count(session, TrialRow) == 2
+        assert count(session, AttemptRow) == 2
 
 
 class TestRecordResult:
     @pytest.mark.parametrize("status", TERMINAL, ids=str)
     def test_round_trips_every_field(
-        self, factory: sessionmaker[Session], spec: TrialSpec, status: TrialState
+        self, factory: sessionmaker[Session], spec: AttemptSpec, status: TrialState
     ) -> None:
         result = outcome(spec, status)
         write(factory, result)
         with factory() as session:
-            row = session.execute(sa.select(TrialRow)).unique().scalar_one()
+            row = session.execute(sa.select(AttemptRow)).unique().scalar_one()
             assert to_result(row, epochs_of(session, row.id)) == result
 
     @pytest.mark.parametrize("status", TERMINAL, ids=str)
     def test_same_result_twice_leaves_the_same_rows(
-        self, factory: sessionmaker[Session], spec: TrialSpec, status: TrialState,
+        self, factory: sessionmaker[Session], spec: AttemptSpec, status: TrialState,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         result = outcome(spec, status)
@@ -229,7 +229,7 @@ class TestRecordResult:
         ],
     )
     def test_first_terminal_result_wins(
-        self, factory: sessionmaker[Session], spec: TrialSpec, first: TrialState,
+        self, factory: sessionmaker[Session], spec: AttemptSpec, first: TrialState,
         second: TrialState, caplog: pytest.LogCaptureFixture,
     ) -> None:
         write(factory, outcome(spec, first))
@@ -243,7 +243,7 @@ class TestRecordResult:
             assert snapshot(session) == before
 
     def test_a_different_result_with_the_same_status_is_ignored(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         write(factory, succeeded(spec, epoch_count=3))
         row = write(factory, succeeded(spec, epoch_count=2, exact_match=0.0))
@@ -252,14 +252,14 @@ class TestRecordResult:
             assert [e.epoch for e in epochs_of(session, row.id)] == [1, 2, 3]
 
     def test_a_running_result_never_reopens_a_terminal_row(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         write(factory, failed(spec, TrialState.FAILED))
-        row = write(factory, TrialResult.for_trial(spec, status=TrialState.RUNNING))
+        row = write(factory, AttemptResult.for_trial(spec, status=TrialState.RUNNING))
         assert row.status is TrialState.FAILED
 
     def test_terminal_result_replaces_a_running_attempt(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         with factory.begin() as session:
             record_attempt(
@@ -282,14 +282,16 @@ class TestRecordResult:
         with factory() as session:
             assert snapshot(session) == before
 
-    def test_creates_a_missing_sweep(self, factory: sessionmaker[Session], spec: TrialSpec) -> None:
+    def test_creates_a_missing_sweep(
+        self, factory: sessionmaker[Session], spec: AttemptSpec
+    ) -> None:
         write(factory, succeeded(spec))
         with factory() as session:
             (row,) = list_sweeps(session)
             assert (row.name, row.spec) == (spec.sweep, {})
 
     def test_error_excerpt_is_bounded_and_storable(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         error = "Traceback\x00 (most recent call last):\n" + "x" * 10_000 + "\nMemoryError"
         row = write(factory, failed(spec, TrialState.FAILED, error=error))
@@ -299,14 +301,14 @@ class TestRecordResult:
         assert "\x00" not in row.error
 
     def test_naive_timestamps_are_utc(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         naive = datetime(2025, 6, 1, 12, 0, 0, 123456)
         row = write(factory, succeeded(spec, started_at=naive))
         assert row.started_at == naive.replace(tzinfo=UTC)
         assert row.started_at.tzinfo is not None
 
-    def test_not_a_number_survives(self, factory: sessionmaker[Session], spec: TrialSpec) -> None:
+    def test_not_a_number_survives(self, factory: sessionmaker[Session], spec: AttemptSpec) -> None:
         # A diverged run: NaN losses must not cost the result (SQLite stores NaN as NULL).
         nan = math.nan
         result = succeeded(
@@ -315,7 +317,7 @@ class TestRecordResult:
         )
         write(factory, result)
         with factory() as session:
-            row = session.execute(sa.select(TrialRow)).unique().scalar_one()
+            row = session.execute(sa.select(AttemptRow)).unique().scalar_one()
             stored = to_result(row, epochs_of(session, row.id))
         assert stored.best_eval_loss is None or math.isnan(stored.best_eval_loss)
         assert math.isnan(stored.epochs[0].train_loss)
@@ -325,18 +327,18 @@ class TestRecordResult:
 
 class TestRecordEpoch:
     @pytest.fixture
-    def running(self, factory: sessionmaker[Session], spec: TrialSpec) -> TrialSpec:
+    def running(self, factory: sessionmaker[Session], spec: AttemptSpec) -> AttemptSpec:
         with factory.begin() as session:
             record_attempt(session, spec, status=TrialState.RUNNING, started_at=T0)
         return spec
 
-    def live(self, factory: sessionmaker[Session], spec: TrialSpec, number: int,
+    def live(self, factory: sessionmaker[Session], spec: AttemptSpec, number: int,
              **fields: object) -> EpochRow:
         with factory.begin() as session:
             return record_epoch(session, spec.key, epoch(number, **fields))
 
     def test_same_epoch_twice_is_one_row(
-        self, factory: sessionmaker[Session], running: TrialSpec
+        self, factory: sessionmaker[Session], running: AttemptSpec
     ) -> None:
         self.live(factory, running, 1)
         with factory() as session:
@@ -347,19 +349,19 @@ class TestRecordEpoch:
             assert count(session, EpochRow) == 1
 
     def test_updates_while_running_and_advances_progress(
-        self, factory: sessionmaker[Session], running: TrialSpec
+        self, factory: sessionmaker[Session], running: AttemptSpec
     ) -> None:
         self.live(factory, running, 1, eval_loss=9.0)
         self.live(factory, running, 2)
         row = self.live(factory, running, 1, eval_loss=8.0)
         assert row.eval_loss == 8.0
         with factory() as session:
-            trial = session.execute(sa.select(TrialRow)).unique().scalar_one()
+            trial = session.execute(sa.select(AttemptRow)).unique().scalar_one()
             assert trial.epochs_completed == 2  # epoch 1 again never lowers it
             assert [e.epoch for e in epochs_of(session, trial.id)] == [1, 2]
 
     def test_result_epochs_replace_live_ones(
-        self, factory: sessionmaker[Session], running: TrialSpec
+        self, factory: sessionmaker[Session], running: AttemptSpec
     ) -> None:
         self.live(factory, running, 1, eval_loss=9.0)
         result = succeeded(running, epoch_count=2)
@@ -370,7 +372,7 @@ class TestRecordEpoch:
             ]
 
     def test_frozen_once_terminal(
-        self, factory: sessionmaker[Session], running: TrialSpec
+        self, factory: sessionmaker[Session], running: AttemptSpec
     ) -> None:
         result = succeeded(running, epoch_count=2)
         write(factory, result)
@@ -379,23 +381,23 @@ class TestRecordEpoch:
         # A gap may still be filled (a live write that arrives after the result).
         assert self.live(factory, running, 3).epoch == 3
         with factory() as session:
-            trial = session.execute(sa.select(TrialRow)).unique().scalar_one()
+            trial = session.execute(sa.select(AttemptRow)).unique().scalar_one()
             assert trial.epochs_completed == 2  # the result's count stands
 
-    def test_unknown_attempt(self, factory: sessionmaker[Session], spec: TrialSpec) -> None:
+    def test_unknown_attempt(self, factory: sessionmaker[Session], spec: AttemptSpec) -> None:
         with pytest.raises(LookupError, match="record_attempt first"):
             self.live(factory, spec, 1)
 
 
 class TestMarkAttempt:
     @pytest.fixture
-    def running(self, factory: sessionmaker[Session], spec: TrialSpec) -> TrialSpec:
+    def running(self, factory: sessionmaker[Session], spec: AttemptSpec) -> AttemptSpec:
         with factory.begin() as session:
             record_attempt(session, spec, status=TrialState.RUNNING, started_at=T0)
         return spec
 
-    def mark(self, factory: sessionmaker[Session], spec: TrialSpec, status: TrialState,
-             **fields: object) -> TrialRow:
+    def mark(self, factory: sessionmaker[Session], spec: AttemptSpec, status: TrialState,
+             **fields: object) -> AttemptRow:
         with factory.begin() as session:
             return mark_attempt(
                 session, spec.key, status,
@@ -403,7 +405,7 @@ class TestMarkAttempt:
             )
 
     def test_cancel_stamps_the_finish(
-        self, factory: sessionmaker[Session], running: TrialSpec
+        self, factory: sessionmaker[Session], running: AttemptSpec
     ) -> None:
         before = datetime.now(UTC)
         row = self.mark(factory, running, TrialState.CANCELLED, error="cancelled by user")
@@ -411,7 +413,7 @@ class TestMarkAttempt:
         assert row.error == "cancelled by user"
         assert row.finished_at is not None and row.finished_at >= before - timedelta(seconds=1)
 
-    def test_host_oom(self, factory: sessionmaker[Session], running: TrialSpec) -> None:
+    def test_host_oom(self, factory: sessionmaker[Session], running: AttemptSpec) -> None:
         finished = T0 + timedelta(minutes=2)
         row = self.mark(
             factory, running, TrialState.OOM, oom_kind=OOMKind.HOST, finished_at=finished
@@ -422,7 +424,7 @@ class TestMarkAttempt:
 
     @pytest.mark.parametrize("terminal", TERMINAL, ids=str)
     def test_first_terminal_wins_over_a_mark(
-        self, factory: sessionmaker[Session], running: TrialSpec, terminal: TrialState
+        self, factory: sessionmaker[Session], running: AttemptSpec, terminal: TrialState
     ) -> None:
         write(factory, outcome(running, terminal))
         with factory() as session:
@@ -434,13 +436,13 @@ class TestMarkAttempt:
             assert snapshot(session) == before
 
     def test_a_mark_wins_over_a_later_result(
-        self, factory: sessionmaker[Session], running: TrialSpec
+        self, factory: sessionmaker[Session], running: AttemptSpec
     ) -> None:
         self.mark(factory, running, TrialState.CANCELLED)
         assert write(factory, succeeded(running)).status is TrialState.CANCELLED
 
     def test_marking_twice_is_a_no_op(
-        self, factory: sessionmaker[Session], running: TrialSpec
+        self, factory: sessionmaker[Session], running: AttemptSpec
     ) -> None:
         self.mark(factory, running, TrialState.OOM, oom_kind=OOMKind.HOST, finished_at=T0)
         with factory() as session:
@@ -449,18 +451,18 @@ class TestMarkAttempt:
         with factory() as session:
             assert snapshot(session) == before
 
-    def test_pending_to_running(self, factory: sessionmaker[Session], spec: TrialSpec) -> None:
+    def test_pending_to_running(self, factory: sessionmaker[Session], spec: AttemptSpec) -> None:
         with factory.begin() as session:
             record_attempt(session, spec, status=TrialState.PENDING)
         assert self.mark(factory, spec, TrialState.RUNNING).status is TrialState.RUNNING
         assert self.mark(factory, spec, TrialState.PENDING).status is TrialState.RUNNING
 
-    def test_unknown_attempt(self, factory: sessionmaker[Session], spec: TrialSpec) -> None:
+    def test_unknown_attempt(self, factory: sessionmaker[Session], spec: AttemptSpec) -> None:
         with pytest.raises(LookupError):
             self.mark(factory, spec, TrialState.CANCELLED)
 
     def test_oom_kind_only_with_oom(
-        self, factory: sessionmaker[Session], running: TrialSpec
+        self, factory: sessionmaker[Session], running: AttemptSpec
     ) -> None:
         with pytest.raises(ValueError, match="oom_kind"):
             self.mark(factory, running, TrialState.FAILED, oom_kind=OOMKind.GPU)
@@ -469,15 +471,15 @@ class TestMarkAttempt:
 class TestEnumColumns:
     @pytest.mark.parametrize("status", list(TrialState), ids=str)
     def test_every_state_is_storable(
-        self, session: Session, spec: TrialSpec, status: TrialState
+        self, session: Session, spec: AttemptSpec, status: TrialState
     ) -> None:
         # Guards the CHECK constraint in the migration against a state added to the enum.
-        row = record_result(session, TrialResult.for_trial(spec, status=status))
+        row = record_result(session, AttemptResult.for_trial(spec, status=status))
         assert row.status is status
 
     @pytest.mark.parametrize("kind", list(OOMKind), ids=str)
     def test_every_oom_kind_is_storable(
-        self, session: Session, spec: TrialSpec, kind: OOMKind
+        self, session: Session, spec: AttemptSpec, kind: OOMKind
     ) -> None:
         row = record_result(session, failed(spec, TrialState.OOM, oom_kind=kind))
         assert row.oom_kind is kind
@@ -489,12 +491,12 @@ class TestEnumColumns:
             methods.add(record_attempt(session, spec, status=TrialState.PENDING).method)
         assert methods == {"full", "lora", "qlora"}
 
-    def test_unknown_values_are_refused(self, session: Session, spec: TrialSpec) -> None:
+    def test_unknown_values_are_refused(self, session: Session, spec: AttemptSpec) -> None:
         row = record_attempt(session, spec, status=TrialState.PENDING)
         session.commit()
         # By the column type, before SQL is sent...
         with pytest.raises(StatementError):
-            session.execute(sa.update(TrialRow).values(status="paused"))
+            session.execute(sa.update(AttemptRow).values(status="paused"))
         session.rollback()
         # ...and by the database's CHECK constraint for writers that bypass the models.
         with pytest.raises(IntegrityError):
@@ -504,10 +506,10 @@ class TestEnumColumns:
         session.rollback()
 
     def test_deleting_a_sweep_deletes_its_attempts_and_epochs(
-        self, factory: sessionmaker[Session], spec: TrialSpec
+        self, factory: sessionmaker[Session], spec: AttemptSpec
     ) -> None:
         write(factory, succeeded(spec))
         with factory.begin() as session:
             session.execute(sa.delete(SweepRow))
         with factory() as session:
-            assert (count(session, TrialRow), count(session, EpochRow)) == (0, 0)
+            assert (count(session, AttemptRow), count(session, EpochRow)) == (0, 0)

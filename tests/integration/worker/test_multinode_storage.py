@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.lifecycle import ExitCode, TrialState
-from orchestrator.core.trial import TrialResult
+from orchestrator.core.worker_contract import AttemptResult
 from orchestrator.files import write_trial
 from tests.integration.worker.test_worker_training import ROOT, stored, tiny_trial
 from tests.integration.worker.two_nodes import can_isolate, two_pods
@@ -55,7 +55,7 @@ def test_rank_on_another_node_with_its_own_disk(
         cwd=ROOT, env={**env, "RAY_ADDRESS": address, "LADDER_DB_URL": url},
         capture_output=True, text=True, timeout=600)
 
-    result = TrialResult.from_output(done.stdout)
+    result = AttemptResult.from_output(done.stdout)
     assert result is not None, done.stderr[-3000:]
     assert result.status is TrialState.SUCCEEDED, result.error
     assert done.returncode == ExitCode.SUCCEEDED
@@ -65,4 +65,4 @@ def test_rank_on_another_node_with_its_own_disk(
     (row,) = stored(url)
     assert row.status is TrialState.SUCCEEDED and len(row.epochs) == 2
     # The driver's side of the output directory holds the result; the rank's tmpfs is gone.
-    assert TrialResult.model_validate_json((run_dir / "result.json").read_text()) == result
+    assert AttemptResult.model_validate_json((run_dir / "result.json").read_text()) == result

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.lifecycle import ExitCode, OOMKind, TrialState
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec
 from orchestrator.files import write_trial
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def tiny_trial(tmp_path: Path, method: str, **fields: object) -> TrialSpec:
+def tiny_trial(tmp_path: Path, method: str, **fields: object) -> AttemptSpec:
     adapters = {} if method == "full" else {"rank": 8, "alpha": 16}
     values: dict[str, object] = {
         "sweep": "worker-it", "trial_id": f"t-{method}", "lane": f"lane-{method}",
@@ -36,14 +36,14 @@ def tiny_trial(tmp_path: Path, method: str, **fields: object) -> TrialSpec:
         "resources": {"workers": 2, "gpusPerWorker": 0, "cpusPerWorker": 1},
         "output_dir": str(tmp_path / "run"),
     }
-    return TrialSpec.model_validate({**values, **adapters, **fields})
+    return AttemptSpec.model_validate({**values, **adapters, **fields})
 
 
-def stored(url: str) -> list[TrialResult]:
-    from orchestrator.store import open_store, results, to_result
+def stored(url: str) -> list[AttemptResult]:
+    from orchestrator.store import all_attempts, open_store, to_result
 
     with open_store(url)() as session:
-        return [to_result(row) for row in results(session, with_epochs=True)]
+        return [to_result(row) for row in all_attempts(session, with_epochs=True)]
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_memory_budget_ends_as_budget_oom(ray_address: str, tmp_path: Path) -> N
                       {"RAY_ADDRESS": ray_address, "LADDER_DB_URL": url})
 
     assert done.returncode == ExitCode.OOM, done.stderr[-3000:]
-    result = TrialResult.from_output(done.stdout.splitlines()[-1])  # the very last line
+    result = AttemptResult.from_output(done.stdout.splitlines()[-1])  # the very last line
     assert result is not None
     assert (result.status, result.oom_kind) == (TrialState.OOM, OOMKind.BUDGET)
     assert result.error.startswith("MemoryBudgetExceeded: ")
@@ -128,7 +128,7 @@ def test_memory_budget_ends_as_budget_oom(ray_address: str, tmp_path: Path) -> N
     assert result.epochs_completed == 0 and result.time_to_first_step_seconds is None
     (row,) = stored(url)
     assert (row.status, row.oom_kind) == (TrialState.OOM, OOMKind.BUDGET)
-    assert TrialResult.model_validate_json((tmp_path / "run/result.json").read_text()) == result
+    assert AttemptResult.model_validate_json((tmp_path / "run/result.json").read_text()) == result
 
 
 def test_bad_dataset_fails_with_the_file_named(tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_bad_dataset_fails_with_the_file_named(tmp_path: Path) -> None:
     done = run_worker(write_trial(trial, tmp_path / "trial.json"), {"LADDER_DB_URL": url})
 
     assert done.returncode == ExitCode.FAILED, done.stderr[-3000:]
-    result = TrialResult.from_output(done.stdout)
+    result = AttemptResult.from_output(done.stdout)
     assert result is not None and result.status is TrialState.FAILED
     assert result.error.startswith(f"DatasetError: {data}:2: line is not valid JSON")
     (row,) = stored(url)
@@ -188,7 +188,7 @@ def test_sigterm_is_a_cancellation_not_a_failure(
     assert worker.poll() is None, worker.communicate()[1][-3000:]
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate(timeout=120)
-    result = TrialResult.from_output(out)
+    result = AttemptResult.from_output(out)
     assert result is not None, err[-3000:]
     assert result.status is TrialState.CANCELLED and "cancelled" in (result.error or "")
     assert worker.returncode == ExitCode.FAILED

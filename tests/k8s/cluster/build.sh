@@ -3,6 +3,7 @@
 #
 #   bash tests/k8s/cluster/build.sh kwok      # sigs.k8s.io/kwok/cmd/kwok           (kwok/go.mod)
 #   bash tests/k8s/cluster/build.sh kuberay   # github.com/ray-project/kuberay/ray-operator (kuberay/go.mod)
+#   bash tests/k8s/cluster/build.sh kueue     # sigs.k8s.io/kueue/cmd/kueue         (kueue/go.mod)
 #
 # into  ${LADDER_TOOLS_CACHE:-$HOME/.cache}/ladder-<name>/<version>/bin  and print that bin
 # directory on stdout (everything else goes to stderr). Beside the binary it leaves what the
@@ -10,6 +11,7 @@
 #   kwok:    stages.yaml  (kustomize/stage: node-initialize, node-heartbeat-with-lease,
 #                          pod-ready, pod-complete, pod-delete)
 #   kuberay: crds/        (config/crd/bases: RayCluster, RayJob, RayService)
+#   kueue:   crds/        (config/components/crd/bases: ClusterQueue, LocalQueue, Workload, ...)
 #
 # No prebuilt binary is downloaded: sources come from the Go module proxy as pinned in
 # <name>/go.mod and go.sum. A stamp (hash of go.mod, go.sum and the build flags) makes a
@@ -19,6 +21,7 @@
 #   LADDER_TOOLS_CACHE  cache root (default $HOME/.cache)
 #   LADDER_CP_JOBS      parallel build jobs, go build -p (default 2)
 #   LADDER_CP_REBUILD=1 ignore the stamp and build again
+#   LADDER_BUILD_CACHED_ONLY=1  print the cached bin directory, or exit 5 without building
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,8 +37,13 @@ case "$NAME" in
     PKG=github.com/ray-project/kuberay/ray-operator
     BINARY=kuberay-operator
     ;;
+  kueue)
+    MODULE=sigs.k8s.io/kueue
+    PKG=sigs.k8s.io/kueue/cmd/kueue
+    BINARY=kueue
+    ;;
   *)
-    echo "usage: $0 kwok|kuberay" >&2
+    echo "usage: $0 kwok|kuberay|kueue" >&2
     exit 2
     ;;
 esac
@@ -74,6 +82,10 @@ if cached; then
   echo "$BIN_DIR"
   exit 0
 fi
+if [[ "${LADDER_BUILD_CACHED_ONLY:-0}" == 1 ]]; then
+  echo "build.sh: $BINARY $VERSION is not built (LADDER_BUILD_CACHED_ONLY=1)" >&2
+  exit 5
+fi
 
 mkdir -p "$VERSION_DIR"
 exec 9>"$VERSION_DIR/.build.lock"
@@ -105,6 +117,10 @@ if [[ $NAME == kwok ]]; then
     echo "# from $MODULE@$VERSION kustomize/stage/$f"
     sed '/^---$/d' "$src/kustomize/stage/$f"
   done > "$tmp/stages.yaml"
+elif [[ $NAME == kueue ]]; then
+  mkdir "$tmp/crds"
+  cp "$src"/config/components/crd/bases/kueue.x-k8s.io_*.yaml "$tmp/crds/"
+  chmod 644 "$tmp/crds"/*.yaml
 else
   mkdir "$tmp/crds"
   for k in rayclusters rayjobs rayservices; do

@@ -12,6 +12,8 @@
 #   kwok                             two fake nodes (nodes.yaml: 4 nvidia.com/gpu, 96 CPU,
 #                                    1 TiB each, GFD labels) and the life of their pods
 #   KubeRay operator                 -use-kubernetes-proxy, its RayCluster/RayJob/RayService CRDs
+#   Kueue (opt-in: LADDER_KUEUE=1)   the ray.io/rayjob integration, its CRDs; no queues (tests
+#                                    make their own ResourceFlavor, ClusterQueue, LocalQueue)
 # The network: a namespace ($LADDER_CLUSTER_NETNS) joined by a veth pair, 198.51.100.1/24 on
 # this side, 198.51.100.2/24 inside; kwok gives every node and pod 198.51.100.2, so what the
 # apiserver proxies to a pod (a Ray dashboard, port 8265) must listen in that namespace
@@ -89,6 +91,14 @@ trap 'exit 143' TERM
 BIN="$(bash "$CP_HERE/build.sh")"
 KWOK_BIN="$(bash "$LADDER_CLUSTER_HERE/build.sh" kwok)"
 KUBERAY_BIN="$(bash "$LADDER_CLUSTER_HERE/build.sh" kuberay)"
+# Kueue is opt-in: 1627 Go packages, about 20 minutes to build cold on 2 cores. It runs when
+# LADDER_KUEUE=1 (built if needed) or when a build is already cached.
+KUEUE_BIN=""
+if [[ "${LADDER_KUEUE:-0}" == 1 ]]; then
+  KUEUE_BIN="$(bash "$LADDER_CLUSTER_HERE/build.sh" kueue)"
+else
+  KUEUE_BIN="$(LADDER_BUILD_CACHED_ONLY=1 bash "$LADDER_CLUSTER_HERE/build.sh" kueue 2>/dev/null)" || KUEUE_BIN=""
+fi
 KUBECTL=("$BIN/kubectl" --kubeconfig "$LADDER_CLUSTER_KUBECONFIG")
 
 # ------------------------------------------------------------- leftovers of a killed run
@@ -199,6 +209,43 @@ run kuberay-operator "$KUBERAY_BIN/kuberay-operator" \
 wait_until "the KubeRay operator /readyz" \
   curl -fsS --max-time 2 "http://127.0.0.1:$LADDER_CLUSTER_KUBERAY_PROBE_PORT/readyz"
 
+if [[ -n $KUEUE_BIN ]]; then
+  # Kueue, for RayJobs labelled kueue.x-k8s.io/queue-name only (manageJobsWithoutQueueName off).
+  # Its webhooks are not registered with the apiserver (that needs a Service the apiserver can
+  # reach): Ladder creates such RayJobs suspended itself, which is all Kueue's RayJob webhook
+  # would do here. Its webhook server still starts (readiness waits on it): a self-signed
+  # certificate for 127.0.0.1. The visibility API server (an aggregated API) is off.
+  KUEUE_DIR="$LADDER_CLUSTER_DIR/kueue"
+  mkdir -p "$KUEUE_DIR/certs"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$KUEUE_DIR/certs/tls.key" \
+    -out "$KUEUE_DIR/certs/tls.crt" 2>/dev/null
+  cat > "$KUEUE_DIR/config.yaml" <<EOF
+apiVersion: config.kueue.x-k8s.io/v1beta2
+kind: Configuration
+namespace: kueue-system
+health: {healthProbeBindAddress: "127.0.0.1:$LADDER_CLUSTER_KUEUE_PROBE_PORT"}
+metrics: {bindAddress: "0"}
+webhook: {host: 127.0.0.1, port: $LADDER_CLUSTER_KUEUE_WEBHOOK_PORT, certDir: "$KUEUE_DIR/certs"}
+leaderElection: {leaderElect: false}
+internalCertManagement: {enable: false}
+integrations: {frameworks: [ray.io/rayjob]}
+EOF
+  "${KUBECTL[@]}" create namespace kueue-system >/dev/null
+  for crd in "$KUEUE_BIN"/crds/*.yaml; do
+    "${KUBECTL[@]}" apply --server-side --field-manager ladder-cluster -f "$crd" >/dev/null
+  done
+  "${KUBECTL[@]}" wait --for=condition=Established --timeout=60s \
+    crd/clusterqueues.kueue.x-k8s.io crd/localqueues.kueue.x-k8s.io \
+    crd/resourceflavors.kueue.x-k8s.io crd/workloads.kueue.x-k8s.io >/dev/null
+  run kueue env KUBECONFIG="$KC" "$KUEUE_BIN/kueue" --config "$KUEUE_DIR/config.yaml" \
+    --feature-gates=VisibilityOnDemand=false
+  wait_until "Kueue /readyz" \
+    curl -fsS --max-time 2 "http://127.0.0.1:$LADDER_CLUSTER_KUEUE_PROBE_PORT/readyz"
+else
+  log "Kueue not started (not built; LADDER_KUEUE=1 builds and starts it)"
+fi
+
 echo "$KC" > "$LADDER_CLUSTER_DIR/ready"
 log "ready in $(( $(date +%s) - started ))s"
 cat <<EOF
@@ -209,6 +256,7 @@ Ladder test cluster is up (Ctrl-C or SIGTERM to pid $$ stops it and removes the 
   binaries:    $BIN (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl)
   kwok:        $KWOK_BIN/kwok
   KubeRay:     $KUBERAY_BIN/kuberay-operator (-use-kubernetes-proxy)
+  Kueue:       ${KUEUE_BIN:-not started (LADDER_KUEUE=1)}
   pods' address: $LADDER_CLUSTER_NODE_IP in netns $LADDER_CLUSTER_NETNS (ip netns exec $LADDER_CLUSTER_NETNS ...)
   logs:        $LADDER_CLUSTER_DIR/*.log
 EOF

@@ -1,5 +1,5 @@
 """Fixtures for tests on the test cluster of ``tests/k8s/cluster/up.sh``: a kube-apiserver
-with the real kube-scheduler, kube-controller-manager and KubeRay operator, and two fake
+with the real kube-scheduler, kube-controller-manager, KubeRay operator and Kueue, and two fake
 GPU nodes (kwok, 4 x nvidia.com/gpu each).
 
 STAND-INS, named: no container runs. kwok marks pods Running; a process a pod would run
@@ -8,6 +8,8 @@ kwok gives every pod (198.51.100.2).
 
 Environment:
     LADDER_SKIP_K8S=1 or LADDER_SKIP_REALCLUSTER=1   skip these tests.
+    LADDER_KUEUE=1   build Kueue (about 20 minutes cold on 2 cores) so that up.sh starts it;
+                     without it Kueue runs only when a build is cached (test_kueue.py skips).
     LADDER_CLUSTER_DIR (default /tmp/ladder-cluster), LADDER_CLUSTER_*: see cluster/env.sh.
     A cluster already up (a developer's `up.sh` with the same LADDER_CLUSTER_DIR) is reused
     and left running.
@@ -20,7 +22,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +33,15 @@ from pathlib import Path
 import pytest
 
 from tests.k8s.conftest import ControlPlane
+from tests.k8s.operator_harness import REPO_ROOT, wait_for
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 CONTROLPLANE_DIR = Path(__file__).resolve().parents[1] / "controlplane"
 STATE_DIR = Path(os.environ.get("LADDER_CLUSTER_DIR", "/tmp/ladder-cluster"))
 NETNS = os.environ.get("LADDER_CLUSTER_NETNS", "ladder-cluster")
 NODE_IP = "198.51.100.2"  # every fake node's and pod's address (cluster/env.sh)
+RAY_VERSION = "2.60.0"  # the installed Ray (checked by ray_head); KubeRay needs rayVersion
+DASHBOARD_PORT = 8265  # KubeRay's head Service port "dashboard"
 BUILD_TIMEOUT_S = int(os.environ.get("LADDER_CP_BUILD_TIMEOUT", "3600"))
 START_TIMEOUT_S = 300
 
@@ -68,6 +76,9 @@ def _build_all() -> None:
         ("tests/k8s/cluster/build.sh kuberay",
          ["bash", str(CLUSTER_DIR / "build.sh"), "kuberay"]),
     ]
+    if os.environ.get("LADDER_KUEUE") == "1":  # opt-in: about 20 minutes cold (up.sh)
+        steps.append(("tests/k8s/cluster/build.sh kueue",
+                      ["bash", str(CLUSTER_DIR / "build.sh"), "kueue"]))
     for name, command in steps:
         try:
             proc = subprocess.run(command, capture_output=True, text=True,
@@ -99,6 +110,21 @@ class Cluster(ControlPlane):
     netns: str = NETNS
     node_ip: str = NODE_IP
     log_dir: Path = STATE_DIR
+
+    def create_namespace(self, prefix: str = "ladder-real") -> str:
+        """A namespace with a unique name and its ``default`` ServiceAccount, which the real
+        kube-controller-manager makes (the bare control plane's helper creates it itself)."""
+        name = f"{prefix}-{os.urandom(4).hex()}"
+        self.kubectl_ok("create", "namespace", name)
+        wait_for("the default ServiceAccount",
+                 lambda: self.kubectl("-n", name, "get", "sa", "default").returncode == 0,
+                 timeout=30, interval=0.3)
+        return name
+
+    def _env(self) -> dict[str, str]:
+        # The control plane's scripts (sa-kubeconfig.sh) with this cluster's state and port.
+        return {**super()._env(), "LADDER_CP_DIR": str(self.state_dir),
+                "LADDER_CP_APISERVER_PORT": self.server.rsplit(":", 1)[1]}
 
     def netns_exec(self, *command: str) -> list[str]:
         """`command` run inside the cluster's network namespace (at the pods' address)."""
@@ -160,9 +186,66 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                             pytrace=False)
             time.sleep(0.5)
     try:
-        yield Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir, state_dir=STATE_DIR,
-                      server=server)
+        yield Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir,
+                      state_dir=STATE_DIR / "controlplane", server=server)
     finally:
         if process is not None:
             with contextlib.suppress(Exception):
                 _stop(process)
+
+
+@contextlib.contextmanager
+def ray_head(cluster: Cluster, db_url: str) -> Iterator[str]:
+    """STAND-IN for the head pods' processes: a real Ray head inside the cluster's network
+    namespace at the pods' address, its dashboard on 8265 (what the head Service points at).
+    Token auth is off (RAY_AUTH_MODE=disabled): Ray 2.60 turns it on by default, and then the
+    operator, which sends no token here, gets 401 and the RayJob never ends. Yields the
+    dashboard's URL."""
+    import ray
+
+    assert ray.__version__ == RAY_VERSION, "update RAY_VERSION to the installed Ray"
+    temp = tempfile.mkdtemp(prefix="ladder-ray-", dir="/tmp")  # short: Ray's socket paths
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # What the head container would have: the store's URL from the Secret, the worker
+        # package and an interpreter that has it.
+        "LADDER_DB_URL": db_url,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH"))
+                                      if p),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    command = cluster.netns_exec(
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+        f"--node-ip-address={NODE_IP}", f"--dashboard-host={NODE_IP}",
+        f"--dashboard-port={DASHBOARD_PORT}", "--include-dashboard=true",
+        "--num-cpus=4", "--num-gpus=0", f"--object-store-memory={256 * 2**20}",
+        f"--temp-dir={temp}", "--disable-usage-stats",
+    )
+    log_path = Path(temp) / "ray-start.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    url = f"http://{NODE_IP}:{DASHBOARD_PORT}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"ray start exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for("the Ray head's dashboard in the namespace", up, timeout=120, interval=1)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # `ray start --block` stops its runtime
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)

@@ -18,14 +18,8 @@ worker pods' Ray workers do not exist: the job runs on that head (training on CP
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,12 +30,10 @@ import yaml
 from orchestrator import store
 from orchestrator.core.lifecycle import TrialState
 from tests.k8s.operator_harness import REPO_ROOT, ControllerProcess, dump, free_port, wait_for
-from tests.k8s.real.conftest import NODE_IP, Cluster
+from tests.k8s.real.conftest import NODE_IP, RAY_VERSION, Cluster, ray_head
 
 pytestmark = pytest.mark.realcluster
 
-RAY_VERSION = "2.60.0"  # the installed Ray (checked below); KubeRay needs rayVersion
-DASHBOARD_PORT = 8265  # KubeRay's head Service port "dashboard"
 FAKE_NODES = {"gpu-node-0", "gpu-node-1"}
 SMALL = "ladder/t5-tiny-s"
 
@@ -64,11 +56,7 @@ def namespace(cluster: Cluster, sweep_crd: list[str], db_url: str) -> Iterator[s
     """A fresh namespace (its default ServiceAccount made by the real controller-manager)
     with the Secret that gives trial pods LADDER_DB_URL; deleted afterwards, which the real
     garbage collector carries through."""
-    name = f"ladder-real-{os.urandom(4).hex()}"
-    cluster.kubectl_ok("create", "namespace", name)
-    wait_for("the default ServiceAccount",
-             lambda: cluster.kubectl("-n", name, "get", "sa", "default").returncode == 0,
-             timeout=30, interval=0.3)
+    name = cluster.create_namespace()
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ladder-db"},
               "data": {"url": base64.b64encode(db_url.encode()).decode()}}
     cluster.kubectl_ok("-n", name, "apply", "-f", "-", input=json.dumps(secret))
@@ -89,62 +77,6 @@ def controller(cluster: Cluster, namespace: str, db_url: str,
         yield process
     finally:
         process.stop()
-
-
-@contextlib.contextmanager
-def ray_head(cluster: Cluster, db_url: str) -> Iterator[str]:
-    """STAND-IN for the head pods' processes: a real Ray head inside the cluster's network
-    namespace at the pods' address, its dashboard on 8265 (what the head Service points at).
-    Token auth is off (RAY_AUTH_MODE=disabled): Ray 2.60 turns it on by default, and then the
-    operator, which sends no token here, gets 401 and the RayJob never ends."""
-    import ray
-
-    assert ray.__version__ == RAY_VERSION, "update RAY_VERSION to the installed Ray"
-    temp = tempfile.mkdtemp(prefix="ladder-ray-", dir="/tmp")  # short: Ray's socket paths
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # What the head container would have: the store's URL from the Secret, the worker
-        # package and an interpreter that has it.
-        "LADDER_DB_URL": db_url,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH"))
-                                      if p),
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
-    command = cluster.netns_exec(
-        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-        f"--node-ip-address={NODE_IP}", f"--dashboard-host={NODE_IP}",
-        f"--dashboard-port={DASHBOARD_PORT}", "--include-dashboard=true",
-        "--num-cpus=4", "--num-gpus=0", f"--object-store-memory={256 * 2**20}",
-        f"--temp-dir={temp}", "--disable-usage-stats",
-    )
-    log_path = Path(temp) / "ray-start.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-    url = f"http://{NODE_IP}:{DASHBOARD_PORT}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"ray start exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for("the Ray head's dashboard in the namespace", up, timeout=120, interval=1)
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # `ray start --block` stops its runtime
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from orchestrator.core.escalation import (
     lane_progress,
     stop_reason,
 )
-from orchestrator.core.grid import Lane, Trial
+from orchestrator.core.grid import GridPoint, Lane
 from orchestrator.core.lifecycle import LaneState, Method, OOMKind, TrialState
 from orchestrator.core.spec import PAPER_LADDER, Escalation, OnOOM, ResourceShape
 
@@ -37,9 +37,9 @@ def make_lane(name: str = "lora-r32-a32-dss0.5-seed0") -> Lane:
     return Lane(index=0, name=name, method=Method.LORA, rank=32, alpha=32, dss_alpha=0.5, seed=0)
 
 
-def make_trials(lane: Lane, ladder: Sequence[str] = LADDER3) -> tuple[Trial, ...]:
+def make_trials(lane: Lane, ladder: Sequence[str] = LADDER3) -> tuple[GridPoint, ...]:
     return tuple(
-        Trial(trial_id=f"{lane.name}/{i}", lane=lane, model=m, model_index=i, resources=ONE_GPU)
+        GridPoint(trial_id=f"{lane.name}/{i}", lane=lane, model=m, model_index=i, resources=ONE_GPU)
         for i, m in enumerate(ladder)
     )
 
@@ -54,7 +54,7 @@ def escalation(on_oom: OnOOM = STOP, retries: int = 1) -> Escalation:
 
 def snapshot(
     *entries: tuple[int, int, TrialState] | tuple[int, int, TrialState, OOMKind],
-    trials: Sequence[Trial] = TRIALS,
+    trials: Sequence[GridPoint] = TRIALS,
 ) -> dict[str, list[AttemptObservation]]:
     """(model index, attempt, state[, oom kind]) entries as the observations of `trials`."""
     attempts: dict[str, list[AttemptObservation]] = {}
@@ -70,12 +70,12 @@ def snapshot(
 def progress_of(
     attempts: Mapping[str, Sequence[AttemptObservation]],
     esc: Escalation | None = None,
-    trials: Sequence[Trial] = TRIALS,
+    trials: Sequence[GridPoint] = TRIALS,
 ) -> LaneProgress:
     return lane_progress(trials[0].lane, trials, attempts, esc or escalation())
 
 
-def index(trial: Trial | None) -> int | None:
+def index(trial: GridPoint | None) -> int | None:
     return None if trial is None else trial.model_index
 
 
@@ -369,7 +369,7 @@ def check_invariants(
     progress: LaneProgress,
     attempts: Mapping[str, Sequence[AttemptObservation]],
     esc: Escalation,
-    trials: Sequence[Trial],
+    trials: Sequence[GridPoint],
 ) -> None:
     """What must hold for any snapshot, however odd."""
     observed = {t.trial_id: list(attempts.get(t.trial_id, ())) for t in trials}
@@ -411,7 +411,7 @@ def check_invariants(
 def drive(
     outcomes: Sequence[TrialState | tuple[TrialState, OOMKind]],
     esc: Escalation,
-    trials: Sequence[Trial] = TRIALS,
+    trials: Sequence[GridPoint] = TRIALS,
 ) -> tuple[list[tuple[int, int]], LaneProgress]:
     """Launch what the lane asks for and end each attempt with the next outcome, checking
     the invariants at every step. Returns the launches and the final progress."""
@@ -501,13 +501,13 @@ ESCALATIONS = st.builds(
 
 
 @st.composite
-def ladders(draw: st.DrawFn) -> tuple[Trial, ...]:
+def ladders(draw: st.DrawFn) -> tuple[GridPoint, ...]:
     size = draw(st.integers(1, 5))
     return make_trials(LANE, [f"m{i}" for i in range(size)])
 
 
 @st.composite
-def snapshots(draw: st.DrawFn) -> tuple[tuple[Trial, ...], dict[str, list[AttemptObservation]]]:
+def snapshots(draw: st.DrawFn) -> tuple[tuple[GridPoint, ...], dict[str, list[AttemptObservation]]]:
     """Any observations at all, including ones no correct backend produces."""
     trials = draw(ladders())
     attempts: dict[str, list[AttemptObservation]] = {}
@@ -525,7 +525,7 @@ def snapshots(draw: st.DrawFn) -> tuple[tuple[Trial, ...], dict[str, list[Attemp
 @settings(max_examples=400)
 @given(snapshot=snapshots(), esc=ESCALATIONS)
 def test_invariants_hold_for_any_snapshot(
-    snapshot: tuple[tuple[Trial, ...], dict[str, list[AttemptObservation]]], esc: Escalation
+    snapshot: tuple[tuple[GridPoint, ...], dict[str, list[AttemptObservation]]], esc: Escalation
 ) -> None:
     trials, attempts = snapshot
     progress = lane_progress(LANE, trials, attempts, esc)
@@ -545,7 +545,7 @@ OUTCOME_WITH_KIND = st.one_of(
     outcomes=st.lists(OUTCOME_WITH_KIND, max_size=25),
 )
 def test_driven_lanes_keep_the_invariants(
-    trials: tuple[Trial, ...],
+    trials: tuple[GridPoint, ...],
     esc: Escalation,
     outcomes: list[TrialState | tuple[TrialState, OOMKind]],
 ) -> None:
@@ -564,7 +564,7 @@ def test_driven_lanes_keep_the_invariants(
 @settings(max_examples=200)
 @given(trials=ladders(), esc=ESCALATIONS, outcomes=st.lists(st.sampled_from(OUTCOMES), max_size=25))
 def test_a_trial_is_attempted_at_most_retries_plus_one_times_failing(
-    trials: tuple[Trial, ...], esc: Escalation, outcomes: list[TrialState]
+    trials: tuple[GridPoint, ...], esc: Escalation, outcomes: list[TrialState]
 ) -> None:
     launched, _ = drive(outcomes, esc, trials)
     for model in range(len(trials)):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.core.grid import TRIAL_ID_LENGTH, expand, trial_spec
+from orchestrator.core.grid import TRIAL_ID_LENGTH, attempt_spec, expand
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import PAPER_LADDER, Sweep, SweepSpec
 from orchestrator.files import load_sweep
@@ -85,7 +85,7 @@ class TestTrialPayload:
         small, *_, xl = grid.trials[grid.lanes[0].name]
         assert small.resources.workers == 1 and small.resources.gpus == 1
         assert xl.resources.workers == 8 and xl.resources.gpus == 8
-        spec = trial_spec(sweep, xl, attempt=2, output_dir="/tmp/x")
+        spec = attempt_spec(sweep, xl, attempt=2, output_dir="/tmp/x")
         assert spec.attempt == 2 and spec.model == "google/flan-t5-xl"
         assert spec.training == sweep.spec.training
 
@@ -96,7 +96,7 @@ class TestTrialPayload:
         )
         sweep = Sweep(name="lr", spec=spec)
         grid = expand(sweep)
-        rates = [trial_spec(sweep, grid.trials[lane.name][0], attempt=1, output_dir="o")
+        rates = [attempt_spec(sweep, grid.trials[lane.name][0], attempt=1, output_dir="o")
                  .training.learning_rate for lane in grid.lanes]
         assert rates == [1e-3, 1e-4]
 

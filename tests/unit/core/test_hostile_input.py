@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from orchestrator import crd
 from orchestrator.cli import PLAN_TABLE_ROWS, app
 from orchestrator.core import grid as grid_module
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.lifecycle import LaneState
 from orchestrator.core.manifest_yaml import (
     MAX_DEPTH,
@@ -256,7 +256,7 @@ class TestWhatValidatesReconciles:
         assert parse_quantity("0.5") == 1 and parse_quantity("1.5Ki") == 1536
         sweep = parse_sweep(with_(escalation={"memoryBudget": "0.5"}))
         trial = expand(sweep).all_trials()[0]
-        payload = trial_spec(sweep, trial, attempt=1, output_dir="/tmp/x")
+        payload = attempt_spec(sweep, trial, attempt=1, output_dir="/tmp/x")
         assert payload.memory_budget_bytes == 1
 
     def test_a_budget_beyond_int64_is_refused(self) -> None:
@@ -296,7 +296,7 @@ class TestWhatValidatesReconciles:
 
     def test_int64_seeds_reach_the_worker(self) -> None:
         sweep = parse_sweep(with_(axes={"seed": [2**63 - 1, -(2**63)]}))
-        seeds = {trial_spec(sweep, t, attempt=1, output_dir="/x").seed
+        seeds = {attempt_spec(sweep, t, attempt=1, output_dir="/x").seed
                  for t in expand(sweep).all_trials()}
         assert seeds == {2**63 - 1, -(2**63)}
 

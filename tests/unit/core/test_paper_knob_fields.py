@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import (
     Attention,
@@ -55,7 +55,7 @@ def test_qlora_overrides_reach_qlora_lanes_only() -> None:
     seen = {}
     for lane in grid.lanes:
         (trial,) = grid.trials[lane.name]
-        training = trial_spec(s, trial, attempt=1, output_dir="/tmp/x").training
+        training = attempt_spec(s, trial, attempt=1, output_dir="/tmp/x").training
         seen[lane.method] = (training.precision, training.gradient_accumulation_steps,
                              training.tf32)
     assert seen == {

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.core.escalation import AttemptObservation
-from orchestrator.core.grid import Grid, Trial, expand
+from orchestrator.core.grid import Grid, GridPoint, expand
 from orchestrator.core.lifecycle import LaneState, Method, OOMKind, TrialState
 from orchestrator.core.plan import (
     BestTrial,
@@ -19,7 +19,7 @@ from orchestrator.core.plan import (
     LaunchTrial,
     Observed,
     Plan,
-    RecordOutcome,
+    RecordUnlaunched,
     SweepPhase,
     plan,
     status_dict,
@@ -32,7 +32,7 @@ SMALL, BASE, LARGE, XL = PAPER_LADDER
 PAPER_CLUSTER = Capacity(gpus=8, cpus=224)
 ONE_GPU_BELOW_XL = {"workers": 8, "overrides": {m: {"workers": 1} for m in PAPER_LADDER[:3]}}
 
-Outcome = Callable[[Trial, int], AttemptObservation]
+Outcome = Callable[[GridPoint, int], AttemptObservation]
 
 
 def paper_spec(**fields: object) -> SweepSpec:
@@ -43,7 +43,7 @@ def grid_of(spec: SweepSpec, name: str = "paper-grid") -> Grid:
     return expand(Sweep(name=name, spec=spec))
 
 
-def paper_outcome(trial: Trial, attempt: int) -> AttemptObservation:
+def paper_outcome(trial: GridPoint, attempt: int) -> AttemptObservation:
     """A stand-in for training, shaped like the paper's results: every method fits up to
     Large; at XL only QLoRA with rank >= 64 and alpha >= 128 fits (5 runs). Full fine-tuning
     of Large has the best loss (docs/paper.md, "Results", Table 3)."""
@@ -70,7 +70,7 @@ class World:
     predicted: frozenset[str] = frozenset()
     attempts: dict[str, list[AttemptObservation]] = field(default_factory=dict)
     launched: list[tuple[str, int]] = field(default_factory=list)
-    recorded: list[RecordOutcome] = field(default_factory=list)
+    recorded: list[RecordUnlaunched] = field(default_factory=list)
     rounds: int = 0
 
     def __post_init__(self) -> None:
@@ -84,7 +84,7 @@ class World:
             deleting=deleting,
         )
 
-    def active(self) -> list[tuple[Trial, int]]:
+    def active(self) -> list[tuple[GridPoint, int]]:
         return [
             (self.trials[tid], obs.attempt)
             for tid, observations in self.attempts.items()
@@ -112,7 +112,7 @@ class World:
                 assert action.attempt not in used, "reused an attempt number"
                 self.launched.append((trial_id, action.attempt))
                 self._put(AttemptObservation(trial_id, action.attempt, TrialState.PENDING))
-            elif isinstance(action, RecordOutcome):
+            elif isinstance(action, RecordUnlaunched):
                 assert action.attempt not in used, "recorded over an attempt"
                 self.recorded.append(action)
                 self._put(
@@ -236,7 +236,7 @@ def test_predicted_ooms_are_recorded_not_launched() -> None:
 
 
 def test_an_early_oom_skips_the_rest_of_the_lane_once() -> None:
-    def full_stops_at_base(trial: Trial, attempt: int) -> AttemptObservation:
+    def full_stops_at_base(trial: GridPoint, attempt: int) -> AttemptObservation:
         if trial.lane.method is Method.FULL and trial.model_index >= 1:
             return AttemptObservation(trial.trial_id, attempt, OOM, oom_kind=OOMKind.HOST)
         return paper_outcome(trial, attempt)
@@ -259,7 +259,7 @@ def test_an_early_oom_skips_the_rest_of_the_lane_once() -> None:
 
 
 def test_failures_are_retried_with_new_attempt_numbers() -> None:
-    def first_attempt_fails(trial: Trial, attempt: int) -> AttemptObservation:
+    def first_attempt_fails(trial: GridPoint, attempt: int) -> AttemptObservation:
         if attempt == 1 and trial.model_index == 0:
             return AttemptObservation(trial.trial_id, attempt, F, error="NCCL timeout")
         return paper_outcome(trial, attempt)
@@ -276,7 +276,7 @@ def test_failures_are_retried_with_new_attempt_numbers() -> None:
 
 
 def test_exhausted_retries_fail_every_lane_and_the_sweep() -> None:
-    def always_fails(trial: Trial, attempt: int) -> AttemptObservation:
+    def always_fails(trial: GridPoint, attempt: int) -> AttemptObservation:
         return AttemptObservation(trial.trial_id, attempt, F, error="boom")
 
     spec = paper_spec(escalation={"retries": 2}, resources=ONE_GPU_BELOW_XL, parallelism=8)
@@ -390,7 +390,7 @@ def test_a_predicted_oom_caps_its_lane_in_the_same_plan() -> None:
     )
     decided = plan(grid, spec, observed)
 
-    assert decided.records[0] == RecordOutcome(
+    assert decided.records[0] == RecordUnlaunched(
         full[0], 1, OOM, OOMKind.PREDICTED, decided.records[0].reason
     )
     assert "predicted out of memory" in decided.records[0].reason
@@ -457,7 +457,9 @@ def test_an_empty_capacity_waits_instead_of_failing() -> None:
     assert decided.status.reason == "NoCapacity"
 
 
-def observation(trial: Trial, attempt: int, state: TrialState, **kw: object) -> AttemptObservation:
+def observation(
+    trial: GridPoint, attempt: int, state: TrialState, **kw: object
+) -> AttemptObservation:
     return AttemptObservation(trial.trial_id, attempt, state, **kw)  # type: ignore[arg-type]
 
 
@@ -575,7 +577,7 @@ def test_any_sweep_runs_to_the_end_keeping_the_plan_promises(
     trials = grid.all_trials()
     position = {t.trial_id: i for i, t in enumerate(trials)}
 
-    def scripted(trial: Trial, attempt: int) -> AttemptObservation:
+    def scripted(trial: GridPoint, attempt: int) -> AttemptObservation:
         script = scripts.get(position[trial.trial_id], [])
         state = script[attempt - 1] if attempt <= len(script) else S
         return AttemptObservation(

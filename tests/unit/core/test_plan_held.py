@@ -7,7 +7,7 @@ from __future__ import annotations
 from orchestrator.core.escalation import AttemptObservation
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.plan import LaunchTrial, Observed, RecordOutcome, plan
+from orchestrator.core.plan import LaunchTrial, Observed, RecordUnlaunched, plan
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import Sweep, SweepSpec
 
@@ -41,7 +41,7 @@ def test_held_capacity_never_makes_a_trial_unschedulable() -> None:
     """Held GPUs come back; only a trial larger than the whole capacity is recorded."""
     decided = plan(GRID, SPEC, Observed(attempts={}, capacity=CAPACITY,
                                         held=Capacity(gpus=16, cpus=0)))
-    assert not [a for a in decided.actions if isinstance(a, RecordOutcome)]
+    assert not [a for a in decided.actions if isinstance(a, RecordUnlaunched)]
 
 
 def test_queued_attempts_hold_nothing() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.core.grid import Lane, Trial, expand
+from orchestrator.core.grid import GridPoint, Lane, expand
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.scheduler import Capacity, demand, select_launches, unschedulable
 from orchestrator.core.spec import PAPER_LADDER, ResourceShape, Sweep, SweepSpec
@@ -19,12 +19,14 @@ LANE = Lane(index=0, name="full-dss0.5-seed0", method=Method.FULL, rank=None, al
 PAPER_CLUSTER = Capacity(gpus=8, cpus=224)
 
 
-def make_trial(name: str, gpus: int = 1, cpus: int = 1, workers: int = 1) -> Trial:
+def make_trial(name: str, gpus: int = 1, cpus: int = 1, workers: int = 1) -> GridPoint:
     shape = ResourceShape(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
-    return Trial(trial_id=name, lane=LANE, model=f"model-{name}", model_index=0, resources=shape)
+    return GridPoint(
+        trial_id=name, lane=LANE, model=f"model-{name}", model_index=0, resources=shape
+    )
 
 
-def names(trials: Sequence[Trial]) -> list[str]:
+def names(trials: Sequence[GridPoint]) -> list[str]:
     return [t.trial_id for t in trials]
 
 
@@ -74,7 +76,7 @@ def test_demand_sums_the_workers(workers: int, gpus: int, cpus: int, expected: C
         pytest.param(make_trial("d", gpus=0, cpus=2), Capacity(0, 2), False, id="cpu-fits"),
     ],
 )
-def test_unschedulable(trial: Trial, total: Capacity, expected: bool) -> None:
+def test_unschedulable(trial: GridPoint, total: Capacity, expected: bool) -> None:
     assert unschedulable(trial, total) is expected
 
 
@@ -127,7 +129,7 @@ def test_unschedulable(trial: Trial, total: Capacity, expected: bool) -> None:
     ],
 )
 def test_select_launches(
-    candidates: list[Trial],
+    candidates: list[GridPoint],
     total: Capacity,
     in_use: Capacity,
     running: int,
@@ -145,7 +147,7 @@ def paper_sweep(**resources: object) -> Sweep:
     return Sweep(name="paper-grid", spec=spec)
 
 
-def lane_heads(sweep: Sweep) -> list[Trial]:
+def lane_heads(sweep: Sweep) -> list[GridPoint]:
     grid = expand(sweep)
     return [grid.trials[lane.name][0] for lane in grid.lanes]
 
@@ -187,7 +189,7 @@ def test_a_waiting_eight_gpu_trial_does_not_block_one_gpu_trials() -> None:
 
 
 @st.composite
-def candidate_lists(draw: st.DrawFn) -> list[Trial]:
+def candidate_lists(draw: st.DrawFn) -> list[GridPoint]:
     count = draw(st.integers(0, 12))
     trials = []
     for i in range(count):
@@ -215,7 +217,7 @@ CAPACITIES = st.builds(Capacity, gpus=st.integers(0, 16), cpus=st.integers(0, 64
     parallelism=st.integers(1, 8),
 )
 def test_selection_properties(
-    candidates: list[Trial], total: Capacity, in_use: Capacity, running: int, parallelism: int
+    candidates: list[GridPoint], total: Capacity, in_use: Capacity, running: int, parallelism: int
 ) -> None:
     kwargs = {"total": total, "in_use": in_use, "running": running, "parallelism": parallelism}
     selected = select_launches(candidates, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.core.spec import SelectionLoss, Training
-from orchestrator.core.trial import EpochRecord, best_record, selected_loss
+from orchestrator.core.worker_contract import EpochRecord, best_record, selected_loss
 
 # (label, rationale) per epoch at a = 0.5: the label loss is lowest at epoch 2, the rationale
 # loss keeps falling (lowest at 3), and their weighted sum is lowest at epoch 3 as well.

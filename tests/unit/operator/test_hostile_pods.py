@@ -22,7 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator import cli, store
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import attempt_spec, expand
 from orchestrator.core.spec import parse_sweep
 from orchestrator.files import load_sweep
 from orchestrator.operator.manifests import (
@@ -161,7 +161,7 @@ def test_the_builder_refuses_a_pod_the_policy_does_not_permit() -> None:
     sweep = parse_sweep({"apiVersion": "ladder.dev/v1alpha1", "kind": "Sweep",
                          "metadata": {"name": "qs", "namespace": NS}, "spec": body})
     trial = expand(sweep).all_trials()[0]
-    spec = trial_spec(sweep, trial, attempt=1, output_dir="/tmp/x")
+    spec = attempt_spec(sweep, trial, attempt=1, output_dir="/tmp/x")
     config = execution_config(sweep)
     with pytest.raises(PodPolicyError) as refused:
         rayjob_manifest(sweep, trial, spec, owner_uid="u", config=config,

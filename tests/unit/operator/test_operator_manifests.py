@@ -16,7 +16,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.core.grid import Trial, expand, trial_spec
+from orchestrator.core.grid import GridPoint, attempt_spec, expand
 from orchestrator.core.scheduler import Capacity
 from orchestrator.core.spec import (
     MAX_SWEEP_NAME,
@@ -26,7 +26,7 @@ from orchestrator.core.spec import (
     SweepSpec,
     load_sweep_text,
 )
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from orchestrator.operator.controller import parse_execution_defaults
 from orchestrator.operator.manifests import (
     ANNOTATION_MODEL,
@@ -99,11 +99,11 @@ def paper() -> Sweep:
 
 
 def build(
-    sweep: Sweep, trial: Trial, attempt: int = 1, secret: SecretRef | None = None
-) -> tuple[dict[str, Any], TrialSpec]:
+    sweep: Sweep, trial: GridPoint, attempt: int = 1, secret: SecretRef | None = None
+) -> tuple[dict[str, Any], AttemptSpec]:
     config = execution_config(sweep)
     output = trial_output_dir(config, sweep.name, trial.trial_id, attempt)
-    spec = trial_spec(sweep, trial, attempt=attempt, output_dir=output)
+    spec = attempt_spec(sweep, trial, attempt=attempt, output_dir=output)
     return rayjob_manifest(sweep, trial, spec, owner_uid=UID, db_url_secret=secret), spec
 
 
@@ -244,7 +244,7 @@ class TestManifest:
                                           trial_file]))
         assert f"printenv {TRIAL_JSON_ENV} > {trial_file}" in entry
         env = yaml.safe_load(manifest["spec"]["runtimeEnvYAML"])
-        payload = TrialSpec.model_validate(json.loads(env["env_vars"][TRIAL_JSON_ENV]))
+        payload = AttemptSpec.model_validate(json.loads(env["env_vars"][TRIAL_JSON_ENV]))
         assert payload == spec
         assert decode_trial(manifest) == spec
         assert payload.attempt == 3 and payload.trial_id == trial.trial_id

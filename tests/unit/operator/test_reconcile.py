@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator import store
 from orchestrator.core.lifecycle import OOMKind, TrialState
-from orchestrator.core.trial import TrialResult
+from orchestrator.core.worker_contract import AttemptResult
 from orchestrator.operator.kube import KubeError
 from orchestrator.operator.manifests import (
     LABEL_SWEEP,
@@ -221,7 +221,7 @@ def reconciler(cluster: FakeCluster, sessions: Any) -> Reconciler:
     return Reconciler(cluster, sessions, db_secret=SecretRef(name="ladder-db"))
 
 
-def rows(sessions: Any, sweep: str = "qs") -> dict[tuple[str, int], store.TrialRow]:
+def rows(sessions: Any, sweep: str = "qs") -> dict[tuple[str, int], store.AttemptRow]:
     with sessions() as session:
         return {(r.trial_id, r.attempt): r for r in store.attempts(session, NS, sweep)}
 
@@ -237,7 +237,7 @@ def write_result(sessions: Any, cluster: FakeCluster, name: str, **fields: Any) 
     spec = decode_trial(cluster.rayjobs[(NS, name)])
     assert spec is not None
     with sessions.begin() as session:
-        store.record_result(session, TrialResult.for_trial(spec, **fields))
+        store.record_result(session, AttemptResult.for_trial(spec, **fields))
 
 
 def test_first_pass_launches_lane_heads(cluster: FakeCluster, reconciler: Reconciler,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from orchestrator import store
+from orchestrator.core.classify import stall_reason
 from orchestrator.core.lifecycle import TrialState
-from orchestrator.core.outcome import stall_reason
-from orchestrator.core.trial import AttemptKey, EpochRecord
+from orchestrator.core.worker_contract import AttemptKey, EpochRecord
 from orchestrator.operator.manifests import ExecutionConfig, decode_trial
 from orchestrator.operator.reconcile import Reconciler
 from tests.unit.operator.test_reconcile import NS, SPEC, FakeCluster
@@ -54,7 +54,7 @@ def running(cluster: FakeCluster, name: str) -> None:
                    "rayClusterName": f"{name}-abcde"})
 
 
-def by_attempt(sessions: Any) -> dict[int, store.TrialRow]:
+def by_attempt(sessions: Any) -> dict[int, store.AttemptRow]:
     with sessions() as session:
         return {r.attempt: r for r in store.attempts(session, NS, "qs")}
 

@@ -116,7 +116,7 @@ def test_a_long_csv_field_under_the_cap_is_accepted(tmp_path: Path) -> None:
 # Ray runtime is touched (`worker.models` is never imported, `ray` never connected).
 DRIVER = """
 import json, sys
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import expand, attempt_spec
 from orchestrator.core.spec import parse_sweep
 from worker.train import run_trial
 
@@ -126,7 +126,7 @@ for source in sources:
     sweep = parse_sweep({"ladder": ["ladder/t5-tiny-s"], "methods": ["full"],
                          "training": {"init": "random"}, "dataset": {"source": source}})
     trial = expand(sweep).all_trials()[0]
-    result = run_trial(trial_spec(sweep, trial, attempt=1, output_dir=out))
+    result = run_trial(attempt_spec(sweep, trial, attempt=1, output_dir=out))
     results.append({"status": result.status.value, "error": result.error})
 loaded = [m for m in ("worker.models", "transformers", "peft", "ray") if m in sys.modules]
 print(json.dumps({"results": results, "loaded": loaded}))

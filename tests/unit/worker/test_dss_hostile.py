@@ -126,7 +126,7 @@ def test_no_input_is_in_both_train_and_eval(inputs: list[int], fraction: float,
 
 DRIVER = """
 import json, sys
-from orchestrator.core.grid import expand, trial_spec
+from orchestrator.core.grid import expand, attempt_spec
 from orchestrator.core.spec import parse_sweep
 from worker.train import run_trial
 
@@ -136,7 +136,7 @@ for source in sources:
     sweep = parse_sweep({"ladder": ["ladder/t5-tiny-s"], "methods": ["full"],
                          "training": {"init": "random"}, "dataset": {"source": source}})
     trial = expand(sweep).all_trials()[0]
-    result = run_trial(trial_spec(sweep, trial, attempt=1, output_dir=out))
+    result = run_trial(attempt_spec(sweep, trial, attempt=1, output_dir=out))
     results.append({"status": result.status.value, "error": result.error})
 loaded = [m for m in ("worker.models", "transformers", "peft", "ray") if m in sys.modules]
 print(json.dumps({"results": results, "loaded": loaded}))
@@ -163,7 +163,7 @@ def test_a_trial_refuses_the_corpus_before_any_model(tmp_path: Path) -> None:
 def test_a_trial_drops_repeats_before_the_split_and_logs_how_many(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from orchestrator.core.grid import expand, trial_spec
+    from orchestrator.core.grid import attempt_spec, expand
     from orchestrator.core.spec import parse_sweep
     from worker.train import load_split
 
@@ -172,7 +172,7 @@ def test_a_trial_drops_repeats_before_the_split_and_logs_how_many(
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     sweep = parse_sweep({"ladder": ["ladder/t5-tiny-s"], "methods": ["full"],
                          "dataset": {"source": str(path), "evalFraction": 0.5}})
-    trial = trial_spec(sweep, expand(sweep).all_trials()[0], attempt=1, output_dir="/tmp/x")
+    trial = attempt_spec(sweep, expand(sweep).all_trials()[0], attempt=1, output_dir="/tmp/x")
     train, evaluation = load_split(trial)
     assert len(train) + len(evaluation) == 6
     assert not {e.input for e in train} & {e.input for e in evaluation}

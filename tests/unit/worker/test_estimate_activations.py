@@ -20,7 +20,7 @@ from orchestrator.core.catalog import T5Architecture
 from orchestrator.core.estimate import estimate_memory
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import ModelInit, Precision, Training
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.models import build_model
 from worker.train import dss_forward
 
@@ -42,7 +42,7 @@ def registered() -> Iterator[None]:
 def saved_bytes(method: Method, rank: int | None) -> int:
     training = Training(precision=Precision.FP32, init=ModelInit.RANDOM, max_input_tokens=LI,
                         max_output_tokens=LO)
-    trial = TrialSpec(sweep="s", trial_id="t", lane="l", model=NAME, method=method, rank=rank,
+    trial = AttemptSpec(sweep="s", trial_id="t", lane="l", model=NAME, method=method, rank=rank,
                       alpha=rank, training=training)
     torch.manual_seed(0)
     model, _, _ = build_model(trial, torch.device("cpu"))

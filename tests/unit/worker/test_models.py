@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from orchestrator.core.catalog import ARCHITECTURES
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.models import build_model, count_parameters, random_t5
 from worker.tokenizer import ByteTokenizer
 
@@ -53,9 +53,9 @@ def test_untied_head_is_initialised_and_stays_untied() -> None:
     assert model.lm_head.weight is head
 
 
-def trial(method: str, **training: object) -> TrialSpec:
+def trial(method: str, **training: object) -> AttemptSpec:
     adapters = {} if method == "full" else {"rank": 4, "alpha": 8}
-    return TrialSpec(
+    return AttemptSpec(
         sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s", method=method,
         training={"init": "random", "precision": "fp32", **training}, **adapters,
     )
@@ -127,7 +127,7 @@ def test_pretrained_from_a_local_directory(tmp_path: Path, method: str) -> None:
     """init: pretrained on a saved checkpoint keeps its untied head (no download involved)."""
     source = random_t5(ARCHITECTURES["ladder/t5-tiny-s"])
     source.save_pretrained(tmp_path)
-    spec = TrialSpec(
+    spec = AttemptSpec(
         sweep="s", trial_id="t", lane="l", model=str(tmp_path), method=method,
         rank=None if method == "full" else 4, alpha=None if method == "full" else 8,
         training={"init": "pretrained", "precision": "fp32", "tokenizer": "byte"},
@@ -157,7 +157,7 @@ def test_pretrained_model_grows_rows_for_added_characters(
     )
     T5ForConditionalGeneration(config).save_pretrained(tmp_path)
     adapters = method != "full"
-    spec = TrialSpec(
+    spec = AttemptSpec(
         sweep="s", trial_id="t", lane="l", model=str(tmp_path), method=method,
         rank=4 if adapters else None, alpha=8 if adapters else None,
         training={"init": "pretrained", "precision": "fp32", "tokenizer": str(t5_like_tokenizer)},
@@ -177,7 +177,7 @@ def test_pretrained_model_grows_rows_for_added_characters(
 def test_pretrained_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
     from worker.models import ModelLoadError
 
-    spec = TrialSpec(
+    spec = AttemptSpec(
         sweep="s", trial_id="t", lane="l", model=str(tmp_path / "missing"), method="full",
         training={"init": "pretrained", "tokenizer": "byte"},
     )
@@ -188,7 +188,7 @@ def test_pretrained_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
 def test_random_init_needs_a_known_architecture() -> None:
     from worker.models import ModelLoadError
 
-    spec = TrialSpec(sweep="s", trial_id="t", lane="l", model="acme/unknown-7b", method="full",
+    spec = AttemptSpec(sweep="s", trial_id="t", lane="l", model="acme/unknown-7b", method="full",
                      training={"init": "random"})
     with pytest.raises(ModelLoadError, match="no built-in architecture"):
         build_model(spec, torch.device("cpu"))
@@ -206,9 +206,9 @@ class TestSaveTrained:
     """`training.saveModel`: the weights written, reloadable, and never half-written."""
 
     @staticmethod
-    def spec(method: str) -> TrialSpec:
+    def spec(method: str) -> AttemptSpec:
         adapters = method != "full"
-        return TrialSpec(
+        return AttemptSpec(
             sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s", method=method,
             rank=4 if adapters else None, alpha=8 if adapters else None,
             training={"init": "random", "precision": "fp32"},
@@ -301,7 +301,7 @@ def test_pretrained_loads_straight_onto_the_device(
         return load(cls, *args, **kwargs)
 
     monkeypatch.setattr(T5ForConditionalGeneration, "from_pretrained", classmethod(spy))
-    spec = TrialSpec(
+    spec = AttemptSpec(
         sweep="s", trial_id="t", lane="l", model=str(tmp_path), method=method,
         rank=None if method == "full" else 4, alpha=None if method == "full" else 8,
         training={"init": "pretrained", "precision": "fp32", "tokenizer": "byte"},

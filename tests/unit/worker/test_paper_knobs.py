@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 
 from orchestrator.core.spec import Attention, LossReduction, SaveModel, Training, WeightDtype
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.data.batching import IGNORE_INDEX, collate, encode_examples
 from worker.data.querydsl import generate_querydsl
 from worker.models import OPTIMIZER_STATE, build_model, save_trained
@@ -28,9 +28,9 @@ from worker.tokenizer import ByteTokenizer
 from worker.train import dss_forward, set_tf32, train_step
 
 
-def trial(method: str = "full", **training: object) -> TrialSpec:
+def trial(method: str = "full", **training: object) -> AttemptSpec:
     adapters = {} if method == "full" else {"rank": 4, "alpha": 8}
-    return TrialSpec(
+    return AttemptSpec(
         sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s", method=method,
         training={"init": "random", "precision": "fp32", **training}, **adapters,
     )

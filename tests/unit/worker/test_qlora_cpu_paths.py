@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from orchestrator.core.catalog import ARCHITECTURES, BUILTIN_ONLY
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.models import build_model
 
 
@@ -27,8 +27,8 @@ def cpu_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     return bool(request.param)
 
 
-def _qlora(model: str, **training: object) -> TrialSpec:
-    return TrialSpec(
+def _qlora(model: str, **training: object) -> AttemptSpec:
+    return AttemptSpec(
         sweep="s", trial_id="t", lane="l", model=model, method="qlora", rank=4, alpha=8,
         training={"precision": "fp32", **training},
     )

@@ -17,7 +17,7 @@ from orchestrator.core.estimate import estimate_memory, estimate_trial, nf4_byte
 from orchestrator.core.grid import expand
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import Precision, Sweep, SweepSpec, Training
-from orchestrator.core.trial import TrialSpec
+from orchestrator.core.worker_contract import AttemptSpec
 from worker.models import build_model, random_t5
 
 
@@ -39,7 +39,7 @@ def test_both_paths_follow_the_setting(tmp_path: Path, init: str, double_quant: 
     if init == "pretrained":
         random_t5(ARCHITECTURES[model_id]).save_pretrained(tmp_path)
         model_id = str(tmp_path)
-    spec = TrialSpec(
+    spec = AttemptSpec(
         sweep="s", trial_id="t", lane="l", model=model_id, method="qlora", rank=4, alpha=8,
         training={"init": init, "precision": "fp32", "tokenizer": "byte",
                   "qloraDoubleQuant": double_quant},

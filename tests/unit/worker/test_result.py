@@ -12,7 +12,7 @@ import pytest
 from ray.train import WorkerGroupError
 
 from orchestrator.core.lifecycle import ExitCode, OOMKind, TrialState
-from orchestrator.core.trial import RESULT_PREFIX, EpochRecord, TrialResult, TrialSpec
+from orchestrator.core.worker_contract import RESULT_PREFIX, AttemptResult, AttemptSpec, EpochRecord
 from worker.memory import MemoryBudgetExceeded
 from worker.result import EpochSink, deliver, error_text, exit_code, store_result, store_url
 from worker.train import run_trial
@@ -20,13 +20,15 @@ from worker.train import run_trial
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def spec(tmp_path: Path, **fields: object) -> TrialSpec:
-    return TrialSpec(sweep="s", trial_id="t1", lane="l", model="ladder/t5-tiny-s", method="full",
+def spec(tmp_path: Path, **fields: object) -> AttemptSpec:
+    return AttemptSpec(sweep="s", trial_id="t1", lane="l", model="ladder/t5-tiny-s", method="full",
                      output_dir=str(tmp_path / "out"), **fields)
 
 
-def result(trial: TrialSpec, status: TrialState = TrialState.SUCCEEDED, **fields) -> TrialResult:
-    return TrialResult.for_trial(trial, status=status, **fields)
+def result(
+    trial: AttemptSpec, status: TrialState = TrialState.SUCCEEDED, **fields
+) -> AttemptResult:
+    return AttemptResult.for_trial(trial, status=status, **fields)
 
 
 @pytest.mark.parametrize(
@@ -79,8 +81,8 @@ def test_deliver_without_a_reachable_store(
     assert deliver(done, trial) is False
     assert time.monotonic() - started >= 1.0  # it kept trying for LADDER_RESULT_RETRY_SECONDS
     last = capsys.readouterr().out.splitlines()[-1]
-    assert TrialResult.from_output(last) == done
-    saved = TrialResult.model_validate_json((tmp_path / "out/result.json").read_text())
+    assert AttemptResult.from_output(last) == done
+    saved = AttemptResult.model_validate_json((tmp_path / "out/result.json").read_text())
     assert saved == done
 
 
@@ -88,7 +90,7 @@ def test_result_write_waits_for_a_store_that_comes_back(tmp_path: Path) -> None:
     """A store that cannot be opened (here: its directory is missing, sqlite3's "unable to
     open database file", an OperationalError like a refused connection) is retried with
     backoff; once it is there again, the result lands."""
-    from orchestrator.store import open_store, results, to_result
+    from orchestrator.store import all_attempts, open_store, to_result
 
     home = tmp_path / "store"
     url = f"sqlite:///{home}/ladder.db"
@@ -104,7 +106,7 @@ def test_result_write_waits_for_a_store_that_comes_back(tmp_path: Path) -> None:
     store_result(url, done, within=60, sleep=pause)
     assert len(pauses) >= 4
     with open_store(url)() as session:
-        (row,) = results(session)
+        (row,) = all_attempts(session)
         assert to_result(row) == done
 
 
@@ -120,7 +122,7 @@ def test_result_write_gives_up_after_its_deadline(tmp_path: Path) -> None:
 
 def test_deliver_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator.store import open_store, results, to_result
+    from orchestrator.store import all_attempts, open_store, to_result
 
     url = f"sqlite:///{tmp_path}/ladder.db"
     monkeypatch.setenv("LADDER_DB_URL", url)
@@ -131,7 +133,7 @@ def test_deliver_to_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     done = result(trial, best_eval_loss=1.9, best_epoch=1, epochs_completed=1, epochs=[epoch])
     assert deliver(done, trial) is True
     with open_store(url)() as session:
-        (row,) = results(session, with_epochs=True)
+        (row,) = all_attempts(session, with_epochs=True)
         assert to_result(row) == done
     assert capsys.readouterr().out.splitlines()[-1].startswith(RESULT_PREFIX)
 
@@ -162,6 +164,6 @@ def test_invalid_trial_file(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "worker", "run", "--trial", str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == ExitCode.FAILED
-    last = TrialResult.from_output(done.stdout)
+    last = AttemptResult.from_output(done.stdout)
     assert last is not None and last.status is TrialState.FAILED
     assert "fp16 is not supported" in last.error

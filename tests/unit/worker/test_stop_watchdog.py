@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from orchestrator.core.lifecycle import ExitCode, TrialState
-from orchestrator.core.trial import TrialResult, TrialSpec
+from orchestrator.core.worker_contract import AttemptResult, AttemptSpec
 from orchestrator.files import write_trial
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -34,7 +34,7 @@ sys.exit(cli.main(["run", "--trial", sys.argv[1]]))
 
 
 def test_a_swallowed_stop_still_ends_the_trial_as_cancelled(tmp_path: Path) -> None:
-    trial = TrialSpec(sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s",
+    trial = AttemptSpec(sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s",
                       method="full", output_dir=str(tmp_path / "out"))
     path = write_trial(trial, tmp_path / "trial.json")
     env = {k: v for k, v in os.environ.items() if k != "LADDER_DB_URL"}
@@ -48,7 +48,7 @@ def test_a_swallowed_stop_still_ends_the_trial_as_cancelled(tmp_path: Path) -> N
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate(timeout=60)
     assert time.monotonic() - started < 30, "the watchdog did not end the stuck worker"
-    result = TrialResult.from_output(out)
+    result = AttemptResult.from_output(out)
     assert result is not None, err[-2000:]
     assert result.status is TrialState.CANCELLED
     assert worker.returncode == ExitCode.FAILED

@@ -11,14 +11,14 @@ import torch
 
 from orchestrator.backends.local import LocalRayBackend
 from orchestrator.core.lifecycle import OOMKind, TrialState
-from orchestrator.core.trial import WORKER_ENV, TrialSpec
+from orchestrator.core.worker_contract import WORKER_ENV, AttemptSpec
 from orchestrator.operator.manifests import ExecutionConfig, runtime_env
 
 ALLOC = "PYTORCH_CUDA_ALLOC_CONF"
 
 
-def _trial(tmp_path: Path, **fields: Any) -> TrialSpec:
-    return TrialSpec.model_validate({
+def _trial(tmp_path: Path, **fields: Any) -> AttemptSpec:
+    return AttemptSpec.model_validate({
         "sweep": "s", "trial_id": "t", "lane": "l", "model": "ladder/t5-tiny-s",
         "method": "full", "output_dir": str(tmp_path / "run"),
         "training": {"epochs": 3, "init": "random", "precision": "fp32"},

@@ -1,8 +1,11 @@
-"""The worker contract's payload: one fully resolved trial, written as JSON for the worker.
+"""The worker contract: what a worker is given (`AttemptSpec`) and what it returns
+(`AttemptResult`, with its `EpochRecord`s), both as JSON.
 
-`python -m worker run --trial FILE` reads exactly this model (docs/architecture.md, "The worker
-contract"). Everything a trial needs is resolved here (axes applied to the training recipe,
-per-model resources, the memory budget in bytes), so the worker never sees the grid.
+`python -m worker run --trial FILE` reads exactly an `AttemptSpec` (docs/architecture.md, "The
+worker contract"). Everything one attempt of a trial needs is resolved there (axes applied to
+the training recipe, per-model resources, the memory budget in bytes), so the worker never sees
+the grid. The JSON field names (camelCase) are the on-disk contract and do not change with the
+Python names.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ class AttemptKey(NamedTuple):
     attempt: int
 
 
-class TrialSpec(BaseModel):
-    """One trial attempt, everything resolved."""
+class AttemptSpec(BaseModel):
+    """What the worker is given: one attempt of one trial, everything resolved."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
@@ -103,7 +106,7 @@ def best_record(epochs: Iterable[EpochRecord]) -> EpochRecord | None:
     return min(finite, key=lambda r: (r.eval_loss, r.epoch), default=None)
 
 
-class TrialResult(BaseModel):
+class AttemptResult(BaseModel):
     """What one trial attempt produced: success or a classified failure.
 
     The worker prints it as one JSON line on stdout and writes it to the store; backends read
@@ -164,7 +167,7 @@ class TrialResult(BaseModel):
     epochs: list[EpochRecord] = Field(default_factory=list)
 
     @classmethod
-    def for_trial(cls, trial: TrialSpec, **fields: object) -> TrialResult:
+    def for_trial(cls, trial: AttemptSpec, **fields: object) -> AttemptResult:
         """A result carrying the trial's identity, plus the given fields."""
         identity = trial.model_dump(include={*SWEEP_FIELDS, *IDENTITY_FIELDS})
         return cls(**identity, **fields)
@@ -173,7 +176,7 @@ class TrialResult(BaseModel):
         return RESULT_PREFIX + self.model_dump_json(by_alias=True)
 
     @classmethod
-    def from_output(cls, text: str) -> TrialResult | None:
+    def from_output(cls, text: str) -> AttemptResult | None:
         """The last result line in a worker's output (stdout or Ray job logs), if any."""
         for line in reversed(text.splitlines()):
             if line.startswith(RESULT_PREFIX):

@@ -1,29 +1,29 @@
-"""helm/ladder installed with `helm install` (not template + apply) on the real kube-apiserver,
-its controller running as the release's Deployment defines it, and a Sweep completing.
+"""helm/ladder installed with `helm install` (not template + apply) on the test cluster of
+tests/k8s/cluster/up.sh (real kube-scheduler, kube-controller-manager, KubeRay operator and two
+fake GPU nodes), its controller running as the release's Deployment defines it, and a Sweep
+completing through the real operator.
 
 The controller runs with the Deployment's own args and environment (read back from the
 installed release), authenticated with a token of the chart's ServiceAccount, so only the
-chart's RBAC lets it work. Two ways:
+chart's RBAC lets it work; capacity comes from the nodes (the chart sets none). Two ways:
 
 - `test_helm_install_controller_process`: `ladder controller` as a process, the token in a
   kubeconfig;
 - `test_helm_install_controller_image`: the controller image (docker/build.sh) under podman
   with `--network=host`, read-only root, UID 10001, and the token, CA and namespace mounted at
   /var/run/secrets/kubernetes.io/serviceaccount with KUBERNETES_SERVICE_HOST/PORT pointing at
-  the test apiserver on loopback: exactly how the pod would get its credentials (in-cluster
-  config). Skipped, with the reason, only where no container engine can run.
+  the cluster's apiserver on loopback: exactly how the pod would get its credentials
+  (in-cluster config). Skipped, with the reason, only where no container engine can run.
 
 What stands in, and why:
-- No kubelet runs the Deployment's pod (the control plane has none), hence the process or the
-  container started by the test.
-- The KubeRay operator is the Python STAND-IN (tests/k8s/kuberay_standin.py, mode
-  "subprocess"): the real operator, kube-scheduler and kwok nodes are built in branch
-  `cluster` and are not in this branch yet. It runs each RayJob's entrypoint as a subprocess:
-  the FAST STAND-IN for training (tests/reliability/fast_worker.py, through
-  `execution.python`), which honours the rest of the worker contract for real (store rows,
-  result, exit code). What is under test here is the chart and the controller it installs;
-  real training through the controller and the stand-in is
-  tests/k8s/test_operator.py::test_quickstart_end_to_end (minutes on two cores).
+- No kubelet runs the Deployment's pod (kwok's nodes run no containers), hence the process or
+  the container started by the test.
+- The head pod's processes: a real Ray head in the cluster's network namespace
+  (conftest.ray_head), to which the real operator submits the job (HTTPMode). Its job runs the
+  FAST STAND-IN for training (tests/reliability/fast_worker.py, through `execution.python`),
+  which honours the rest of the worker contract for real (store rows, result, exit code). What
+  is under test is the chart and the controller it installs; real training through the real
+  operator is test_real_kuberay.py.
 - The store is SQLite through the chart's "your own database" Secret
   (`database.existingSecret`), since nothing would run the bundled PostgreSQL StatefulSet.
 """
@@ -38,20 +38,17 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from orchestrator.operator.kube import Kube, load_config
 from tests.helm.chart import CHART, run_helm
-from tests.k8s.kuberay_standin import KubeRayStandIn
 from tests.k8s.operator_harness import REPO_ROOT, dump, free_port, wait_for
+from tests.k8s.real.conftest import RAY_VERSION, Cluster, ray_head
 from tests.reliability.fast_worker import write_shim
 
-if TYPE_CHECKING:
-    from tests.k8s.conftest import ControlPlane
-
-pytestmark = pytest.mark.k8s
+pytestmark = pytest.mark.realcluster
 
 STORE_SECRET = "ladder-store"
 SWEEP = """
@@ -64,7 +61,7 @@ spec:
   training: {epochs: 1, precision: fp32, init: random, batchSize: 8, maxInputTokens: 64,
              maxOutputTokens: 32, generateLimit: 2}
   dataset: {source: "builtin:querydsl", size: 16, preamble: short, evalFraction: 0.25}
-  resources: {workers: 1, gpusPerWorker: 0}
+  resources: {workers: 1, gpusPerWorker: 1}
   execution: EXECUTION
 """
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -73,7 +70,7 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 class Installed:
     """A release installed with `helm install`, and what its Deployment would run."""
 
-    def __init__(self, control_plane: ControlPlane, tmp_path: Path) -> None:
+    def __init__(self, control_plane: Cluster, tmp_path: Path) -> None:
         self.cp = control_plane
         self.namespace = control_plane.create_namespace("ladder-rel")
         self.sweeps = control_plane.create_namespace("ladder-sweeps")
@@ -148,31 +145,44 @@ class Installed:
 
 def _sweep_completes(installed: Installed, tmp_path: Path, logs: Callable[[], str],
                      alive: Callable[[], bool]) -> None:
-    """Apply the Sweep in the watched namespace; the stand-in runs its trial; it succeeds."""
+    """Apply the Sweep in the watched namespace; the real operator makes the trial's cluster,
+    the scheduler binds its pods to a GPU node, the job runs on the Ray head; it succeeds."""
     cp = installed.cp
     kube = Kube(load_config(str(cp.kubeconfig)))
+    # The chart's execution defaults stay (rayVersion, resources, nodeSelector, tolerations,
+    # capacity from the nodes) but for what the stand-in Ray head needs: no token auth, the
+    # job posted to its dashboard, and the test's interpreter with the fast worker.
     execution: dict[str, Any] = {
         "outputDir": str(tmp_path / "runs"),
         "python": str(write_shim(tmp_path / "fast-worker")),
         "runtimeEnv": {"env_vars": {"LADDER_FAST_EPOCHS": "1"}},
+        "submissionMode": "HTTPMode",
+        "authOptions": {"mode": "disabled"},
+        "ttlSecondsAfterFinished": 0,
     }
-    with KubeRayStandIn(kube.api_client, installed.sweeps, mode="subprocess") as standin:
+    with ray_head(cp, installed.db_url):
         cp.kubectl_ok("-n", installed.sweeps, "apply", "-f", "-",
                       input=SWEEP.replace("EXECUTION", json.dumps(execution)))
 
+        bound: dict[str, dict[str, Any]] = {}  # worker pod -> its spec, once scheduled
+
         def why() -> str:
             sweep = kube.get_sweep(installed.sweeps, "installed") or {}
-            jobs = [(j.log_path.read_text(errors="replace")[-3000:] if j.log_path and
-                     j.log_path.exists() else "") for j in standin.jobs.values()]
-            return (f"sweep status: {dump(sweep.get('status'))}\nstand-in errors: "
-                    f"{standin.errors}\njob logs: {jobs}\ncontroller:\n{logs()[-6000:]}")
+            jobs = [j.get("status") for j in kube.list_rayjobs(installed.sweeps, "installed")]
+            return (f"sweep status: {dump(sweep.get('status'))}\nrayjobs: {dump(jobs)}\n"
+                    f"controller:\n{logs()[-6000:]}\n"
+                    f"{cp.logs('kuberay-operator', 'kube-scheduler', tail=2000)}")
 
-        status = wait_for(
-            "the Sweep to finish",
-            lambda: (s := (kube.get_sweep(installed.sweeps, "installed") or {})
-                     .get("status") or {}).get("phase") in ("Succeeded", "Failed") and s,
-            timeout=180, interval=1, diagnose=why,
-        )
+        def finished() -> dict[str, Any] | None:
+            pods = json.loads(cp.kubectl_ok("-n", installed.sweeps, "get", "pods", "-l",
+                                            "ray.io/node-type=worker", "-o", "json"))["items"]
+            bound.update({p["metadata"]["name"]: p["spec"] for p in pods
+                          if p["spec"].get("nodeName")})
+            status = (kube.get_sweep(installed.sweeps, "installed") or {}).get("status") or {}
+            return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+        status = wait_for("the Sweep to finish", finished, timeout=300, interval=1,
+                          diagnose=why)
         assert status["phase"] == "Succeeded", why()
         assert status["trials"]["succeeded"] == 1 and status["trials"]["done"] == 1, why()
         assert status["best"]["model"] == "ladder/t5-tiny-s", why()
@@ -182,7 +192,13 @@ def _sweep_completes(installed: Installed, tmp_path: Path, logs: Callable[[], st
         refs = [e["valueFrom"]["secretKeyRef"] for e in head["containers"][0]["env"]
                 if "secretKeyRef" in (e.get("valueFrom") or {})]
         assert {"name": STORE_SECRET, "key": "url"} in refs
-        assert standin.errors == []
+        # The chart's rayVersion reached the operator, and the trial's worker pod was bound
+        # by the real scheduler to a fake GPU node, with the GPU it asked for.
+        assert job["spec"]["rayClusterSpec"]["rayVersion"] == RAY_VERSION
+        assert bound, why()
+        for spec in bound.values():
+            assert spec["nodeName"] in ("gpu-node-0", "gpu-node-1"), why()
+            assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert alive(), logs()[-6000:]
     # Nothing was forbidden to the chart's ServiceAccount (Kopf's scan of the namespaces too:
     # refused, it stalls about a minute before serving; rbac.listNamespaces).
@@ -191,9 +207,8 @@ def _sweep_completes(installed: Installed, tmp_path: Path, logs: Callable[[], st
 
 
 @pytest.mark.timeout(600)
-def test_helm_install_controller_process(
-    control_plane: ControlPlane, kuberay_crds: list[str], tmp_path: Path
-) -> None:
+def test_helm_install_controller_process(cluster: Cluster, tmp_path: Path) -> None:
+    control_plane = cluster
     installed = Installed(control_plane, tmp_path)
     kubeconfig = control_plane.sa_kubeconfig(installed.namespace, installed.service_account,
                                              tmp_path / "sa.kubeconfig")
@@ -237,9 +252,8 @@ def _wait_healthy(port: int, logs: Callable[[], str]) -> None:
 
 @pytest.mark.images
 @pytest.mark.timeout(1500)
-def test_helm_install_controller_image(
-    control_plane: ControlPlane, kuberay_crds: list[str], tmp_path: Path
-) -> None:
+def test_helm_install_controller_image(cluster: Cluster, tmp_path: Path) -> None:
+    control_plane = cluster
     from tests.images.images import build_image, engine
 
     eng = engine()

@@ -1,0 +1,100 @@
+"""The file of inputs to distil: JSON Lines or CSV, an `input` each, a gold `label` optional.
+
+Other columns (a `rationale` too) are ignored, so a DSS file can be fed back in to relabel it
+or to measure a teacher against its labels. Every record is checked before any token is paid
+for; a problem is a `DatasetError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.distill.parse import parse_json
+from worker.data.examples import DatasetError
+
+__all__ = ["Item", "read_inputs"]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One input to label, where it came from, and its gold label if the file had one."""
+
+    line: int
+    input: str
+    gold: str | None = None
+
+
+def read_inputs(path: Path) -> list[Item]:
+    """The records of `path` (.jsonl/.json or .csv) in file order."""
+    source = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise DatasetError(source, 1, f"unknown extension {path.suffix or '(none)'!r} "
+                                      "(expected .csv, .json or .jsonl)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(source, 1, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(source, 1, f"not valid UTF-8 ({exc.reason})") from None
+    except OSError as exc:
+        raise DatasetError(source, 1, f"cannot read file ({exc.strerror or exc})") from None
+    rows = _csv_rows(source, text) if suffix == ".csv" else _jsonl_rows(source, text)
+    items = [_item(source, line, record) for line, record in rows]
+    if not items:
+        raise DatasetError(source, 1, "file has no records")
+    return items
+
+
+def _jsonl_rows(source: str, text: str) -> list[tuple[int, dict[str, object]]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DatasetError(source, number, f"line is not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise DatasetError(source, number, "line is not a JSON object")
+        rows.append((number, record))
+    return rows
+
+
+def _csv_rows(source: str, text: str) -> list[tuple[int, dict[str, object]]]:
+    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
+    rows: list[tuple[int, dict[str, object]]] = []
+    try:
+        if reader.fieldnames is None or "input" not in reader.fieldnames:
+            raise DatasetError(source, 1, "header has no input column")
+        start = reader.line_num + 1
+        for record in reader:
+            if None in record:
+                raise DatasetError(source, start, "record has more fields than the header")
+            if any(value and value.strip() for value in record.values()):
+                rows.append((start, dict(record)))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DatasetError(source, reader.line_num, f"malformed CSV ({exc})") from None
+    return rows
+
+
+def _item(source: str, line: int, record: dict[str, object]) -> Item:
+    text = record.get("input")
+    if not isinstance(text, str) or not text.strip():
+        raise DatasetError(source, line, "missing or empty input")
+    gold = record.get("label")
+    if gold in (None, ""):
+        return Item(line, text)
+    if isinstance(gold, dict | list):
+        gold = json.dumps(gold, ensure_ascii=False, separators=(",", ":"))
+    if not isinstance(gold, str):
+        raise DatasetError(source, line, "label must be a string of JSON (or a JSON object)")
+    try:
+        parse_json(gold)
+    except ValueError as exc:
+        raise DatasetError(source, line, f"gold label is not valid JSON ({exc})") from None
+    return Item(line, text, gold)
