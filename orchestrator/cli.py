@@ -218,6 +218,11 @@ def plan_command(
                       str(lane.alpha or "-"), f"{lane.dss_alpha:g}", str(lane.seed))
     console.print(table)
     _more(len(grid.lanes), "lanes")
+    from orchestrator.model_tables import fit_rich_table, wide
+
+    fits = fit_rich_table(spec, grid)
+    if fits is not None:
+        wide(console).print(fits)
 
 
 # A terminal table of a grid at the maxTrials ceiling (25,000 lanes, 100,000 trials) takes
@@ -747,6 +752,29 @@ def distill_command(
     console.print(say(("✓", "green"), f" wrote {summary.accepted} examples to {paths.out}, "
                       f"{summary.rejected} rejected to {paths.rejected}"))
 
+
+
+@app.command("models")
+def models_command(
+    file: Annotated[Path | None, typer.Argument(help="Sweep YAML whose training settings "
+                                                "(lengths, batch, precision, checkpointing, "
+                                                "first LoRA rank) the estimates use.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List every known architecture: family, parameters and the estimated peak memory per
+    device of each method."""
+    from orchestrator.model_tables import catalog_json, catalog_settings, catalog_table, wide
+
+    settings = catalog_settings(_load(file).spec if file is not None else None)
+    if as_json:
+        typer.echo(json.dumps(catalog_json(settings), indent=2))
+        return
+    training = settings["training"]
+    console.print(f"Estimates at maxInputTokens={training.max_input_tokens}, maxOutputTokens="
+                  f"{training.max_output_tokens}, {training.pass_batch(settings['workers'])} "
+                  f"example(s) per device, {training.precision.value}, LoRA rank "
+                  f"{settings['rank']}")
+    wide(console).print(catalog_table(settings))
 
 
 @app.command()

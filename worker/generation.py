@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.data.batching import EncodedExample, collate, length_grouped_batches
+from worker.data.batching import EncodedExample, collate_prompts, length_grouped_batches
 from worker.tokenizer import TextTokenizer
 
 __all__ = [
@@ -153,7 +153,9 @@ def generate_texts(
     max_new_tokens: int,
     device: torch.device,
 ) -> list[str]:
-    """Greedy decoding of each example's `predict:` input, in the order of `encoded`."""
+    """Greedy decoding of each example's `predict:` input, in the order of `encoded`.
+
+    A decoder-only model continues its left-padded prompt; only the new tokens are decoded."""
     was_training = model.training
     model.eval()
     texts: list[str] = [""] * len(encoded)
@@ -161,16 +163,19 @@ def generate_texts(
     batches = length_grouped_batches(encoded, batch_size, seed=0, epoch=0)
     try:
         for indices in batches:
-            batch = collate([encoded[i] for i in indices], tokenizer.pad_token_id)
+            rows = [encoded[i] for i in indices]
+            input_ids, attention_mask = collate_prompts(rows, tokenizer.pad_token_id)
             output = model.generate(
-                input_ids=batch["predict_input_ids"].to(device),
-                attention_mask=batch["predict_attention_mask"].to(device),
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
+            if rows[0].causal:
+                output = output[:, input_ids.shape[1]:]  # the prompt comes back first
             for i, ids in zip(indices, output.tolist(), strict=True):
                 texts[i] = tokenizer.decode(ids)  # skips the start token (pad), stops at eos
     finally:

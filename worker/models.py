@@ -1,9 +1,16 @@
 """Build a trial's model for its method: full fine-tuning, LoRA (peft) or QLoRA (NF4 + LoRA).
 
-Two ways to get weights:
+Two families: FLAN-T5 (encoder-decoder) and decoder-only causal LMs (Qwen2.5, Llama 3.x,
+SmolLM2; `orchestrator.core.catalog.DecoderArchitecture`). Two ways to get weights:
 - `init: random` (and every `ladder/*` model, which exists only as an architecture): a
-  `T5ForConditionalGeneration` built from the catalogue's numbers, nothing downloaded.
-- `init: pretrained`: `from_pretrained` on a local path or hub id.
+  `T5ForConditionalGeneration`, or a transformers config -> `AutoModelForCausalLM`, built from
+  the catalogue's numbers, nothing downloaded.
+- `init: pretrained`: `from_pretrained` on a local path or hub id; the config says which
+  family (`is_encoder_decoder`).
+
+A decoder-only model's head is tied to its embedding exactly when the catalogue says so
+(`tie_word_embeddings`, which transformers honours for Llama and Qwen2), and attention is
+SDPA. LoRA targets the blocks' q/k/v/o/gate/up/down projections (`catalog.lora_targets`).
 
 FLAN-T5 (T5 v1.1) has an LM head of its own, not tied to the input embedding, and does not
 scale decoder outputs by d_model**-0.5. transformers 5 forces `tie_word_embeddings=True` for
@@ -29,9 +36,26 @@ import bitsandbytes as bnb
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
-from transformers import BitsAndBytesConfig, PreTrainedModel, T5Config, T5ForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
-from orchestrator.core.catalog import BUILTIN_ONLY, T5Architecture, architecture
+from orchestrator.core.catalog import (
+    BUILTIN_ONLY,
+    Architecture,
+    DecoderArchitecture,
+    T5Architecture,
+    architecture,
+    lora_targets,
+)
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import ModelInit, Precision, Training, WeightDtype
 from orchestrator.core.worker_contract import AttemptSpec
@@ -47,6 +71,8 @@ __all__ = [
     "fit_embeddings",
     "keep_off_cpu_packed_path",
     "quantize_nf4",
+    "random_decoder",
+    "random_model",
     "random_t5",
     "save_trained",
 ]
@@ -63,6 +89,7 @@ class ModelInfo:
     trainable_parameters: int
     total_parameters: int
     quantized: bool
+    causal: bool = False  # decoder-only: prompt and completion form one sequence
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -150,6 +177,50 @@ def random_t5(arch: T5Architecture, attention: str = "sdpa") -> T5ForConditional
     return model
 
 
+def decoder_config(arch: DecoderArchitecture, attention: str = "sdpa") -> PretrainedConfig:
+    """The transformers config of a catalogued decoder-only model (its public config.json)."""
+    common: dict[str, Any] = {
+        "vocab_size": arch.vocab_size,
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "max_position_embeddings": arch.max_position_embeddings,
+        "rms_norm_eps": arch.rms_norm_eps,
+        "tie_word_embeddings": arch.tie_word_embeddings,
+        "attn_implementation": attention,
+        # The byte tokenizer's ids (pad 0, eos 1); a pretrained tokenizer brings its own.
+        "pad_token_id": 0, "bos_token_id": None, "eos_token_id": 1,
+    }
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": arch.rope_theta}
+    if arch.rope_scaling is not None:
+        rope = {**dict(arch.rope_scaling), "rope_theta": arch.rope_theta}
+    if arch.family == "qwen2":
+        return Qwen2Config(**common, rope_parameters=rope, use_sliding_window=False)
+    return LlamaConfig(**common, head_dim=arch.dim_per_head, rope_parameters=rope,
+                       attention_bias=False, mlp_bias=False)
+
+
+def random_decoder(arch: DecoderArchitecture, attention: str = "sdpa") -> PreTrainedModel:
+    """A randomly initialised decoder-only model (on the current default device)."""
+    model = AutoModelForCausalLM.from_config(decoder_config(arch, attention))
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    if tied != arch.tie_word_embeddings:
+        raise RuntimeError(f"transformers built the LM head {'tied' if tied else 'untied'}; "
+                           f"the {arch.family} config says tie_word_embeddings="
+                           f"{arch.tie_word_embeddings}")
+    return model
+
+
+def random_model(arch: Architecture, attention: str = "sdpa") -> PreTrainedModel:
+    """A randomly initialised model of a catalogued architecture, with `attention` as its
+    attention implementation (training.attention)."""
+    if isinstance(arch, T5Architecture):
+        return random_t5(arch, attention)
+    return random_decoder(arch, attention)
+
+
 def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype, *, double_quant: bool) -> int:
     """Replace block nn.Linear layers by bitsandbytes NF4 `Linear4bit`, in memory.
 
@@ -223,8 +294,12 @@ def _from_pretrained(trial: AttemptSpec, device: torch.device) -> PreTrainedMode
         # Full and LoRA train fp32 master weights; bf16 comes from autocast.
         kwargs["dtype"] = torch.float32
     try:
+        config = AutoConfig.from_pretrained(trial.model)
+        if not config.is_encoder_decoder:
+            return AutoModelForCausalLM.from_pretrained(  # type: ignore[no-any-return]
+                trial.model, **kwargs)
         model = T5ForConditionalGeneration.from_pretrained(trial.model, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise ModelLoadError(
             f"cannot load pretrained model {trial.model!r}: {error}. Use a local path, make the "
             "hub reachable (or HF_HUB_OFFLINE=0), or set training.init: random"
@@ -265,7 +340,7 @@ def build_model(
     """The trial's model on `device`, ready to train, with its tokenizer and parameter counts."""
     training = trial.training
     if training.precision not in (Precision.BF16, Precision.FP32):
-        raise ValueError(f"precision {training.precision} is not supported for T5")
+        raise ValueError(f"precision {training.precision} is not supported")
     random_init = training.init is ModelInit.RANDOM or trial.model in BUILTIN_ONLY
     tokenizer = _tokenizer(trial, random_init)
     dtype = compute_dtype(training)
@@ -285,17 +360,18 @@ def build_model(
         if trial.method is Method.QLORA:
             # Built on the host: the weights quantize as they move, so only NF4 reaches the
             # device (building there would put the whole fp32 model on it first).
-            model: nn.Module = random_t5(arch, training.attention.value)
+            model: nn.Module = random_model(arch, training.attention.value)
             quantize_nf4(model, dtype, double_quant=training.qlora_double_quant)
         else:
             with torch.device(device):  # initialised in place, no host copy
-                model = random_t5(arch, training.attention.value)
+                model = random_model(arch, training.attention.value)
         model = model.to(device)  # quantizes the Params4bit weights
     else:
         model = _from_pretrained(trial, device)  # already on the device
         fit_embeddings(model, tokenizer)
     if trial.method is Method.QLORA:
         keep_off_cpu_packed_path(model)
+    causal = not model.config.is_encoder_decoder
 
     if trial.method.uses_adapters:
         if trial.rank is None or trial.alpha is None:
@@ -306,15 +382,16 @@ def build_model(
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
             # prepare_model_for_kbit_training upcast the frozen weights to fp32.
             cast_frozen_weights(model, WEIGHT_DTYPES[training.qlora_weight_dtype])
+        targets = lora_targets("llama" if causal else "t5", training.target_modules)
         model = get_peft_model(
             model,
             LoraConfig(
                 r=trial.rank,
                 lora_alpha=trial.alpha,
-                target_modules=training.target_modules,
+                target_modules=targets,
                 lora_dropout=training.lora_dropout,
                 bias="none",
-                task_type="SEQ_2_SEQ_LM",
+                task_type="CAUSAL_LM" if causal else "SEQ_2_SEQ_LM",
             ),
         )
     if training.gradient_checkpointing:
@@ -326,7 +403,7 @@ def build_model(
         model.config.use_cache = False
 
     trainable, total = count_parameters(model)
-    info = ModelInfo(trainable, total, quantized=trial.method is Method.QLORA)
+    info = ModelInfo(trainable, total, quantized=trial.method is Method.QLORA, causal=causal)
     log.info("%s %s: %d of %d parameters trainable", trial.model, trial.method, trainable, total)
     return model, tokenizer, info
 

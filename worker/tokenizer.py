@@ -175,6 +175,24 @@ class HFTokenizer:
         return self._eos
 
     @property
+    def bos_token_id(self) -> int | None:
+        """The beginning-of-sequence id a decoder-only prompt starts with (Llama), if any."""
+        bos = self._tok.bos_token_id
+        return int(bos) if bos is not None else None
+
+    def chat_frame(self) -> tuple[list[int], list[int]] | None:
+        """The ids the chat template puts before and after one user message (with the
+        assistant's turn opened), or None when the tokenizer has no chat template."""
+        if not getattr(self._tok, "chat_template", None):
+            return None
+        mark = "\u2063LADDER-MESSAGE\u2063"
+        text = str(self._tok.apply_chat_template(
+            [{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True))
+        head, _, tail = text.partition(mark)
+        return (list(self._tok(head, add_special_tokens=False)["input_ids"]),
+                list(self._tok(tail, add_special_tokens=False)["input_ids"]))
+
+    @property
     def vocab_size(self) -> int:
         # len() counts added tokens; the model's embedding may be larger (T5 pads to 32,128).
         return len(self._tok)

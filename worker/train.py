@@ -128,6 +128,10 @@ def task_loss(
                    use_cache=False)
     if reduction is LossReduction.TOKEN_MEAN:
         return output.loss
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model
+    if config is not None and not getattr(config, "is_encoder_decoder", True):
+        # A causal LM predicts token t + 1 at position t: shift as its own loss does.
+        return example_mean_loss(output.logits[:, :-1], labels[:, 1:])
     return example_mean_loss(output.logits, labels)
 
 
@@ -221,10 +225,12 @@ def train(
     model, tokenizer, info = build_model(trial, device)
     host.check("building the model")
     keep = input_keep(cfg.input_truncation)
+    layout: dict[str, Any] = {"keep_input": keep, "causal": info.causal,
+                              "frame": prompt_frame(tokenizer, cfg.chat_template, info.causal)}
     train_set = encode_examples(loop.train, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
-                                keep_input=keep)
+                                **layout)
     eval_set = encode_examples(loop.eval, tokenizer, cfg.max_input_tokens, cfg.max_output_tokens,
-                               keep_input=keep)
+                               **layout)
     per_worker = cfg.per_worker_batch(world)  # examples per optimizer step on this worker
     per_pass = cfg.pass_batch(world)  # examples per forward/backward pass (micro-batch)
     optimizer = torch.optim.AdamW(
@@ -388,6 +394,21 @@ def clip_gradients(accelerator: Accelerator, model: nn.Module, max_norm: float |
     after DDP's all-reduce) is at most `max_norm`, as the HF Trainer does; None: no clipping."""
     if max_norm is not None:
         accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def prompt_frame(tokenizer: TextTokenizer, chat_template: bool, causal: bool) -> Any:
+    """A decoder-only model's prompt frame: the tokenizer's chat template with
+    training.chatTemplate (where it has one), else the plain one; None for T5."""
+    from worker.data.batching import PromptFrame
+
+    if not causal:
+        return None
+    chat = getattr(tokenizer, "chat_frame", None)
+    frame = chat() if chat_template and chat is not None else None
+    if chat_template and frame is None:
+        log.warning("training.chatTemplate: the tokenizer has no chat template; prompts are "
+                    "joined to their completions by a newline")
+    return PromptFrame(*frame) if frame is not None else PromptFrame.plain(tokenizer)
 
 
 def input_keep(truncation: InputTruncation) -> Keep:

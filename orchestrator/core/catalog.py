@@ -1,18 +1,27 @@
 """The model architectures Ladder knows without a download, as plain numbers.
 
 The worker builds models from these (with `init: random`), the memory estimator and the
-FLOPs model read them. FLAN-T5 figures are the public model configs; the `ladder/t5-tiny-*`
-ladder exists so a sweep climbs and hits a memory budget on a CPU in minutes: tiny-s and
-tiny-m are small and quick to train, tiny-l carries FLAN-T5's 32,128-token vocabulary, so
-its embedding and LM head alone (about 33M parameters) dwarf the other two in memory while
-costing little compute before its out-of-memory verdict.
+FLOPs model read them. Two families of shapes: FLAN-T5 (encoder-decoder, `T5Architecture`)
+and decoder-only causal LMs (`DecoderArchitecture`: Qwen2.5, Llama 3.x, SmolLM2). Every figure
+is copied from the model's public `config.json`; nothing is read from the hub at run time, and
+tests/unit/core/test_catalog.py checks each parameter count against the published total.
+
+The `ladder/t5-tiny-*` ladder exists so a sweep climbs and hits a memory budget on a CPU in
+minutes: tiny-s and tiny-m are small and quick to train, tiny-l carries FLAN-T5's 32,128-token
+vocabulary, so its embedding and LM head alone (about 33M parameters) dwarf the other two in
+memory while costing little compute before its out-of-memory verdict. The decoder-only
+`ladder/qwen-tiny-*` ladder does the same with SmolLM2's vocabulary (see ARCHITECTURES).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 FLAN_T5_VOCAB = 32128
+QWEN2_VOCAB = 151936
+LLAMA3_VOCAB = 128256
+SMOLLM2_VOCAB = 49152
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,9 @@ class T5Architecture:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     feed_forward_proj: str = "gated-gelu"
+
+    family: Literal["t5"] = "t5"
+    causal: bool = False  # encoder-decoder: inputs and targets are separate sequences
 
     @property
     def inner_dim(self) -> int:
@@ -90,7 +102,169 @@ class T5Architecture:
         ]
 
 
-ARCHITECTURES: dict[str, T5Architecture] = {
+@dataclass(frozen=True, slots=True)
+class DecoderArchitecture:
+    """A Llama-shaped decoder-only causal LM: pre-RMSNorm blocks, grouped-query attention with
+    rotary positions, SwiGLU MLP (gate, up, down). `family` is the transformers `model_type`
+    (`llama`, also SmolLM2; `qwen2`, whose q/k/v projections carry biases)."""
+
+    family: Literal["llama", "qwen2"]
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, str | float | int], ...] | None = None  # Llama 3.1/3.2
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    causal: bool = True  # prompt and completion are one sequence
+
+    @property
+    def attention_bias(self) -> bool:
+        return self.family == "qwen2"
+
+    @property
+    def d_model(self) -> int:
+        """The residual width, by the name the T5 side uses."""
+        return self.hidden_size
+
+    @property
+    def d_ff(self) -> int:
+        return self.intermediate_size
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.dim_per_head
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.dim_per_head
+
+    @property
+    def attention_params(self) -> int:
+        weights = 2 * self.hidden_size * self.q_dim + 2 * self.hidden_size * self.kv_dim
+        bias = self.q_dim + 2 * self.kv_dim if self.attention_bias else 0
+        return weights + bias
+
+    @property
+    def ffn_params(self) -> int:
+        return 3 * self.hidden_size * self.intermediate_size  # gate, up, down
+
+    @property
+    def block_params(self) -> int:
+        return self.attention_params + self.ffn_params + 2 * self.hidden_size  # two RMSNorms
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """The head's own parameters: none when it is the input embedding (tied)."""
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+
+    @property
+    def head_weight_elements(self) -> int:
+        """Elements of the weight the head multiplies by, tied or not (for activations)."""
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def parameters(self) -> int:
+        return (
+            self.embedding_params + self.lm_head_params + self.num_layers * self.block_params
+            + self.hidden_size  # final norm
+        )
+
+    @property
+    def linear_params(self) -> int:
+        """Weights of the blocks' nn.Linear layers (biases excluded): what LoRA targets
+        and NF4 quantizes."""
+        return sum(d_in * d_out * count for d_in, d_out, count in self.linear_shapes())
+
+    def linear_shapes(self) -> list[tuple[int, int, int]]:
+        """(in_features, out_features, count) of every block Linear, for adapter sizing."""
+        d, q, kv, ff, n = (
+            self.hidden_size, self.q_dim, self.kv_dim, self.intermediate_size, self.num_layers
+        )
+        return [(d, q, n), (d, kv, 2 * n), (q, d, n), (d, ff, 2 * n), (ff, d, n)]
+
+
+Architecture = T5Architecture | DecoderArchitecture
+
+#: The block Linear layers LoRA may target in a decoder-only model, by their short names
+#: (q, k, v, o, gate, up, down); `all-linear` takes every one (peft leaves the LM head out).
+DECODER_LORA_TARGETS: dict[str, str] = {
+    "q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+    "gate": "gate_proj", "up": "up_proj", "down": "down_proj",
+}
+#: T5's block Linear layers (they already have short names).
+T5_LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+ALL_LINEAR = "all-linear"
+
+
+def lora_targets(family: str, requested: str | list[str]) -> str | list[str]:
+    """`training.targetModules` as peft's `target_modules` for a model of `family` (`t5`, or
+    any decoder-only family): `all-linear`, or the module names (decoder-only: `q` or
+    `q_proj`, ...). ValueError names an unknown one."""
+    if isinstance(requested, str):
+        if requested == ALL_LINEAR:
+            return ALL_LINEAR
+        requested = [requested]
+    if family == "t5":
+        known: dict[str, str] = {name: name for name in T5_LORA_TARGETS}
+    else:
+        known = {**DECODER_LORA_TARGETS, **{v: v for v in DECODER_LORA_TARGETS.values()}}
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        choices = ", ".join([ALL_LINEAR, *dict.fromkeys(known)])
+        raise ValueError(
+            f"training.targetModules: {', '.join(unknown)} is not a Linear layer of a "
+            f"{family} model (choose from {choices})"
+        )
+    return list(dict.fromkeys(known[name] for name in requested))
+
+
+def _qwen2(d: int, ff: int, layers: int, heads: int, kv: int, *, vocab: int = QWEN2_VOCAB,
+           tied: bool = True) -> DecoderArchitecture:
+    return DecoderArchitecture(
+        family="qwen2", hidden_size=d, intermediate_size=ff, num_layers=layers,
+        num_heads=heads, num_kv_heads=kv, vocab_size=vocab, tie_word_embeddings=tied,
+        rope_theta=1000000.0, max_position_embeddings=32768, rms_norm_eps=1e-6,
+    )
+
+
+def _llama3(d: int, ff: int, layers: int, heads: int, kv: int, *, tied: bool, factor: float,
+            head_dim: int | None = None) -> DecoderArchitecture:
+    return DecoderArchitecture(
+        family="llama", hidden_size=d, intermediate_size=ff, num_layers=layers,
+        num_heads=heads, num_kv_heads=kv, vocab_size=LLAMA3_VOCAB, tie_word_embeddings=tied,
+        head_dim=head_dim, rope_theta=500000.0, max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_scaling=(
+            ("rope_type", "llama3"), ("factor", factor), ("low_freq_factor", 1.0),
+            ("high_freq_factor", 4.0), ("original_max_position_embeddings", 8192),
+        ),
+    )
+
+
+def _smollm2(d: int, ff: int, layers: int, heads: int, kv: int, theta: float
+             ) -> DecoderArchitecture:
+    return DecoderArchitecture(
+        family="llama", hidden_size=d, intermediate_size=ff, num_layers=layers,
+        num_heads=heads, num_kv_heads=kv, vocab_size=SMOLLM2_VOCAB, tie_word_embeddings=True,
+        rope_theta=theta, max_position_embeddings=8192, rms_norm_eps=1e-5,
+    )
+
+
+ARCHITECTURES: dict[str, Architecture] = {
     "google/flan-t5-small": T5Architecture(
         d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8
     ),
@@ -115,17 +289,50 @@ ARCHITECTURES: dict[str, T5Architecture] = {
     "ladder/t5-tiny-l": T5Architecture(
         d_model=512, d_ff=1024, d_kv=64, num_heads=8, num_layers=2, num_decoder_layers=2,
     ),
+    # Decoder-only, from the public config.json of each (Qwen2.5 and Llama 3.2 tie their
+    # embeddings below 7B; Qwen2.5-7B and Llama 3.1 8B have an LM head of their own).
+    "Qwen/Qwen2.5-0.5B": _qwen2(896, 4864, 24, 14, 2),
+    "Qwen/Qwen2.5-1.5B": _qwen2(1536, 8960, 28, 12, 2),
+    "Qwen/Qwen2.5-3B": _qwen2(2048, 11008, 36, 16, 2),
+    "Qwen/Qwen2.5-7B": _qwen2(3584, 18944, 28, 28, 4, vocab=152064, tied=False),
+    "meta-llama/Llama-3.2-1B": _llama3(2048, 8192, 16, 32, 8, tied=True, factor=32.0,
+                                       head_dim=64),
+    "meta-llama/Llama-3.2-3B": _llama3(3072, 8192, 28, 24, 8, tied=True, factor=32.0,
+                                       head_dim=128),
+    "meta-llama/Llama-3.1-8B": _llama3(4096, 14336, 32, 32, 8, tied=False, factor=8.0),
+    "HuggingFaceTB/SmolLM2-135M": _smollm2(576, 1536, 30, 9, 3, 100000.0),
+    "HuggingFaceTB/SmolLM2-360M": _smollm2(960, 2560, 32, 15, 5, 100000.0),
+    "HuggingFaceTB/SmolLM2-1.7B": _smollm2(2048, 8192, 24, 32, 32, 130000.0),
+    # Tiny decoder-only ladder (Qwen2-shaped, tied embeddings) for CPU tests and the
+    # quickstart: s and m fit the byte tokenizer's 259 ids in 384 rows; l carries SmolLM2's
+    # 49,152-token vocabulary, whose tied embedding (and the logits over every token of the
+    # prompt and completion) dwarf the other two in memory. llama-tiny-s is a Llama-shaped
+    # twin of qwen-tiny-s (no q/k/v biases) so that both families are tested.
+    "ladder/qwen-tiny-s": _qwen2(64, 128, 2, 4, 2, vocab=384),
+    "ladder/qwen-tiny-m": _qwen2(128, 384, 3, 4, 2, vocab=384),
+    "ladder/qwen-tiny-l": _qwen2(512, 1024, 2, 8, 2, vocab=SMOLLM2_VOCAB),
+    "ladder/llama-tiny-s": DecoderArchitecture(
+        family="llama", hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+        num_kv_heads=2, vocab_size=384, tie_word_embeddings=True, rms_norm_eps=1e-5,
+    ),
 }
 
 # Models that exist only as architectures: always random init, byte tokenizer, no download.
 BUILTIN_ONLY = frozenset(name for name in ARCHITECTURES if name.startswith("ladder/"))
 
 
-def architecture(model: str) -> T5Architecture | None:
-    """The architecture of a known model id (or local path ending in one), else None."""
+#: Suffixes of fine-tuned variants that keep their base model's architecture.
+_VARIANT_SUFFIXES = ("-Instruct", "-instruct", "-Chat", "-chat")
+
+
+def architecture(model: str) -> Architecture | None:
+    """The architecture of a known model id (or local path ending in one, or an `-Instruct`
+    variant of one), else None."""
     if model in ARCHITECTURES:
         return ARCHITECTURES[model]
     tail = model.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in _VARIANT_SUFFIXES:
+        tail = tail.removesuffix(suffix)
     for name, arch in ARCHITECTURES.items():
         if name.rsplit("/", 1)[-1] == tail:
             return arch

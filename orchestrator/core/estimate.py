@@ -62,6 +62,17 @@ after the second task's backward). Sequence lengths are the maxima (the probe st
 batch pads to them); `CUDA_OVERHEAD_BYTES` stands for the CUDA context, cuBLAS workspaces and
 allocator rounding and fragmentation.
 
+Decoder-only models (`DecoderArchitecture`: Qwen2.5, Llama 3.x, SmolLM2) follow the same
+rules over one sequence per task, prompt and completion together (input + output tokens);
+what differs is listed at `_decoder_layer_bytes` and `_estimate_decoder`: grouped-query k and
+v repeated to every head before attention (transformers' `repeat_kv`, since a padding mask
+keeps SDPA off its GQA path), RoPE (q and k re-made, the projections' outputs not saved),
+SwiGLU (gate output, SiLU output and up output saved), no dropout in the blocks, one
+attention mask per layer for SDPA (converted to the compute dtype), and logits over every
+position, prompt included (the causal LM loss is computed over all of them, masked). A tied
+head multiplies by the embedding: its weight copy and gradient count, its parameters don't
+count twice. QLoRA quantizes every block Linear (no `_keep_in_fp32_modules`).
+
 `flops_per_sample` counts the matmul FLOPs one training sample executes (for MFU): encoder and
 decoder separately, attention over the full score matrix (the kernels compute it), backward 2x
 the forward for trainable weights and 1x for frozen ones, adapters included, no recomputation.
@@ -74,22 +85,31 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
-from orchestrator.core.catalog import T5Architecture, architecture
+from orchestrator.core.catalog import (
+    Architecture,
+    DecoderArchitecture,
+    T5Architecture,
+    architecture,
+)
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import INT64_MAX, Precision
 
 if TYPE_CHECKING:
     from orchestrator.core.grid import GridPoint
-    from orchestrator.core.spec import SweepSpec
+    from orchestrator.core.spec import SweepSpec, Training
 
 __all__ = [
     "CUDA_OVERHEAD_BYTES",
     "DEFAULT_MARGIN",
+    "CatalogEntry",
+    "FitRow",
     "FlopsBreakdown",
     "MemoryEstimate",
     "adapter_parameters",
+    "catalog_estimates",
     "estimate_memory",
     "estimate_trial",
+    "fit_table",
     "flops_per_sample",
     "forward_flops",
     "nf4_bytes_per_weight",
@@ -118,7 +138,7 @@ def nf4_bytes_per_weight(*, double_quant: bool = True) -> float:
     return 0.5 + FP32 / NF4_BLOCK
 
 
-def adapter_parameters(arch: T5Architecture, rank: int) -> int:
+def adapter_parameters(arch: Architecture, rank: int) -> int:
     """LoRA parameters on every block Linear: rank x (in + out) each."""
     return sum(rank * (d_in + d_out) * count for d_in, d_out, count in arch.linear_shapes())
 
@@ -341,7 +361,7 @@ def _activation_bytes(
 
 
 def estimate_memory(
-    arch: T5Architecture,
+    arch: Architecture,
     method: Method,
     *,
     rank: int | None,
@@ -368,6 +388,13 @@ def estimate_memory(
         raise ValueError("batch_per_device, input_tokens and output_tokens must be positive")
     if method.uses_adapters and (rank is None or rank < 1):
         raise ValueError(f"method {method.value} needs a positive LoRA rank")
+    if isinstance(arch, DecoderArchitecture):
+        return _estimate_decoder(
+            arch, method, rank=rank, batch=batch_per_device,
+            tokens=input_tokens + output_tokens, precision=precision,
+            dss_two_tasks=dss_two_tasks, gradient_checkpointing=gradient_checkpointing,
+            attention=attention, data_parallel=data_parallel, double_quant=double_quant,
+        )
     r = rank if method.uses_adapters and rank is not None else 0
     bf16 = precision is Precision.BF16
     act = 2 if bf16 else FP32
@@ -414,6 +441,121 @@ def estimate_memory(
         total_bytes=int(total),
         trainable_parameters=params.trainable,
         total_parameters=arch.parameters,
+    )
+
+
+def _decoder_layer_bytes(
+    arch: DecoderArchitecture, method: Method, rank: int, act: int, attention: Attention
+) -> tuple[int, int]:
+    """(bytes per token, bytes per (head, query, key) score) saved by one decoder layer.
+
+    Per token: both RMSNorms' fp32 inputs (and normalised outputs when the norm weights
+    train); full fine-tuning's Linear inputs (q, k, v and gate, up each cast on their own
+    under autocast; o and down take the compute dtype already); q after RoPE, k and v
+    repeated to all heads (each the size of q); SDPA's output and log-sum-exp (eager: the
+    score-sized softmax output instead, plus its cast to bf16); SwiGLU's gate output, SiLU
+    output and up output; every adapter's dropout mask, cast input and rank-r output.
+    """
+    d, q, ff = arch.hidden_size, arch.q_dim, arch.intermediate_size
+    full = method is Method.FULL
+    norm = FP32 * d * (2 if full else 1)
+
+    def linear_inputs(count: int, width: int) -> int:
+        if not full:
+            return 0
+        return count * act * width if act != FP32 else FP32 * width
+
+    attn = norm + linear_inputs(3, d) + 3 * act * q + (act * q if full else 0)  # o's input
+    if attention == "sdpa":
+        attn += act * q + FP32 * arch.num_heads  # output, log-sum-exp
+        scores = 0
+    else:
+        scores = FP32 + (act if act != FP32 else 0)  # softmax output (+ its cast)
+    ffn = norm + linear_inputs(2, d) + 3 * act * ff + (act * ff if full else 0)  # down's input
+    adapters = 0
+    if method.uses_adapters:
+        adapters = sum(
+            count * _adapter_bytes(d_in, rank, act)
+            for d_in, _, count in arch.linear_shapes()
+        ) // arch.num_layers
+    return attn + ffn + adapters, scores
+
+
+def _estimate_decoder(
+    arch: DecoderArchitecture, method: Method, *, rank: int | None, batch: int, tokens: int,
+    precision: Precision, dss_two_tasks: bool, gradient_checkpointing: bool,
+    attention: Attention, data_parallel: bool, double_quant: bool,
+) -> MemoryEstimate:
+    """`estimate_memory` for a decoder-only model; `tokens` = prompt + completion."""
+    r = rank if method.uses_adapters and rank is not None else 0
+    act = 2 if precision is Precision.BF16 else FP32
+    full = method is Method.FULL
+    forwards = 2 if dss_two_tasks else 1
+    b, seq = batch, tokens
+    total_params = arch.parameters
+    lora_params = adapter_parameters(arch, r) if method.uses_adapters else 0
+
+    quantized_bytes = 0
+    if method is Method.QLORA:
+        weights = FP32 * (total_params - arch.linear_params)
+        quantized_bytes = math.ceil(
+            arch.linear_params * nf4_bytes_per_weight(double_quant=double_quant))
+    else:
+        weights = FP32 * total_params
+    trainable = total_params if full else lora_params
+    gradients = FP32 * trainable
+    optimizer = 2 * FP32 * trainable
+    buckets = FP32 * trainable if data_parallel else 0
+    adapters = FP32 * lora_params
+
+    head = arch.head_weight_elements  # tied or not, the head multiplies by a V x d weight
+    copies = 0
+    if precision is Precision.BF16:
+        if full:
+            copies = 2 * (arch.linear_params + head)
+        elif gradient_checkpointing or method is Method.QLORA:
+            copies = 2 * head * forwards
+        else:
+            copies = 2 * (arch.linear_params + head) * forwards
+
+    per_token, per_score = _decoder_layer_bytes(arch, method, r, act, attention)
+    layer = b * (seq * per_token + arch.num_heads * seq * seq * per_score)
+    if attention == "sdpa":
+        layer += b * seq * seq * act  # the padding mask, in the compute dtype, per call
+    # Once per forward: the final norm, RoPE's cos and sin (fp32, shared by every layer).
+    stack = b * seq * (FP32 * arch.hidden_size * (2 if full else 1) + 2 * FP32 * arch.dim_per_head)
+    if gradient_checkpointing:
+        acts = arch.num_layers * b * seq * FP32 * arch.hidden_size + layer + stack
+    else:
+        acts = arch.num_layers * layer + stack
+    head_input = (act if act != FP32 else FP32) * arch.hidden_size if full else 0
+    logits = b * seq * (FP32 * arch.vocab_size + head_input)
+    logits_transient = b * seq * arch.vocab_size * (2 * FP32 + act)
+
+    decoder_total = forwards * acts
+    logits_total = forwards * logits
+    activations = decoder_total + logits_total + copies
+    persistent = weights + quantized_bytes + adapters + optimizer + buckets + CUDA_OVERHEAD_BYTES
+    head_gradient = FP32 * head if full else 0
+    end_of_forward = activations + logits_transient + head_gradient
+    after_second_backward = (activations - copies) * (forwards - 1) // forwards + gradients
+    total = persistent + max(end_of_forward, after_second_backward)
+    return MemoryEstimate(
+        weights_bytes=weights,
+        quantized_weights_bytes=quantized_bytes,
+        adapter_bytes=adapters,
+        gradient_bytes=gradients,
+        optimizer_bytes=optimizer,
+        ddp_bucket_bytes=buckets,
+        weight_copy_bytes=copies,
+        encoder_activation_bytes=0,
+        decoder_activation_bytes=decoder_total,
+        logits_bytes=logits_total,
+        logits_transient_bytes=logits_transient,
+        overhead_bytes=CUDA_OVERHEAD_BYTES,
+        total_bytes=int(total),
+        trainable_parameters=trainable,
+        total_parameters=total_params,
     )
 
 
@@ -497,6 +639,69 @@ def predicted_oom_fn(
     return predicted
 
 
+# --- the catalogue and the ladder at a spec's settings (`ladder models`, `ladder plan`) ------
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One known architecture with its peak-memory estimate per method."""
+
+    name: str
+    family: str
+    parameters: int
+    tied_embeddings: bool
+    estimates: dict[Method, MemoryEstimate]
+
+
+def catalog_estimates(
+    training: Training, *, workers: int, rank: int, dss_two_tasks: bool
+) -> list[CatalogEntry]:
+    """Every architecture of the catalogue, estimated with `training`'s lengths, precision,
+    checkpointing and per-worker batch (`workers` data-parallel workers), LoRA rank `rank`."""
+    from orchestrator.core.catalog import ARCHITECTURES
+
+    entries = []
+    for name, arch in ARCHITECTURES.items():
+        estimates = {
+            method: estimate_memory(
+                arch, method, rank=rank if method.uses_adapters else None,
+                batch_per_device=training.pass_batch(workers),
+                input_tokens=training.max_input_tokens, output_tokens=training.max_output_tokens,
+                precision=training.precision, dss_two_tasks=dss_two_tasks,
+                gradient_checkpointing=training.gradient_checkpointing,
+                data_parallel=workers > 1, double_quant=training.qlora_double_quant,
+            )
+            for method in Method
+        }
+        tied = arch.tie_word_embeddings if isinstance(arch, DecoderArchitecture) else False
+        entries.append(CatalogEntry(name, arch.family, arch.parameters, tied, estimates))
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class FitRow:
+    """A model of the ladder under one method (its first lane): the estimate per device and
+    whether the estimator predicts an OOM (None: no device memory known, or no estimate)."""
+
+    model: str
+    method: Method
+    estimate: MemoryEstimate | None
+    predicted_oom: bool | None
+
+
+def fit_table(spec: SweepSpec, trials_by_method: dict[Method, list[GridPoint]]) -> list[FitRow]:
+    """Which rungs of the ladder the estimator expects to fit, per method: `trials_by_method`
+    holds one lane's trials per method (the grid's first lane of it)."""
+    predicted = predicted_oom_fn(spec)
+    rows = []
+    for method, trials in trials_by_method.items():
+        for trial in trials:
+            estimate = estimate_trial(spec, trial)
+            oom = None if predicted is None or estimate is None else predicted(trial)
+            rows.append(FitRow(trial.model, method, estimate, oom))
+    return rows
+
+
 # --- FLOPs -------------------------------------------------------------------------------
 
 
@@ -523,8 +728,16 @@ class FlopsBreakdown:
         return self.encoder + self.decoder + self.lm_head
 
 
-def forward_flops(arch: T5Architecture, input_tokens: int, output_tokens: int) -> FlopsBreakdown:
-    """Forward FLOPs (2 per multiply-add) of one example of one task."""
+def forward_flops(arch: Architecture, input_tokens: int, output_tokens: int) -> FlopsBreakdown:
+    """Forward FLOPs (2 per multiply-add) of one example of one task (decoder-only: one
+    sequence of input + output tokens, all of it under `decoder_*`)."""
+    if isinstance(arch, DecoderArchitecture):
+        seq = input_tokens + output_tokens
+        return FlopsBreakdown(
+            0.0, 0.0, 2.0 * seq * arch.linear_params,
+            4.0 * seq * seq * arch.q_dim * arch.num_layers,
+            2.0 * seq * arch.hidden_size * arch.vocab_size,
+        )
     d, inner, li, lo = arch.d_model, arch.inner_dim, input_tokens, output_tokens
     enc_linear = 2.0 * li * (arch.attention_params + arch.ffn_params) * arch.num_layers
     enc_attention = 4.0 * li * li * inner * arch.num_layers  # QK^T and AV
@@ -536,8 +749,11 @@ def forward_flops(arch: T5Architecture, input_tokens: int, output_tokens: int) -
 
 
 def _adapter_forward_flops(
-    arch: T5Architecture, rank: int, input_tokens: int, output_tokens: int
+    arch: Architecture, rank: int, input_tokens: int, output_tokens: int
 ) -> float:
+    if isinstance(arch, DecoderArchitecture):
+        per_token = sum((d_in + d_out) * count for d_in, d_out, count in arch.linear_shapes())
+        return 2.0 * rank * (input_tokens + output_tokens) * per_token
     d, inner, ff = arch.d_model, arch.inner_dim, arch.d_ff
     gates = 2 if arch.feed_forward_proj.startswith("gated") else 1
     per_layer = 3 * (d + inner) + (inner + d) + gates * (d + ff) + (ff + d)
@@ -548,7 +764,7 @@ def _adapter_forward_flops(
 
 
 def flops_per_sample(
-    arch: T5Architecture,
+    arch: Architecture,
     method: Method,
     input_tokens: int,
     output_tokens: int,

@@ -16,8 +16,10 @@ One pass settles what can be settled without running anything:
    failed; both records are folded back in at once, so the lane moves on (or stops) in the
    same pass;
 3. the never-run trials of a terminal lane are recorded as skipped, once;
-4. the remaining heads, in the paper's order (lane order), are packed into free capacity by
-   `scheduler.select_launches`, up to `spec.parallelism` trials at once;
+4. the remaining heads, in priority order (`scheduler.launch_priority`: the lane with the
+   most rungs left first, then the paper's lane order; the paper's order alone with
+   `parallelism: 1`), are packed into free capacity by `scheduler.select_launches`, up to
+   `spec.parallelism` trials at once;
 5. with `spec.suspend` or `observed.deleting`, steps 2 to 4 are off: every pending or running
    attempt is cancelled and nothing is launched or recorded.
 
@@ -46,6 +48,7 @@ from orchestrator.core.scheduler import (
     NO_CAPACITY,
     Capacity,
     demand,
+    launch_priority,
     select_launches,
     unschedulable,
 )
@@ -265,6 +268,9 @@ def plan(grid: Grid, spec: SweepSpec, observed: Observed) -> Plan:
                 head, attempt = w.progress.launch
                 heads[head.trial_id] = (w, attempt)
                 candidates.append(head)
+        if running < spec.parallelism:  # else nothing launches: no order needed
+            candidates.sort(key=lambda t: launch_priority(
+                t, len(heads[t.trial_id][0].trials), spec.parallelism))
         chosen = select_launches(
             candidates,
             total=total,

@@ -284,7 +284,12 @@ class Training(_Model):
             list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]],
             Field(max_length=MAX_LIST),
         ]
-    ) = "all-linear"
+    ) = Field(
+        "all-linear",
+        description="LoRA/QLoRA: the block Linear layers that get adapters: all-linear (every "
+        "one, the LM head excluded) or a list; decoder-only models: q, k, v, o, gate, up, down "
+        "(or q_proj, ...); T5: q, k, v, o, wi_0, wi_1, wo.",
+    )
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     max_input_tokens: int = Field(1400, ge=8, le=INT32_MAX)
     max_output_tokens: int = Field(1024, ge=8, le=INT32_MAX)
@@ -338,6 +343,12 @@ class Training(_Model):
         description="Tokenizer path or id; default: the model's own, 'byte' for random init.",
     )
     gradient_checkpointing: bool = False
+    chat_template: bool = Field(
+        False,
+        description="Decoder-only models: wrap each prompt in the tokenizer's chat template "
+        "(a user turn, then the assistant's), where it has one; otherwise prompt and "
+        "completion are joined by a newline.",
+    )
     micro_batch_size: int | None = Field(
         None, ge=1, le=INT32_MAX,
         description="Examples per forward/backward pass on a worker: its share of batchSize "

@@ -41,6 +41,7 @@ Events: trial launches, outcomes (OOMs as warnings), lane ceilings, the sweep's 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -119,6 +120,28 @@ class PassResult:
     remaining_rayjobs: int = 0
     invalid: str | None = None
     error: str | None = None  # the pass raised: reported as ReconcileError on the Sweep
+
+
+# A grid at least this large is kept out of the cyclic garbage collector once expanded
+# (`keep_out_of_collections`): every `plan` over it allocates a few objects per lane that live
+# to the end of the pass, enough to start full collections, and each full collection walked
+# the whole cached grid, so a pass cost twice its work at 100,000 trials (docs/benchmarks.md,
+# "Controller memory and pass time as trials grow").
+FREEZE_GRID_TRIALS = 10_000
+
+
+def keep_out_of_collections(trials: int) -> None:
+    """After a grid of `trials` was built to live long, move what the process holds now into
+    the collector's permanent generation (`gc.freeze`), so full collections no longer walk
+    it; the grid is still freed by reference counting when the cache drops it (it holds no
+    reference cycles). The previous freeze is undone and collected first, so garbage cycles
+    frozen then are not kept for good. Below `FREEZE_GRID_TRIALS` it does nothing: the
+    collection costs more than it saves."""
+    if trials < FREEZE_GRID_TRIALS:
+        return
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(frozen=True)
@@ -266,6 +289,7 @@ class Reconciler:
             trials = {t.trial_id: t for t in grid.all_trials()}
             oom = bookkeeping.predicted_oom_ids(predicted_oom_fn(sweep.spec), trials.values())
             cached = self._grids[key] = (spec, _Expanded(grid, trials, oom))
+            keep_out_of_collections(len(trials))
         return cached[1]
 
     def _reconcile_body(self, body: Mapping[str, Any]) -> PassResult:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
+from sqlalchemy.orm import Session, contains_eager, joinedload, selectinload, sessionmaker
 
 from orchestrator.core.lifecycle import ACTIVE_STATES, OOMKind, TrialState
 from orchestrator.core.names import IDENTITY_FIELDS
@@ -429,11 +429,17 @@ def epochs_of(session: Session, trial_pk: int) -> list[EpochRow]:
 def attempts(
     session: Session, namespace: str, sweep: str, *, with_epochs: bool = False
 ) -> list[AttemptRow]:
-    """Every attempt of a sweep, ordered by (lane, model_index, attempt)."""
+    """Every attempt of a sweep, ordered by (lane, model_index, attempt).
+
+    Each row's joined sweep comes without its spec (loaded on first use): the reconciler
+    reads this on every pass, and decoding the spec JSON once per attempt row was a fifth of a
+    pass with 1,000 trials in flight (docs/benchmarks.md, "Controller memory and pass time").
+    """
     statement = (
         sa.select(AttemptRow)
         .where(AttemptRow.sweep_id == _sweep_id_query(namespace, sweep))
         .order_by(AttemptRow.lane, AttemptRow.model_index, AttemptRow.attempt)
+        .options(joinedload(AttemptRow.sweep, innerjoin=True).defer(SweepRow.spec))
     )
     if with_epochs:
         statement = statement.options(selectinload(AttemptRow.epochs))

@@ -115,6 +115,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         batch = {"predict_input_ids": ids(li), "predict_attention_mask": ones,
                  "labels": ids(lo), "explain_input_ids": ids(li),
                  "explain_attention_mask": ones, "rationale_labels": ids(lo)}
+        if arch.causal:  # decoder-only: prompt + completion in one sequence, prompt masked
+            sequence = ids(li + lo)
+            labels = sequence.clone()
+            labels[:, :li] = -100
+            mask = torch.ones_like(sequence)
+            batch = {"predict_input_ids": sequence, "predict_attention_mask": mask,
+                     "labels": labels, "explain_input_ids": sequence,
+                     "explain_attention_mask": mask, "rationale_labels": labels}
 
         def step() -> None:
             with accelerator.autocast():

@@ -20,6 +20,10 @@ measured samples/s from the GPU benchmark's JSON), a per-step launch overhead, a
 gradient all-reduce (NVLink inside a node, the network across nodes), evaluation, and greedy
 generation as a latency-bound decode loop; memory (does the trial fit?) from
 `estimate.estimate_memory` at the trial's per-device batch, or a given outcome function.
+
+`lower_bound` gives the physical limit the simulated makespan is measured against: no
+schedule of the same trials, on the same resources and cluster, can finish sooner (its
+docstring defines it).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import heapq
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from orchestrator.core.catalog import architecture
 from orchestrator.core.escalation import AttemptObservation
@@ -41,14 +46,16 @@ from orchestrator.core.estimate import (
 from orchestrator.core.grid import GridPoint, expand
 from orchestrator.core.lifecycle import Method, OOMKind, TrialState
 from orchestrator.core.plan import LaunchTrial, Observed, RecordUnlaunched, plan
-from orchestrator.core.scheduler import Capacity
-from orchestrator.core.spec import Precision, Resources, Sweep, SweepSpec
+from orchestrator.core.scheduler import Capacity, demand, unschedulable
+from orchestrator.core.spec import OnOOM, Precision, Resources, Sweep, SweepSpec
 
 __all__ = [
     "LADDER_RECIPE",
     "PAPER_RECIPE",
     "Cluster",
     "CostModel",
+    "Costs",
+    "LowerBound",
     "Measured",
     "Procedure",
     "Recipe",
@@ -57,6 +64,7 @@ __all__ = [
     "TrialCost",
     "fitted_resources",
     "ladder_procedure",
+    "lower_bound",
     "paper_procedure",
     "simulate",
 ]
@@ -136,6 +144,15 @@ class TrialCost:
         return self.startup_seconds + fraction_of_epoch * self.epoch_seconds
 
 
+class Costs(Protocol):
+    """What the simulator needs of a cost model: the cluster, and each trial's cost."""
+
+    @property
+    def cluster(self) -> Cluster: ...
+
+    def cost(self, spec: SweepSpec, trial: GridPoint) -> TrialCost: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CostModel:
     """Per-trial time and memory, from the architecture (see the module docstring)."""
@@ -176,7 +193,9 @@ class CostModel:
             per_sample = 1.0 / measured.samples_per_second
         else:
             per_sample = flops / (self.cluster.peak_flops(precision) * self.mfu)
-        blocks = arch.num_layers + arch.num_decoder_layers
+        # T5: encoder and decoder blocks; decoder-only models have one stack.
+        decoder_blocks = getattr(arch, "num_decoder_layers", arch.num_layers)
+        blocks = arch.num_layers + (decoder_blocks if not arch.causal else 0)
         overhead = self.step_overhead_seconds + blocks * 3 * (2 if two else 1) * (
             self.block_pass_seconds)
         compute = batch * per_sample
@@ -198,7 +217,7 @@ class CostModel:
         eval_steps = math.ceil(self.eval_examples / (eval_batch * workers))
         evaluation = eval_steps * (eval_batch * per_sample + overhead / passes) / 3
         generation = eval_steps * self.recipe.max_new_tokens * (
-            arch.num_decoder_layers * self.decode_seconds_per_block)
+            decoder_blocks * self.decode_seconds_per_block)
         epoch = steps * step + evaluation
         epochs = training.epochs
         run = self.startup_seconds + epochs * epoch + generation * (
@@ -270,10 +289,11 @@ def fitted_resources(
     return spec.model_copy(update={"resources": resources})
 
 
-def paper_procedure(spec: SweepSpec) -> Procedure:
-    """One trial at a time on all 8 GPUs, no prediction, OOMs found by running."""
+def paper_procedure(spec: SweepSpec, gpus: int = 8) -> Procedure:
+    """One trial at a time on all the cluster's GPUs (8 in the paper), no prediction, OOMs
+    found by running."""
     sequential = spec.model_copy(update={
-        "resources": Resources(workers=8, gpus_per_worker=1),
+        "resources": Resources(workers=gpus, gpus_per_worker=1),
         "parallelism": 1,
         "escalation": spec.escalation.model_copy(update={"predict_oom": False}),
     })
@@ -295,6 +315,8 @@ class SimulatedTrial:
     start: float
     end: float
     state: str  # succeeded | oom | predicted (recorded, never launched) | skipped
+    cpus: int = 0
+    model_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +338,7 @@ class Simulation:
 
 
 def simulate(
-    sweep: Sweep, procedure: Procedure, cost: CostModel, *, max_passes: int = 100_000
+    sweep: Sweep, procedure: Procedure, cost: Costs, *, max_passes: int = 100_000
 ) -> Simulation:
     """Run the procedure's sweep to the end on simulated time; see the module docstring."""
     spec = procedure.spec
@@ -343,7 +365,7 @@ def simulate(
                          else action.state.value)
                 records.append(SimulatedTrial(trial.trial_id, trial.model,
                                               trial.lane.method.value, trial.lane.name, 0,
-                                              now, now, state))
+                                              now, now, state, 0, trial.model_index))
             elif isinstance(action, LaunchTrial):
                 c = cost.cost(spec, trial)
                 if c.fits:
@@ -364,7 +386,8 @@ def simulate(
                 gpu_seconds += seconds * trial.resources.gpus
                 records.append(SimulatedTrial(
                     trial.trial_id, trial.model, trial.lane.method.value, trial.lane.name,
-                    trial.resources.gpus, now, now + seconds, outcome.state.value))
+                    trial.resources.gpus, now, now + seconds, outcome.state.value,
+                    trial.resources.cpus, trial.model_index))
         if decided.status.phase.is_finished and not running:
             return Simulation(procedure.name, now, gpu_seconds, tuple(records))
         if not running:
@@ -382,3 +405,88 @@ def simulate(
             attempts[tid] = [o for o in attempts[tid] if o.attempt != number]
             attempts[tid].append(finishing.pop(key))
     raise RuntimeError(f"no end after {max_passes} plan passes")
+
+
+@dataclass(frozen=True, slots=True)
+class LowerBound:
+    """The physical limit of one procedure's sweep: see `lower_bound`."""
+
+    work_seconds: float  # GPU-seconds of the trials that must run / GPUs in the cluster
+    chain_seconds: float  # exclusive trials, back to back, + the longest lane's other trials
+    must_run: int  # trials that must be launched (OOM rungs found by running included)
+    exclusive: int  # of which nothing else can run beside
+
+    @property
+    def seconds(self) -> float:
+        return max(self.work_seconds, self.chain_seconds)
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600
+
+
+def lower_bound(sweep: Sweep, procedure: Procedure, cost: Costs) -> LowerBound:
+    """No schedule of the procedure's sweep, under the cost model, can finish before this.
+
+    The trials that **must run** are, in each lane, those up to and including its first OOM
+    rung, walking the ladder as the escalation rules do:
+    - a trial the procedure predicts to run out of memory (`predicted_oom_fn`, when
+      `predictOOM` is on) is its lane's OOM rung but costs nothing: it is recorded, not run;
+    - a trial needing more than the whole cluster ends its lane and costs nothing (recorded
+      as unschedulable);
+    - a trial that fits the device runs to the end (`TrialCost.run_seconds`);
+    - a trial that does not fit is the OOM rung: it runs until its OOM is found, by the
+      procedure's own means (the probe step, or running until the failing batch);
+    - with `onOOM: stop-lane` the lane ends at its OOM rung; with `continue` every rung that
+      is not unschedulable must run.
+    Retries, node failures and queueing are not modelled (neither does the simulator).
+
+    Two limits hold for any schedule of those trials on their resources (each trial holds
+    `demand(trial)` from start to end; a lane's trials run one after another):
+    - **work**: the cluster cannot do more than its GPUs' worth of work at once, so the
+      makespan is at least the must-run GPU-seconds / GPUs in the cluster;
+    - **chain**: a trial that nothing else can run beside (**exclusive**: with it running, no
+      other must-run trial's demand fits in the cluster, e.g. one that needs every GPU, or any
+      trial when `parallelism` is 1) overlaps no other trial, so the exclusive trials take
+      their sum of time on their own, and the longest lane's chain of its other must-run
+      trials comes on top.
+    The bound is the larger. It is for the trials as the spec shapes them: a schedule that
+    gave a trial fewer or more GPUs would change its cost, and is another spec.
+    """
+    spec = procedure.spec
+    grid = expand(sweep.model_copy(update={"spec": spec}))
+    capacity = cost.cluster.capacity
+    predictor = predicted_oom_fn(spec)
+    stop_lane = spec.escalation.on_oom is OnOOM.STOP_LANE
+    runs: list[tuple[int, Capacity, float]] = []  # (lane index, demand, seconds)
+    for lane in grid.lanes:
+        for trial in sorted(grid.trials[lane.name], key=lambda t: t.model_index):
+            if predictor is not None and predictor(trial):
+                if stop_lane:
+                    break
+                continue
+            if unschedulable(trial, capacity):
+                break
+            c = cost.cost(spec, trial)
+            seconds = c.run_seconds if c.fits else c.oom_seconds(
+                procedure.oom_detection, procedure.oom_fraction_of_epoch)
+            runs.append((lane.index, demand(trial), seconds))
+            if not c.fits and stop_lane:
+                break
+    shapes = {need for _, need, _ in runs}
+    exclusive_shapes = {
+        need for need in shapes
+        if spec.parallelism <= 1 or not any(need.plus(other).fits(capacity) for other in shapes)
+    }
+    work = sum(seconds * need.gpus for _, need, seconds in runs)
+    exclusive = [seconds for _, need, seconds in runs if need in exclusive_shapes]
+    chains: dict[int, float] = {}
+    for lane_index, need, seconds in runs:
+        if need not in exclusive_shapes:
+            chains[lane_index] = chains.get(lane_index, 0.0) + seconds
+    return LowerBound(
+        work_seconds=work / capacity.gpus if capacity.gpus else 0.0,
+        chain_seconds=sum(exclusive) + max(chains.values(), default=0.0),
+        must_run=len(runs),
+        exclusive=len(exclusive),
+    )

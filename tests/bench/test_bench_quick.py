@@ -9,6 +9,7 @@ marked `integration`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -65,10 +66,27 @@ def test_gpu_ladder_dry_run(tmp_path: Path) -> None:
 
 def test_makespan_simulation(tmp_path: Path) -> None:
     makespan = load("makespan")
-    r = makespan.main(["--json", str(tmp_path / "makespan.json")])
-    assert set(r["scenarios"]) == {"A", "B", "C"}
+    r = makespan.main(["--quick", "--json", str(tmp_path / "makespan.json")])
+    assert set(r["scenarios"]) == {"A", "B", "C", "D", "E"}
     for s in r["scenarios"].values():
         assert s["speedup"] > 1
         assert s["paper"]["succeeded"] > 0 and s["ladder"]["succeeded"] > 0
+        # Nothing beats the physical limit; Ladder is within issue 16's 10 % of it.
+        assert 1 <= s["ladder_ratio_to_bound"] <= makespan.GOAL_RATIO
+        assert s["paper_procedure_ratio_to_bound"] >= 1
+        assert s["lower_bound_hours"] <= s["ladder_hours"] < s["paper_procedure_hours"]
+    written = json.loads((tmp_path / "makespan.json").read_text())
+    assert written["scenarios"]["D"]["lanes"] == 100  # --quick: the synthetic grid at 100
     # A dry-run JSON of the GPU ladder is no measurement and must not be used as one.
     assert makespan.load_measured(tmp_path / "missing.json") == {}
+
+
+def test_scale_benchmark(tmp_path: Path) -> None:
+    scale = load("bench_scale")
+    r = scale.main(["--trials", "1000", "--in-flight", "10", "--repeat", "1", "--unfrozen",
+                    "1000", "--json", str(tmp_path / "scale.json")])
+    assert [(row["trials"], row["in_flight"], row["freeze"]) for row in r["rows"]] == [
+        (1000, 10, True), (1000, 10, False)]
+    for row in r["rows"]:
+        assert row["pass_cpu_ms"] > 0 and row["plan_cpu_ms"] > 0 and row["rss_mib"] > 0
+    assert r["machine"] and (tmp_path / "scale.json").exists()

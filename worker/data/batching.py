@@ -1,7 +1,14 @@
 """Encoding, batching and sharding of DSS examples for the training loop.
 
 DSS trains every example twice per step: `predict: ` + input -> label and `explain: ` + input ->
-rationale, so each example is encoded into two inputs and two targets. Batches group examples
+rationale, so each example is encoded into two inputs and two targets.
+
+Two layouts. Encoder-decoder (T5): the input goes to the encoder, the target to the decoder,
+padded on the right. Decoder-only (`causal=True`): the prompt (task prefix and input, in a
+`PromptFrame`: the tokenizer's chat template when asked for, else a newline after the input)
+and the completion (target + eos) form one sequence; the loss covers only the completion (the
+prompt's labels are IGNORE_INDEX); padded on the right for training, on the left for
+generation (`collate_prompts`), so every prompt ends where decoding starts. Batches group examples
 of similar length (padding is wasted compute and memory), the probe batch is the worst case any
 batch can reach (so an OOM shows in the first seconds), and DDP ranks always get the same
 number of batches (a rank with one step fewer leaves the others waiting in all-reduce forever).
@@ -26,7 +33,9 @@ from worker.tokenizer import Keep, TextTokenizer
 __all__ = [
     "IGNORE_INDEX",
     "EncodedExample",
+    "PromptFrame",
     "collate",
+    "collate_prompts",
     "encode_examples",
     "length_grouped_batches",
     "longest_batch",
@@ -45,22 +54,45 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class EncodedExample:
-    """Token ids of one DSS example, each sequence ending with eos."""
+    """Token ids of one DSS example, each sequence ending with eos (decoder-only: the two
+    prompts do not; their completions do)."""
 
     predict_ids: list[int]
     explain_ids: list[int]
     label_ids: list[int]
     rationale_ids: list[int]
+    causal: bool = False
 
     @property
     def lengths(self) -> tuple[int, int, int, int]:
-        """(predict, explain, label, rationale) lengths: the four padded dimensions."""
+        """(predict, explain, label, rationale) lengths: the four padded dimensions; for a
+        decoder-only example (prompt + label, prompt + rationale, 0, 0): its two sequences."""
+        if self.causal:
+            return (
+                len(self.predict_ids) + len(self.label_ids),
+                len(self.explain_ids) + len(self.rationale_ids), 0, 0,
+            )
         return (
             len(self.predict_ids),
             len(self.explain_ids),
             len(self.label_ids),
             len(self.rationale_ids),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFrame:
+    """What a decoder-only prompt wraps around the task prefix and input: a head (bos, or
+    the chat template's text before the user's message) and a tail (a newline, or the
+    template's end of the user turn and start of the assistant's)."""
+
+    head: list[int]
+    tail: list[int]
+
+    @classmethod
+    def plain(cls, tok: TextTokenizer) -> PromptFrame:
+        bos = getattr(tok, "bos_token_id", None)
+        return cls([bos] if bos is not None else [], tok.encode("\n", 8)[:-1])
 
 
 def encode_examples(
@@ -70,6 +102,9 @@ def encode_examples(
     max_output_tokens: int,
     task_prefixes: tuple[str, str] = TASK_PREFIXES,
     keep_input: Keep = "tail",
+    *,
+    causal: bool = False,
+    frame: PromptFrame | None = None,
 ) -> list[EncodedExample]:
     """Encode each example's two task inputs (tail-truncated) and two targets (head-truncated).
 
@@ -80,7 +115,13 @@ def encode_examples(
     text from the tail would cut the prefix first, and the two tasks would become
     indistinguishable exactly on the long inputs. Inputs keep their tail because the question
     comes last; targets keep their head because a JSON label is read from the start.
+
+    `causal`: decoder-only prompts, framed by `frame` (default `PromptFrame.plain`) and at
+    most `max_input_tokens` long, frame included; no eos after the prompt.
     """
+    if causal:
+        return _encode_causal(examples, tok, max_input_tokens, max_output_tokens,
+                              task_prefixes, keep_input, frame or PromptFrame.plain(tok))
     if max_output_tokens < 1:
         raise ValueError(f"max_output_tokens must be at least 1, got {max_output_tokens}")
     prefixes = [_prefix_ids(tok, p) for p in task_prefixes]
@@ -106,6 +147,39 @@ def encode_examples(
     return encoded
 
 
+def _encode_causal(
+    examples: Sequence[DSSExample], tok: TextTokenizer, max_input_tokens: int,
+    max_output_tokens: int, task_prefixes: tuple[str, str], keep_input: Keep,
+    frame: PromptFrame,
+) -> list[EncodedExample]:
+    if max_output_tokens < 2:
+        raise ValueError(f"max_output_tokens must be at least 2, got {max_output_tokens}")
+    prompts = [frame.head + _prefix_ids(tok, p) for p in task_prefixes]
+    fixed = max(len(p) for p in prompts) + len(frame.tail)
+    if max_input_tokens < fixed + 1:
+        raise ValueError(
+            f"max_input_tokens={max_input_tokens} leaves no room for input after the task "
+            f"prefix and prompt frame ({fixed} tokens)"
+        )
+
+    def prompt(start: list[int], text: str) -> list[int]:
+        # encode() appends eos, so one more than the room, then the eos is dropped
+        room = max_input_tokens - len(start) - len(frame.tail) + 1
+        return start + tok.encode(text, room, keep=keep_input)[:-1] + frame.tail
+
+    predict_start, explain_start = prompts
+    return [
+        EncodedExample(
+            predict_ids=prompt(predict_start, ex.input),
+            explain_ids=prompt(explain_start, ex.input),
+            label_ids=tok.encode(ex.label, max_output_tokens, keep="head"),
+            rationale_ids=tok.encode(ex.rationale, max_output_tokens, keep="head"),
+            causal=True,
+        )
+        for ex in examples
+    ]
+
+
 def _prefix_ids(tok: TextTokenizer, prefix: str) -> list[int]:
     ids = tok.encode(prefix, len(prefix) * 4 + 8)  # Generous: no tokenizer emits more per char.
     return ids[:-1]  # Drop the eos that encode appends.
@@ -129,6 +203,8 @@ def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Ten
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
+    if batch[0].causal:
+        return _collate_causal(batch, pad_id)
     return {
         "predict_input_ids": _pad([e.predict_ids for e in batch], pad_id),
         "predict_attention_mask": _mask([e.predict_ids for e in batch]),
@@ -137,6 +213,39 @@ def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Ten
         "explain_attention_mask": _mask([e.explain_ids for e in batch]),
         "rationale_labels": _pad([e.rationale_ids for e in batch], IGNORE_INDEX),
     }
+
+
+def _collate_causal(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Prompt + completion as one right-padded sequence; labels mask the prompt and padding
+    (transformers' causal LM loss shifts them by one itself)."""
+    out: dict[str, torch.Tensor] = {}
+    for task, target, label_key in (("predict", "label_ids", "labels"),
+                                    ("explain", "rationale_ids", "rationale_labels")):
+        prompts = [getattr(e, f"{task}_ids") for e in batch]
+        targets = [getattr(e, target) for e in batch]
+        rows = [p + t for p, t in zip(prompts, targets, strict=True)]
+        labels = [[IGNORE_INDEX] * len(p) + t for p, t in zip(prompts, targets, strict=True)]
+        out[f"{task}_input_ids"] = _pad(rows, pad_id)
+        out[f"{task}_attention_mask"] = _mask(rows)
+        out[label_key] = _pad(labels, IGNORE_INDEX)
+    return out
+
+
+def collate_prompts(
+    batch: Sequence[EncodedExample], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of the `predict:` inputs for generation: right-padded for
+    an encoder-decoder, left-padded prompts for a decoder-only model (decoding continues
+    every row from its last real token)."""
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    rows = [e.predict_ids for e in batch]
+    if not batch[0].causal:
+        return _pad(rows, pad_id), _mask(rows)
+    width = max(len(r) for r in rows)
+    ids = [[pad_id] * (width - len(r)) + r for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
 
 
 def padded_size(encoded: Sequence[EncodedExample], indices: Sequence[int]) -> int:

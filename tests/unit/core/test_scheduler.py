@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from orchestrator.core.grid import GridPoint, Lane, expand
 from orchestrator.core.lifecycle import Method
-from orchestrator.core.scheduler import Capacity, demand, select_launches, unschedulable
+from orchestrator.core.scheduler import (
+    Capacity,
+    demand,
+    launch_priority,
+    select_launches,
+    unschedulable,
+)
 from orchestrator.core.spec import PAPER_LADDER, ResourceShape, Sweep, SweepSpec
 
 LANE = Lane(index=0, name="full-dss0.5-seed0", method=Method.FULL, rank=None, alpha=None,
@@ -245,3 +251,18 @@ def test_selection_properties(
         for trial in candidates:
             if trial.trial_id not in chosen:
                 assert not demand(trial).fits(left)
+
+
+# -- priority ----------------------------------------------------------------------------------
+
+
+def test_the_lane_with_most_rungs_left_goes_first_then_the_papers_order() -> None:
+    grid = expand(paper_sweep(workers=1))
+    lanes = grid.lanes
+    heads = [grid.trials[lanes[0].name][2], grid.trials[lanes[1].name][0],
+             grid.trials[lanes[2].name][1], grid.trials[lanes[3].name][0]]
+    ordered = sorted(heads, key=lambda t: launch_priority(t, 4, parallelism=8))
+    assert [(t.lane.index, t.model_index) for t in ordered] == [(1, 0), (3, 0), (2, 1), (0, 2)]
+    # One trial at a time: the paper's order, lane by lane, whatever the rung.
+    ordered = sorted(heads, key=lambda t: launch_priority(t, 4, parallelism=1))
+    assert [t.lane.index for t in ordered] == [0, 1, 2, 3]

@@ -578,3 +578,20 @@ def test_every_attempt_stores_the_memory_estimate(cluster: FakeCluster, reconcil
         expected = estimated_bytes(sweep.spec, trials[trial_id])
         assert expected is not None and expected > 0
         assert row.estimated_memory_bytes == expected
+
+
+def test_a_large_cached_grid_is_kept_out_of_collections() -> None:
+    """A grid of FREEZE_GRID_TRIALS or more goes to the collector's permanent generation (full
+    collections no longer walk it on every pass); a small one leaves the collector alone."""
+    import gc
+
+    from orchestrator.operator.reconcile import FREEZE_GRID_TRIALS, keep_out_of_collections
+
+    gc.unfreeze()
+    try:
+        keep_out_of_collections(FREEZE_GRID_TRIALS - 1)
+        assert gc.get_freeze_count() == 0
+        keep_out_of_collections(FREEZE_GRID_TRIALS)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

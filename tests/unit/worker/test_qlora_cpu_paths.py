@@ -90,5 +90,5 @@ def test_tiny_catalog_models_have_dimensions_both_cpu_paths_accept(name: str) ->
     """Every built-in tiny model would also pass bitsandbytes' packing checks (N % 32, even
     K), so a bitsandbytes that ignored Ladder's flag would still evaluate them."""
     arch = ARCHITECTURES[name]
-    widths = {arch.d_model, arch.d_ff, arch.d_kv * arch.num_heads}
+    widths = {width for shape in arch.linear_shapes() for width in shape[:2]}
     assert all(width % 32 == 0 for width in widths), (name, widths)

@@ -1,0 +1,95 @@
+"""The decoder-only activation estimate against what autograd really saves, on CPU.
+
+As tests/unit/worker/test_estimate_activations.py does for T5: every tensor saved for backward
+during the worker's DSS forward (both tasks, prompt and completion as one sequence) is
+collected with `saved_tensors_hooks` and its storage counted once, parameters left out. fp32
+with eager attention, where CPU and CUDA save the same tensors (CPU dropout masks are float,
+not bool, which is why the LoRA estimate may fall somewhat short here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from orchestrator.core import catalog
+from orchestrator.core.catalog import DecoderArchitecture
+from orchestrator.core.estimate import estimate_memory
+from orchestrator.core.lifecycle import Method
+from orchestrator.core.spec import ModelInit, Precision, Training
+from orchestrator.core.worker_contract import AttemptSpec
+from worker.data.batching import IGNORE_INDEX
+from worker.models import build_model
+from worker.train import dss_forward
+
+ARCHS = {
+    "qwen2": DecoderArchitecture(family="qwen2", hidden_size=128, intermediate_size=256,
+                                 num_layers=2, num_heads=4, num_kv_heads=2, vocab_size=512,
+                                 tie_word_embeddings=True),
+    "llama": DecoderArchitecture(family="llama", hidden_size=128, intermediate_size=352,
+                                 num_layers=2, num_heads=8, num_kv_heads=2, vocab_size=640,
+                                 tie_word_embeddings=False),
+}
+B, LI, LO = 2, 96, 64
+
+
+@pytest.fixture
+def registered() -> Iterator[None]:
+    for family, arch in ARCHS.items():
+        catalog.ARCHITECTURES[f"ladder/{family}-estimate-check"] = arch
+    yield
+    for family in ARCHS:
+        del catalog.ARCHITECTURES[f"ladder/{family}-estimate-check"]
+
+
+def saved_bytes(family: str, method: Method, rank: int | None) -> int:
+    arch = ARCHS[family]
+    training = Training(precision=Precision.FP32, init=ModelInit.RANDOM, max_input_tokens=LI,
+                        max_output_tokens=LO)
+    trial = AttemptSpec(sweep="s", trial_id="t", lane="l", model=f"ladder/{family}-estimate-check",
+                      method=method, rank=rank, alpha=rank, training=training)
+    torch.manual_seed(0)
+    model, _, _ = build_model(trial, torch.device("cpu"))
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = "eager"
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer and pointer not in params:
+            storages[pointer] = max(storages.get(pointer, 0), storage.nbytes())
+        return t
+
+    ids = torch.randint(3, arch.vocab_size, (B, LI + LO))
+    mask = torch.ones(B, LI + LO, dtype=torch.long)
+    mask[1, -3:] = 0  # some padding, as in real batches
+    labels = ids.clone()
+    labels[:, :LI] = IGNORE_INDEX  # the prompt
+    batch = {
+        "predict_input_ids": ids, "predict_attention_mask": mask, "labels": labels,
+        "explain_input_ids": ids, "explain_attention_mask": mask, "rationale_labels": labels,
+    }
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        dss_forward(model, batch, 0.5)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(("family", "method", "rank"), [
+    ("qwen2", Method.FULL, None), ("llama", Method.FULL, None), ("qwen2", Method.LORA, 8),
+    ("llama", Method.QLORA, 8),
+])
+def test_decoder_activation_estimate_matches_saved_tensors(
+    registered: None, family: str, method: Method, rank: int | None
+) -> None:
+    measured = saved_bytes(family, method, rank)
+    e = estimate_memory(ARCHS[family], method, rank=rank, batch_per_device=B, input_tokens=LI,
+                        output_tokens=LO, precision=Precision.FP32, attention="eager")
+    predicted = e.activation_bytes + e.weight_copy_bytes
+    assert 0.8 < predicted / measured < 1.1, (predicted, measured)
