@@ -534,6 +534,8 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
         "gain": [fmt_signed(r.get("eval_loss_gain")) for r in records],
         "exact": [fmt_ratio(r["exact_match"]) for r in records],
         "JSON ok": [fmt_ratio(r["json_valid_rate"]) for r in records],
+        "BLEU": [fmt_float(r.get("bleu"), 1) for r in records],
+        "DSL sim": [fmt_ratio(r.get("dsl_similarity")) for r in records],
         "samples/s": [fmt_float(r["samples_per_second"], 2) for r in records],
         "peak GPU" if on_gpu else "peak host": [
             fmt_bytes(r["peak_gpu_memory_bytes"] if on_gpu else r["peak_host_memory_bytes"])
@@ -547,13 +549,14 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
         return width - sum(others) - 2 * len(others) - 1
 
     lane_min = 12
-    for optional in (("gain", "exact", "JSON ok"), ("wall",), ("trial",)):
+    for optional in (("gain", "exact", "JSON ok"), ("BLEU", "DSL sim"), ("wall",), ("trial",)):
         if room_for_lane() >= lane_min:
             break
         for header in optional:
             del columns[header]
     which = f"{shown} loss" if shown else "per row"
-    title = f"{len(records)} trials; eval loss: {which} (training.selectionLoss)"
+    title = (f"{len(records)} trials; eval loss: {which} (training.selectionLoss); "
+             "samples/s: training loop (end to end in --json)")
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
     for header in columns:

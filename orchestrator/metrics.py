@@ -59,7 +59,8 @@ TRIAL_FIGURES = (
     ("ladder_trial_best_eval_rationale_loss", "eval_rationale_loss",
      "Evaluation rationale loss at the best epoch (absent when dssAlpha = 1)."),
     ("ladder_trial_samples_per_second", "samples_per_second",
-     "Training samples per second, summed over workers."),
+     "Training-loop samples per second (evaluation, generation and saves excluded), summed "
+     "over workers."),
     ("ladder_trial_peak_gpu_memory_bytes", "peak_gpu_memory_bytes",
      "Peak GPU memory of the busiest device (NVML)."),
     ("ladder_trial_summed_gpu_memory_bytes", "total_gpu_memory_bytes",
@@ -76,6 +77,16 @@ TRIAL_FIGURES = (
      "ladder_trial_best_eval_loss: their difference is what fine-tuning gained."),
     ("ladder_trial_baseline_exact_match_ratio", "baseline_exact_match",
      "Exact match of the untuned model's generations (epoch 0, training.baseline)."),
+    ("ladder_trial_bleu", "bleu", "Corpus BLEU of the generated labels (sacrebleu, 0-100)."),
+    ("ladder_trial_chrf", "chrf", "Corpus chrF of the generated labels (sacrebleu, 0-100)."),
+    ("ladder_trial_ter", "ter",
+     "Corpus TER of the generated labels (sacrebleu, 0-100 and up; lower is better)."),
+    ("ladder_trial_dsl_similarity_ratio", "dsl_similarity",
+     "Mean structural similarity of generated and reference Query DSL: JSON leaves (path, "
+     "value) in common over the leaves of either."),
+    ("ladder_trial_end_to_end_samples_per_second", "end_to_end_samples_per_second",
+     "Trained samples per second over the whole epoch loop (training, evaluation, "
+     "generation, saves), summed over workers."),
 )
 # (metric name, EpochRow attribute, help) of the latest epoch of a running trial.
 LIVE_FIGURES = (

@@ -55,7 +55,7 @@ from orchestrator.core.catalog import (
     lora_targets,
 )
 from orchestrator.core.lifecycle import Method
-from orchestrator.core.spec import ModelInit, Precision, Training
+from orchestrator.core.spec import ModelInit, Precision, Training, WeightDtype
 from orchestrator.core.worker_contract import AttemptSpec
 from worker.tokenizer import HFTokenizer, TextTokenizer, load_tokenizer
 
@@ -63,6 +63,7 @@ __all__ = [
     "ModelInfo",
     "ModelLoadError",
     "build_model",
+    "cast_frozen_weights",
     "compute_dtype",
     "count_parameters",
     "fit_embeddings",
@@ -119,7 +120,32 @@ def compute_dtype(training: Training) -> torch.dtype:
     return torch.float32 if training.precision is Precision.FP32 else torch.bfloat16
 
 
-def t5_config(arch: T5Architecture) -> T5Config:
+WEIGHT_DTYPES = {
+    WeightDtype.FP32: torch.float32, WeightDtype.BF16: torch.bfloat16,
+    WeightDtype.FP16: torch.float16,
+}
+
+
+def cast_frozen_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """training.qloraWeightDtype: cast QLoRA's frozen floating-point weights that are not
+    quantized (norms, embeddings, LM head) to `dtype`, as the authors' transformers 4.45 load
+    left them (fp16). Modules T5 keeps in fp32 (`_keep_in_fp32_modules`: `wo`) stay fp32, as
+    transformers keeps them. Trainable weights (none yet: it runs before peft adds the
+    adapters) are left alone. Returns how many tensors it cast."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    cast = 0
+    for name, param in model.named_parameters():
+        if param.requires_grad or not param.is_floating_point() or param.dtype == dtype:
+            continue
+        if param.__class__.__name__ == "Params4bit" or any(
+                f".{module}." in f".{name}" for module in keep):
+            continue
+        param.data = param.data.to(dtype)
+        cast += 1
+    return cast
+
+
+def t5_config(arch: T5Architecture, attention: str = "sdpa") -> T5Config:
     # tie_word_embeddings=False is what makes T5Config set scale_decoder_outputs=False (T5
     # v1.1); the tie flag itself is forced True by transformers 5 and corrected after build.
     return T5Config(
@@ -135,6 +161,7 @@ def t5_config(arch: T5Architecture) -> T5Config:
         feed_forward_proj=arch.feed_forward_proj,
         tie_word_embeddings=False,
         decoder_start_token_id=0,  # pad, as in every T5; the byte tokenizer's pad is 0 too
+        attn_implementation=attention,
     )
 
 
@@ -152,14 +179,15 @@ def untie_lm_head(model: T5ForConditionalGeneration, *, reinitialise: bool) -> N
         tied.pop("lm_head.weight", None)  # so save_pretrained writes the head
 
 
-def random_t5(arch: T5Architecture) -> T5ForConditionalGeneration:
-    """A randomly initialised FLAN-T5-shaped model (on the current default device)."""
-    model = T5ForConditionalGeneration(t5_config(arch))
+def random_t5(arch: T5Architecture, attention: str = "sdpa") -> T5ForConditionalGeneration:
+    """A randomly initialised FLAN-T5-shaped model (on the current default device), with
+    `attention` as its attention implementation (training.attention)."""
+    model = T5ForConditionalGeneration(t5_config(arch, attention))
     untie_lm_head(model, reinitialise=True)
     return model
 
 
-def decoder_config(arch: DecoderArchitecture) -> PretrainedConfig:
+def decoder_config(arch: DecoderArchitecture, attention: str = "sdpa") -> PretrainedConfig:
     """The transformers config of a catalogued decoder-only model (its public config.json)."""
     common: dict[str, Any] = {
         "vocab_size": arch.vocab_size,
@@ -171,7 +199,7 @@ def decoder_config(arch: DecoderArchitecture) -> PretrainedConfig:
         "max_position_embeddings": arch.max_position_embeddings,
         "rms_norm_eps": arch.rms_norm_eps,
         "tie_word_embeddings": arch.tie_word_embeddings,
-        "attn_implementation": "sdpa",
+        "attn_implementation": attention,
         # The byte tokenizer's ids (pad 0, eos 1); a pretrained tokenizer brings its own.
         "pad_token_id": 0, "bos_token_id": None, "eos_token_id": 1,
     }
@@ -184,9 +212,9 @@ def decoder_config(arch: DecoderArchitecture) -> PretrainedConfig:
                        attention_bias=False, mlp_bias=False)
 
 
-def random_decoder(arch: DecoderArchitecture) -> PreTrainedModel:
+def random_decoder(arch: DecoderArchitecture, attention: str = "sdpa") -> PreTrainedModel:
     """A randomly initialised decoder-only model (on the current default device)."""
-    model = AutoModelForCausalLM.from_config(decoder_config(arch))
+    model = AutoModelForCausalLM.from_config(decoder_config(arch, attention))
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     if tied != arch.tie_word_embeddings:
         raise RuntimeError(f"transformers built the LM head {'tied' if tied else 'untied'}; "
@@ -195,8 +223,12 @@ def random_decoder(arch: DecoderArchitecture) -> PreTrainedModel:
     return model
 
 
-def random_model(arch: Architecture) -> PreTrainedModel:
-    return random_t5(arch) if isinstance(arch, T5Architecture) else random_decoder(arch)
+def random_model(arch: Architecture, attention: str = "sdpa") -> PreTrainedModel:
+    """A randomly initialised model of a catalogued architecture, with `attention` as its
+    attention implementation (training.attention)."""
+    if isinstance(arch, T5Architecture):
+        return random_t5(arch, attention)
+    return random_decoder(arch, attention)
 
 
 def quantize_nf4(model: PreTrainedModel, dtype: torch.dtype, *, double_quant: bool) -> int:
@@ -262,7 +294,9 @@ def keep_off_cpu_packed_path(model: nn.Module) -> int:
 def _from_pretrained(trial: AttemptSpec, device: torch.device) -> PreTrainedModel:
     # Every method loads straight onto its device: without a device map each rank would
     # first materialise the whole fp32 model in host memory (about 11 GB per rank for XL).
-    kwargs: dict[str, object] = {"device_map": {"": device}}
+    kwargs: dict[str, object] = {
+        "device_map": {"": device}, "attn_implementation": trial.training.attention.value,
+    }
     if trial.method is Method.QLORA:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -277,7 +311,7 @@ def _from_pretrained(trial: AttemptSpec, device: torch.device) -> PreTrainedMode
         config = AutoConfig.from_pretrained(trial.model)
         if not config.is_encoder_decoder:
             return AutoModelForCausalLM.from_pretrained(  # type: ignore[no-any-return]
-                trial.model, attn_implementation="sdpa", **kwargs)
+                trial.model, **kwargs)
         model = T5ForConditionalGeneration.from_pretrained(trial.model, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelLoadError(
@@ -340,11 +374,11 @@ def build_model(
         if trial.method is Method.QLORA:
             # Built on the host: the weights quantize as they move, so only NF4 reaches the
             # device (building there would put the whole fp32 model on it first).
-            model: nn.Module = random_model(arch)
+            model: nn.Module = random_model(arch, training.attention.value)
             quantize_nf4(model, dtype, double_quant=training.qlora_double_quant)
         else:
             with torch.device(device):  # initialised in place, no host copy
-                model = random_model(arch)
+                model = random_model(arch, training.attention.value)
         model = model.to(device)  # quantizes the Params4bit weights
     else:
         model = _from_pretrained(trial, device)  # already on the device
@@ -362,6 +396,8 @@ def build_model(
             # Freezes the base, upcasts norms to fp32; gradient checkpointing is set below for
             # every method alike, so it is not asked for here.
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            # prepare_model_for_kbit_training upcast the frozen weights to fp32.
+            cast_frozen_weights(model, WEIGHT_DTYPES[training.qlora_weight_dtype])
         targets = lora_targets("llama" if causal else "t5", training.target_modules)
         model = get_peft_model(
             model,
@@ -389,10 +425,12 @@ def build_model(
 
 
 MANIFEST = "ladder-model.json"
+OPTIMIZER_STATE = "optimizer.pt"
 
 
 def save_trained(
-    model: nn.Module, tokenizer: TextTokenizer, directory: Path, manifest: dict[str, Any]
+    model: nn.Module, tokenizer: TextTokenizer, directory: Path, manifest: dict[str, Any],
+    *, optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write the trained weights to `directory`, replacing what is there only once complete.
 
@@ -400,12 +438,15 @@ def save_trained(
     named in the manifest), a full fine-tune the whole model. A pretrained tokenizer is saved
     with it, its added characters included; the byte tokenizer needs no files. The weights go
     to a sibling directory first and are swapped in by rename, so a trial stopped mid-write
-    leaves the previous save (or none), never half of one.
+    leaves the previous save (or none), never half of one. `optimizer_state` (saveModel
+    every-epoch, the authors' checkpoint) is written with it as `optimizer.pt`.
     """
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     model.save_pretrained(str(staging))  # type: ignore[operator]
+    if optimizer_state is not None:
+        torch.save(optimizer_state, staging / OPTIMIZER_STATE)
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.save_pretrained(str(staging))
         manifest = {**manifest, "tokenizer": "included"}

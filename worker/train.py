@@ -7,7 +7,7 @@ every Ray Train worker and `train` is its body, the whole recipe in one screen:
     build model -> probe step on the longest batch (an OOM verdict in seconds)
     -> [baseline: the untuned model evaluated, epoch 0 (training.baseline)]
     -> every epoch: train (DSS loss) -> eval loss -> LR plateau -> [generation]
-       -> [save the weights: training.saveModel best/final, rank 0] -> report
+       -> [save the weights: training.saveModel best/final/every-epoch, rank 0] -> report
 
 The recipe is the paper's (docs/paper.md, "Training recipe"): AdamW, ReduceLROnPlateau on the
 evaluation loss, every example trained twice per step (`predict:` -> label, `explain:` ->
@@ -19,7 +19,10 @@ When batchSize is not a multiple of the worker count the effective batch is roun
 at least one example per worker). With `training.microBatchSize` a worker's share runs as
 several smaller forward/backward passes whose gradients add up before the one optimizer step
 (DDP syncs on the last pass only): the paper's total batch of 8 on one GPU with the memory of
-a batch of 1, instead of 8 GPUs that each hold a full replica.
+a batch of 1, instead of 8 GPUs that each hold a full replica. With
+`training.gradientAccumulationSteps` k (the HF Trainer's), one optimizer step takes k such
+batches per worker, each weighing 1/k: a step sees batchSize x k examples (the authors' QLoRA:
+8 x 4 = 32). `training.lossReduction` says how a batch's tokens make its loss.
 
 Ray Train V2 (Ray 2.60) keeps reported metrics for the driver only when they come with a
 checkpoint, and `fit()` raises on failure without handing back its Result. A checkpoint would
@@ -53,9 +56,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from orchestrator.core.lifecycle import TrialState
+from orchestrator.core.lifecycle import Method, TrialState
 from orchestrator.core.names import RANK_IN_DRIVER_ENV
-from orchestrator.core.spec import InputTruncation, Precision, SaveModel, SelectionLoss
+from orchestrator.core.spec import (
+    InputTruncation,
+    LossReduction,
+    Precision,
+    SaveModel,
+    SelectionLoss,
+    WeightDtype,
+)
 from orchestrator.core.stopping import StopReason, should_stop
 from orchestrator.core.worker_contract import (
     BASELINE_EPOCH,
@@ -78,7 +88,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from worker.data.batching import EncodedExample
-    from worker.generation import GenerationScore
+    from worker.generation import GenerationScore, TextScores
     from worker.telemetry import Sampler, TrialTelemetry
     from worker.tokenizer import Keep, TextTokenizer
 
@@ -101,22 +111,50 @@ def dss_loss(label_loss: Tensor, rationale_loss: Tensor | None, a: float) -> Ten
     return a * label_loss + (1.0 - a) * rationale_loss
 
 
+def example_mean_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """training.lossReduction example-mean: each example's cross-entropy averaged over its own
+    target tokens, then averaged over the examples that have any (what DDP's average of
+    one-example devices computes, the authors' setup)."""
+    from worker.data.batching import IGNORE_INDEX
+
+    per_token = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+        reduction="none").view(labels.shape)
+    counts = (labels != IGNORE_INDEX).sum(dim=1)
+    present = counts > 0
+    return (per_token.sum(dim=1)[present] / counts[present]).mean()
+
+
+def task_loss(
+    model: Callable[..., Any], input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+    reduction: LossReduction,
+) -> Tensor:
+    """One task's loss over a batch: the model's own token mean, or the example mean."""
+    # No KV cache: a loss needs none (and CPU autocast cannot concatenate fp16 cache entries,
+    # which training.qloraWeightDtype fp16 leaves).
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                   use_cache=False)
+    if reduction is LossReduction.TOKEN_MEAN:
+        return output.loss
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model
+    if config is not None and not getattr(config, "is_encoder_decoder", True):
+        # A causal LM predicts token t + 1 at position t: shift as its own loss does.
+        return example_mean_loss(output.logits[:, :-1], labels[:, 1:])
+    return example_mean_loss(output.logits, labels)
+
+
 def dss_forward(
-    model: Callable[..., Any], batch: Mapping[str, Tensor], a: float
+    model: Callable[..., Any], batch: Mapping[str, Tensor], a: float,
+    reduction: LossReduction = LossReduction.TOKEN_MEAN,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(loss, label loss, rationale loss) of one batch; a = 1 skips the `explain:` pass."""
-    label_loss = model(
-        input_ids=batch["predict_input_ids"],
-        attention_mask=batch["predict_attention_mask"],
-        labels=batch["labels"],
-    ).loss
+    label_loss = task_loss(model, batch["predict_input_ids"], batch["predict_attention_mask"],
+                           batch["labels"], reduction)
     rationale_loss = None
     if a != 1.0:
-        rationale_loss = model(
-            input_ids=batch["explain_input_ids"],
-            attention_mask=batch["explain_attention_mask"],
-            labels=batch["rationale_labels"],
-        ).loss
+        rationale_loss = task_loss(model, batch["explain_input_ids"],
+                                   batch["explain_attention_mask"], batch["rationale_labels"],
+                                   reduction)
     return dss_loss(label_loss, rationale_loss, a), label_loss, rationale_loss
 
 
@@ -168,9 +206,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             f"{expected} workers: gradients would not be synchronised"
         )
     device = accelerator.device
+    set_tf32(trial.training.tf32)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = trial.training.tf32
-        torch.backends.cudnn.allow_tf32 = trial.training.tf32
         if trial.memory_budget_bytes is not None:
             apply_cuda_budget(trial.memory_budget_bytes, device)
     else:
@@ -179,6 +216,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     host = HostMemoryBudget(trial.memory_budget_bytes if device.type == "cpu" else None)
     with Sampler(device, on_rss=host.observe) as sampler:
         return train(trial, loop, accelerator, host, sampler)
+
+
+def set_tf32(enabled: bool) -> None:
+    """training.tf32: whether CUDA matmuls and cuDNN convolutions may use TF32 (Ampere and
+    later). Off is PyTorch's default and the authors' (they never set it); the flags do
+    nothing on a CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def train(
@@ -214,7 +259,7 @@ def train(
     )
     host.check("creating the optimizer")
     probe = to_device(train_set, longest_batch(train_set, per_pass), tokenizer, device)
-    probe_step(accelerator, model, optimizer, probe, a)
+    probe_step(accelerator, model, optimizer, probe, a, cfg.loss_reduction)
     wait_for_device(device)  # CUDA runs ahead of the host: the probe is done only now
     host.check("the probe step on the longest batch")
     phases.mark("first_step")
@@ -237,7 +282,9 @@ def train(
         if rank == 0:
             publish(loop, progress.summary())
     torch.manual_seed(trial.seed + 1 + rank)  # dropout: different masks on different ranks
+    accumulate = cfg.gradient_accumulation_steps  # batches per optimizer step (HF's)
 
+    loop_started = time.perf_counter()  # end-to-end: training, evaluation, generation, saves
     for epoch in range(1, cfg.epochs + 1):
         sampler.new_epoch()  # this epoch's own memory peaks (the run's are kept)
         model.train()
@@ -245,12 +292,19 @@ def train(
         losses = torch.zeros(3, device=device)  # loss, label loss, rationale loss
         steps = examples = 0
         started = time.perf_counter()
-        for indices in shard(batches, rank, world):
-            passes = [to_device(train_set, indices[i:i + per_pass], tokenizer, device)
-                      for i in range(0, len(indices), per_pass)]
+        mine = shard(batches, rank, world)
+        for first in range(0, len(mine), accumulate):
+            passes, group_of = [], []
+            for group, indices in enumerate(mine[first:first + accumulate]):
+                for i in range(0, len(indices), per_pass):
+                    passes.append(to_device(train_set, indices[i:i + per_pass], tokenizer,
+                                            device))
+                    group_of.append(group)
+                examples += len(indices)
             losses += train_step(accelerator, model, optimizer, passes, a,
-                                 max_grad_norm=cfg.max_grad_norm)
-            steps, examples = steps + 1, examples + len(indices)
+                                 max_grad_norm=cfg.max_grad_norm,
+                                 reduction=cfg.loss_reduction, group_of=group_of)
+            steps += 1
         totals = torch.cat([losses, losses.new_tensor([steps, examples])])
         loss_sum, label_sum, rationale_sum, steps, examples = accelerator.reduce(
             totals, reduction="sum").tolist()  # the training loop's only host sync
@@ -258,7 +312,8 @@ def train(
         learning_rate = optimizer.param_groups[0]["lr"]
         eval_label, eval_rationale, eval_dss = evaluate(
             accelerator, model, eval_set, tokenizer, per_pass, a,
-            with_rationale=cfg.selection_loss is SelectionLoss.RATIONALE)
+            with_rationale=cfg.selection_loss is SelectionLoss.RATIONALE,
+            reduction=cfg.loss_reduction)
         eval_loss = selected_loss(
             cfg.selection_loss, label=eval_label, rationale=eval_rationale, dss=eval_dss)
         plateau.step(eval_loss)
@@ -268,7 +323,7 @@ def train(
                            cfg.early_stopping)
         last = epoch == cfg.epochs or stop
         if last or (cfg.generate_every and epoch % cfg.generate_every == 0):
-            progress.score = generation_score(
+            progress.score, progress.text = generation_score(
                 accelerator, model, eval_set, loop.eval, tokenizer, per_pass, trial)
         telemetry = gather_telemetry(sampler)
         progress.add(EpochRecord(
@@ -286,13 +341,16 @@ def train(
                              else StopReason.EPOCHS)
         if rank == 0 and loop.model_dir and cfg.save_model.saves_after(
                 epoch, epoch if last else cfg.epochs, progress.best_epoch):
+            every = cfg.save_model is SaveModel.EVERY_EPOCH  # the authors' checkpoint
             save_trained(accelerator.unwrap_model(model), tokenizer, Path(loop.model_dir), {
                 "sweep": trial.sweep, "trial": trial.trial_id, "attempt": trial.attempt,
                 "base_model": trial.model, "method": trial.method.value, "rank": trial.rank,
                 "alpha": trial.alpha, "epoch": epoch, "eval_loss": eval_loss,
                 # What `ladder export` rebuilds the base from (worker/export.py).
                 "device": device.type, "spec": trial.model_dump(mode="json", by_alias=True),
-            })
+            }, optimizer_state=optimizer.state_dict() if every else None)
+        wait_for_device(device)
+        progress.end_to_end(time.perf_counter() - loop_started)
         if rank == 0:
             publish(loop, progress.summary())
         if not loop.in_driver:
@@ -316,30 +374,25 @@ def wait_for_device(device: torch.device) -> None:
 def train_step(
     accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
     passes: Sequence[Mapping[str, Tensor]], a: float, *, max_grad_norm: float | None = None,
+    reduction: LossReduction = LossReduction.TOKEN_MEAN, group_of: Sequence[int] | None = None,
 ) -> Tensor:
     """One optimizer step over a worker's batch, run as one or more forward/backward passes
-    (micro-batches). Each task's loss is a mean over target tokens, so a pass's loss is
-    weighted by its share of the batch's tokens of that task: the gradients add up to exactly
-    those of the whole batch in one pass. DDP all-reduces on the last pass only. Returns the
-    step's (loss, label loss, rationale loss) over the whole batch."""
-    from worker.data.batching import IGNORE_INDEX
-
-    def shares(key: str) -> Tensor | list[float]:
-        """Each pass's share of the batch's target tokens of one task, kept on the device:
-        counting on the host would stall a GPU every step. One pass: the whole batch."""
-        if len(passes) == 1:
-            return [1.0]
-        counts = torch.stack([(batch[key] != IGNORE_INDEX).sum() for batch in passes])
-        return counts / counts.sum().clamp(min=1)
-
-    label_shares = shares("labels")
-    rationale_shares = shares("rationale_labels") if a != 1.0 else [1.0] * len(passes)
+    (micro-batches). Each task's loss is a mean (over target tokens, or over examples with
+    lossReduction example-mean), so a pass's loss is weighted by its share of the batch's
+    tokens (or examples) of that task: the gradients add up to exactly those of the whole
+    batch in one pass. With gradient accumulation, `group_of` names each pass's batch and
+    every batch weighs 1/batches (the HF Trainer's loss / gradient_accumulation_steps). DDP
+    all-reduces on the last pass only. Returns the step's (loss, label loss, rationale
+    loss)."""
+    label_shares = pass_weights(passes, "labels", reduction, group_of)
+    rationale_shares = (pass_weights(passes, "rationale_labels", reduction, group_of)
+                        if a != 1.0 else [1.0] * len(passes))
     losses = torch.zeros(3, device=accelerator.device)
     for number, batch in enumerate(passes):
         last = number == len(passes) - 1 or accelerator.num_processes == 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
-                _, label_loss, rationale_loss = dss_forward(model, batch, a)
+                _, label_loss, rationale_loss = dss_forward(model, batch, a, reduction)
                 label_loss = label_loss * label_shares[number]
                 if rationale_loss is not None:
                     rationale_loss = rationale_loss * rationale_shares[number]
@@ -351,6 +404,29 @@ def train_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return losses
+
+
+def pass_weights(
+    passes: Sequence[Mapping[str, Tensor]], key: str, reduction: LossReduction,
+    group_of: Sequence[int] | None = None,
+) -> Tensor | list[float]:
+    """Each pass's weight in the step's loss of one task (`key`: its labels): its share of
+    its batch's target tokens (token-mean) or of its batch's examples with any target token
+    (example-mean), divided by the number of batches (`group_of`: each pass's batch; None:
+    one batch). Kept on the device: counting on the host would stall a GPU every step."""
+    from worker.data.batching import IGNORE_INDEX
+
+    groups = list(group_of) if group_of is not None else [0] * len(passes)
+    batches = max(groups) + 1
+    if len(passes) == batches:  # one pass per batch: no counting needed
+        return [1.0 / batches] * len(passes)
+    targets = [batch[key] != IGNORE_INDEX for batch in passes]
+    counts = torch.stack([
+        t.sum() if reduction is LossReduction.TOKEN_MEAN else t.any(dim=1).sum()
+        for t in targets]).float()
+    index = torch.tensor(groups, device=counts.device)
+    totals = torch.zeros(batches, device=counts.device).index_add_(0, index, counts)
+    return counts / totals[index].clamp(min=1) / batches
 
 
 def clip_gradients(accelerator: Accelerator, model: nn.Module, max_norm: float | None) -> None:
@@ -392,7 +468,7 @@ def to_device(
 
 def probe_step(
     accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
-    batch: Mapping[str, Tensor], a: float,
+    batch: Mapping[str, Tensor], a: float, reduction: LossReduction = LossReduction.TOKEN_MEAN,
 ) -> None:
     """One real step on the longest batch: forward, backward (with DDP's all-reduce) and an
     optimizer step, which allocates AdamW's state, so the run's peak memory comes in seconds.
@@ -402,7 +478,7 @@ def probe_step(
     """
     model.train()
     with accelerator.autocast():
-        loss, _, _ = dss_forward(model, batch, a)
+        loss, _, _ = dss_forward(model, batch, a, reduction)
     accelerator.backward(loss)
     learning_rates = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:
@@ -421,6 +497,7 @@ def probe_step(
 def evaluate(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
     tokenizer: TextTokenizer, per_worker: int, a: float, *, with_rationale: bool = False,
+    reduction: LossReduction = LossReduction.TOKEN_MEAN,
 ) -> tuple[float, float | None, float]:
     """(label loss, rationale loss, DSS-weighted loss) over the eval split, each averaged per
     example. The rationale pass runs when a < 1 or `with_rationale` (a = 1 with the rationale
@@ -437,7 +514,7 @@ def evaluate(
     for indices in length_grouped_batches(eval_set, per_worker, seed=0, epoch=0)[rank::world]:
         with accelerator.autocast():
             _, label, rationale = dss_forward(
-                net, to_device(eval_set, indices, tokenizer, device), rationale_a)
+                net, to_device(eval_set, indices, tokenizer, device), rationale_a, reduction)
         n = float(len(indices))
         rationale = rationale if rationale is not None else torch.zeros_like(label)
         total += torch.stack([label.float() * n, rationale.float() * n, total.new_tensor(n)])
@@ -459,9 +536,10 @@ def baseline(
     its generation metrics on the generation subset, measured as every epoch measures them."""
     started = time.perf_counter()
     label, rationale, dss = evaluate(accelerator, model, eval_set, tokenizer, per_worker,
-                                     trial.dss_alpha, with_rationale=True)
-    score = generation_score(accelerator, model, eval_set, examples, tokenizer, per_worker,
-                             trial)
+                                     trial.dss_alpha, with_rationale=True,
+                                     reduction=trial.training.loss_reduction)
+    score, _ = generation_score(accelerator, model, eval_set, examples, tokenizer, per_worker,
+                                trial)
     telemetry = gather_telemetry(sampler)
     return EpochRecord(
         epoch=BASELINE_EPOCH, learning_rate=learning_rate,
@@ -478,25 +556,44 @@ def baseline(
 def generation_score(
     accelerator: Accelerator, model: nn.Module, eval_set: Sequence[EncodedExample],
     examples: Sequence[DSSExample], tokenizer: TextTokenizer, per_worker: int, trial: AttemptSpec,
-) -> GenerationScore:
-    """Greedy generation on (at most generateLimit of) the eval split, shared by the ranks."""
-    from worker.generation import GenerationScore, generate_texts, score_generations
+) -> tuple[GenerationScore, TextScores]:
+    """Greedy generation on (at most generateLimit of) the eval split, shared by the ranks;
+    every rank gets the texts of all (a collective) and scores them whole, since BLEU, chrF
+    and TER are corpus statistics that do not add up across shares."""
+    from accelerate.utils import gather_object
+
+    from worker.generation import generate_texts, score_generations, text_scores
 
     limit = min(trial.training.generate_limit or len(eval_set), len(eval_set))
     mine = list(range(limit))[accelerator.process_index :: accelerator.num_processes]
-    score = GenerationScore()
+    pairs: list[tuple[str, str]] = []
     if mine:
-        with accelerator.autocast():
+        with generation_autocast(accelerator, trial):
             texts = generate_texts(
                 accelerator.unwrap_model(model), tokenizer, [eval_set[i] for i in mine],
                 batch_size=per_worker, max_new_tokens=trial.training.max_output_tokens,
                 device=accelerator.device,
             )
-        score = score_generations(texts, [examples[i].label for i in mine])
-    counts = torch.tensor([score.examples, score.exact, score.json_valid],
-                          dtype=torch.float64, device=accelerator.device)
-    examples_n, exact, valid = accelerator.reduce(counts, reduction="sum").tolist()
-    return GenerationScore(int(examples_n), int(exact), int(valid))
+        pairs = list(zip(texts, [examples[i].label for i in mine], strict=True))
+    everyone = gather_object([pairs]) if accelerator.num_processes > 1 else [pairs]
+    generated = [g for share in everyone for g, _ in share]
+    labels = [label for share in everyone for _, label in share]
+    return score_generations(generated, labels), text_scores(generated, labels)
+
+
+def generation_autocast(
+    accelerator: Accelerator, trial: AttemptSpec
+) -> contextlib.AbstractContextManager[Any]:
+    """The precision generation runs in: the trial's autocast, except for QLoRA with fp16
+    frozen weights (training.qloraWeightDtype fp16). There the KV cache holds fp16 keys and
+    values, and a bf16 autocast refuses to concatenate them (torch.cat is a "promote" op that
+    accepts only fp32 and the autocast dtype: "Unexpected floating ScalarType in
+    at::autocast::prioritize"), so generation runs without autocast: the NF4 layers still
+    compute in their bf16 compute dtype, the fp16 weights in fp16. Losses need no cache and
+    keep the autocast."""
+    if trial.method is Method.QLORA and trial.training.qlora_weight_dtype is WeightDtype.FP16:
+        return contextlib.nullcontext()
+    return accelerator.autocast()
 
 
 def gather_telemetry(sampler: Sampler) -> TrialTelemetry:
@@ -585,7 +682,9 @@ class Progress:
         self.epochs: list[EpochRecord] = []
         self.telemetry = TrialTelemetry()
         self.score: GenerationScore | None = None
+        self.text: TextScores | None = None
         self.train_seconds = 0.0
+        self.loop_seconds = 0.0
         self.examples = 0
         self.stopped_epoch: int | None = None
         self.stop_reason: StopReason | None = None
@@ -599,6 +698,10 @@ class Progress:
         self.train_seconds += seconds
         self.examples += examples
         return seconds
+
+    def end_to_end(self, seconds: float) -> None:
+        """The whole epoch loop so far: training, evaluation, generation and saves."""
+        self.loop_seconds = seconds
 
     def add(self, record: EpochRecord, telemetry: TrialTelemetry) -> None:
         self.epochs.append(record)
@@ -635,11 +738,18 @@ class Progress:
             "samples_per_second": (
                 self.examples / self.train_seconds if self.train_seconds > 0 else None
             ),
+            "end_to_end_samples_per_second": (
+                self.examples / self.loop_seconds if self.loop_seconds > 0 else None
+            ),
             "time_to_first_step_seconds": self.first_step_seconds,
             "trainable_parameters": self.trainable,
             "total_parameters": self.total,
             "exact_match": self.score.exact_match if self.score else None,
             "json_valid_rate": self.score.json_valid_rate if self.score else None,
+            "bleu": self.text.bleu if self.text else None,
+            "chrf": self.text.chrf if self.text else None,
+            "ter": self.text.ter if self.text else None,
+            "dsl_similarity": self.text.dsl_similarity if self.text else None,
             "peak_host_memory_bytes": t.peak_host_memory_bytes,
             "peak_gpu_memory_bytes": t.peak_gpu_memory_bytes,
             "total_gpu_memory_bytes": t.total_gpu_memory_bytes,

@@ -596,6 +596,7 @@ def estimate_trial(spec: SweepSpec, trial: GridPoint) -> MemoryEstimate | None:
         gradient_checkpointing=training.gradient_checkpointing,
         data_parallel=workers > 1,
         double_quant=training.qlora_double_quant,
+        attention=training.attention.value,
     )
 
 

@@ -137,6 +137,8 @@ def expand(sweep: Sweep) -> Grid:
         for adapter in spec.adapters:
             for alpha in adapter.alphas:
                 combos += [(m, adapter.rank, alpha) for m in spec.methods if m.uses_adapters]
+        qlora = spec.training.qlora_overrides
+        qlora_items = qlora.as_overrides() if qlora else ()
         for method, rank, alpha in combos:
             lanes.append(
                 Lane(
@@ -147,7 +149,7 @@ def expand(sweep: Sweep) -> Grid:
                     alpha=alpha,
                     dss_alpha=point["dss_alpha"],
                     seed=point["seed"],
-                    training_overrides=overrides,
+                    training_overrides=overrides + (qlora_items if method is Method.QLORA else ()),
                 )
             )
     names = {lane.name for lane in lanes}

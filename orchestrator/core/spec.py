@@ -136,6 +136,28 @@ class InputTruncation(StrEnum):
     KEEP_START = "keep-start"  # the authors' (tokenizer default, truncation side right)
 
 
+class Attention(StrEnum):
+    """The attention kernel of the model (transformers' `attn_implementation`)."""
+
+    SDPA = "sdpa"  # transformers 5's default for T5 (torch's scaled_dot_product_attention)
+    EAGER = "eager"  # the authors' (transformers 4.45's T5 had eager attention only)
+
+
+class LossReduction(StrEnum):
+    """How a batch's per-token losses become one loss (for each DSS task)."""
+
+    TOKEN_MEAN = "token-mean"  # Ladder's: the mean over every target token of the batch
+    EXAMPLE_MEAN = "example-mean"  # each example's token mean, then the mean over examples
+
+
+class WeightDtype(StrEnum):
+    """The dtype of QLoRA's frozen weights that are not quantized (norms, embeddings, head)."""
+
+    FP32 = "fp32"  # Ladder's: peft's prepare_model_for_kbit_training upcasts them
+    BF16 = "bf16"
+    FP16 = "fp16"  # the authors': transformers 4.45 loads them in fp16 with a quantization config
+
+
 class ModelInit(StrEnum):
     """`pretrained` loads weights (local path or hub); `random` builds the architecture only."""
 
@@ -163,11 +185,16 @@ class SaveModel(StrEnum):
     NONE = "none"  # measure only: the paper wrote a full checkpoint every epoch and used none
     BEST = "best"  # the epoch with the lowest eval loss, rewritten each time it improves
     FINAL = "final"  # the weights after the last epoch, written once
+    # The authors' save_strategy="epoch": weights and optimizer state after every epoch,
+    # rewritten in place (the cost the paper's times include).
+    EVERY_EPOCH = "every-epoch"
 
     def saves_after(self, epoch: int, epochs: int, best_epoch: int | None) -> bool:
         """Whether the weights as they stand after `epoch` (of `epochs`) are to be written."""
         if self is SaveModel.BEST:
             return best_epoch == epoch
+        if self is SaveModel.EVERY_EPOCH:
+            return True
         return self is SaveModel.FINAL and epoch == epochs
 
 
@@ -214,6 +241,28 @@ class EarlyStopping(_Model):
 
     patience: int = Field(ge=1, le=INT32_MAX)
     min_delta: float = Field(0.0, ge=0)
+def _refuse_fp16_precision(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in ("fp16", "float16", "half"):
+        raise ValueError("fp16 is not supported for T5 (it overflows); use bf16 or fp32")
+    return value
+
+
+class QLoRAOverrides(_Model):
+    """Fields of `training` that QLoRA lanes take instead of the sweep's (the authors trained
+    QLoRA with bf16 autocast and 4 accumulation steps, full and LoRA in fp32 without)."""
+
+    precision: Precision | None = None
+    gradient_accumulation_steps: int | None = Field(None, ge=1, le=INT32_MAX)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _refuse_fp16(cls, value: Any) -> Any:
+        return _refuse_fp16_precision(value)
+
+    def as_overrides(self) -> tuple[tuple[str, Any], ...]:
+        """(Training field, value) of each override that is set."""
+        return tuple((name, value) for name in type(self).model_fields
+                     if (value := getattr(self, name)) is not None)
 
 
 class Training(_Model):
@@ -222,7 +271,9 @@ class Training(_Model):
     epochs: int = Field(100, ge=1, le=INT32_MAX)
     learning_rate: float = Field(5.0e-5, gt=0)
     batch_size: int = Field(
-        8, ge=1, le=INT32_MAX, description="Total batch per optimizer step, all workers."
+        8, ge=1, le=INT32_MAX,
+        description="Total batch per optimizer step, all workers (times "
+        "gradientAccumulationSteps when that is more than 1).",
     )
     lr_plateau: LRPlateau = LRPlateau()
     selection_loss: SelectionLoss = Field(
@@ -265,6 +316,35 @@ class Training(_Model):
         "which comes last) or keep-start (the authors' tokenizer default). Targets always "
         "keep their start.",
     )
+    attention: Attention = Field(
+        Attention.SDPA,
+        description="Attention implementation: sdpa (transformers 5's default) or eager (the "
+        "authors': transformers 4.45's T5 had no other).",
+    )
+    loss_reduction: LossReduction = Field(
+        LossReduction.TOKEN_MEAN,
+        description="Each task's loss over a worker's batch: token-mean (every target token "
+        "weighs the same) or example-mean (the mean of each example's token mean). Equal at "
+        "one example per worker, the authors' setup.",
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=INT32_MAX,
+        description="Batches per optimizer step, as the HF Trainer's: each worker runs this "
+        "many batches of its share of batchSize and averages their losses (each weighs "
+        "1/steps), so a step sees batchSize x steps examples. The authors' QLoRA: 4.",
+    )
+    qlora_weight_dtype: WeightDtype = Field(
+        WeightDtype.FP32,
+        description="QLoRA: the dtype of the frozen weights that are not quantized (norms, "
+        "embeddings, LM head; T5's `wo` stays fp32): fp32 (peft's upcast), bf16 or fp16 "
+        "(the authors').",
+    )
+    qlora_overrides: QLoRAOverrides | None = Field(
+        None,
+        description="Training fields QLoRA lanes take instead of these (precision, "
+        "gradientAccumulationSteps): the authors ran QLoRA in bf16 with 4 accumulation steps "
+        "and full and LoRA in fp32 without.",
+    )
     init: ModelInit = ModelInit.PRETRAINED
     tokenizer: str | None = Field(
         None,
@@ -297,7 +377,9 @@ class Training(_Model):
     save_model: SaveModel = Field(
         SaveModel.NONE,
         description="Keep the trained weights in the trial's output directory (adapters only "
-        "for LoRA and QLoRA, with the tokenizer): none, best (lowest eval loss) or final.",
+        "for LoRA and QLoRA, with the tokenizer): none, best (lowest eval loss), final, or "
+        "every-epoch (the authors' save_strategy: weights and optimizer state after every "
+        "epoch, rewritten in place).",
     )
     qlora_double_quant: bool = Field(
         True,
@@ -329,9 +411,7 @@ class Training(_Model):
     @field_validator("precision", mode="before")
     @classmethod
     def _refuse_fp16(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.lower() in ("fp16", "float16", "half"):
-            raise ValueError("fp16 is not supported for T5 (it overflows); use bf16 or fp32")
-        return value
+        return _refuse_fp16_precision(value)
 
     @field_validator("target_modules")
     @classmethod

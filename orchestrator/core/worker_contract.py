@@ -160,6 +160,8 @@ class AttemptResult(BaseModel):
     wall_seconds: float | None = None
     time_to_first_step_seconds: float | None = None
     samples_per_second: float | None = None  # training samples/s summed over workers
+    # Trained samples over the whole epoch loop (training, evaluation, generation, saves).
+    end_to_end_samples_per_second: float | None = None
     peak_gpu_memory_bytes: int | None = None
     total_gpu_memory_bytes: int | None = None
     gpu_memory_per_device: list[int] = Field(default_factory=list)
@@ -174,6 +176,12 @@ class AttemptResult(BaseModel):
     eval_rationale_loss: float | None = None  # at the best epoch
     exact_match: float | None = None
     json_valid_rate: float | None = None
+    # Generated labels against the references (worker.generation): corpus BLEU, chrF and TER
+    # (sacrebleu, 0-100; TER lower is better) and the mean leaf-path similarity of the JSON.
+    bleu: float | None = None
+    chrf: float | None = None
+    ter: float | None = None
+    dsl_similarity: float | None = None
     epochs_completed: int = 0
     stopped_epoch: int | None = None  # the last epoch trained, when training ended normally
     stop_reason: StopReason | None = None  # why it ended there (core/stopping.py)

@@ -18,7 +18,8 @@ RESULT_COLUMNS = (
     "seed", "status", "oom_kind", "attempt", "best_eval_loss", "best_epoch", "selection_loss",
     "eval_label_loss", "eval_rationale_loss", "exact_match",
     "json_valid_rate", "baseline_eval_loss", "baseline_exact_match", "eval_loss_gain",
-    "samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
+    "bleu", "chrf", "ter", "dsl_similarity", "samples_per_second",
+    "end_to_end_samples_per_second", "peak_gpu_memory_bytes", "total_gpu_memory_bytes",
     "peak_host_memory_bytes", "estimated_memory_bytes", "wall_seconds",
     "time_to_first_step_seconds", "stopped_epoch", "stop_reason", "error",
 )

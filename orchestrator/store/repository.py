@@ -62,7 +62,8 @@ RESULT_FIELDS = (
     "total_gpu_memory_bytes", "gpu_memory_per_device", "peak_torch_allocated_bytes",
     "peak_torch_reserved_bytes", "peak_host_memory_bytes", "estimated_memory_bytes",
     "best_eval_loss", "best_epoch", "selection_loss", "eval_label_loss", "eval_rationale_loss",
-    "exact_match", "json_valid_rate", "epochs_completed", "stopped_epoch", "stop_reason",
+    "exact_match", "json_valid_rate", "bleu", "chrf", "ter", "dsl_similarity",
+    "end_to_end_samples_per_second", "epochs_completed", "stopped_epoch", "stop_reason",
     "trainable_parameters", "total_parameters",
     "baseline_eval_loss", "baseline_exact_match", "baseline_json_valid_rate",
 )

@@ -18,6 +18,7 @@ def record(**fields: Any) -> dict[str, Any]:
         model="google/flan-t5-large", status="succeeded", attempt=1, best_eval_loss=0.4787,
         exact_match=0.25, json_valid_rate=0.875, samples_per_second=13.82,
         peak_host_memory_bytes=int(1.5 * 2**30), wall_seconds=64.4, selection_loss="label",
+        bleu=41.25, dsl_similarity=0.625,
     )
     base.update(fields)
     return base
@@ -48,7 +49,8 @@ def test_fits_the_terminal(width: int) -> None:
 
 def test_wide_terminals_show_everything_as_recorded() -> None:
     text = "\n".join(render(ROWS, 160))
-    for shown in ("aa8d7bff72", "qlora-r16-a32-dss0.5-seed0", "25%", "88%", "64.4 s"):
+    for shown in ("aa8d7bff72", "qlora-r16-a32-dss0.5-seed0", "25%", "88%", "64.4 s", "41.2",
+                  "62%", "samples/s: training loop"):
         assert shown in text, text
 
 

@@ -91,6 +91,8 @@ def result_for(spec: AttemptSpec, gpus: bool) -> AttemptResult:
         gpu_memory_per_device=[memory // 2] * 2 if gpus else [],
         peak_host_memory_bytes=(300 + 50 * spec.model_index) * 2**20,
         best_eval_loss=best, best_epoch=3, exact_match=0.5, json_valid_rate=0.9,
+        bleu=40.0 + spec.model_index, chrf=60.0, ter=45.5, dsl_similarity=0.75,
+        end_to_end_samples_per_second=10.0 / (1 + spec.model_index),
         epochs_completed=3, epochs=epochs, baseline_eval_loss=2 * best,
         baseline_exact_match=0.0, baseline_json_valid_rate=0.0,
     )
@@ -168,6 +170,15 @@ def test_report_renders_every_paper_form(gpu_store, tmp_path: Path) -> None:
     rows = top_trials_table(data, 8).rows
     assert rows[0][1] == "google/flan-t5-large" and rows[0][7] == f"{losses[0]:.5f}"
     assert "GiB" in rows[0][8]
+    # The generation metrics and both throughputs, for the same trials, each named.
+    generated = markdown.split("## Generated labels and throughput")[1].split("## ")[0]
+    assert "samples/s (training loop)" in generated and "samples/s (end to end)" in generated
+    for header in ("BLEU", "chrF", "TER", "DSL similarity"):
+        assert header in generated
+    first = next(line for line in generated.splitlines() if line.startswith("| 1 |"))
+    assert f"| {best[0].trial_id} |" in first and "| 45.5 |" in first and "| 75% |" in first
+    assert f"| {40.0 + best[0].model_index:.1f} |" in first
+    assert "samples/s (training loop)" in markdown.split("## Table 3")[1].split("## ")[0]
     # The running trial and the failed one are in no table row and no mean.
     assert all(r.status is not TrialState.RUNNING for r in data.succeeded)
     assert sum(r.status is TrialState.RUNNING for r in data.results) == 1

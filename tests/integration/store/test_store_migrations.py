@@ -161,7 +161,7 @@ class TestEvalLossesMigration:
 
 
 class TestEarlyStoppingMigration:
-    """0004 adds where and why a trial stopped; older rows read NULL, and it goes back."""
+    """0005 adds where and why a trial stopped; older rows read NULL, and it goes back."""
 
     def test_rows_from_before_read_null_and_it_downgrades(self, store_url: str) -> None:
         engine = create_store_engine(store_url)
@@ -176,7 +176,7 @@ class TestEarlyStoppingMigration:
                     "model_index, method, dss_alpha, seed, status, gpu_memory_per_device, "
                     "epochs_completed, updated_at) VALUES (1, 1, 't1', 1, 'l', 'm', 0, "
                     "'full', 0.5, 0, 'succeeded', '[]', 3, CURRENT_TIMESTAMP)"))
-                command.upgrade(alembic_config(connection), "0004")
+                command.upgrade(alembic_config(connection), "0005")
                 row = connection.execute(sa.text(
                     "SELECT epochs_completed, stopped_epoch, stop_reason FROM trials")).one()
             assert tuple(row) == (3, None, None)
@@ -184,5 +184,37 @@ class TestEarlyStoppingMigration:
                 command.downgrade(alembic_config(connection), "0002")
             columns = {c["name"] for c in sa.inspect(engine).get_columns("trials")}
             assert "stop_reason" not in columns and "stopped_epoch" not in columns
+        finally:
+            engine.dispose()
+
+
+class TestGenerationMetricsMigration:
+    """0003 adds the generation metrics and end-to-end samples/s to a store with results."""
+
+    def test_rows_written_under_0002_survive_and_read_null(self, store_url: str) -> None:
+        engine = create_store_engine(store_url)
+        try:
+            with engine.begin() as connection:
+                command.upgrade(alembic_config(connection), "0002")
+                connection.execute(sa.text(
+                    "INSERT INTO sweeps (id, namespace, name, spec, created_at, updated_at) "
+                    "VALUES (1, '', 'old', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+                connection.execute(sa.text(
+                    "INSERT INTO trials (id, sweep_id, trial_id, attempt, lane, model, "
+                    "model_index, method, dss_alpha, seed, status, gpu_memory_per_device, "
+                    "exact_match, epochs_completed, updated_at) VALUES (1, 1, 't1', 1, "
+                    "'l', 'm', 0, 'full', 0.5, 0, 'succeeded', '[]', 0.5, 1, "
+                    "CURRENT_TIMESTAMP)"))
+            migrate(engine)
+            assert current_revision(engine) == head_revisions()[0]
+            with engine.connect() as connection:
+                trial = connection.execute(sa.text(
+                    "SELECT exact_match, bleu, chrf, ter, dsl_similarity, "
+                    "end_to_end_samples_per_second FROM trials")).one()
+            assert tuple(trial) == (0.5, None, None, None, None, None)
+            with engine.begin() as connection:
+                command.downgrade(alembic_config(connection), "0002")
+            columns = {c["name"] for c in sa.inspect(engine).get_columns("trials")}
+            assert "bleu" not in columns and "exact_match" in columns
         finally:
             engine.dispose()

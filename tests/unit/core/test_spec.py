@@ -54,8 +54,9 @@ class TestDefaults:
 class TestLoading:
     @pytest.mark.parametrize(
         "path",
-        ["examples/quickstart.yaml", "k8s/examples/paper-grid.yaml", "k8s/examples/ablation.yaml"],
-        ids=["quickstart", "paper-grid", "ablation"],
+        ["examples/quickstart.yaml", "k8s/examples/paper-grid.yaml", "k8s/examples/ablation.yaml",
+         "k8s/examples/paper-exact.yaml", "examples/paper-exact.yaml"],
+        ids=["quickstart", "paper-grid", "ablation", "paper-exact", "paper-exact-local"],
     )
     def test_shipped_examples_are_valid(self, path: str) -> None:
         sweep = load_sweep(ROOT / path)

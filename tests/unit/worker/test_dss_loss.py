@@ -42,7 +42,8 @@ class CountingModel:
         self.calls: list[str] = []
 
     def __call__(
-        self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+        use_cache: bool = True,
     ) -> SimpleNamespace:
         task = "predict" if input_ids[0, 0].item() == 1 else "explain"
         self.calls.append(task)

@@ -1,7 +1,7 @@
 """The baseline: each trial's untuned model evaluated before training (training.baseline).
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 
 Stored as epoch 0 in `epochs` (its train loss and throughput NULL: nothing trained), whose new
 `exact_match` and `json_valid_rate` hold the generation metrics of that epoch; `trials` keeps
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0002"
+revision: str = "0004"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """Where and why each trial stopped training (training.earlyStopping).
 
-Revision ID: 0004
-Revises: 0005 (0002 on this branch before main brought 0005; re-chained at the merge)
+Revision ID: 0005
+Revises: 0004
 
 Plain nullable column additions, as 0002: rows written before keep NULL (they ran every
 configured epoch, or failed).
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0005"
+revision: str = "0005"
+down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
