@@ -220,6 +220,10 @@ if [[ -n $KUEUE_BIN ]]; then
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$KUEUE_DIR/certs/tls.key" \
     -out "$KUEUE_DIR/certs/tls.crt" 2>/dev/null
+  # With internalCertManagement off, Kueue v0.17 reads its metrics server's certificate from a
+  # fixed path (cmd/kueue/main.go) even when metrics are off, and exits without it.
+  mkdir -p /etc/kueue/metrics/certs
+  cp "$KUEUE_DIR/certs/tls.crt" "$KUEUE_DIR/certs/tls.key" /etc/kueue/metrics/certs/
   cat > "$KUEUE_DIR/config.yaml" <<EOF
 apiVersion: config.kueue.x-k8s.io/v1beta2
 kind: Configuration

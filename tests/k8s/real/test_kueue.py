@@ -124,7 +124,7 @@ def test_kueue_admits_one_8_gpu_trial_at_a_time(
         "authOptions": {"mode": "disabled"}, "ttlSecondsAfterFinished": 0,
         "capacity": {"gpus": 16}, "queueName": local_queue,
         "outputDir": str(tmp_path / "runs"), "python": str(write_shim(tmp_path / "fast")),
-        "runtimeEnv": {"env_vars": {"LADDER_FAST_EPOCHS": "1", "LADDER_FAST_EPOCH_SECONDS": "5"}},
+        "runtimeEnv": {"env_vars": {"LADDER_FAST_EPOCHS": "1", "LADDER_FAST_EPOCH_SECONDS": "10"}},
     }
     controller = ControllerProcess(kubeconfig=cluster.kubeconfig, namespace=namespace,
                                    db_url=db_url, log_dir=tmp_path / "logs",
@@ -151,7 +151,8 @@ def test_kueue_admits_one_8_gpu_trial_at_a_time(
                 workloads = items(cluster, namespace, "workloads.kueue.x-k8s.io")
                 for rc in items(cluster, namespace, "rayclusters"):
                     seen["clusters"].add(rc["metadata"]["name"])
-                admitted = [j for j in jobs if j["spec"].get("suspend") is False]
+                # Kueue admits by setting suspend to false, which the apiserver drops (omitempty).
+                admitted = [j for j in jobs if not j["spec"].get("suspend")]
                 waiting = [w for w in workloads if condition(w, "QuotaReserved").get(
                     "status") == "False" and "insufficient" in condition(
                     w, "QuotaReserved").get("message", "").lower()]
@@ -173,7 +174,7 @@ def test_kueue_admits_one_8_gpu_trial_at_a_time(
 
             def finished() -> dict[str, Any] | None:
                 for job in items(cluster, namespace, "rayjobs"):
-                    if job["spec"].get("suspend") is False:
+                    if not job["spec"].get("suspend"):
                         seen["admitted"].add(job["metadata"]["name"])
                 proc = cluster.kubectl("-n", namespace, "get", "sweep", "queued", "-o", "json")
                 status = json.loads(proc.stdout).get("status") or {} if proc.returncode == 0 \
