@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 for path in (ROOT, ROOT / "tests" / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+from tests.bench.output import emit  # noqa: E402
 
 RECONCILE_BUDGET_MS = 1000.0
 
@@ -203,10 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = run(quick=args.quick, postgres=args.postgres)
-    print(report(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    emit(report(result), result, args.json)
     return result
 
 

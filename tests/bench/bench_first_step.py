@@ -15,7 +15,6 @@ rank 0's imports, model build, tokenization, probe step. The figure is the media
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ if str(ROOT) not in sys.path:
 
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
 from orchestrator.core.worker_contract import AttemptSpec  # noqa: E402
+from tests.bench.output import emit  # noqa: E402
 from worker.phases import PHASES, breakdown, parse_startup  # noqa: E402
 
 TOTAL = "time to first step"
@@ -130,10 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = run(args.repeat, args.methods)
-    print(report(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    emit(report(result), result, args.json)
     return result
 
 

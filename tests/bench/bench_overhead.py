@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -36,6 +35,7 @@ if str(ROOT) not in sys.path:
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec  # noqa: E402
 from orchestrator.files import write_trial  # noqa: E402
+from tests.bench.output import emit  # noqa: E402
 
 
 def short_trial(output_dir: Path, trial_id: str, gpus: int = 0) -> AttemptSpec:
@@ -245,10 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = run(1 if args.quick else args.repeat, args.gpus)
-    print(report(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    emit(report(result), result, args.json)
     return result
 
 

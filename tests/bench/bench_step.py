@@ -18,7 +18,6 @@ one DSS example, its two tasks), and the ratio worker/hand (target >= 0.95).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.bench.output import emit  # noqa: E402
 
 TARGET = 0.95
 
@@ -180,10 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         kwargs.update(model="ladder/t5-tiny-s", steps=3, rounds=3, warmup=1)
     result = run(**kwargs)
-    print(report(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    emit(report(result), result, args.json)
     return result
 
 

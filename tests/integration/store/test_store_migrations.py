@@ -122,6 +122,27 @@ class TestConcurrentMigrate:
             engine.dispose()
 
 
+# One trial row as every revision since 0001 has it; tests add the columns they look at.
+BASE_TRIAL: dict[str, object] = {
+    "id": 1, "sweep_id": 1, "trial_id": "t1", "attempt": 1, "lane": "l", "model": "m",
+    "model_index": 0, "method": "full", "dss_alpha": 0.5, "seed": 0, "status": "succeeded",
+    "gpu_memory_per_device": "[]",
+}
+
+
+def store_at(connection: sa.Connection, revision: str, **trial: object) -> None:
+    """Upgrade to `revision`, then write one sweep and one trial row (BASE_TRIAL and `trial`)
+    as that revision stores them: the data an upgrade must carry over."""
+    command.upgrade(alembic_config(connection), revision)
+    connection.execute(sa.text(
+        "INSERT INTO sweeps (id, namespace, name, spec, created_at, updated_at) "
+        "VALUES (1, '', 'old', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    columns = {**BASE_TRIAL, **trial}
+    connection.execute(sa.text(
+        f"INSERT INTO trials ({', '.join(columns)}, updated_at) "
+        f"VALUES ({', '.join(':' + c for c in columns)}, CURRENT_TIMESTAMP)"), columns)
+
+
 class TestEvalLossesMigration:
     """0002 adds the separate evaluation losses to a store that already holds results."""
 
@@ -129,16 +150,7 @@ class TestEvalLossesMigration:
         engine = create_store_engine(store_url)
         try:
             with engine.begin() as connection:
-                command.upgrade(alembic_config(connection), "0001")
-                connection.execute(sa.text(
-                    "INSERT INTO sweeps (id, namespace, name, spec, created_at, updated_at) "
-                    "VALUES (1, '', 'old', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-                connection.execute(sa.text(
-                    "INSERT INTO trials (id, sweep_id, trial_id, attempt, lane, model, "
-                    "model_index, method, dss_alpha, seed, status, gpu_memory_per_device, "
-                    "best_eval_loss, epochs_completed, updated_at) VALUES (1, 1, 't1', 1, "
-                    "'l', 'm', 0, 'full', 0.5, 0, 'succeeded', '[]', 0.25, 1, "
-                    "CURRENT_TIMESTAMP)"))
+                store_at(connection, "0001", best_eval_loss=0.25, epochs_completed=1)
                 connection.execute(sa.text(
                     "INSERT INTO epochs (id, trial_pk, epoch, eval_loss) VALUES (1, 1, 1, 0.25)"))
             migrate(engine)
@@ -167,15 +179,7 @@ class TestEarlyStoppingMigration:
         engine = create_store_engine(store_url)
         try:
             with engine.begin() as connection:
-                command.upgrade(alembic_config(connection), "0002")
-                connection.execute(sa.text(
-                    "INSERT INTO sweeps (id, namespace, name, spec, created_at, updated_at) "
-                    "VALUES (1, '', 'old', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-                connection.execute(sa.text(
-                    "INSERT INTO trials (id, sweep_id, trial_id, attempt, lane, model, "
-                    "model_index, method, dss_alpha, seed, status, gpu_memory_per_device, "
-                    "epochs_completed, updated_at) VALUES (1, 1, 't1', 1, 'l', 'm', 0, "
-                    "'full', 0.5, 0, 'succeeded', '[]', 3, CURRENT_TIMESTAMP)"))
+                store_at(connection, "0002", epochs_completed=3)
                 command.upgrade(alembic_config(connection), "0005")
                 row = connection.execute(sa.text(
                     "SELECT epochs_completed, stopped_epoch, stop_reason FROM trials")).one()
@@ -195,16 +199,7 @@ class TestGenerationMetricsMigration:
         engine = create_store_engine(store_url)
         try:
             with engine.begin() as connection:
-                command.upgrade(alembic_config(connection), "0002")
-                connection.execute(sa.text(
-                    "INSERT INTO sweeps (id, namespace, name, spec, created_at, updated_at) "
-                    "VALUES (1, '', 'old', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-                connection.execute(sa.text(
-                    "INSERT INTO trials (id, sweep_id, trial_id, attempt, lane, model, "
-                    "model_index, method, dss_alpha, seed, status, gpu_memory_per_device, "
-                    "exact_match, epochs_completed, updated_at) VALUES (1, 1, 't1', 1, "
-                    "'l', 'm', 0, 'full', 0.5, 0, 'succeeded', '[]', 0.5, 1, "
-                    "CURRENT_TIMESTAMP)"))
+                store_at(connection, "0002", exact_match=0.5, epochs_completed=1)
             migrate(engine)
             assert current_revision(engine) == head_revisions()[0]
             with engine.connect() as connection:

@@ -91,7 +91,7 @@ trap 'exit 143' TERM
 BIN="$(bash "$CP_HERE/build.sh")"
 KWOK_BIN="$(bash "$LADDER_CLUSTER_HERE/build.sh" kwok)"
 KUBERAY_BIN="$(bash "$LADDER_CLUSTER_HERE/build.sh" kuberay)"
-# Kueue is opt-in: 1627 Go packages, about 20 minutes to build cold on 2 cores. It runs when
+# Kueue is opt-in: 1627 Go packages, twice KubeRay's (README.md has the times). It runs when
 # LADDER_KUEUE=1 (built if needed) or when a build is already cached.
 KUEUE_BIN=""
 if [[ "${LADDER_KUEUE:-0}" == 1 ]]; then

@@ -8,7 +8,7 @@ kwok gives every pod (198.51.100.2).
 
 Environment:
     LADDER_SKIP_K8S=1 or LADDER_SKIP_REALCLUSTER=1   skip these tests.
-    LADDER_KUEUE=1   build Kueue (about 20 minutes cold on 2 cores) so that up.sh starts it;
+    LADDER_KUEUE=1   build Kueue (1627 Go packages; cluster/README.md) so that up.sh starts it;
                      without it Kueue runs only when a build is cached (test_kueue.py skips).
     LADDER_CLUSTER_DIR (default /tmp/ladder-cluster), LADDER_CLUSTER_*: see cluster/env.sh.
     A cluster already up (a developer's `up.sh` with the same LADDER_CLUSTER_DIR) is reused
@@ -76,7 +76,7 @@ def _build_all() -> None:
         ("tests/k8s/cluster/build.sh kuberay",
          ["bash", str(CLUSTER_DIR / "build.sh"), "kuberay"]),
     ]
-    if os.environ.get("LADDER_KUEUE") == "1":  # opt-in: about 20 minutes cold (up.sh)
+    if os.environ.get("LADDER_KUEUE") == "1":  # opt-in: 1627 Go packages (up.sh)
         steps.append(("tests/k8s/cluster/build.sh kueue",
                       ["bash", str(CLUSTER_DIR / "build.sh"), "kueue"]))
     for name, command in steps:

@@ -71,8 +71,8 @@ def queues(cluster: Cluster) -> Iterator[tuple[str, str]]:
     """A namespace with a LocalQueue pointing at a fresh ClusterQueue of 8 GPUs; the queue
     objects are deleted afterwards (the ClusterQueue and flavor are cluster-scoped)."""
     if not kueue_running():
-        pytest.skip("Kueue is not running on the test cluster: it is opt-in (about 20 minutes "
-                    "to build cold on 2 cores); LADDER_KUEUE=1 builds it and up.sh starts it")
+        pytest.skip("Kueue is not running on the test cluster: it is opt-in (1627 Go packages "
+                    "to build); LADDER_KUEUE=1 builds it and up.sh starts it")
     namespace = cluster.create_namespace("ladder-kueue")
     suffix = os.urandom(3).hex()
     flavor, cluster_queue, local_queue = f"gpu-{suffix}", f"ladder-{suffix}", "team-a"
