@@ -208,11 +208,13 @@ def _sweep(sweep_row: store.SweepRow, rows: list[store.AttemptRow], out: _Famili
                 out.figures[name].add_metric([*labels, TrialState(row.status).value],
                                              float(value))
         if TrialState(row.status) is TrialState.RUNNING and row.epochs:
-            last = max(row.epochs, key=lambda e: e.epoch)
             for name, attribute, _ in LIVE_FIGURES:
-                value = getattr(last, attribute)
-                if value is not None:
-                    out.live[name].add_metric(labels, float(value))
+                # The latest epoch that measured it: the baseline (epoch 0) has no training
+                # figures, so while epoch 1 runs they stay absent rather than blank.
+                measured = [(e.epoch, value) for e in row.epochs
+                            if (value := getattr(e, attribute)) is not None]
+                if measured:
+                    out.live[name].add_metric(labels, float(max(measured)[1]))
     if not sweep_row.spec:
         return
     sweep = sweep_from_row(sweep_row)

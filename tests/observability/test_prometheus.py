@@ -199,12 +199,13 @@ def sweep_file(root: Path) -> Path:
 
 
 def _live_rows(db: Path) -> int:
-    """Running attempts with at least one epoch, read without disturbing the writers."""
+    """Running attempts with at least one trained epoch (epoch 0, the untuned baseline, has no
+    training figures), read without disturbing the writers."""
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         return connection.execute(
             "SELECT count(*) FROM trials t WHERE t.status = 'running' AND EXISTS "
-            "(SELECT 1 FROM epochs e WHERE e.trial_pk = t.id)"
+            "(SELECT 1 FROM epochs e WHERE e.trial_pk = t.id AND e.epoch > 0)"
         ).fetchone()[0]
     except sqlite3.OperationalError:  # not migrated yet
         return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,7 +135,11 @@ def test_memory_budget_ends_as_budget_oom(ray_address: str, tmp_path: Path) -> N
     assert result is not None
     assert (result.status, result.oom_kind) == (TrialState.OOM, OOMKind.BUDGET)
     assert result.error.startswith("MemoryBudgetExceeded: ")
-    assert "measured after building the model" in result.error
+    # The first check that sees host memory over 1 MiB gives the verdict, before any step:
+    # after the model is built or, when that measurement is still under (RSS is noisy), after
+    # the optimizer is.
+    assert re.search(r"measured after (building the model|creating the optimizer)",
+                     result.error), result.error
     assert result.epochs_completed == 0 and result.time_to_first_step_seconds is None
     (row,) = stored(url)
     assert (row.status, row.oom_kind) == (TrialState.OOM, OOMKind.BUDGET)

@@ -92,12 +92,16 @@ def test_a_one_cpu_worker_trial_trains_in_the_driver(
     monkeypatch.setenv(RANK_IN_DRIVER_ENV, "1")
     monkeypatch.delenv("LADDER_DB_URL", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    def ray_up() -> bool:
+        return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+    ray_before = ray_up()  # another test of this process may have started Ray already
     result = run_trial(_trial(tmp_path))
     assert result.status is TrialState.SUCCEEDED, result.error
     assert [e.epoch for e in result.epochs if e.epoch > 0] == [1, 2]  # 0: the baseline
     assert result.best_eval_loss is not None and result.time_to_first_step_seconds > 0
     assert result.json_valid_rate is not None  # generation ran at the last epoch
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert ray_up() == ray_before  # the driver's rank neither started nor stopped Ray
     marks = phases.marks()
     assert {"dataset", "trainer", "rank_loop", "rank_imports", "model", "encoded",
             "first_step"} <= set(marks)
