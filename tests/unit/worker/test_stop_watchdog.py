@@ -22,10 +22,14 @@ import worker.cli as cli
 import worker.train as train
 cli.STOP_GRACE_SECONDS = 1.0
 def swallowing(trial, probe_only=False):
-    print("READY", flush=True)
+    ready = False
     while True:
-        try:
-            time.sleep(0.05)
+        try:  # READY and the whole waiting loop inside the try: a SIGTERM sent after READY
+            if not ready:  # always lands in here and is swallowed, never between iterations
+                ready = True
+                print("READY", flush=True)
+            while True:
+                time.sleep(0.05)
         except SystemExit:
             pass
 train.run_trial = swallowing
