@@ -19,10 +19,8 @@ from orchestrator.core import catalog
 from orchestrator.core.catalog import T5Architecture
 from orchestrator.core.estimate import estimate_memory
 from orchestrator.core.lifecycle import Method
-from orchestrator.core.spec import ModelInit, Precision, Training
-from orchestrator.core.worker_contract import AttemptSpec
-from worker.models import build_model
-from worker.train import dss_forward
+from orchestrator.core.spec import Precision
+from tests.unit.worker.saved_tensors import saved_activation_bytes
 
 ARCH = T5Architecture(
     d_model=128, d_ff=256, d_kv=32, num_heads=4, num_layers=2, num_decoder_layers=2,
@@ -40,40 +38,19 @@ def registered() -> Iterator[None]:
 
 
 def saved_bytes(method: Method, rank: int | None) -> int:
-    training = Training(precision=Precision.FP32, init=ModelInit.RANDOM, max_input_tokens=LI,
-                        max_output_tokens=LO)
-    trial = AttemptSpec(sweep="s", trial_id="t", lane="l", model=NAME, method=method, rank=rank,
-                      alpha=rank, training=training)
-    torch.manual_seed(0)
-    model, _, _ = build_model(trial, torch.device("cpu"))
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            config._attn_implementation = "eager"
-    model.train()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        pointer = storage.data_ptr()
-        if pointer and pointer not in params:
-            storages[pointer] = max(storages.get(pointer, 0), storage.nbytes())
-        return t
-
     def ids(length: int) -> torch.Tensor:
         return torch.randint(1, ARCH.vocab_size, (B, length))
 
-    mask = torch.ones(B, LI, dtype=torch.long)
-    mask[:, -3:] = 0  # some padding, as in real batches
-    batch = {
-        "predict_input_ids": ids(LI), "predict_attention_mask": mask, "labels": ids(LO),
-        "explain_input_ids": ids(LI), "explain_attention_mask": mask,
-        "rationale_labels": ids(LO),
-    }
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        dss_forward(model, batch, 0.5)
-    return sum(storages.values())
+    def batch() -> dict[str, torch.Tensor]:
+        mask = torch.ones(B, LI, dtype=torch.long)
+        mask[:, -3:] = 0  # some padding, as in real batches
+        return {
+            "predict_input_ids": ids(LI), "predict_attention_mask": mask, "labels": ids(LO),
+            "explain_input_ids": ids(LI), "explain_attention_mask": mask,
+            "rationale_labels": ids(LO),
+        }
+
+    return saved_activation_bytes(NAME, method, rank, LI, LO, batch)
 
 
 @pytest.mark.parametrize(("method", "rank"), [(Method.FULL, None), (Method.LORA, 8)])

@@ -18,11 +18,9 @@ from orchestrator.core import catalog
 from orchestrator.core.catalog import DecoderArchitecture
 from orchestrator.core.estimate import estimate_memory
 from orchestrator.core.lifecycle import Method
-from orchestrator.core.spec import ModelInit, Precision, Training
-from orchestrator.core.worker_contract import AttemptSpec
+from orchestrator.core.spec import Precision
+from tests.unit.worker.saved_tensors import saved_activation_bytes
 from worker.data.batching import IGNORE_INDEX
-from worker.models import build_model
-from worker.train import dss_forward
 
 ARCHS = {
     "qwen2": DecoderArchitecture(family="qwen2", hidden_size=128, intermediate_size=256,
@@ -46,39 +44,19 @@ def registered() -> Iterator[None]:
 
 def saved_bytes(family: str, method: Method, rank: int | None) -> int:
     arch = ARCHS[family]
-    training = Training(precision=Precision.FP32, init=ModelInit.RANDOM, max_input_tokens=LI,
-                        max_output_tokens=LO)
-    trial = AttemptSpec(sweep="s", trial_id="t", lane="l", model=f"ladder/{family}-estimate-check",
-                      method=method, rank=rank, alpha=rank, training=training)
-    torch.manual_seed(0)
-    model, _, _ = build_model(trial, torch.device("cpu"))
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            config._attn_implementation = "eager"
-    model.train()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        pointer = storage.data_ptr()
-        if pointer and pointer not in params:
-            storages[pointer] = max(storages.get(pointer, 0), storage.nbytes())
-        return t
+    def batch() -> dict[str, torch.Tensor]:
+        ids = torch.randint(3, arch.vocab_size, (B, LI + LO))
+        mask = torch.ones(B, LI + LO, dtype=torch.long)
+        mask[1, -3:] = 0  # some padding, as in real batches
+        labels = ids.clone()
+        labels[:, :LI] = IGNORE_INDEX  # the prompt
+        return {
+            "predict_input_ids": ids, "predict_attention_mask": mask, "labels": labels,
+            "explain_input_ids": ids, "explain_attention_mask": mask, "rationale_labels": labels,
+        }
 
-    ids = torch.randint(3, arch.vocab_size, (B, LI + LO))
-    mask = torch.ones(B, LI + LO, dtype=torch.long)
-    mask[1, -3:] = 0  # some padding, as in real batches
-    labels = ids.clone()
-    labels[:, :LI] = IGNORE_INDEX  # the prompt
-    batch = {
-        "predict_input_ids": ids, "predict_attention_mask": mask, "labels": labels,
-        "explain_input_ids": ids, "explain_attention_mask": mask, "rationale_labels": labels,
-    }
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        dss_forward(model, batch, 0.5)
-    return sum(storages.values())
+    return saved_activation_bytes(f"ladder/{family}-estimate-check", method, rank, LI, LO, batch)
 
 
 @pytest.mark.parametrize(("family", "method", "rank"), [
