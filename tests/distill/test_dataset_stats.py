@@ -78,7 +78,7 @@ def test_cli_stats(tmp_path: Path) -> None:
     assert "1 repeated input(s)" in text
     assert "1 label(s) not valid Query DSL (records 3)" in text
     as_json = CliRunner().invoke(app, ["dataset", "stats", str(data), "--json"])
-    document = json.loads(as_json.output)
+    document = json.loads(as_json.stdout)
     assert document["lengths"]["input (predict)"]["limit"] == 1400  # the spec's default
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
@@ -88,8 +88,8 @@ def test_cli_stats(tmp_path: Path) -> None:
         f"  dataset: {{source: {json.dumps(str(data))}}}\n")
     from_spec = CliRunner().invoke(app, ["dataset", "stats", "--spec", str(sweep), "--json"])
     assert from_spec.exit_code == 0, from_spec.output
-    assert json.loads(from_spec.output)["lengths"]["label"]["limit"] == 32
-    assert json.loads(from_spec.output)["tokenizer"] == "byte"
+    assert json.loads(from_spec.stdout)["lengths"]["label"]["limit"] == 32
+    assert json.loads(from_spec.stdout)["tokenizer"] == "byte"
     sweep.write_text(sweep.read_text().replace("maxOutputTokens: 32",
                                                "maxOutputTokens: 32, tokenizer: /no/such/tok"))
     named = CliRunner().invoke(app, ["dataset", "stats", "--spec", str(sweep)])

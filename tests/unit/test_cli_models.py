@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_models_json_lists_every_architecture() -> None:
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
-    listing = json.loads(result.output)
+    listing = json.loads(result.stdout)
     models = {m["name"]: m for m in listing["models"]}
     assert set(models) == set(ARCHITECTURES)
     qwen = models["Qwen/Qwen2.5-7B"]
@@ -33,7 +33,7 @@ def test_models_at_a_sweeps_lengths(tmp_path: Path) -> None:
     short = yaml.safe_load((ROOT / "examples" / "quickstart-decoder.yaml").read_text())
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(short))
-    listing = json.loads(CliRunner().invoke(app, ["models", str(path), "--json"]).output)
+    listing = json.loads(CliRunner().invoke(app, ["models", str(path), "--json"]).stdout)
     assert listing["maxInputTokens"] == short["spec"]["training"]["maxInputTokens"]
     text = CliRunner().invoke(app, ["models", str(path)], env={"COLUMNS": "80"}).output
     assert "HuggingFaceTB/SmolLM2-1.7B" in text  # never cut, even on a narrow terminal
