@@ -16,7 +16,14 @@ Hugging Face model directory:
 - the tokenizer: a pretrained one with the characters Ladder added (worker/tokenizer.py); the
   byte tokenizer as transformers' `ByT5Tokenizer`, which has the same ids (pad 0, eos 1,
   unk 2, byte b = b + 3);
-- README.md, a model card: sweep, lane, hyperparameters, metrics and the data's source.
+- README.md, a model card: sweep, lane, hyperparameters, metrics and the data's source, and
+  how to prompt it in plain transformers.
+
+Both families: FLAN-T5 (encoder-decoder, `AutoModelForSeq2SeqLM`) and decoder-only causal LMs
+(Qwen2.5, Llama, SmolLM2: `AutoModelForCausalLM`), told apart by the config's
+`is_encoder_decoder`. A decoder-only model is prompted as it was trained (worker/data/batching:
+`PromptFrame`, the chat template with training.chatTemplate) and generates from left-padded
+prompts; only the new tokens are its answer.
 
 A base built from `init: random` (the `ladder/*` ladder) exists nowhere but in the trial: it
 is rebuilt from the trial's seed, on the device kind the trial trained on (`device` in the
@@ -122,9 +129,7 @@ def load_trained(directory: Path, device: torch.device | None = None) -> Trained
                 f"the base of {directory} is {trial.model} with random initial weights drawn "
                 "on a GPU, and there is none here: run this where one is")
     if trial.method is Method.FULL:
-        from transformers import T5ForConditionalGeneration
-
-        model: nn.Module = T5ForConditionalGeneration.from_pretrained(
+        model: nn.Module = model_class(directory).from_pretrained(
             str(directory), dtype=torch.float32).to(device)
         tokenizer = _tokenizer(directory, manifest)
     else:
@@ -150,6 +155,22 @@ def load_trained(directory: Path, device: torch.device | None = None) -> Trained
     model.eval()
     model.config.use_cache = True
     return Trained(model, tokenizer, trial, manifest)
+
+
+def is_causal(model: nn.Module) -> bool:
+    """A decoder-only model (prompt and completion in one sequence), not an encoder-decoder."""
+    return not bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def model_class(directory: Path) -> Any:
+    """transformers' auto class for the model saved in `directory`, by its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(directory))
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{directory / 'config.json'}: not a model's config ({error})") from error
+    return AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
 
 
 def _random_init(trial: AttemptSpec) -> bool:
@@ -273,8 +294,11 @@ def model_card(trained: Trained, dtype: str, record: Mapping[str, Any]) -> str:
         ("training samples/s", record.get("samples_per_second")),
     ]
     hyper = t.model_dump(mode="json", by_alias=True)
-    front = ["---", "library_name: transformers", "pipeline_tag: text2text-generation",
-             "tags: [ladder, t5, distilling-step-by-step"
+    causal = is_causal(trained.model)
+    family = str(getattr(trained.model.config, "model_type", "t5"))
+    front = ["---", "library_name: transformers",
+             f"pipeline_tag: {'text-generation' if causal else 'text2text-generation'}",
+             f"tags: [ladder, {family}, distilling-step-by-step"
              + (f", {QUERY_DSL_TAG}]" if ds.labels_must_be_json else "]")]
     if not random_init:
         front.append(f"base_model: {trial.model}")
@@ -291,16 +315,8 @@ def model_card(trained: Trained, dtype: str, record: Mapping[str, Any]) -> str:
                                  if dtype == "bf16" else ""),
         f"- dssAlpha {trial.dss_alpha:g}, seed {trial.seed}",
         "", "## Use", "",
-        "Distilling step-by-step: prefix the question with `predict: ` for the answer, with "
-        "`explain: ` for the rationale. Greedy decoding, as Ladder evaluated it:", "",
-        "```python",
-        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
-        "tok = AutoTokenizer.from_pretrained(PATH)",
-        "model = AutoModelForSeq2SeqLM.from_pretrained(PATH)",
-        'ids = tok("predict: " + question, return_tensors="pt")',
-        f"print(tok.decode(model.generate(**ids, max_new_tokens={t.max_output_tokens})[0], "
-        "skip_special_tokens=True))",
-        "```", "",
+        *(usage_causal(t.max_output_tokens, t.chat_template, trained.tokenizer) if causal
+          else usage_seq2seq(t.max_output_tokens, trained.tokenizer)),
         "or `ladder predict PATH \"question\"`.", "",
         "## Metrics (Ladder's evaluation split)", "",
         "| metric | value |", "|---|---|",
@@ -314,6 +330,76 @@ def model_card(trained: Trained, dtype: str, record: Mapping[str, Any]) -> str:
         "```json", json.dumps(hyper, indent=2, sort_keys=True), "```", "",
     ]
     return "\n".join(lines)
+
+
+def _tokenizer_class(tokenizer: TextTokenizer) -> str:
+    """The class the card loads the tokenizer with. Ladder's byte tokenizer is saved as
+    ByT5Tokenizer, named outright: AutoTokenizer picks a tokenizer by the model's type for some
+    families (transformers 5 loads Qwen2's for any qwen2 config, whatever the files say)."""
+    return "ByT5Tokenizer" if isinstance(tokenizer, ByteTokenizer) else "AutoTokenizer"
+
+
+def usage_seq2seq(max_new_tokens: int, tokenizer: TextTokenizer) -> list[str]:
+    """The card's use section for an encoder-decoder."""
+    tok_class = _tokenizer_class(tokenizer)
+    return [
+        "Distilling step-by-step: prefix the question with `predict: ` for the answer, with "
+        "`explain: ` for the rationale. Greedy decoding, as Ladder evaluated it:", "",
+        "```python",
+        f"from transformers import AutoModelForSeq2SeqLM, {tok_class}",
+        f"tok = {tok_class}.from_pretrained(PATH)",
+        "model = AutoModelForSeq2SeqLM.from_pretrained(PATH)",
+        'ids = tok("predict: " + question, return_tensors="pt")',
+        f"print(tok.decode(model.generate(**ids, max_new_tokens={max_new_tokens})[0], "
+        "skip_special_tokens=True))",
+        "```", "",
+    ]
+
+
+def usage_causal(max_new_tokens: int, chat_template: bool, tokenizer: TextTokenizer
+                 ) -> list[str]:
+    """The card's use section for a decoder-only model: the prompt exactly as training built
+    it (worker/data/batching: the task prefix, the question and the frame each tokenized on
+    their own), left-padded, and only the new tokens decoded."""
+    if chat_template:
+        frame = [
+            "# Trained inside the chat template (training.chatTemplate): one user turn holding",
+            "# the prefix and the question, the assistant's turn opened.",
+            "mark = '\\u2063'",
+            "text = tok.apply_chat_template([{'role': 'user', 'content': mark}], tokenize=False,",
+            "                               add_generation_prompt=True)",
+            "head, _, tail = text.partition(mark)",
+            "def prompt(task, question):",
+            "    return piece(head) + piece(task) + piece(question) + piece(tail)",
+        ]
+    else:
+        frame = [
+            "# Trained on: bos (if the tokenizer has one), the task prefix, the question, a",
+            "# newline; the answer follows and ends with eos.",
+            "def prompt(task, question):",
+            "    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []",
+            "    return bos + piece(task) + piece(question) + piece('\\n')",
+        ]
+    return [
+        "Distilling step-by-step: `predict: ` before the question for the answer, `explain: ` "
+        "for the rationale. Greedy decoding from left-padded prompts, as Ladder evaluated it:",
+        "", "```python",
+        "import torch",
+        f"from transformers import AutoModelForCausalLM, {_tokenizer_class(tokenizer)}",
+        f"tok = {_tokenizer_class(tokenizer)}.from_pretrained(PATH)",
+        "model = AutoModelForCausalLM.from_pretrained(PATH).eval()",
+        "def piece(text):  # each piece tokenized on its own, no special tokens, as in training",
+        "    return tok(text, add_special_tokens=False).input_ids",
+        *frame,
+        "ids = torch.tensor([prompt('predict: ', question)])",
+        "pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id",
+        f"out = model.generate(input_ids=ids, max_new_tokens={max_new_tokens}, do_sample=False,",
+        "                     pad_token_id=pad, eos_token_id=tok.eos_token_id)",
+        "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))",
+        "```", "",
+        "A batch of prompts: pad on the left (`[pad] * (width - len(p)) + p`, with an attention "
+        "mask of zeros there), so that every row continues from its last real token.", "",
+    ]
 
 
 # --- prediction -------------------------------------------------------------------------------
@@ -338,10 +424,8 @@ def load_for_prediction(target: Path, device: torch.device) -> tuple[nn.Module, 
     if not (target / "config.json").is_file():
         raise ExportError(f"{target} is not a model: no config.json (an exported model) and no "
                           f"{MANIFEST} (a trial's saved weights); make one with `ladder export`")
-    from transformers import AutoModelForSeq2SeqLM
-
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(target)).to(device)
+        model = model_class(target).from_pretrained(str(target)).to(device)
     except (OSError, ValueError) as error:
         raise ExportError(f"{target} is not a loadable model: {error}") from error
     config = target / "tokenizer_config.json"
@@ -356,15 +440,21 @@ def load_for_prediction(target: Path, device: torch.device) -> tuple[nn.Module, 
 def predict(
     model: nn.Module, tokenizer: TextTokenizer, questions: Sequence[str], *, device: torch.device,
     explain: bool = False, querydsl: bool = False, batch_size: int = 16,
-    max_input_tokens: int = 512, max_output_tokens: int = 256,
+    max_input_tokens: int = 512, max_output_tokens: int = 256, chat_template: bool = False,
 ) -> list[Prediction]:
-    """Greedy answers (and rationales) to `questions`, batched, in their order."""
-    from worker.data.batching import encode_examples
+    """Greedy answers (and rationales) to `questions`, batched, in their order.
+
+    A decoder-only model's prompts are framed as its training framed them (`chat_template`:
+    training.chatTemplate)."""
+    from worker.data.batching import PromptFrame, encode_examples
     from worker.data.dsl_validation import validate_query_dsl
     from worker.generation import _NOT_JSON, generate_texts, parse_json
 
     examples = [DSSExample(q, "", "") for q in questions]
-    encoded = encode_examples(examples, tokenizer, max_input_tokens, max_output_tokens)
+    causal = is_causal(model)
+    frame = PromptFrame.of(tokenizer, chat_template) if causal else None
+    encoded = encode_examples(examples, tokenizer, max_input_tokens, max(max_output_tokens, 2),
+                              causal=causal, frame=frame)
     answers = generate_texts(model, tokenizer, encoded, batch_size=batch_size,
                              max_new_tokens=max_output_tokens, device=device)
     rationales: list[str | None] = [None] * len(questions)
@@ -416,7 +506,7 @@ def main(args: Any) -> int:
         model, tokenizer, querydsl = load_for_prediction(args.model_dir, device)
         questions = [json.loads(line) for line in
                      args.questions.read_text(encoding="utf-8").splitlines() if line.strip()]
-        limits = _limits(args.model_dir)
+        limits = _settings(args.model_dir)
         if args.max_new_tokens:
             limits["max_output_tokens"] = args.max_new_tokens
         for p in predict(model, tokenizer, questions, device=device, explain=args.explain,
@@ -431,8 +521,9 @@ def main(args: Any) -> int:
         return USER_ERROR
 
 
-def _limits(target: Path) -> dict[str, int]:
-    """The trial's token limits, when `target` says what the trial was (saved or exported)."""
+def _settings(target: Path) -> dict[str, Any]:
+    """The trial's token limits and prompt framing, when `target` says what the trial was
+    (saved weights, or an exported model's card)."""
     training: Mapping[str, Any] = {}
     if (target / MANIFEST).is_file():
         training = read_manifest(target)["spec"].get("training", {})
@@ -443,4 +534,5 @@ def _limits(target: Path) -> dict[str, int]:
             with contextlib.suppress(ValueError):
                 training = json.loads(text[start + 8:text.index("```", start + 8)])
     return {"max_input_tokens": int(training.get("maxInputTokens", 512)),
-            "max_output_tokens": int(training.get("maxOutputTokens", 256))}
+            "max_output_tokens": int(training.get("maxOutputTokens", 256)),
+            "chat_template": bool(training.get("chatTemplate", False))}

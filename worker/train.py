@@ -443,12 +443,11 @@ def prompt_frame(tokenizer: TextTokenizer, chat_template: bool, causal: bool) ->
 
     if not causal:
         return None
-    chat = getattr(tokenizer, "chat_frame", None)
-    frame = chat() if chat_template and chat is not None else None
-    if chat_template and frame is None:
+    frame = PromptFrame.of(tokenizer, chat_template)
+    if chat_template and frame == PromptFrame.plain(tokenizer):
         log.warning("training.chatTemplate: the tokenizer has no chat template; prompts are "
                     "joined to their completions by a newline")
-    return PromptFrame(*frame) if frame is not None else PromptFrame.plain(tokenizer)
+    return frame
 
 
 def input_keep(truncation: InputTruncation) -> Keep:

@@ -94,6 +94,14 @@ class PromptFrame:
         bos = getattr(tok, "bos_token_id", None)
         return cls([bos] if bos is not None else [], tok.encode("\n", 8)[:-1])
 
+    @classmethod
+    def of(cls, tok: TextTokenizer, chat_template: bool) -> PromptFrame:
+        """training.chatTemplate's frame: the tokenizer's chat template when asked for and it
+        has one, else the plain frame. Training and `ladder predict` both frame prompts here."""
+        chat = getattr(tok, "chat_frame", None)
+        frame = chat() if chat_template and chat is not None else None
+        return cls(*frame) if frame is not None else cls.plain(tok)
+
 
 def encode_examples(
     examples: Sequence[DSSExample],

@@ -3,13 +3,15 @@ masked, eos appended, right padding to train, left padding to generate), chat te
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import bitsandbytes as bnb
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
 
 from orchestrator.core.catalog import ARCHITECTURES
 from orchestrator.core.worker_contract import AttemptSpec
+from tests.unit.worker.tokenizers_here import save_chat_tokenizer
 from worker.data import DSSExample
 from worker.data.batching import (
     IGNORE_INDEX,
@@ -116,22 +118,7 @@ def test_lora_targets_by_short_name() -> None:
 
 
 def _chat_tokenizer(tmp_path: object) -> HFTokenizer:
-    """A tiny character-level tokenizer with a chat template, written locally (no hub)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    chars = [chr(c) for c in range(32, 127)] + ["\n"]
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<|user|>": 3, "<|assistant|>": 4}
-    vocab.update({c: i + 5 for i, c in enumerate(chars)})
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-        additional_special_tokens=["<|user|>", "<|assistant|>"])
-    tok.chat_template = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    path = f"{tmp_path}/tok"
-    tok.save_pretrained(path)
-    return HFTokenizer(path)
+    return HFTokenizer(str(save_chat_tokenizer(Path(f"{tmp_path}/tok"))))
 
 
 def test_chat_template_frames_the_prompt(tmp_path: object) -> None:
