@@ -16,12 +16,22 @@ memory while costing little compute before its out-of-memory verdict. The decode
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 FLAN_T5_VOCAB = 32128
 QWEN2_VOCAB = 151936
 LLAMA3_VOCAB = 128256
 SMOLLM2_VOCAB = 49152
+
+
+class LinearLayer(NamedTuple):
+    """One kind of block nn.Linear: its short name (`training.targetModules` takes it), its
+    in and out features, and how many the model has (every block and attention kind)."""
+
+    name: str
+    d_in: int
+    d_out: int
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +99,23 @@ class T5Architecture:
             + self.num_decoder_layers * (2 * self.attention_params + self.ffn_params)
         )
 
+    def linear_layers(self) -> list[LinearLayer]:
+        """Every block Linear by name: q, k, v, o in self-attention (both stacks) and
+        cross-attention (decoder), wi (or wi_0 and wi_1, gated) and wo in the FFN."""
+        d, inner, ff = self.d_model, self.inner_dim, self.d_ff
+        enc, dec = self.num_layers, self.num_decoder_layers
+        attention = enc + 2 * dec  # self-attention in both stacks, cross-attention in dec
+        wi = ("wi_0", "wi_1") if self.feed_forward_proj.startswith("gated") else ("wi",)
+        return [
+            *(LinearLayer(name, d, inner, attention) for name in ("q", "k", "v")),
+            LinearLayer("o", inner, d, attention),
+            *(LinearLayer(name, d, ff, enc + dec) for name in wi),
+            LinearLayer("wo", ff, d, enc + dec),
+        ]
+
     def linear_shapes(self) -> list[tuple[int, int, int]]:
         """(in_features, out_features, count) of every block Linear, for adapter sizing."""
-        d, inner, ff = self.d_model, self.inner_dim, self.d_ff
-        gates = 2 if self.feed_forward_proj.startswith("gated") else 1
-        enc, dec = self.num_layers, self.num_decoder_layers
-        return [
-            (d, inner, 3 * enc + 6 * dec),  # q, k, v (self and cross attention)
-            (inner, d, enc + 2 * dec),  # o
-            (d, ff, gates * (enc + dec)),  # wi / wi_0, wi_1
-            (ff, d, enc + dec),  # wo
-        ]
+        return [(layer.d_in, layer.d_out, layer.count) for layer in self.linear_layers()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +205,21 @@ class DecoderArchitecture:
         and NF4 quantizes."""
         return sum(d_in * d_out * count for d_in, d_out, count in self.linear_shapes())
 
-    def linear_shapes(self) -> list[tuple[int, int, int]]:
-        """(in_features, out_features, count) of every block Linear, for adapter sizing."""
+    def linear_layers(self) -> list[LinearLayer]:
+        """Every block Linear by short name (q, k, v, o, gate, up, down; transformers names
+        them `q_proj`, ...), one of each per layer."""
         d, q, kv, ff, n = (
             self.hidden_size, self.q_dim, self.kv_dim, self.intermediate_size, self.num_layers
         )
-        return [(d, q, n), (d, kv, 2 * n), (q, d, n), (d, ff, 2 * n), (ff, d, n)]
+        return [
+            LinearLayer("q", d, q, n), LinearLayer("k", d, kv, n), LinearLayer("v", d, kv, n),
+            LinearLayer("o", q, d, n), LinearLayer("gate", d, ff, n), LinearLayer("up", d, ff, n),
+            LinearLayer("down", ff, d, n),
+        ]
+
+    def linear_shapes(self) -> list[tuple[int, int, int]]:
+        """(in_features, out_features, count) of every block Linear, for adapter sizing."""
+        return [(layer.d_in, layer.d_out, layer.count) for layer in self.linear_layers()]
 
 
 Architecture = T5Architecture | DecoderArchitecture
@@ -210,10 +235,34 @@ T5_LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 ALL_LINEAR = "all-linear"
 
 
-def lora_targets(family: str, requested: str | list[str]) -> str | list[str]:
+#: How many unknown names an error quotes before it counts the rest.
+_NAMES_SHOWN = 5
+
+
+def _shown(name: str) -> str:
+    """A name as an error quotes it: as written, or repr'd when it is blank or holds a
+    character that would break the one-line message."""
+    return name if name and name.isprintable() and name.strip() == name else repr(name)
+
+
+def _not_a_layer(unknown: list[str], of: str, choices: list[str]) -> ValueError:
+    names = ", ".join(_shown(name) for name in unknown[:_NAMES_SHOWN])
+    if len(unknown) > _NAMES_SHOWN:
+        names += f" and {len(unknown) - _NAMES_SHOWN} more"
+    what = "is not a Linear layer" if len(unknown) == 1 else "are not Linear layers"
+    return ValueError(
+        f"training.targetModules: {names} {what} of {of} "
+        f"(choose from {', '.join([ALL_LINEAR, *choices])})"
+    )
+
+
+def lora_targets(
+    family: str, requested: str | list[str], *, of: str | None = None
+) -> str | list[str]:
     """`training.targetModules` as peft's `target_modules` for a model of `family` (`t5`, or
     any decoder-only family): `all-linear`, or the module names (decoder-only: `q` or
-    `q_proj`, ...). ValueError names an unknown one."""
+    `q_proj`, ...). ValueError names an unknown one, and the model as `of` says (default:
+    "a <family> model")."""
     if isinstance(requested, str):
         if requested == ALL_LINEAR:
             return ALL_LINEAR
@@ -222,14 +271,33 @@ def lora_targets(family: str, requested: str | list[str]) -> str | list[str]:
         known: dict[str, str] = {name: name for name in T5_LORA_TARGETS}
     else:
         known = {**DECODER_LORA_TARGETS, **{v: v for v in DECODER_LORA_TARGETS.values()}}
-    unknown = [name for name in requested if name not in known]
+    unknown = list(dict.fromkeys(name for name in requested if name not in known))
     if unknown:
-        choices = ", ".join([ALL_LINEAR, *dict.fromkeys(known)])
-        raise ValueError(
-            f"training.targetModules: {', '.join(unknown)} is not a Linear layer of a "
-            f"{family} model (choose from {choices})"
-        )
+        raise _not_a_layer(unknown, of or f"a {family} model", list(known))
     return list(dict.fromkeys(known[name] for name in requested))
+
+
+def target_layers(
+    arch: Architecture, requested: str | list[str], *, model: str | None = None
+) -> list[LinearLayer]:
+    """The block Linears of `arch` that `training.targetModules` = `requested` puts LoRA
+    adapters on. peft matches each name against the last component of a module's name, so
+    `q` takes T5's q in self- and cross-attention alike; `all-linear` takes every block
+    Linear (peft leaves the LM head out). ValueError (naming the field, the name, `model`
+    and the choices) when a name is no Linear layer of the family (`lora_targets`) or of
+    this architecture (T5's `wi` where the FFN is gated: wi_0 and wi_1)."""
+    of = f"the {arch.family} model {model}" if model else f"a {arch.family} model"
+    targets = lora_targets(arch.family, requested, of=of)
+    layers = arch.linear_layers()
+    if targets == ALL_LINEAR:
+        return layers
+    short = {long: name for name, long in DECODER_LORA_TARGETS.items()}
+    wanted = {short.get(name, name) for name in targets}
+    present = {layer.name for layer in layers}
+    missing = [name for name in targets if short.get(name, name) not in present]
+    if missing:
+        raise _not_a_layer(missing, of, [layer.name for layer in layers])
+    return [layer for layer in layers if layer.name in wanted]
 
 
 def _qwen2(d: int, ff: int, layers: int, heads: int, kv: int, *, vocab: int = QWEN2_VOCAB,
