@@ -86,7 +86,8 @@ def catalog_table(settings: dict[str, Any]) -> Table:
     for e in _entries(settings):
         table.add_row(e.name, e.family, f"{e.parameters / 1e6:,.1f}M",
                       "yes" if e.tied_embeddings else "",
-                      *(fmt_bytes(e.estimates[m].total_bytes) for m in Method))
+                      *(fmt_bytes(e.estimates[m].total_bytes) if m in e.estimates else "-"
+                        for m in Method))
     return table
 
 

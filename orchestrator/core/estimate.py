@@ -10,8 +10,11 @@ Parameters and optimizer
 - Full and LoRA keep fp32 master weights (worker/models.py); bf16 comes from autocast.
   Gradients are fp32, one per trainable parameter; AdamW keeps 2 fp32 states per trainable
   parameter (8 bytes). Gradients are set to None after every step (`zero_grad(set_to_none)`).
-- LoRA and QLoRA put adapters on every block nn.Linear (`targetModules: all-linear`, which
-  in peft excludes the LM head), adapter weights in fp32; the base is frozen.
+- LoRA and QLoRA put adapters on the block nn.Linears `training.targetModules` selects
+  (`catalog.target_layers`: `all-linear`, every one, which in peft excludes the LM head; or
+  a list such as [q, v]), adapter weights in fp32; the base is frozen. The adapters'
+  parameters, gradients, optimizer states, activations and FLOPs count only those layers;
+  QLoRA quantizes every block Linear whichever carry adapters.
 - QLoRA (NF4): every block Linear except `wo` is 4-bit (0.5 byte per weight) with blockwise
   absmax constants, 64 weights per block: with double quantization
   (`training.qloraDoubleQuant`, the default; the worker applies the same setting on both its
@@ -86,10 +89,12 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
 from orchestrator.core.catalog import (
+    ALL_LINEAR,
     Architecture,
     DecoderArchitecture,
     T5Architecture,
     architecture,
+    target_layers,
 )
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.spec import INT64_MAX, Precision
@@ -138,9 +143,15 @@ def nf4_bytes_per_weight(*, double_quant: bool = True) -> float:
     return 0.5 + FP32 / NF4_BLOCK
 
 
-def adapter_parameters(arch: Architecture, rank: int) -> int:
-    """LoRA parameters on every block Linear: rank x (in + out) each."""
-    return sum(rank * (d_in + d_out) * count for d_in, d_out, count in arch.linear_shapes())
+TargetModules = str | list[str]
+
+
+def adapter_parameters(
+    arch: Architecture, rank: int, target_modules: TargetModules = ALL_LINEAR
+) -> int:
+    """LoRA parameters on the block Linears `target_modules` selects: rank x (in + out) each."""
+    return sum(rank * (layer.d_in + layer.d_out) * layer.count
+               for layer in target_layers(arch, target_modules))
 
 
 def _wo_parameters(arch: T5Architecture) -> int:
@@ -214,7 +225,7 @@ class _Layer:
 
 def _layer_bytes(
     arch: T5Architecture, method: Method, rank: int, act: int, attention: Attention,
-    *, decoder: bool,
+    *, decoder: bool, targets: frozenset[str],
 ) -> _Layer:
     d, inner = arch.d_model, arch.inner_dim
     full = method is Method.FULL
@@ -238,10 +249,15 @@ def _layer_bytes(
     ffn = norm + linear_inputs(gates, d) + _ffn_bytes(arch, act) + MASK * arch.d_ff
     ffn += (act if act != FP32 else FP32) * arch.d_ff if full else 0  # wo's input
     ffn += residual_masks
-    adapters = 0
-    if method.uses_adapters:
-        adapters = 3 * _adapter_bytes(d, rank, act) + _adapter_bytes(inner, rank, act)
-        adapters += gates * _adapter_bytes(d, rank, act) + _adapter_bytes(arch.d_ff, rank, act)
+    widths = {layer.name: layer.d_in for layer in arch.linear_layers()}
+
+    def adapted(*names: str) -> int:
+        """Per token: the adapters on those of `names` that `targets` selects."""
+        if not method.uses_adapters:
+            return 0
+        return sum(_adapter_bytes(widths[n], rank, act) for n in names if n in targets)
+
+    adapters = adapted("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
     scores = _attention_bytes_per_score(attention, act)
     if not decoder:
         return _Layer(attn + ffn + adapters, 0, scores, 0)
@@ -252,9 +268,8 @@ def _layer_bytes(
     if attention == "eager":
         # the q copy for bmm replaces the unsaved matmul output; k^T and v copies per key
         cross_kv += 2 * act * inner
-    if method.uses_adapters:
-        adapters += _adapter_bytes(d, rank, act) + _adapter_bytes(inner, rank, act)  # q, o
-        cross_kv += 2 * _adapter_bytes(d, rank, act)
+    adapters += adapted("q", "o")
+    cross_kv += adapted("k", "v")
     return _Layer(attn + cross_q + ffn + adapters, cross_kv, scores, scores)
 
 
@@ -277,10 +292,11 @@ class _Parameters:
 
 
 def _parameter_bytes(
-    arch: T5Architecture, method: Method, rank: int, *, data_parallel: bool, double_quant: bool
+    arch: T5Architecture, method: Method, rank: int, *, data_parallel: bool, double_quant: bool,
+    target_modules: TargetModules,
 ) -> _Parameters:
     """Step 1 of `estimate_memory`: the parameters and what training keeps per parameter."""
-    lora_params = adapter_parameters(arch, rank) if method.uses_adapters else 0
+    lora_params = adapter_parameters(arch, rank, target_modules) if method.uses_adapters else 0
     quantized_bytes = 0
     if method is Method.QLORA:
         quantized = arch.linear_params - _wo_parameters(arch)
@@ -330,12 +346,13 @@ class _Activations:
 def _activation_bytes(
     arch: T5Architecture, method: Method, rank: int, act: int, attention: Attention, *,
     batch: int, input_tokens: int, output_tokens: int, gradient_checkpointing: bool,
+    targets: frozenset[str],
 ) -> _Activations:
     """Step 3: what one forward pass saves for backward, per stack, and the logits."""
     b, li, lo = batch, input_tokens, output_tokens
     full = method is Method.FULL
-    enc = _layer_bytes(arch, method, rank, act, attention, decoder=False)
-    dec = _layer_bytes(arch, method, rank, act, attention, decoder=True)
+    enc = _layer_bytes(arch, method, rank, act, attention, decoder=False, targets=targets)
+    dec = _layer_bytes(arch, method, rank, act, attention, decoder=True, targets=targets)
     h = arch.num_heads
     enc_layer = b * (li * enc.per_query_token + h * li * li * enc.scores_self)
     dec_layer = b * (
@@ -374,15 +391,17 @@ def estimate_memory(
     attention: Attention = "sdpa",
     data_parallel: bool = False,
     double_quant: bool = True,
+    target_modules: TargetModules = ALL_LINEAR,
 ) -> MemoryEstimate:
     """The predicted peak memory of one worker's device for one training step.
 
     `batch_per_device` examples, each padded to `input_tokens` in and `output_tokens` out
-    (the probe step's worst case). See the module docstring for what is counted and why. The
-    steps: the parameters (`_parameter_bytes`), the weight copies autocast saves
-    (`_weight_copy_bytes`), the activations of each forward pass (`_activation_bytes`), then
-    the larger of the two peaks: the end of the last forward pass, or after the second
-    backward pass.
+    (the probe step's worst case). LoRA and QLoRA adapt the block Linears `target_modules`
+    (`training.targetModules`) selects; ValueError when it names a layer `arch` lacks. See
+    the module docstring for what is counted and why. The steps: the parameters
+    (`_parameter_bytes`), the weight copies autocast saves (`_weight_copy_bytes`), the
+    activations of each forward pass (`_activation_bytes`), then the larger of the two
+    peaks: the end of the last forward pass, or after the second backward pass.
     """
     if batch_per_device < 1 or input_tokens < 1 or output_tokens < 1:
         raise ValueError("batch_per_device, input_tokens and output_tokens must be positive")
@@ -394,6 +413,7 @@ def estimate_memory(
             tokens=input_tokens + output_tokens, precision=precision,
             dss_two_tasks=dss_two_tasks, gradient_checkpointing=gradient_checkpointing,
             attention=attention, data_parallel=data_parallel, double_quant=double_quant,
+            target_modules=target_modules,
         )
     r = rank if method.uses_adapters and rank is not None else 0
     bf16 = precision is Precision.BF16
@@ -401,7 +421,8 @@ def estimate_memory(
     forwards = 2 if dss_two_tasks else 1
 
     params = _parameter_bytes(
-        arch, method, r, data_parallel=data_parallel, double_quant=double_quant
+        arch, method, r, data_parallel=data_parallel, double_quant=double_quant,
+        target_modules=target_modules,
     )
     copies = _weight_copy_bytes(
         arch, method, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
@@ -410,6 +431,8 @@ def estimate_memory(
     one_forward = _activation_bytes(
         arch, method, r, act, attention, batch=batch_per_device, input_tokens=input_tokens,
         output_tokens=output_tokens, gradient_checkpointing=gradient_checkpointing,
+        targets=frozenset(layer.name for layer in target_layers(arch, target_modules))
+        if method.uses_adapters else frozenset(),
     )
     encoder_total = forwards * one_forward.encoder
     decoder_total = forwards * one_forward.decoder
@@ -445,7 +468,8 @@ def estimate_memory(
 
 
 def _decoder_layer_bytes(
-    arch: DecoderArchitecture, method: Method, rank: int, act: int, attention: Attention
+    arch: DecoderArchitecture, method: Method, rank: int, act: int, attention: Attention,
+    target_modules: TargetModules = ALL_LINEAR,
 ) -> tuple[int, int]:
     """(bytes per token, bytes per (head, query, key) score) saved by one decoder layer.
 
@@ -454,7 +478,8 @@ def _decoder_layer_bytes(
     under autocast; o and down take the compute dtype already); q after RoPE, k and v
     repeated to all heads (each the size of q); SDPA's output and log-sum-exp (eager: the
     score-sized softmax output instead, plus its cast to bf16); SwiGLU's gate output, SiLU
-    output and up output; every adapter's dropout mask, cast input and rank-r output.
+    output and up output; every adapter's (on the layers `target_modules` selects) dropout
+    mask, cast input and rank-r output.
     """
     d, q, ff = arch.hidden_size, arch.q_dim, arch.intermediate_size
     full = method is Method.FULL
@@ -475,8 +500,8 @@ def _decoder_layer_bytes(
     adapters = 0
     if method.uses_adapters:
         adapters = sum(
-            count * _adapter_bytes(d_in, rank, act)
-            for d_in, _, count in arch.linear_shapes()
+            layer.count * _adapter_bytes(layer.d_in, rank, act)
+            for layer in target_layers(arch, target_modules)
         ) // arch.num_layers
     return attn + ffn + adapters, scores
 
@@ -485,6 +510,7 @@ def _estimate_decoder(
     arch: DecoderArchitecture, method: Method, *, rank: int | None, batch: int, tokens: int,
     precision: Precision, dss_two_tasks: bool, gradient_checkpointing: bool,
     attention: Attention, data_parallel: bool, double_quant: bool,
+    target_modules: TargetModules,
 ) -> MemoryEstimate:
     """`estimate_memory` for a decoder-only model; `tokens` = prompt + completion."""
     r = rank if method.uses_adapters and rank is not None else 0
@@ -493,7 +519,7 @@ def _estimate_decoder(
     forwards = 2 if dss_two_tasks else 1
     b, seq = batch, tokens
     total_params = arch.parameters
-    lora_params = adapter_parameters(arch, r) if method.uses_adapters else 0
+    lora_params = adapter_parameters(arch, r, target_modules) if method.uses_adapters else 0
 
     quantized_bytes = 0
     if method is Method.QLORA:
@@ -518,7 +544,7 @@ def _estimate_decoder(
         else:
             copies = 2 * (arch.linear_params + head) * forwards
 
-    per_token, per_score = _decoder_layer_bytes(arch, method, r, act, attention)
+    per_token, per_score = _decoder_layer_bytes(arch, method, r, act, attention, target_modules)
     layer = b * (seq * per_token + arch.num_heads * seq * seq * per_score)
     if attention == "sdpa":
         layer += b * seq * seq * act  # the padding mask, in the compute dtype, per call
@@ -597,6 +623,7 @@ def estimate_trial(spec: SweepSpec, trial: GridPoint) -> MemoryEstimate | None:
         data_parallel=workers > 1,
         double_quant=training.qlora_double_quant,
         attention=training.attention.value,
+        target_modules=training.target_modules,
     )
 
 
@@ -657,11 +684,18 @@ def catalog_estimates(
     training: Training, *, workers: int, rank: int, dss_two_tasks: bool
 ) -> list[CatalogEntry]:
     """Every architecture of the catalogue, estimated with `training`'s lengths, precision,
-    checkpointing and per-worker batch (`workers` data-parallel workers), LoRA rank `rank`."""
+    checkpointing, LoRA targets and per-worker batch (`workers` data-parallel workers), LoRA
+    rank `rank`. An architecture that `training.targetModules` names no layer of (`gate` in
+    T5) has no LoRA and QLoRA estimates."""
     from orchestrator.core.catalog import ARCHITECTURES
 
     entries = []
     for name, arch in ARCHITECTURES.items():
+        try:
+            target_layers(arch, training.target_modules)
+            methods = list(Method)
+        except ValueError:
+            methods = [m for m in Method if not m.uses_adapters]
         estimates = {
             method: estimate_memory(
                 arch, method, rank=rank if method.uses_adapters else None,
@@ -670,8 +704,9 @@ def catalog_estimates(
                 precision=training.precision, dss_two_tasks=dss_two_tasks,
                 gradient_checkpointing=training.gradient_checkpointing,
                 data_parallel=workers > 1, double_quant=training.qlora_double_quant,
+                target_modules=training.target_modules,
             )
-            for method in Method
+            for method in methods
         }
         tied = arch.tie_word_embeddings if isinstance(arch, DecoderArchitecture) else False
         entries.append(CatalogEntry(name, arch.family, arch.parameters, tied, estimates))
@@ -749,17 +784,23 @@ def forward_flops(arch: Architecture, input_tokens: int, output_tokens: int) -> 
 
 
 def _adapter_forward_flops(
-    arch: Architecture, rank: int, input_tokens: int, output_tokens: int
+    arch: Architecture, rank: int, input_tokens: int, output_tokens: int,
+    target_modules: TargetModules = ALL_LINEAR,
 ) -> float:
+    layers = target_layers(arch, target_modules)
     if isinstance(arch, DecoderArchitecture):
-        per_token = sum((d_in + d_out) * count for d_in, d_out, count in arch.linear_shapes())
+        per_token = sum((layer.d_in + layer.d_out) * layer.count for layer in layers)
         return 2.0 * rank * (input_tokens + output_tokens) * per_token
-    d, inner, ff = arch.d_model, arch.inner_dim, arch.d_ff
-    gates = 2 if arch.feed_forward_proj.startswith("gated") else 1
-    per_layer = 3 * (d + inner) + (inner + d) + gates * (d + ff) + (ff + d)
+    width = {layer.name: layer.d_in + layer.d_out for layer in layers}  # in + out, per token
+
+    def of(*names: str) -> int:
+        return sum(width.get(name, 0) for name in names)
+
+    per_layer = of("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
     enc = input_tokens * per_layer * arch.num_layers
-    cross_q_o = (d + inner) + (inner + d)
-    dec = output_tokens * (per_layer + cross_q_o) + input_tokens * 2 * (d + inner)
+    # decoder: self-attention and FFN, cross-attention's q and o per output token, its k and
+    # v over the encoder output (input tokens)
+    dec = output_tokens * (per_layer + of("q", "o")) + input_tokens * of("k", "v")
     return 2.0 * rank * (enc + dec * arch.num_decoder_layers)
 
 
@@ -771,11 +812,13 @@ def flops_per_sample(
     *,
     rank: int | None = None,
     dss_two_tasks: bool = True,
+    target_modules: TargetModules = ALL_LINEAR,
 ) -> float:
     """Training FLOPs of one DSS sample (both tasks unless `dss_two_tasks` is False).
 
     Backward: 2x the forward for trainable weights (input and weight gradients), 1x for frozen
-    ones (input gradient only), 2x for attention's matmuls; adapters 3x their forward.
+    ones (input gradient only), 2x for attention's matmuls; adapters (on the layers
+    `target_modules` selects) 3x their forward.
     """
     fwd = forward_flops(arch, input_tokens, output_tokens)
     linear = fwd.encoder_linear + fwd.decoder_linear + fwd.lm_head
@@ -783,6 +826,7 @@ def flops_per_sample(
     if method is Method.FULL:
         per_task = 3.0 * (linear + attention)
     else:
-        adapter = _adapter_forward_flops(arch, rank or 0, input_tokens, output_tokens)
+        adapter = _adapter_forward_flops(
+            arch, rank or 0, input_tokens, output_tokens, target_modules)
         per_task = 2.0 * linear + 3.0 * attention + 3.0 * adapter
     return per_task * (2 if dss_two_tasks else 1)

@@ -189,7 +189,9 @@ class CostModel:
         li, lo = training.max_input_tokens, training.max_output_tokens
         two = lane.dss_alpha != 1.0
 
-        flops = flops_per_sample(arch, method, li, lo, rank=lane.rank, dss_two_tasks=two)
+        targets = training.target_modules
+        flops = flops_per_sample(arch, method, li, lo, rank=lane.rank, dss_two_tasks=two,
+                                 target_modules=targets)
         measured = self.measured.get((trial.model, method))
         if measured is not None and precision is Precision.BF16:
             per_sample = 1.0 / measured.samples_per_second
@@ -203,7 +205,7 @@ class CostModel:
         compute = batch * per_sample
         overhead *= passes  # kernel launches per pass; compute is the same in fewer passes
         trainable = (arch.parameters if method is Method.FULL
-                     else adapter_parameters(arch, lane.rank or 0))
+                     else adapter_parameters(arch, lane.rank or 0, targets))
         allreduce = 0.0
         if workers > 1:
             bandwidth = (self.cluster.intra_node_bytes_per_second
@@ -235,14 +237,14 @@ class CostModel:
             output_tokens=lo, precision=precision, dss_two_tasks=two,
             gradient_checkpointing=training.gradient_checkpointing,
             attention=self.recipe.attention, data_parallel=workers > 1,
-            double_quant=training.qlora_double_quant,
+            double_quant=training.qlora_double_quant, target_modules=targets,
         ).total_bytes
         if measured is not None and measured.peak_bytes and precision is Precision.BF16:
             at_measured = estimate_memory(
                 arch, method, rank=lane.rank, batch_per_device=measured.batch_per_device,
                 input_tokens=li, output_tokens=lo, precision=precision, dss_two_tasks=two,
                 attention=self.recipe.attention, data_parallel=workers > 1,
-                double_quant=training.qlora_double_quant,
+                double_quant=training.qlora_double_quant, target_modules=targets,
             ).total_bytes
             memory = int(measured.peak_bytes * memory / at_measured)
         fits = self.fits(trial) if self.fits is not None else memory <= self.cluster.device_bytes

@@ -16,12 +16,14 @@ from worker.train import dss_forward
 
 def saved_activation_bytes(model_name: str, method: Method, rank: int | None,
                            input_tokens: int, output_tokens: int,
-                           make_batch: Callable[[], dict[str, torch.Tensor]]) -> int:
-    """Build `model_name` (fp32, random init, seed 0, eager attention), run one DSS forward on
-    `make_batch()` and return the bytes of every distinct non-parameter storage saved for
-    backward."""
+                           make_batch: Callable[[], dict[str, torch.Tensor]],
+                           target_modules: str | list[str] = "all-linear") -> int:
+    """Build `model_name` (fp32, random init, seed 0, eager attention, LoRA on
+    `target_modules`), run one DSS forward on `make_batch()` and return the bytes of every
+    distinct non-parameter storage saved for backward."""
     training = Training(precision=Precision.FP32, init=ModelInit.RANDOM,
-                        max_input_tokens=input_tokens, max_output_tokens=output_tokens)
+                        max_input_tokens=input_tokens, max_output_tokens=output_tokens,
+                        target_modules=target_modules)
     trial = AttemptSpec(sweep="s", trial_id="t", lane="l", model=model_name, method=method,
                         rank=rank, alpha=rank, training=training)
     torch.manual_seed(0)

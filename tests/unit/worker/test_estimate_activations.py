@@ -37,7 +37,7 @@ def registered() -> Iterator[None]:
     del catalog.ARCHITECTURES[NAME]
 
 
-def saved_bytes(method: Method, rank: int | None) -> int:
+def saved_bytes(method: Method, rank: int | None, targets: str | list[str] = "all-linear") -> int:
     def ids(length: int) -> torch.Tensor:
         return torch.randint(1, ARCH.vocab_size, (B, length))
 
@@ -50,15 +50,19 @@ def saved_bytes(method: Method, rank: int | None) -> int:
             "rationale_labels": ids(LO),
         }
 
-    return saved_activation_bytes(NAME, method, rank, LI, LO, batch)
+    return saved_activation_bytes(NAME, method, rank, LI, LO, batch, targets)
 
 
-@pytest.mark.parametrize(("method", "rank"), [(Method.FULL, None), (Method.LORA, 8)])
+@pytest.mark.parametrize(("method", "rank", "targets"), [
+    (Method.FULL, None, "all-linear"), (Method.LORA, 8, "all-linear"),
+    (Method.LORA, 8, ["q", "v"]),  # training.targetModules: self- and cross-attention q, v
+])
 def test_activation_estimate_matches_saved_tensors(
-    registered: None, method: Method, rank: int | None
+    registered: None, method: Method, rank: int | None, targets: str | list[str]
 ) -> None:
-    measured = saved_bytes(method, rank)
+    measured = saved_bytes(method, rank, targets)
     e = estimate_memory(ARCH, method, rank=rank, batch_per_device=B, input_tokens=LI,
-                        output_tokens=LO, precision=Precision.FP32, attention="eager")
+                        output_tokens=LO, precision=Precision.FP32, attention="eager",
+                        target_modules=targets)
     predicted = e.activation_bytes + e.weight_copy_bytes
     assert 0.8 < predicted / measured < 1.1, (predicted, measured)

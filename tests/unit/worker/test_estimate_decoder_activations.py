@@ -42,7 +42,8 @@ def registered() -> Iterator[None]:
         del catalog.ARCHITECTURES[f"ladder/{family}-estimate-check"]
 
 
-def saved_bytes(family: str, method: Method, rank: int | None) -> int:
+def saved_bytes(family: str, method: Method, rank: int | None,
+                targets: str | list[str] = "all-linear") -> int:
     arch = ARCHS[family]
 
     def batch() -> dict[str, torch.Tensor]:
@@ -56,18 +57,22 @@ def saved_bytes(family: str, method: Method, rank: int | None) -> int:
             "explain_input_ids": ids, "explain_attention_mask": mask, "rationale_labels": labels,
         }
 
-    return saved_activation_bytes(f"ladder/{family}-estimate-check", method, rank, LI, LO, batch)
+    return saved_activation_bytes(f"ladder/{family}-estimate-check", method, rank, LI, LO, batch,
+                                  targets)
 
 
-@pytest.mark.parametrize(("family", "method", "rank"), [
-    ("qwen2", Method.FULL, None), ("llama", Method.FULL, None), ("qwen2", Method.LORA, 8),
-    ("llama", Method.QLORA, 8),
+@pytest.mark.parametrize(("family", "method", "rank", "targets"), [
+    ("qwen2", Method.FULL, None, "all-linear"), ("llama", Method.FULL, None, "all-linear"),
+    ("qwen2", Method.LORA, 8, "all-linear"), ("llama", Method.QLORA, 8, "all-linear"),
+    ("qwen2", Method.LORA, 8, ["q", "v"]),  # training.targetModules: adapters on two layers
 ])
 def test_decoder_activation_estimate_matches_saved_tensors(
-    registered: None, family: str, method: Method, rank: int | None
+    registered: None, family: str, method: Method, rank: int | None,
+    targets: str | list[str],
 ) -> None:
-    measured = saved_bytes(family, method, rank)
+    measured = saved_bytes(family, method, rank, targets)
     e = estimate_memory(ARCHS[family], method, rank=rank, batch_per_device=B, input_tokens=LI,
-                        output_tokens=LO, precision=Precision.FP32, attention="eager")
+                        output_tokens=LO, precision=Precision.FP32, attention="eager",
+                        target_modules=targets)
     predicted = e.activation_bytes + e.weight_copy_bytes
     assert 0.8 < predicted / measured < 1.1, (predicted, measured)
