@@ -23,11 +23,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from orchestrator.core.catalog import architecture, target_layers
 from orchestrator.core.lifecycle import Method
 from orchestrator.core.manifest_yaml import (
     MAX_DEPTH,
@@ -420,6 +422,33 @@ class Training(_Model):
             raise ValueError("targetModules must name at least one module, or 'all-linear'")
         return value
 
+    @field_validator("target_modules", mode="wrap")
+    @classmethod
+    def _target_modules_one_problem(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> str | list[str]:
+        """One problem for a bad value, read as what the user wrote (a name or a list of
+        names), not one per member of the union."""
+        try:
+            return handler(value)
+        except ValidationError as error:
+            if not isinstance(value, str | list):
+                kind = {dict: "a mapping", bool: "a boolean", type(None): "null"}.get(
+                    type(value), "a number")
+                raise ValueError("must be 'all-linear', a layer name or a list of names, not "
+                                 f"{kind}") from None
+            # pydantic tags each error with the member it tried: list[...] or constrained-str
+            errors = [e for e in error.errors() if isinstance(value, list) == any(
+                str(part).startswith("list[") for part in e["loc"])]
+            errors = errors or error.errors()
+            message = errors[0]["msg"].removeprefix("Value error, ")
+            index = [part for part in errors[0]["loc"] if isinstance(part, int)]
+            if index:
+                message = f"item {index[0]}: {message}"
+            if len(errors) > 1:
+                message += f" (and {len(errors) - 1} more)"
+            raise ValueError(message) from None
+
 
 class Dataset(_Model):
     """Where the DSS examples come from and how they are split."""
@@ -662,6 +691,23 @@ class SweepSpec(_Model):
                 f"the grid has {self.potential_trials} potential trials, more than maxTrials="
                 f"{self.max_trials}; shrink the grid or raise maxTrials",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _targets_in_ladder(self) -> SweepSpec:
+        """With adapters, `training.targetModules` must name layers of every catalogued
+        model of the ladder (others are checked by the worker when it builds them)."""
+        if not any(m.uses_adapters for m in self.methods):
+            return self
+        for model in self.ladder:
+            arch = architecture(model)
+            if arch is None:
+                continue
+            try:
+                target_layers(arch, self.training.target_modules, model=model)
+            except ValueError as error:
+                message = str(error).removeprefix("training.targetModules: ")
+                raise FieldError("training.targetModules", message) from None
         return self
 
     @property
