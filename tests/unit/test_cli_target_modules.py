@@ -5,6 +5,7 @@ model and the choices. Models outside the catalogue are left to the worker."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,18 @@ def test_hostile_targets_give_one_line_and_no_traceback(
     assert "Traceback" not in "\n".join(lines)
     assert len(lines) == 2, lines
     assert all(len(line) < 1000 for line in lines), [len(line) for line in lines]
+
+
+def test_models_estimate_at_the_files_targets(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(manifest(["gate", "up"], ["Qwen/Qwen2.5-0.5B"])))
+    result = CliRunner().invoke(app, ["models", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    models = {m["name"]: m["memoryBytes"] for m in json.loads(result.stdout)["models"]}
+    assert set(models["google/flan-t5-base"]) == {"full"}  # `gate` is no T5 layer
+    everything = json.loads(CliRunner().invoke(app, ["models", "--json"]).stdout)["models"]
+    default = {m["name"]: m["memoryBytes"] for m in everything}
+    assert models["Qwen/Qwen2.5-0.5B"]["lora"] < default["Qwen/Qwen2.5-0.5B"]["lora"]
+    table = CliRunner().invoke(app, ["models", str(path)], env={"COLUMNS": "200"}).output
+    [t5] = [line for line in table.splitlines() if "google/flan-t5-base" in line]
+    assert [cell.strip() for cell in t5.split("│")][-2:] == ["-", "-"]
