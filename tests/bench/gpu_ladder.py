@@ -1,4 +1,5 @@
-"""Benchmark: the FLAN-T5 ladder x full/LoRA/QLoRA on one GPU, at the paper's lengths.
+"""Benchmark: the FLAN-T5 ladder, then Qwen2.5 0.5B and 1.5B, x full/LoRA/QLoRA on one GPU,
+at the paper's lengths.
 
     python tests/bench/gpu_ladder.py                       # on a GPU machine (H100 80 GB)
     python tests/bench/gpu_ladder.py --dry [--quick]       # CPU, tiny lengths (CI)
@@ -18,8 +19,9 @@ at batch 1, so "fits 80 GB" means "trains at batch 1 with both DSS tasks". Outpu
 Markdown table (bench-results/gpu_ladder.{json,md} unless --out says otherwise).
 
 `--dry` runs the same code on CPU in fp32 with tiny lengths (32/16 tokens, batch 2, 2 steps)
-over the ladder/t5-tiny-* architectures (the real ones need up to 45 GB of host memory for XL
-full fine-tuning): it checks that the benchmark works, and measures nothing about a GPU.
+over the ladder/t5-tiny-* architectures and ladder/qwen-tiny-s (the real ones need up to 45 GB
+of host memory for XL full fine-tuning): it checks that the benchmark works, and measures
+nothing about a GPU.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ from orchestrator.core.spec import PAPER_LADDER, Precision, parse_quantity  # no
 
 GiB = 2**30
 TINY_LADDER = ("ladder/t5-tiny-s", "ladder/t5-tiny-m", "ladder/t5-tiny-l")
+# Decoder-only points after the paper's ladder (issue 16): the two smallest Qwen2.5 rungs, at
+# the same lengths (prompt 1400 + completion 1024 tokens in one sequence, the prompt masked).
+QWEN_POINTS = ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B")
+TINY_DECODER = ("ladder/qwen-tiny-s",)
 # Dense bf16 peak TFLOP/s by device name, most specific first: torch names the SXM H100
 # "NVIDIA H100 80GB HBM3", so a plain "H100" must not catch the NVL or PCIe cards.
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -306,8 +312,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args.warmup = args.warmup if args.warmup is not None else (1 if dry else 2)
     if dry and args.rank == 64:
         args.rank = 8
-    models = args.models or (list(TINY_LADDER[:1] if args.quick else TINY_LADDER) if dry
-                             else list(PAPER_LADDER))
+    models = args.models or (list(TINY_LADDER[:1] if args.quick else TINY_LADDER + TINY_DECODER)
+                             if dry else [*PAPER_LADDER, *QWEN_POINTS])
     device = device_info(args)
     if args.peak_tflops is None:
         args.peak_tflops = peak_tflops_for(device["name"])
