@@ -116,7 +116,9 @@ def trials(db: str, sweep: str) -> list[dict[str, Any]]:
                  "stopped_epoch": r.stopped_epoch,
                  "stop_reason": r.stop_reason.value if r.stop_reason else None,
                  "best_eval_loss": r.best_eval_loss, "wall_seconds": r.wall_seconds,
-                 "curve": [e.eval_loss for e in sorted(r.epochs, key=lambda e: e.epoch)]}
+                 # trained epochs only: epoch 0 is the untuned baseline (training.baseline)
+                 "curve": [e.eval_loss for e in sorted(r.epochs, key=lambda e: e.epoch)
+                           if e.epoch > 0]}
                 for r in rows]
 
 
@@ -183,7 +185,10 @@ def report(result: dict[str, Any]) -> str:
         epochs = {t["method"]: t["epochs"] for t in r["trials"]}
         lines.append(f"  {key:<8} sweep wall {r['wall_seconds']:7.1f} s; epochs trained "
                      + ", ".join(f"{m} {e}" for m, e in sorted(epochs.items()))
-                     + f" (total {sum(epochs.values())} of {n * len(epochs)})")
+                     + f" (total {sum(epochs.values())} of {n * len(epochs)}); best eval loss "
+                     + ", ".join(f"{t['method']} {t['best_eval_loss']:.3f}"
+                                 for t in sorted(r["trials"], key=lambda t: t["method"])
+                                 if t["best_eval_loss"] is not None))
     e = result["estimate"]
     lines.append("  replayed on the recorded curves: stops at "
                  + ", ".join(f"{m} {v}" for m, v in sorted(result['replayed_stopping_epochs']
