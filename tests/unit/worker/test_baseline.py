@@ -18,13 +18,7 @@ from worker.telemetry import Sampler
 from worker.tokenizer import ByteTokenizer
 from worker.train import Progress, baseline, evaluate
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TRIAL = AttemptSpec(sweep="s", trial_id="t", lane="l", model="ladder/t5-tiny-s", method="full",

@@ -11,7 +11,7 @@ import torch
 
 from orchestrator.core.catalog import ARCHITECTURES
 from orchestrator.core.worker_contract import AttemptSpec
-from tests.unit.worker.tokenizers_here import save_chat_tokenizer
+from tests.unit.worker.helpers import save_chat_tokenizer
 from worker.data import DSSExample
 from worker.data.batching import (
     IGNORE_INDEX,

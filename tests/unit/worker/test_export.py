@@ -17,21 +17,15 @@ import pytest
 import torch
 
 from orchestrator.core.worker_contract import AttemptSpec
+from tests.unit.worker.helpers import save_moved_model
 from worker.export import ExportError, export_model, load_for_prediction, load_trained, predict
-from worker.models import build_model, save_trained
 from worker.tokenizer import ByteTokenizer, TextTokenizer
 
 QUESTIONS = ["how many orders last week", "top 5 products"]
 NEW_TOKENS = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Tiny models: one thread is many times faster than several on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec(method: str, **training: object) -> AttemptSpec:
@@ -46,21 +40,7 @@ def spec(method: str, **training: object) -> AttemptSpec:
 
 
 def trained(trial: AttemptSpec, directory: Path) -> tuple[torch.nn.Module, TextTokenizer]:
-    """A trial's model with every trainable weight moved, saved as train.py saves it."""
-    torch.manual_seed(trial.seed)
-    model, tokenizer, _ = build_model(trial, torch.device("cpu"))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # LoRA's B starts at zero: move every trainable weight
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    save_trained(model, tokenizer, directory, {
-        "sweep": trial.sweep, "trial": trial.trial_id,
-        "spec": trial.model_dump(mode="json", by_alias=True),
-        "method": trial.method.value, "epoch": 2, "eval_loss": 1.25, "device": "cpu",
-    })
-    model.eval()
-    return model, tokenizer
+    return save_moved_model(trial, directory, 0.05)
 
 
 def greedy_ids(model: torch.nn.Module, tokenizer: TextTokenizer) -> list[list[int]]:
