@@ -5,7 +5,10 @@ this adapter does the reading and writing for the CLI, the controller's `ladder 
 local backend, the worker and the tests. Errors name the file: an unreadable Sweep raises
 `SpecError` with the path. A Sweep file is bounded before it is read (`read_manifest_file`:
 a regular file of at most etcd's object limit, UTF-8); its text is then parsed by the core
-(`core/manifest_yaml.py`, `core/spec.py`).
+(`core/manifest_yaml.py`, `core/spec.py`). Every other file a user hands the CLI (questions,
+distillation inputs, templates, key files) is read the same bounded way (`read_user_text`),
+so a FIFO, a device, a directory, a huge file or bytes that are not UTF-8 are one line naming
+the file, never a hang or a traceback.
 """
 
 from __future__ import annotations
@@ -19,43 +22,77 @@ from orchestrator.core.manifest_yaml import MAX_MANIFEST_BYTES, ManifestError
 from orchestrator.core.spec import MAX_SWEEP_NAME, SpecError, Sweep, load_sweep_text
 from orchestrator.core.worker_contract import AttemptSpec
 
-__all__ = ["load_sweep", "read_manifest_file", "read_sweep_file", "read_trial", "write_trial"]
+__all__ = [
+    "MAX_INPUTS_BYTES",
+    "MAX_KEY_FILE_BYTES",
+    "MAX_QUESTIONS_BYTES",
+    "MAX_TEMPLATE_BYTES",
+    "UserFileError",
+    "load_sweep",
+    "read_manifest_file",
+    "read_sweep_file",
+    "read_trial",
+    "read_user_text",
+    "write_trial",
+]
 
 
-def read_manifest_file(path: str | Path) -> str:
-    """A manifest file's text, after refusing what is not a regular file or is too large,
-    from its `stat` (a FIFO or a device is never opened for reading)."""
+MiB = 2**20
+#: The most each kind of user-named file may hold: a bound, so that a mistaken path (a disk
+#: image, a log) is refused in a line instead of filling memory.
+MAX_QUESTIONS_BYTES = 256 * MiB  # `ladder predict --file`
+MAX_INPUTS_BYTES = 1024 * MiB  # `ladder distill` inputs (JSONL/CSV, read whole)
+MAX_TEMPLATE_BYTES = 16 * MiB  # `ladder distill --template`
+MAX_KEY_FILE_BYTES = 64 * 1024  # `ladder distill --api-key-file`
+
+
+class UserFileError(ValueError):
+    """A file that cannot be read as text: the message says why, without the path (callers
+    put it where their own errors put it)."""
+
+
+def read_user_text(path: str | Path, *, max_bytes: int, what: str = "file",
+                   why_limit: str = "", encoding: str = "utf-8") -> str:
+    """The text of a file a user named, after refusing what is not a regular file or holds
+    more than `max_bytes` (`why_limit`: where that limit comes from), from its `stat` (a FIFO
+    or a device is never opened for reading: it would block or never end); bytes that are not
+    `encoding` are refused too. `what` names the file in the messages ("Sweep file")."""
     path = Path(path)
+    limit = f"{max_bytes} bytes" + (f", {why_limit}" if why_limit else "")
     try:
         info = path.stat()
     except OSError as error:
-        raise ManifestError("file", f"cannot read: {error.strerror or error}") from None
+        raise UserFileError(f"cannot read: {error.strerror or error}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise ManifestError("file", "is a directory, not a Sweep file")
+        raise UserFileError(f"is a directory, not a {what}")
     if not stat.S_ISREG(info.st_mode):
-        raise ManifestError("file", "is not a regular file (a device, FIFO or socket)")
-    if info.st_size > MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            "file", f"{info.st_size} bytes is more than a Sweep may have "
-            f"({MAX_MANIFEST_BYTES} bytes, etcd's object limit)"
-        )
+        raise UserFileError("is not a regular file (a device, FIFO or socket)")
+    if info.st_size > max_bytes:
+        raise UserFileError(f"{info.st_size} bytes is more than a {what} may have ({limit})")
     try:
         # O_NONBLOCK: if the path was swapped for a FIFO after the stat, open does not wait.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ManifestError("file", "is not a regular file")
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
+                raise UserFileError("is not a regular file")
+            data = handle.read(max_bytes + 1)
     except OSError as error:
-        raise ManifestError("file", f"cannot read: {error.strerror or error}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            "file", f"more than {MAX_MANIFEST_BYTES} bytes (etcd's object limit)"
-        )
+        raise UserFileError(f"cannot read: {error.strerror or error}") from None
+    if len(data) > max_bytes:
+        raise UserFileError(f"more than {limit}")
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as error:
-        raise ManifestError("file", f"is not UTF-8 text (byte {error.start})") from None
+        raise UserFileError(f"is not UTF-8 text (byte {error.start})") from None
+
+
+def read_manifest_file(path: str | Path) -> str:
+    """A manifest file's text, bounded by etcd's object limit (`read_user_text`)."""
+    try:
+        return read_user_text(path, max_bytes=MAX_MANIFEST_BYTES, what="Sweep file",
+                              why_limit="etcd's object limit")
+    except UserFileError as error:
+        raise ManifestError("file", str(error)) from None
 
 
 def read_sweep_file(path: str | Path) -> str:

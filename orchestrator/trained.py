@@ -164,10 +164,13 @@ def predict(
 def read_questions(path: Path) -> list[str]:
     """Questions from a .jsonl file: each line a JSON string or an object with `input` (a DSS
     record) or `question`; TrainedError naming the line otherwise."""
+    from orchestrator.files import MAX_QUESTIONS_BYTES, UserFileError, read_user_text
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise TrainedError(f"{path}: {error.strerror or error}") from error
+        lines = read_user_text(path, max_bytes=MAX_QUESTIONS_BYTES,
+                               what="questions file").splitlines()
+    except UserFileError as error:
+        raise TrainedError(f"{path}: {error}") from None
     questions = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

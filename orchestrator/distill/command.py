@@ -24,6 +24,12 @@ from orchestrator.distill.parse import Reason
 from orchestrator.distill.prompt import DEFAULT_TEMPLATE, Template, TemplateError
 from orchestrator.distill.prompt import template_from_mapping as _template
 from orchestrator.distill.run import Outcome, Settings, Summary, distill, write_rejected
+from orchestrator.files import (
+    MAX_KEY_FILE_BYTES,
+    MAX_TEMPLATE_BYTES,
+    UserFileError,
+    read_user_text,
+)
 from worker.data.examples import DatasetError
 from worker.data.querydsl import write_dataset
 
@@ -62,9 +68,10 @@ def read_api_key(env: str | None, file: Path | None) -> str | None:
     """The key from a file (first line) or else an environment variable; None if neither."""
     if file is not None:
         try:
-            key = file.read_text(encoding="utf-8").strip().splitlines()
-        except OSError as exc:
-            raise DistillError(f"--api-key-file {file}: cannot read ({exc.strerror})") from None
+            key = read_user_text(file, max_bytes=MAX_KEY_FILE_BYTES,
+                                 what="key file").strip().splitlines()
+        except UserFileError as exc:
+            raise DistillError(f"--api-key-file {file}: {exc}") from None
         if not key or not key[0].strip():
             raise DistillError(f"--api-key-file {file}: file is empty")
         return key[0].strip()
@@ -78,9 +85,10 @@ def load_template(path: Path | None) -> Template:
     if path is None:
         return DEFAULT_TEMPLATE
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DistillError(f"--template {path}: cannot read ({exc.strerror})") from None
+        document = yaml.safe_load(read_user_text(path, max_bytes=MAX_TEMPLATE_BYTES,
+                                                 what="template"))
+    except UserFileError as exc:
+        raise DistillError(f"--template {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise DistillError(f"--template {path}: not YAML or JSON ({exc})".replace("\n", " ")) \
             from None

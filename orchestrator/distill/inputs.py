@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.distill.parse import parse_json
+from orchestrator.files import MAX_INPUTS_BYTES, UserFileError, read_user_text
 from worker.data.examples import DatasetError
 
 __all__ = ["Item", "read_inputs"]
@@ -34,14 +35,13 @@ def read_inputs(path: Path) -> list[Item]:
     if suffix not in (".jsonl", ".json", ".csv"):
         raise DatasetError(source, 1, f"unknown extension {path.suffix or '(none)'!r} "
                                       "(expected .csv, .json or .jsonl)")
+    if not path.exists():
+        raise DatasetError(source, 1, "file not found")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(source, 1, "file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(source, 1, f"not valid UTF-8 ({exc.reason})") from None
-    except OSError as exc:
-        raise DatasetError(source, 1, f"cannot read file ({exc.strerror or exc})") from None
+        text = read_user_text(path, max_bytes=MAX_INPUTS_BYTES, what="distillation input",
+                              encoding="utf-8-sig")
+    except UserFileError as exc:
+        raise DatasetError(source, 1, str(exc)) from None
     rows = _csv_rows(source, text) if suffix == ".csv" else _jsonl_rows(source, text)
     items = [_item(source, line, record) for line, record in rows]
     if not items:
