@@ -301,6 +301,19 @@ def _summary(sweep: Sweep, status: SweepStatus, elapsed: float) -> None:
     console.print(f"Trials: {counts}. OOMs: {status.oom_count}. Total time: {elapsed:.1f} s")
 
 
+def _usable_directory(option: str, path: Path) -> None:
+    """A directory the command will write into: made if missing, else refused in one line
+    naming the option before anything starts (a file in the way, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        fail(f"{option} {path}: a file is in the way (it must be a directory)")
+    except OSError as error:
+        fail(f"{option} {path}: cannot create it ({error.strerror or error})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"{option} {path}: not writable")
+
+
 def _cpu_only(spec: SweepSpec) -> SweepSpec:
     overrides = {m: o.model_copy(update={"gpus_per_worker": 0})
                  for m, o in spec.resources.overrides.items()}
@@ -355,6 +368,7 @@ def run(
         spec = _cpu_only(spec)
     spec = _local_dataset(spec)
     sweep = sweep.model_copy(update={"spec": spec})
+    _usable_directory("--runs-dir", runs_dir)
     url = db_url(db)
     sessions = _open_store(url)
     _logging(logging.WARNING)

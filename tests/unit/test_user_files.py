@@ -101,3 +101,18 @@ def test_distill_template_and_key_files(tmp_path: Path) -> None:
             assert result.exit_code != 0, (option, kind, result.output)
             assert len(lines) == 1 and option in lines[0] and str(path) in lines[0], \
                 (option, kind, lines)
+
+
+def test_run_refuses_a_runs_dir_it_cannot_use_before_starting_anything(tmp_path: Path) -> None:
+    sweep = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+    in_the_way = tmp_path / "runs"
+    in_the_way.write_text("")
+    for runs_dir, why in ((in_the_way, "a file is in the way"),
+                          (in_the_way / "below", "cannot create it")):
+        result = CliRunner().invoke(app, ["run", str(sweep), "--db",
+                                          f"sqlite:///{tmp_path / 'l.db'}", "--runs-dir",
+                                          str(runs_dir)])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1, result.output
+        assert len(lines) == 1 and f"--runs-dir {runs_dir}: {why}" in lines[0], lines
+        assert "starting Ray" not in result.output
