@@ -758,6 +758,11 @@ def distill_command(
             temperature_step=temperature_step, concurrency=concurrency,
             input_price=input_price, output_price=output_price)
         paths = Paths.beside(out, cache=cache, rejected=rejected)
+        for option, path in (("--out", paths.out), ("--rejected", paths.rejected),
+                             ("--cache", paths.cache)):
+            if path.is_dir():
+                fail(f"{option} {path}: is a directory; name the file to write")
+            _usable_directory(f"the directory of {option}", path.parent)
         summary = run_command(
             inputs, url, model, paths, settings,
             api_key=read_api_key(api_key_env, api_key_file), max_retries=max_retries,
@@ -941,6 +946,7 @@ def report(
         from orchestrator.report import ReportError, write_report
     except ImportError as error:
         fail(f"{error}: install the report extra (pip install 'ladder[report]')")
+    _usable_directory("--out", out)
     sessions = _open_store(db_url(db))
     try:
         written = write_report(sessions, out, sweep=sweep, namespace=namespace, top=top)
@@ -972,6 +978,9 @@ def export_command(
         fail("name a trial, or a sweep with --best SWEEP (one of the two)")
     if out is None:
         fail("--out DIR is required: where the model directory goes")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: a file is in the way (it must be a new or empty directory)")
+    _usable_directory("the directory of --out", out.parent)
     sessions = _open_store(db_url(db))
     try:
         located = (trained.best_trial(sessions, best, runs_dir) if best

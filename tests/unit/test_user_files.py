@@ -116,3 +116,29 @@ def test_run_refuses_a_runs_dir_it_cannot_use_before_starting_anything(tmp_path:
         assert result.exit_code == 1, result.output
         assert len(lines) == 1 and f"--runs-dir {runs_dir}: {why}" in lines[0], lines
         assert "starting Ray" not in result.output
+
+
+def test_output_paths_under_a_file_are_refused_naming_the_option(tmp_path: Path) -> None:
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("")
+    inputs = tmp_path / "q.jsonl"
+    inputs.write_text('{"input": "count orders"}\n')
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    cases = [
+        (["report", "--db", db, "--out", str(in_the_way / "r")],
+         f"--out {in_the_way / 'r'}: cannot create it"),
+        (["export", "--best", "s", "--db", db, "--out", str(in_the_way / "x")],
+         f"the directory of --out {in_the_way}: a file is in the way"),
+        (["export", "--best", "s", "--db", db, "--out", str(in_the_way)],
+         f"--out {in_the_way}: a file is in the way"),
+        (["distill", str(inputs), "--url", "http://127.0.0.1:9", "--model", "m",
+          "--no-progress", "--out", str(in_the_way / "d.jsonl")],
+         f"the directory of --out {in_the_way}: a file is in the way"),
+        (["distill", str(inputs), "--url", "http://127.0.0.1:9", "--model", "m",
+          "--no-progress", "--out", str(tmp_path)], f"--out {tmp_path}: is a directory"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1, (args, result.output)
+        assert len(lines) == 1 and message in lines[0], (args, lines)
