@@ -14,6 +14,7 @@ from pathlib import Path
 
 from orchestrator.distill.parse import parse_json
 from orchestrator.files import MAX_INPUTS_BYTES, UserFileError, read_user_text
+from worker.data.dss import json_record
 from worker.data.examples import DatasetError
 
 __all__ = ["Item", "read_inputs"]
@@ -54,13 +55,7 @@ def _jsonl_rows(source: str, text: str) -> list[tuple[int, dict[str, object]]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise DatasetError(source, number, f"line is not valid JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise DatasetError(source, number, "line is not a JSON object")
-        rows.append((number, record))
+        rows.append((number, json_record(source, number, line)))
     return rows
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "DSSExample",
     "DatasetError",
     "drop_duplicate_inputs",
+    "json_record",
     "load_dss",
     "split_examples",
     "split_train_eval",
@@ -212,20 +213,29 @@ def _read_jsonl(source: str, handle: IO[bytes], labels_must_be_json: bool) -> li
     for number, text in _lines(source, handle):
         if not text.strip():
             continue  # Blank lines (a trailing one especially) carry no record.
-        try:
-            record = json.loads(text, parse_constant=_reject_constant)
-        except ValueError as exc:
-            raise DatasetError(
-                source, number, f"line is not valid JSON ({_json_reason(exc)}){hint}"
-            ) from exc
-        except RecursionError:
-            raise DatasetError(source, number, f"line is {TOO_DEEP}{hint}") from None
-        if not isinstance(record, dict):
-            raise DatasetError(
-                source, number, f"line is not a JSON object (got {_json_type(record)}){hint}"
-            )
+        record = json_record(source, number, text, hint)
         examples.append(_example(source, number, record, labels_must_be_json))
     return examples
+
+
+def json_record(source: str, number: int, text: str, hint: str = "") -> dict[str, Any]:
+    """One JSON Lines record: an object, strict JSON (no NaN, no repeated key, nesting the
+    reader can follow); DatasetError naming the file and line otherwise. Shared by every
+    reader of JSON Lines data (datasets here, `ladder distill` inputs)."""
+    try:
+        record = json.loads(text, parse_constant=_reject_constant,
+                            object_pairs_hook=_unique_keys)
+    except ValueError as exc:
+        raise DatasetError(
+            source, number, f"line is not valid JSON ({_json_reason(exc)}){hint}"
+        ) from None
+    except RecursionError:
+        raise DatasetError(source, number, f"line is {TOO_DEEP}{hint}") from None
+    if not isinstance(record, dict):
+        raise DatasetError(
+            source, number, f"line is not a JSON object (got {_json_type(record)}){hint}"
+        )
+    return record
 
 
 # --- CSV -------------------------------------------------------------------------------------
@@ -333,6 +343,17 @@ def _example(
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity, which are not JSON and which OpenSearch rejects.
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key keeps only its last value in Python's json: the first would be lost
+    # without a word (which `input` or `label` did the file mean?).
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        record[key] = value
+    return record
 
 
 def _json_reason(exc: ValueError) -> str:

@@ -151,3 +151,17 @@ def test_a_trial_drops_repeats_before_the_split_and_logs_how_many(
     assert len(train) + len(evaluation) == 6
     assert not {e.input for e in train} & {e.input for e in evaluation}
     assert f"{path}: dropped 4 example(s) whose input repeats an earlier one" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [DEEP, '{"input": "a", "input": "b"}', '{"input": NaN}', "[1]"])
+def test_distillation_inputs_refuse_as_datasets_do(tmp_path: Path, bad: str) -> None:
+    """`ladder distill` reads its JSON Lines inputs with the datasets' own record parser."""
+    from orchestrator.distill.inputs import read_inputs
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"input": "fine", "label": "{}", "rationale": "r"}\n' + bad + "\n")
+    with pytest.raises(DatasetError, match=rf"^{path}:2: line is"):
+        read_inputs(path)
+    with pytest.raises(DatasetError) as same:
+        load_dss(str(path))
+    assert str(same.value).startswith(f"{path}:2: line is")
