@@ -32,6 +32,7 @@ __all__ = [
     "read_manifest_file",
     "read_sweep_file",
     "read_trial",
+    "read_user_bytes",
     "read_user_text",
     "write_trial",
 ]
@@ -53,10 +54,21 @@ class UserFileError(ValueError):
 
 def read_user_text(path: str | Path, *, max_bytes: int, what: str = "file",
                    why_limit: str = "", encoding: str = "utf-8") -> str:
-    """The text of a file a user named, after refusing what is not a regular file or holds
+    """The text of a file a user named (`read_user_bytes`); bytes that are not `encoding`
+    are refused too."""
+    data = read_user_bytes(path, max_bytes=max_bytes, what=what, why_limit=why_limit)
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise UserFileError(f"is not UTF-8 text (byte {error.start})") from None
+
+
+def read_user_bytes(path: str | Path, *, max_bytes: int, what: str = "file",
+                    why_limit: str = "") -> bytes:
+    """The bytes of a file a user named, after refusing what is not a regular file or holds
     more than `max_bytes` (`why_limit`: where that limit comes from), from its `stat` (a FIFO
-    or a device is never opened for reading: it would block or never end); bytes that are not
-    `encoding` are refused too. `what` names the file in the messages ("Sweep file")."""
+    or a device is never opened for reading: it would block or never end). `what` names the
+    file in the messages ("Sweep file")."""
     path = Path(path)
     limit = f"{max_bytes} bytes" + (f", {why_limit}" if why_limit else "")
     try:
@@ -80,10 +92,7 @@ def read_user_text(path: str | Path, *, max_bytes: int, what: str = "file",
         raise UserFileError(f"cannot read: {error.strerror or error}") from None
     if len(data) > max_bytes:
         raise UserFileError(f"more than {limit}")
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as error:
-        raise UserFileError(f"is not UTF-8 text (byte {error.start})") from None
+    return data
 
 
 def read_manifest_file(path: str | Path) -> str:

@@ -7,14 +7,14 @@ for; a problem is a `DatasetError` naming the file and line.
 
 from __future__ import annotations
 
-import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.distill.parse import parse_json
-from orchestrator.files import MAX_INPUTS_BYTES, UserFileError, read_user_text
-from worker.data.dss import json_record
+from orchestrator.files import MAX_INPUTS_BYTES, UserFileError, read_user_bytes
+from worker.data.dss import records
 from worker.data.examples import DatasetError
 
 __all__ = ["Item", "read_inputs"]
@@ -39,42 +39,15 @@ def read_inputs(path: Path) -> list[Item]:
     if not path.exists():
         raise DatasetError(source, 1, "file not found")
     try:
-        text = read_user_text(path, max_bytes=MAX_INPUTS_BYTES, what="distillation input",
-                              encoding="utf-8-sig")
+        data = read_user_bytes(path, max_bytes=MAX_INPUTS_BYTES, what="distillation input")
     except UserFileError as exc:
         raise DatasetError(source, 1, str(exc)) from None
-    rows = _csv_rows(source, text) if suffix == ".csv" else _jsonl_rows(source, text)
+    # The datasets' own reader: every line checked, strict JSON, CSV headers checked.
+    rows = records(source, io.BytesIO(data), suffix, required=("input",), optional=("label",))
     items = [_item(source, line, record) for line, record in rows]
     if not items:
         raise DatasetError(source, 1, "file has no records")
     return items
-
-
-def _jsonl_rows(source: str, text: str) -> list[tuple[int, dict[str, object]]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        rows.append((number, json_record(source, number, line)))
-    return rows
-
-
-def _csv_rows(source: str, text: str) -> list[tuple[int, dict[str, object]]]:
-    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
-    rows: list[tuple[int, dict[str, object]]] = []
-    try:
-        if reader.fieldnames is None or "input" not in reader.fieldnames:
-            raise DatasetError(source, 1, "header has no input column")
-        start = reader.line_num + 1
-        for record in reader:
-            if None in record:
-                raise DatasetError(source, start, "record has more fields than the header")
-            if any(value and value.strip() for value in record.values()):
-                rows.append((start, dict(record)))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise DatasetError(source, reader.line_num, f"malformed CSV ({exc})") from None
-    return rows
 
 
 def _item(source: str, line: int, record: dict[str, object]) -> Item:

@@ -32,6 +32,7 @@ __all__ = [
     "drop_duplicate_inputs",
     "json_record",
     "load_dss",
+    "records",
     "split_examples",
     "split_train_eval",
 ]
@@ -89,10 +90,8 @@ def load_dss(
 
     try:
         with path.open("rb") as handle:
-            if suffix in _CSV_SUFFIXES:
-                examples = _read_csv(source, handle, labels_must_be_json)
-            else:
-                examples = _read_jsonl(source, handle, labels_must_be_json)
+            examples = [_example(source, number, record, labels_must_be_json)
+                        for number, record in records(source, handle, suffix, COLUMNS)]
     except OSError as exc:
         raise DatasetError(source, 1, f"cannot read file ({exc.strerror or exc})") from exc
 
@@ -205,17 +204,25 @@ def _lines(source: str, handle: IO[bytes]) -> Iterator[tuple[int, str]]:
 # --- JSON Lines ------------------------------------------------------------------------------
 
 
-def _read_jsonl(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list[DSSExample]:
-    examples: list[DSSExample] = []
+def records(
+    source: str, handle: IO[bytes], suffix: str, required: Sequence[str],
+    optional: Sequence[str] = (),
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(first line number, record) of every record of a JSON Lines (`.jsonl`/`.json`) or CSV
+    stream, each physical line checked first (length, byte order marks, NUL bytes, UTF-8).
+    A CSV header must name each `required` column, and no column read (`required` or
+    `optional`) twice; a CSV record holds those columns. DatasetError names file and line.
+    Shared by every reader of record files: datasets (`load_dss`) and `ladder distill`'s
+    inputs."""
+    if suffix.lower() in _CSV_SUFFIXES:
+        yield from _csv_records(source, handle, required, optional)
+        return
     hint = ""
-    if source.lower().endswith(".json"):
+    if suffix.lower() == ".json":
         hint = " (.json files are read as JSON Lines: one object per line)"
     for number, text in _lines(source, handle):
-        if not text.strip():
-            continue  # Blank lines (a trailing one especially) carry no record.
-        record = json_record(source, number, text, hint)
-        examples.append(_example(source, number, record, labels_must_be_json))
-    return examples
+        if text.strip():  # Blank lines (a trailing one especially) carry no record.
+            yield number, json_record(source, number, text, hint)
 
 
 def json_record(source: str, number: int, text: str, hint: str = "") -> dict[str, Any]:
@@ -241,7 +248,9 @@ def json_record(source: str, number: int, text: str, hint: str = "") -> dict[str
 # --- CSV -------------------------------------------------------------------------------------
 
 
-def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list[DSSExample]:
+def _csv_records(
+    source: str, handle: IO[bytes], required: Sequence[str], optional: Sequence[str],
+) -> Iterator[tuple[int, dict[str, str]]]:
     lines = _lines(source, handle)
     # The csv module joins physical lines into records itself (quoted fields may span lines),
     # so the number of the first physical line of each record is tracked through this feed.
@@ -261,7 +270,7 @@ def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list
     reader = csv.reader(feed(), strict=True)
     header: list[str] | None = None
     columns: dict[str, int] = {}
-    examples: list[DSSExample] = []
+    count = 0
     record_start = 1
     while True:
         record_start = last_line + 1
@@ -280,7 +289,7 @@ def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list
             continue  # Blank line between records.
         if header is None:
             header = [name.strip() for name in row]
-            missing = [name for name in COLUMNS if name not in header]
+            missing = [name for name in required if name not in header]
             if missing:
                 raise DatasetError(
                     source,
@@ -288,12 +297,13 @@ def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list
                     f"header is missing column(s) {', '.join(missing)} "
                     f"(found: {', '.join(header)})",
                 )
-            repeated = [name for name in COLUMNS if header.count(name) > 1]
+            repeated = [name for name in (*required, *optional) if header.count(name) > 1]
             if repeated:
                 raise DatasetError(
                     source, record_start, f"header repeats column(s) {', '.join(repeated)}"
                 )
-            columns = {name: header.index(name) for name in COLUMNS}
+            columns = {name: header.index(name) for name in (*required, *optional)
+                       if name in header}
             continue
         if len(row) != len(header):
             raise DatasetError(
@@ -301,13 +311,12 @@ def _read_csv(source: str, handle: IO[bytes], labels_must_be_json: bool) -> list
                 record_start,
                 f"record has {len(row)} fields but the header has {len(header)}",
             )
-        record = {name: row[index] for name, index in columns.items()}
-        examples.append(_example(source, record_start, record, labels_must_be_json))
+        count += 1
+        yield record_start, {name: row[index] for name, index in columns.items()}
     if header is None:
         raise DatasetError(source, 1, "file has no header")
-    if not examples:
+    if not count:
         raise DatasetError(source, 1, "file has no records (only a header)")
-    return examples
 
 
 # --- records ---------------------------------------------------------------------------------

@@ -165,3 +165,19 @@ def test_distillation_inputs_refuse_as_datasets_do(tmp_path: Path, bad: str) -> 
     with pytest.raises(DatasetError) as same:
         load_dss(str(path))
     assert str(same.value).startswith(f"{path}:2: line is")
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("input,input,label\na,b,{}\n", "1: header repeats column(s) input"),
+    ("input,label\na,{}\nb,{},extra\n", "3: record has 3 fields but the header has 2"),
+    ("question\nwhat\n", "1: header is missing column(s) input"),
+])
+def test_distillation_csv_inputs_are_checked_as_datasets_are(tmp_path: Path, text: str,
+                                                             says: str) -> None:
+    from orchestrator.distill.inputs import read_inputs
+
+    path = tmp_path / "q.csv"
+    path.write_text(text)
+    with pytest.raises(DatasetError) as refused:
+        read_inputs(path)
+    assert str(refused.value).startswith(f"{path}:{says}"), str(refused.value)
