@@ -229,15 +229,7 @@ def json_record(source: str, number: int, text: str, hint: str = "") -> dict[str
     """One JSON Lines record: an object, strict JSON (no NaN, no repeated key, nesting the
     reader can follow); DatasetError naming the file and line otherwise. Shared by every
     reader of JSON Lines data (datasets here, `ladder distill` inputs)."""
-    try:
-        record = json.loads(text, parse_constant=_reject_constant,
-                            object_pairs_hook=_unique_keys)
-    except ValueError as exc:
-        raise DatasetError(
-            source, number, f"line is not valid JSON ({_json_reason(exc)}){hint}"
-        ) from None
-    except RecursionError:
-        raise DatasetError(source, number, f"line is {TOO_DEEP}{hint}") from None
+    record = _strict_json(source, number, text, "line", hint)
     if not isinstance(record, dict):
         raise DatasetError(
             source, number, f"line is not a JSON object (got {_json_type(record)}){hint}"
@@ -338,20 +330,26 @@ def _example(
             raise DatasetError(source, line, f"empty {name}")
         values[name] = value
     if labels_must_be_json:
-        try:
-            json.loads(values["label"], parse_constant=_reject_constant)
-        except ValueError as exc:
-            raise DatasetError(
-                source, line, f"label is not valid JSON ({_json_reason(exc)})"
-            ) from exc
-        except RecursionError:
-            raise DatasetError(source, line, f"label is {TOO_DEEP}") from None
+        _strict_json(source, line, values["label"], "label")
     return DSSExample(input=values["input"], label=values["label"], rationale=values["rationale"])
 
 
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity, which are not JSON and which OpenSearch rejects.
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _strict_json(source: str, number: int, text: str, what: str, hint: str = "") -> Any:
+    """`text` parsed as strict JSON (no NaN or Infinity, no key twice in one object, nesting
+    the reader can follow); DatasetError naming the file, line and `what` otherwise."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except ValueError as exc:
+        raise DatasetError(
+            source, number, f"{what} is not valid JSON ({_json_reason(exc)}){hint}"
+        ) from None
+    except RecursionError:
+        raise DatasetError(source, number, f"{what} is {TOO_DEEP}{hint}") from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
