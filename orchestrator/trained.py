@@ -165,6 +165,7 @@ def read_questions(path: Path) -> list[str]:
     """Questions from a .jsonl file: each line a JSON string or an object with `input` (a DSS
     record) or `question`; TrainedError naming the line otherwise."""
     from orchestrator.files import MAX_QUESTIONS_BYTES, UserFileError, read_user_text
+    from worker.data.dss import strict_json
 
     try:
         lines = read_user_text(path, max_bytes=MAX_QUESTIONS_BYTES,
@@ -176,9 +177,9 @@ def read_questions(path: Path) -> list[str]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = strict_json(line)
         except ValueError as error:
-            raise TrainedError(f"{path}:{number}: not JSON ({error})") from error
+            raise TrainedError(f"{path}:{number}: not JSON ({error})") from None
         if isinstance(value, dict):
             value = value.get("input", value.get("question"))
         if not isinstance(value, str):

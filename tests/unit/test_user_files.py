@@ -142,3 +142,16 @@ def test_output_paths_under_a_file_are_refused_naming_the_option(tmp_path: Path)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 1, (args, result.output)
         assert len(lines) == 1 and message in lines[0], (args, lines)
+
+
+def test_question_lines_are_strict_json(tmp_path: Path) -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    for text, says in (('{"question": ' + deep + "}", "nested too deeply"),
+                       ('{"input": "a", "input": "b"}', "key 'input' appears twice"),
+                       ('{"question": NaN}', "NaN is not valid JSON")):
+        path = tmp_path / "q.jsonl"
+        path.write_text('"fine"\n' + text + "\n")
+        result = CliRunner().invoke(app, ["predict", "some-trial", "--file", str(path)])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert f"{path}:2: not JSON" in lines[0] and says in lines[0], lines

@@ -35,6 +35,7 @@ __all__ = [
     "records",
     "split_examples",
     "split_train_eval",
+    "strict_json",
 ]
 
 #: One physical line may not exceed this many bytes (newline excluded). Real records are a few
@@ -339,17 +340,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _strict_json(source: str, number: int, text: str, what: str, hint: str = "") -> Any:
-    """`text` parsed as strict JSON (no NaN or Infinity, no key twice in one object, nesting
-    the reader can follow); DatasetError naming the file, line and `what` otherwise."""
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than the reader can follow."""
+
+
+def strict_json(text: str) -> Any:
+    """`text` parsed as strict JSON: no NaN or Infinity, no key twice in one object, nesting
+    the reader can follow (deeper is JSONTooDeep, never a RecursionError). ValueError says
+    what is wrong, in one line."""
     try:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-    except ValueError as exc:
-        raise DatasetError(
-            source, number, f"{what} is not valid JSON ({_json_reason(exc)}){hint}"
-        ) from None
     except RecursionError:
+        raise JSONTooDeep(TOO_DEEP) from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(_json_reason(exc)) from None
+
+
+def _strict_json(source: str, number: int, text: str, what: str, hint: str = "") -> Any:
+    """`strict_json`, with DatasetError naming the file, line and `what` otherwise."""
+    try:
+        return strict_json(text)
+    except JSONTooDeep:
         raise DatasetError(source, number, f"{what} is {TOO_DEEP}{hint}") from None
+    except ValueError as exc:
+        raise DatasetError(source, number, f"{what} is not valid JSON ({exc}){hint}") from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
