@@ -353,7 +353,7 @@ def run(
     = None,
 ):
     """Run a sweep on this machine (local Ray runtime, SQLite by default), resuming if needed."""
-    from orchestrator.backends.local import LocalRayBackend
+    from orchestrator.backends.local import LocalRayBackend, ray_address_problem
     from orchestrator.backends.runner import LocalSweepRunner
     from orchestrator.core.estimate import predicted_oom_fn
 
@@ -380,6 +380,10 @@ def run(
         metrics.watch_store(sessions)
         metrics.serve(metrics_port)
         console.print(f"Metrics on http://127.0.0.1:{metrics_port}/metrics")
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    if address and (problem := ray_address_problem(address)):
+        option = "--ray-address" if ray_address else "RAY_ADDRESS"
+        fail(f"{option} {address}: {problem}")
     backend = LocalRayBackend(runs_dir=runs_dir, db_url=url, address=ray_address, num_cpus=cpus)
     console.print(say("Sweep ", (sweep.name, "bold"), f": {spec.lane_count} lanes, "
                       f"{spec.potential_trials} potential trials; store "

@@ -67,6 +67,31 @@ def job_id(spec: AttemptSpec) -> str:
     return f"ladder-{namespace}{spec.sweep}-{spec.trial_id}-{spec.attempt}"
 
 
+#: Seconds to wait for an existing Ray runtime's address to answer before saying so: Ray
+#: itself retries an address where nothing listens for minutes.
+RAY_ADDRESS_TIMEOUT = 5.0
+
+
+def ray_address_problem(address: str, timeout: float = RAY_ADDRESS_TIMEOUT) -> str | None:
+    """Why `address` (`--ray-address`, RAY_ADDRESS) cannot be a Ray runtime, in a few words,
+    or None when it may be: `auto` and `local` are Ray's own; `[ray://]HOST:PORT` must be a
+    port that accepts a connection within `timeout` seconds."""
+    import socket
+
+    if address in ("auto", "local"):
+        return None
+    target = address.removeprefix("ray://")
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return "not an address (expected HOST:PORT, ray://HOST:PORT, auto or local)"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout):
+            return None
+    except OSError as error:
+        reason = "no answer" if isinstance(error, TimeoutError) else (error.strerror or error)
+        return f"no Ray runtime answers there ({reason})"
+
+
 class LocalRayBackend:
     """Trials as Ray jobs through the job submission API of a local Ray runtime."""
 
