@@ -1,6 +1,7 @@
 """Hostile input, class 9 ("CLI"): a missing or invalid kubeconfig, an unreachable cluster or an
 unreachable store is one line on stderr that names the problem, and exit code 1, never a
-traceback, for `ladder submit`, `ladder controller`, `ladder status` and `ladder results`.
+traceback, for `ladder submit`, `ladder controller`, `ladder status` and `ladder results`, and
+`ladder run` given a Ray address where no runtime answers.
 
 The unreachable cluster and database are loopback ports that nothing listens on (a port bound
 and released by the test); no traffic leaves the machine.
@@ -149,3 +150,22 @@ def test_the_installed_entry_point_prints_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("✗ kubeconfig "), done.stderr
     assert done.stdout == ""
+
+
+def test_run_refuses_a_ray_address_where_no_runtime_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = closed_port()
+    base = ["run", str(QUICKSTART), "--db", f"sqlite:///{tmp_path / 'l.db'}", "--runs-dir",
+            str(tmp_path / "runs")]
+    cases = [(["--ray-address", "no-port"], "--ray-address no-port: not an address"),
+             (["--ray-address", f"127.0.0.1:{port}"],
+              f"--ray-address 127.0.0.1:{port}: no Ray runtime answers there")]
+    for extra, message in cases:
+        result = CliRunner().invoke(app, [*base, *extra])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
+    monkeypatch.setenv("RAY_ADDRESS", f"ray://127.0.0.1:{port}")
+    result = CliRunner().invoke(app, base)
+    assert result.exit_code == 1 and f"RAY_ADDRESS ray://127.0.0.1:{port}: no Ray" in \
+        result.output, result.output
