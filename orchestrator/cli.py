@@ -46,6 +46,7 @@ from orchestrator.core.names import (
 )
 from orchestrator.core.plan import SweepPhase, SweepStatus
 from orchestrator.core.spec import (
+    MAX_BUILTIN_EXAMPLES,
     Resources,
     SpecError,
     Sweep,
@@ -592,7 +593,8 @@ def results_table(records: Sequence[dict[str, Any]], width: int) -> Table:
 
 @dataset_app.command("querydsl")
 def dataset_querydsl(
-    n: Annotated[int, typer.Option("-n", min=1, help="Number of examples.")] = 1000,
+    n: Annotated[int, typer.Option("-n", min=1, max=MAX_BUILTIN_EXAMPLES,
+                                   help="Number of examples.")] = 1000,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output .jsonl or .csv.")]
     = Path("querydsl.jsonl"),
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,

@@ -67,6 +67,9 @@ MAX_TRIALS = 100_000
 # attempt, epoch) and Kubernetes' int32 fields (replicas) take int32; seeds are stored as
 # BIGINT and passed to torch.manual_seed (int64 plus the rank stays in its range).
 INT32_MAX = 2**31 - 1
+#: The most examples a builtin generator makes (`dataset.size`, `ladder dataset -n`): each is
+#: about 3 KiB held in memory by every trial, so a million is about 3 GiB per worker.
+MAX_BUILTIN_EXAMPLES = 1_000_000
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 # PostgreSQL cannot store NUL in text or JSONB; the CRD refuses it in the model's strings.
@@ -460,7 +463,9 @@ class Dataset(_Model):
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: Seed = 0
     size: int | None = Field(
-        None, ge=2, le=INT32_MAX, description="Examples from a builtin generator."
+        None, ge=2, le=MAX_BUILTIN_EXAMPLES,
+        description="Examples from a builtin generator (at most 1,000,000: about 3 GiB of "
+                    "host memory; larger data sets come from a file)."
     )
     preamble: Preamble = Preamble.FULL
     labels_must_be_json: bool = True
