@@ -53,12 +53,12 @@ class UserFileError(ValueError):
 
 
 def read_user_text(path: str | Path, *, max_bytes: int, what: str = "file",
-                   why_limit: str = "", encoding: str = "utf-8") -> str:
-    """The text of a file a user named (`read_user_bytes`); bytes that are not `encoding`
-    are refused too."""
+                   why_limit: str = "") -> str:
+    """The text of a file a user named (`read_user_bytes`); bytes that are not UTF-8 are
+    refused too."""
     data = read_user_bytes(path, max_bytes=max_bytes, what=what, why_limit=why_limit)
     try:
-        return data.decode(encoding)
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise UserFileError(f"is not UTF-8 text (byte {error.start})") from None
 

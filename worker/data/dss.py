@@ -30,7 +30,6 @@ __all__ = [
     "DSSExample",
     "DatasetError",
     "drop_duplicate_inputs",
-    "json_record",
     "load_dss",
     "records",
     "split_examples",
@@ -223,13 +222,12 @@ def records(
         hint = " (.json files are read as JSON Lines: one object per line)"
     for number, text in _lines(source, handle):
         if text.strip():  # Blank lines (a trailing one especially) carry no record.
-            yield number, json_record(source, number, text, hint)
+            yield number, _json_record(source, number, text, hint)
 
 
-def json_record(source: str, number: int, text: str, hint: str = "") -> dict[str, Any]:
+def _json_record(source: str, number: int, text: str, hint: str = "") -> dict[str, Any]:
     """One JSON Lines record: an object, strict JSON (no NaN, no repeated key, nesting the
-    reader can follow); DatasetError naming the file and line otherwise. Shared by every
-    reader of JSON Lines data (datasets here, `ladder distill` inputs)."""
+    reader can follow); DatasetError naming the file and line otherwise."""
     record = _strict_json(source, number, text, "line", hint)
     if not isinstance(record, dict):
         raise DatasetError(
