@@ -112,7 +112,8 @@ def _stopped(result: AttemptResult) -> AttemptResult:
 def run(path: Path, *, probe_only: bool = False) -> ExitCode:
     from worker import phases
 
-    phases.mark("driver_process", phases.process_started())
+    if "driver_process" not in phases.marks():  # a forked trial marked its fork
+        phases.mark("driver_process", phases.process_started())
     phases.mark("driver_main")
     from worker.result import deliver, exit_code, failure_result
 

@@ -317,7 +317,10 @@ def train(
         eval_loss = selected_loss(
             cfg.selection_loss, label=eval_label, rationale=eval_rationale, dss=eval_dss)
         plateau.step(eval_loss)
-        host.check(f"epoch {epoch}")
+        growth = host.check(f"epoch {epoch}")
+        if host.budget_bytes is not None and rank == 0:
+            log.info("epoch %d: host memory growth %.0f MiB of the %.0f MiB budget", epoch,
+                     growth / 2**20, host.budget_bytes / 2**20)
         # training.earlyStopping, decided on the losses every rank computed alike (reduced).
         stop = should_stop([*(r.eval_loss for r in trained_epochs(progress.epochs)), eval_loss],
                            cfg.early_stopping)

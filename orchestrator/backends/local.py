@@ -7,7 +7,9 @@ Each trial attempt is one Ray job whose entrypoint is the worker contract,
 `python -m worker run --trial FILE`, exactly what a KubeRay RayJob runs on a cluster. One
 difference, for speed: a trial of one CPU worker trains in that job's driver process instead
 of a Ray Train worker group (`RANK_IN_DRIVER_ENV`, worker/train.py: `rank_in_driver`), which
-saves the seconds of two more processes' start and imports; every other trial uses Ray Train. The
+saves the seconds of two more processes' start and imports; every other trial uses Ray Train.
+And that driver does not import torch and the training libraries itself: it asks a warm fork
+server of ours to fork the trial (`FORK_SERVER_ENV`, worker/forkserver.py). The
 job's submission id is derived from the trial id and attempt, so submitting twice is a no-op
 and a restarted `ladder run` finds (and adopts) the jobs it launched before it was killed.
 """
@@ -17,7 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from orchestrator.core.classify import classify_text, excerpt, state_for_exit_co
 from orchestrator.core.lifecycle import TrialState
 from orchestrator.core.names import (
     DB_URL_ENV,
+    FORK_SERVER_ENV,
     LABEL_SWEEP,
     LABEL_TRIAL,
     RANK_IN_DRIVER_ENV,
@@ -113,6 +119,8 @@ class LocalRayBackend:
         self._head: SharedHead | None = None
         self._saved_env: dict[str, str | None] = {}
         self._jobs: dict[tuple[str, int], AttemptSpec] = {}
+        self._fork_server: subprocess.Popen[bytes] | None = None
+        self._fork_socket: Path | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -138,6 +146,53 @@ class LocalRayBackend:
         url = url or context.dashboard_url or "127.0.0.1:8265"
         self._client = JobSubmissionClient(url if "://" in url else f"http://{url}")
         log.info("Ray runtime ready in %.1fs (dashboard %s)", time.monotonic() - t0, url)
+        self._start_fork_server()
+
+    def _start_fork_server(self) -> None:
+        """The warm process one-CPU-worker trials fork from (worker/forkserver.py).
+
+        Only on a runtime of our own (jobs of a `RAY_ADDRESS` runtime may run on other nodes)
+        without GPUs (a process that forks must not have touched CUDA), and not with a worker
+        interpreter of the caller's choosing (WORKER_PYTHON_ENV: it may not be ours) or when
+        FORK_SERVER_ENV is "0". It imports while Ray starts the first jobs,
+        whose clients wait in its socket's backlog; a server that fails leaves every trial to
+        start its own process, as without one."""
+        if (os.environ.get(WORKER_PYTHON_ENV) or os.environ.get(FORK_SERVER_ENV) == "0"
+                or self._head is None or self.capacity().gpus):
+            return
+        # A short path: a Unix socket's path is limited to about 100 bytes.
+        directory = Path(tempfile.mkdtemp(prefix="ladder-fork-"))
+        self._fork_socket = directory / "socket"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.runs_dir / "fork-server.log", "ab") as log_file:
+            self._fork_server = subprocess.Popen(
+                [sys.executable, "-m", "worker.forkserver", str(self._fork_socket)],
+                stdin=subprocess.PIPE, stdout=log_file, stderr=log_file,
+                env={**os.environ, **self._job_env()},
+            )
+        deadline = time.monotonic() + 10.0  # the socket is bound before the imports
+        while not self._fork_socket.exists() and self._fork_server.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not self._fork_socket.exists():
+            log.warning("the fork server did not start (see %s); trials start their own "
+                        "processes", self.runs_dir / "fork-server.log")
+            self._stop_fork_server()
+
+    def _stop_fork_server(self) -> None:
+        server, self._fork_server = self._fork_server, None
+        if server is not None:
+            if server.stdin is not None:
+                server.stdin.close()  # the server's signal to end
+            try:
+                server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        if self._fork_socket is not None:
+            shutil.rmtree(self._fork_socket.parent, ignore_errors=True)
+            self._fork_socket = None
 
     @property
     def reused_runtime(self) -> bool:
@@ -147,6 +202,7 @@ class LocalRayBackend:
     def stop(self) -> None:
         import ray
 
+        self._stop_fork_server()
         ray.shutdown()
         if self._head is not None:
             self._head.release()
@@ -181,7 +237,7 @@ class LocalRayBackend:
                 self._client.submit_job(
                     entrypoint=entrypoint,
                     submission_id=submission,
-                    runtime_env={"env_vars": self._job_env()},
+                    runtime_env={"env_vars": self._job_env(spec)},
                     # A one-CPU-worker trial trains in the driver (RANK_IN_DRIVER_ENV), which
                     # then holds the CPUs its Ray Train rank would have held.
                     entrypoint_num_cpus=(spec.resources.cpus_per_worker
@@ -199,8 +255,10 @@ class LocalRayBackend:
         self._jobs[(spec.trial_id, spec.attempt)] = spec
         return submission
 
-    def _job_env(self) -> dict[str, str]:
+    def _job_env(self, spec: AttemptSpec | None = None) -> dict[str, str]:
         env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+        if spec is not None and self._fork_socket is not None and single_cpu_rank(spec):
+            env[FORK_SERVER_ENV] = str(self._fork_socket)
         env.update({DB_URL_ENV: self.db_url, "PYTHONUNBUFFERED": "1", RANK_IN_DRIVER_ENV: "1"})
         # Workers must import the same `orchestrator` and `worker` packages as we do.
         root = str(Path(__file__).resolve().parents[2])

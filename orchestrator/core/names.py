@@ -56,6 +56,11 @@ RANK_IN_DRIVER_ENV = "LADDER_RANK_IN_DRIVER"
 # The interpreter the local backend runs `-m worker run` with (default: the CLI's own), e.g.
 # a virtualenv that has the worker's dependencies; the tests point it at the fast stand-in.
 WORKER_PYTHON_ENV = "LADDER_WORKER_PYTHON"
+# Set by the local backend on one-CPU-worker trials' jobs: the socket of its warm fork server
+# (worker/forkserver.py), which `python -m worker run` asks to fork the trial instead of
+# importing torch and the training libraries itself. "0" in `ladder run`'s own environment
+# turns the server off (every trial then starts a fresh process, as on a cluster).
+FORK_SERVER_ENV = "LADDER_FORK_SERVER"
 # Set to show the traceback of an unexpected CLI error (otherwise one line).
 DEBUG_ENV = "LADDER_DEBUG"
 

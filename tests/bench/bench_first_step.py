@@ -10,6 +10,10 @@ prints the seconds per phase, from the launch (`submit_job`) to the end of the p
 job submission, the driver's imports, ray.init, Ray Train's controller and worker group,
 rank 0's imports, model build, tokenization, probe step. The figure is the median over
 `--repeat` trials per method. Results: JSON with --json.
+
+Side by side (`--fork-server both`, the default): the same trials with the local backend's
+warm fork server (worker/forkserver.py, what `ladder run` uses) and without it
+(LADDER_FORK_SERVER=0: a fresh process per trial, as on a cluster), each on its own runtime.
 """
 
 from __future__ import annotations
@@ -76,11 +80,16 @@ def run_one(backend: Any, spec: AttemptSpec, timeout: float = 600.0) -> dict[str
             "end_to_end_seconds": end_to_end, "phases": phases}
 
 
-def run(repeat: int, methods: list[str]) -> dict[str, Any]:
+MODES = {"fork server": "1", "fresh process": "0"}
+
+
+def run(repeat: int, methods: list[str], fork_server: bool = True) -> dict[str, Any]:
     from orchestrator.backends.local import LocalRayBackend
+    from orchestrator.core.names import FORK_SERVER_ENV
     from orchestrator.store import migrate
 
     os.environ.pop("RAY_ADDRESS", None)
+    os.environ[FORK_SERVER_ENV] = "1" if fork_server else "0"
     with tempfile.TemporaryDirectory(prefix="ladder-first-step-") as tmp:
         root = Path(tmp)
         db_url = f"sqlite:///{root / 'ladder.db'}"
@@ -102,14 +111,16 @@ def run(repeat: int, methods: list[str]) -> dict[str, Any]:
         names = [p for p, _ in PHASES if any(p in r for r in rows)] + [TOTAL]
         medians[method] = {p: statistics.median(r.get(p, 0.0) for r in rows) for p in names}
     return {"repeat": repeat, "methods": methods, "runtime_start_seconds": runtime_seconds,
+            "fork_server": fork_server,
             "cold": cold, "runs": runs, "median": medians,
             "load_average": os.getloadavg()[0]}
 
 
 def report(result: dict[str, Any]) -> str:
     methods = result["methods"]
+    mode = "fork server" if result.get("fork_server", True) else "fresh process"
     lines = [f"Time to first step of a tiny trial (ladder/t5-tiny-s, CPU) through "
-             f"LocalRayBackend on a warm runtime; median of {result['repeat']} per method "
+             f"LocalRayBackend ({mode}) on a warm runtime; median of {result['repeat']} per method "
              f"(runtime started in {result['runtime_start_seconds']:.1f} s, not counted; "
              f"load average {result['load_average']:.1f})",
              f"{'phase':<54}" + "".join(f"{m:>10}" for m in methods)]
@@ -127,10 +138,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=["full", "lora", "qlora"],
                         choices=["full", "lora", "qlora"])
+    parser.add_argument("--fork-server", choices=["both", "on", "off"], default="both",
+                        help="with the warm fork server, without it, or both side by side")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    result = run(args.repeat, args.methods)
-    emit(report(result), result, args.json)
+    modes = {"both": [True, False], "on": [True], "off": [False]}[args.fork_server]
+    results = [run(args.repeat, args.methods, fork_server=m) for m in modes]
+    result = results[0] if len(results) == 1 else {
+        "runs_by_mode": {("fork server" if r["fork_server"] else "fresh process"): r
+                         for r in results}}
+    emit("\n\n".join(report(r) for r in results), result, args.json)
     return result
 
 
