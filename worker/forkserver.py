@@ -20,8 +20,11 @@ handlers and working directory are the client's; its memory budget is measured f
 baseline taken in the child (worker.memory.HostMemoryBudget: growth since the baseline), so
 the pages it shares with the server are not charged to it. If the client goes away (SIGKILL),
 the child is stopped as a SIGTERM'd trial. Whatever goes wrong on the way to the server (no
-socket, a refused connection, a server that exits), the client says so on stderr and the
-trial runs in the client's own process as before: the server only ever saves time.
+socket, a refused connection, a server that exits before forking), the client says so on
+stderr and the trial runs in the client's own process as before: the server only ever saves
+time. A server that ends (its `ladder run` was killed) leaves its running children running and
+their clients waiting for them, as a killed `ladder run` leaves its jobs running for the next
+one to adopt.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from collections.abc import Sequence
 
 # The request: a 4-byte big-endian length, then that many bytes of JSON; the client's three
 # standard streams travel with the length (SCM_RIGHTS). The server answers with one line
-# `{"pid": N}` after the fork and one line `{"status": S}` (os.waitpid's) when the child ended.
+# `{"pid": N}` after the fork and one line `{"status": S}` (os.waitpid's) when the child ended;
+# before that, the child itself sends `{"exit": CODE}` as it exits.
 _LENGTH = struct.Struct(">I")
 MAX_REQUEST_BYTES = 4 << 20
 STREAMS = (0, 1, 2)
@@ -73,15 +77,23 @@ def run_forked(socket_path: str, argv: Sequence[str]) -> int | None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
+    # The child's own exit line comes first, then the server's wait status. A server that went
+    # away (its `ladder run` was killed; the next one adopts this job) leaves the child's line.
+    status = exited = None
     try:
-        line = replies.readline()
-        status = int(json.loads(line)["status"]) if line else None
-    except (OSError, ValueError, KeyError, TypeError):
-        status = None
+        while status is None and (line := replies.readline()):
+            reply = json.loads(line)
+            status = reply.get("status")
+            exited = reply.get("exit", exited)
+    except (OSError, ValueError, AttributeError):
+        pass
     if status is None:
-        print("ladder: the fork server went away before the trial ended", file=sys.stderr,
-              flush=True)
+        if isinstance(exited, int):
+            return exited
+        print("ladder: the forked trial ended without an exit code (the fork server went "
+              "away and the trial was killed)", file=sys.stderr, flush=True)
         return 1
+    status = int(status)
     if os.WIFSIGNALED(status):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
@@ -117,6 +129,7 @@ def serve(socket_path: str) -> None:
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)  # before the imports: early clients wait in the backlog
+    os.chmod(socket_path, 0o600)  # a child runs whatever it is asked: its owner's only
     listener.listen(64)
     preload()
     # The imported modules' objects move to the collector's permanent generation: a child's
@@ -182,6 +195,8 @@ def _start(connection: socket.socket, listener: socket.socket, selector: object)
         _child(connection, request, fds)  # never returns
     for fd in fds:
         os.close(fd)
+    print(f"fork server: forked {pid}: python -m worker {' '.join(map(str, request['argv']))}",
+          file=sys.stderr, flush=True)
     with contextlib.suppress(OSError):  # a client gone: the child sees it and stops
         connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     return pid
@@ -220,6 +235,8 @@ def _child(connection: socket.socket, request: dict[str, object], fds: list[int]
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        with contextlib.suppress(Exception):  # for the client, should the server be gone
+            connection.sendall(json.dumps({"exit": code}).encode() + b"\n")
         os._exit(code)
 
 

@@ -129,9 +129,14 @@ class LocalRayBackend:
 
         t0 = time.monotonic()
         if not self.address:
+            self._start_fork_server()  # its imports overlap Ray's start
             self._head = SharedHead(self.runs_dir)
-            head = self._head.acquire(num_cpus=self.num_cpus or DEFAULT_LOGICAL_CPUS,
-                                      num_gpus=self.num_gpus)
+            try:
+                head = self._head.acquire(num_cpus=self.num_cpus or DEFAULT_LOGICAL_CPUS,
+                                          num_gpus=self.num_gpus)
+            except BaseException:
+                self._stop_fork_server()
+                raise
             # The driver (this process) and the jobs it submits authenticate with the head's
             # token; Ray reads it from the environment.
             for key, value in head.env().items():
@@ -146,7 +151,8 @@ class LocalRayBackend:
         url = url or context.dashboard_url or "127.0.0.1:8265"
         self._client = JobSubmissionClient(url if "://" in url else f"http://{url}")
         log.info("Ray runtime ready in %.1fs (dashboard %s)", time.monotonic() - t0, url)
-        self._start_fork_server()
+        if self._fork_server is not None and self.capacity().gpus:
+            self._stop_fork_server()  # it never forked; a process that forks must not use CUDA
 
     def _start_fork_server(self) -> None:
         """The warm process one-CPU-worker trials fork from (worker/forkserver.py).
@@ -154,11 +160,10 @@ class LocalRayBackend:
         Only on a runtime of our own (jobs of a `RAY_ADDRESS` runtime may run on other nodes)
         without GPUs (a process that forks must not have touched CUDA), and not with a worker
         interpreter of the caller's choosing (WORKER_PYTHON_ENV: it may not be ours) or when
-        FORK_SERVER_ENV is "0". It imports while Ray starts the first jobs,
-        whose clients wait in its socket's backlog; a server that fails leaves every trial to
+        FORK_SERVER_ENV is "0". It imports while Ray starts (the first jobs' clients wait in
+        its socket's backlog if it is not done); a server that fails leaves every trial to
         start its own process, as without one."""
-        if (os.environ.get(WORKER_PYTHON_ENV) or os.environ.get(FORK_SERVER_ENV) == "0"
-                or self._head is None or self.capacity().gpus):
+        if os.environ.get(WORKER_PYTHON_ENV) or os.environ.get(FORK_SERVER_ENV) == "0":
             return
         # A short path: a Unix socket's path is limited to about 100 bytes.
         directory = Path(tempfile.mkdtemp(prefix="ladder-fork-"))

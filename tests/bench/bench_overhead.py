@@ -142,12 +142,18 @@ def private_ray_head(gpus: int) -> Iterator[str]:
 
 
 def _connect(backend: Any, timeout: float = 120.0) -> None:
+    """Start the backend on the private head, retrying while its dashboard comes up. Each retry
+    starts from a disconnected driver: a `ray.init` that joined before the dashboard had
+    registered keeps reporting no dashboard URL to every later `ray.init` of this process."""
+    import ray
+
     deadline = time.monotonic() + timeout
     while True:
         try:
             backend.start()
             return
         except Exception:
+            ray.shutdown()
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)

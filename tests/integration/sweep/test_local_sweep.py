@@ -55,6 +55,9 @@ def test_quickstart_climbs_and_stops_at_the_budget(tmp_path: Path) -> None:
                   "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Best trial" in done.stdout and "Lane ceilings" in done.stdout
+    # Every trial (one CPU worker each) was forked from the warm fork server.
+    forks = (tmp_path / "runs" / "fork-server.log").read_text().count("fork server: forked")
+    assert forks == 15
 
     records = results(db, tmp_path)
     assert len(records) == 15  # 5 lanes x 3 models, one record per trial

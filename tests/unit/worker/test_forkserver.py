@@ -156,6 +156,24 @@ def test_a_vanished_client_stops_its_child(
     assert not child.is_running()
 
 
+def test_a_trial_outlives_its_server(tmp_path: Path) -> None:
+    """A killed `ladder run` takes its fork server with it; the running trials go on and their
+    jobs end as the trials do, for the next `ladder run` to adopt."""
+    proc = _start_server(tmp_path / "s")
+    trial = _trial(tmp_path, epochs=6)
+    worker = _worker(_env(tmp_path / "s"), tmp_path, "run", "--trial", str(trial))
+    assert worker.stderr is not None
+    for line in worker.stderr:
+        if "ladder-startup" in line:
+            break
+    proc.kill()
+    proc.wait()
+    out, err = worker.communicate(timeout=300)
+    result = AttemptResult.from_output(out)
+    assert result is not None, err[-3000:]
+    assert (result.status, worker.returncode) == (TrialState.SUCCEEDED, 0), err[-3000:]
+
+
 def test_an_unreachable_server_leaves_the_trial_to_its_own_process(tmp_path: Path) -> None:
     (tmp_path / "trial.json").write_text("{not json")
     worker = _worker(_env(tmp_path / "no-such-socket"), tmp_path, "run", "--trial",
@@ -168,6 +186,7 @@ def test_an_unreachable_server_leaves_the_trial_to_its_own_process(tmp_path: Pat
 
 def test_the_server_ends_when_its_stdin_closes(tmp_path: Path) -> None:
     proc = _start_server(tmp_path / "s")
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o600  # its owner's only
     assert proc.stdin is not None
     proc.stdin.close()
     assert proc.wait(timeout=30) == 0
