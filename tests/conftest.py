@@ -1,6 +1,6 @@
 """The test tiers: `slow` is added here to whatever takes minutes, so that
 
-    python -m pytest -m "not slow"     # the contributor's fast loop
+    python -m pytest -m "not slow" -n 2   # the contributor's fast loop (pytest-xdist)
     python -m pytest                   # everything (what CI runs, README's test command)
 
 A test is slow when it runs whole sweeps with real training, a real cluster, containers or

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 import orchestrator.backends.local as local_backend
+import orchestrator.cli as cli
 from orchestrator import store
 from orchestrator.backends.runner import FinishedJob, LocalSweepRunner
 from orchestrator.cli import app
@@ -49,6 +51,14 @@ def hostile_sweep(root: Path, text: str, on_oom: str = "continue") -> Path:
         },
     }), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's console is made at import, before CliRunner's COLUMNS: give it the 400
+    columns outright, so that a long temporary path (pytest-xdist's, a deep TMPDIR) is not
+    wrapped or cut and every assertion sees the whole text."""
+    monkeypatch.setattr(cli, "console", Console(markup=False, emoji=False, width=400))
 
 
 def invoke(*args: str) -> Any:

@@ -74,6 +74,16 @@ def _worker(env: dict[str, str], cwd: Path, *argv: str) -> subprocess.Popen[str]
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _training(env: dict[str, str], tmp_path: Path, epochs: int) -> subprocess.Popen[str]:
+    """A trial of `epochs` epochs started through the server, once it trains (its first step)."""
+    worker = _worker(env, tmp_path, "run", "--trial", str(_trial(tmp_path, epochs)))
+    assert worker.stderr is not None
+    for line in worker.stderr:
+        if "ladder-startup" in line:
+            return worker
+    raise AssertionError(f"the trial never trained (exit {worker.wait()})")
+
+
 def _children(server: subprocess.Popen) -> list[psutil.Process]:
     return psutil.Process(server.pid).children()
 
@@ -104,12 +114,7 @@ def test_sigterm_to_the_job_process_stops_the_forked_trial_as_cancelled(
     server: tuple[Path, subprocess.Popen], tmp_path: Path
 ) -> None:
     socket_path, proc = server
-    trial = _trial(tmp_path, epochs=500)
-    worker = _worker(_env(socket_path), tmp_path, "run", "--trial", str(trial))
-    assert worker.stderr is not None
-    for line in worker.stderr:  # wait until it trains
-        if "ladder-startup" in line:
-            break
+    worker = _training(_env(socket_path), tmp_path, epochs=500)
     assert _children(proc), "no forked child"
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate(timeout=120)
@@ -127,12 +132,7 @@ def test_a_child_killed_by_the_kernel_ends_its_job_with_the_same_signal(
     server: tuple[Path, subprocess.Popen], tmp_path: Path
 ) -> None:
     socket_path, proc = server
-    trial = _trial(tmp_path, epochs=500)
-    worker = _worker(_env(socket_path), tmp_path, "run", "--trial", str(trial))
-    assert worker.stderr is not None
-    for line in worker.stderr:
-        if "ladder-startup" in line:
-            break
+    worker = _training(_env(socket_path), tmp_path, epochs=500)
     (child,) = _children(proc)
     child.kill()  # as the OOM killer would
     worker.communicate(timeout=60)
@@ -143,12 +143,7 @@ def test_a_vanished_client_stops_its_child(
     server: tuple[Path, subprocess.Popen], tmp_path: Path
 ) -> None:
     socket_path, proc = server
-    trial = _trial(tmp_path, epochs=500)
-    worker = _worker(_env(socket_path), tmp_path, "run", "--trial", str(trial))
-    assert worker.stderr is not None
-    for line in worker.stderr:
-        if "ladder-startup" in line:
-            break
+    worker = _training(_env(socket_path), tmp_path, epochs=500)
     (child,) = _children(proc)
     worker.kill()
     worker.wait()
@@ -160,12 +155,7 @@ def test_a_trial_outlives_its_server(tmp_path: Path) -> None:
     """A killed `ladder run` takes its fork server with it; the running trials go on and their
     jobs end as the trials do, for the next `ladder run` to adopt."""
     proc = _start_server(tmp_path / "s")
-    trial = _trial(tmp_path, epochs=6)
-    worker = _worker(_env(tmp_path / "s"), tmp_path, "run", "--trial", str(trial))
-    assert worker.stderr is not None
-    for line in worker.stderr:
-        if "ladder-startup" in line:
-            break
+    worker = _training(_env(tmp_path / "s"), tmp_path, epochs=6)
     proc.kill()
     proc.wait()
     out, err = worker.communicate(timeout=300)
