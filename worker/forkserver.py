@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m worker.forkserver SOCKET", file=sys.stderr)
         return 2
     serve(args[0])
-    return 0
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown: seconds of freeing what the children shared
 
 
 if __name__ == "__main__":

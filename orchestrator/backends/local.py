@@ -174,6 +174,9 @@ class LocalRayBackend:
                 [sys.executable, "-m", "worker.forkserver", str(self._fork_socket)],
                 stdin=subprocess.PIPE, stdout=log_file, stderr=log_file,
                 env={**os.environ, **self._job_env()},
+                # Not in the terminal's process group: a Ctrl-C reaches `ladder run`, which
+                # stops the running trials through Ray, as it does the jobs' own processes.
+                start_new_session=True,
             )
         deadline = time.monotonic() + 10.0  # the socket is bound before the imports
         while not self._fork_socket.exists() and self._fork_server.poll() is None:
