@@ -120,7 +120,10 @@ def preload() -> None:
     for name in ("T5ForConditionalGeneration", "Qwen2ForCausalLM", "LlamaForCausalLM",
                  "AutoModelForSeq2SeqLM", "AutoModelForCausalLM"):
         getattr(transformers, name)
-    import_method_libraries(Method.QLORA)  # peft and bitsandbytes
+    try:
+        import_method_libraries(Method.QLORA)  # peft and bitsandbytes
+    except ImportError as error:  # a trial that needs them fails on its own, as without us
+        print(f"fork server: not preloaded: {error}", file=sys.stderr, flush=True)
 
 
 def serve(socket_path: str) -> None:
