@@ -12,6 +12,7 @@ test elsewhere carries `@pytest.mark.slow` itself. Nothing is ever skipped by th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,53 @@ def is_slow(item: pytest.Item) -> bool:
     return any(relative.startswith(f"{d}/") for d in SLOW_DIRS)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# pytest-xdist (`-n 2`): the tests of one shared server run on one worker, in order, as in a
+# serial run: the bare control plane of tests/k8s/controlplane (fixed ports and state directory,
+# and a test that restarts it) and the real test cluster of tests/k8s/cluster (one network
+# namespace, one address). Everything else starts what it needs on free ports and runs on any
+# worker. The scheduler (in the controlling process) sees node ids only, so the groups are
+# folders; collection checks that every user of those servers lives in one.
+SERIAL_GROUPS = (("tests/k8s/real/", "realcluster"), ("tests/k8s/", "controlplane"),
+                 ("tests/reliability/", "controlplane"))
+CONTROL_PLANE_FIXTURE = "control_plane"  # tests/k8s/conftest.py
+
+
+def serial_group(nodeid: str) -> str | None:
+    return next((group for prefix, group in SERIAL_GROUPS if nodeid.startswith(prefix)), None)
+
+
+def _check_group(item: pytest.Item) -> None:
+    group = serial_group(item.nodeid)
+    if item.get_closest_marker("realcluster") is not None and group != "realcluster":
+        raise pytest.UsageError(f"{item.nodeid}: a realcluster test must live in tests/k8s/real "
+                                "(tests/conftest.py SERIAL_GROUPS)")
+    if CONTROL_PLANE_FIXTURE in getattr(item, "fixturenames", ()) and group is None:
+        raise pytest.UsageError(f"{item.nodeid}: a test of the control plane must live in "
+                                "tests/k8s or tests/reliability (tests/conftest.py SERIAL_GROUPS)")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None  # an explicit other mode (loadfile, each, ...) is the caller's choice
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedServerScheduling(LoadScopeScheduling):
+        """One work unit per test, except one per shared server (SERIAL_GROUPS). The largest
+        units go out first (LoadScopeScheduling's order), then the single tests as collected:
+        the slow ones first in a worker's collection (pytest_collection_modifyitems)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return serial_group(nodeid) or nodeid
+
+    return SharedServerScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if is_slow(item) and "slow" not in item.keywords:
             item.add_marker(pytest.mark.slow)
+        _check_group(item)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: hand out the long tests first
+        items.sort(key=lambda item: "slow" not in item.keywords)

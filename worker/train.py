@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from orchestrator.core.lifecycle import Method, TrialState
-from orchestrator.core.names import RANK_IN_DRIVER_ENV
+from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP, RANK_IN_DRIVER_ENV
 from orchestrator.core.spec import (
     InputTruncation,
     LossReduction,
@@ -932,14 +932,16 @@ def connect_ray() -> bool:
     if address is None:
         # A runtime of our own: its workers must import this checkout, installed or not.
         paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
-        env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+        env = {k: v for k, v in {**WORKER_ENV, **LOOPBACK_ENV}.items() if k not in os.environ}
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         runtime_env = {"env_vars": env}
     # ray.init() replaces the SIGTERM handler with its own (sys.exit); the worker's (a stop is
     # a cancellation, see worker/cli.py) must stay.
     handler = signal.getsignal(signal.SIGTERM)
+    # A runtime of our own is one machine's: on loopback (names.LOOPBACK_NODE_IP).
+    node_ip = None if address else LOOPBACK_NODE_IP
     ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
-             configure_logging=False)
+             configure_logging=False, _node_ip_address=node_ip)
     if handler is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
     return True

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.backends.ray_head import SharedHead
+from orchestrator.backends.ray_head import SharedHead, reload_ray_auth_settings
 from orchestrator.backends.runner import FinishedJob
 from orchestrator.core.classify import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.lifecycle import TrialState
@@ -53,18 +53,6 @@ log = logging.getLogger(__name__)
 # trials of tiny models, and lets a 2-core laptop run two 1-worker trials side by side.
 DEFAULT_LOGICAL_CPUS = max(4, os.cpu_count() or 1)
 AGENT_WAIT_SECONDS = 120.0
-
-
-def _reload_ray_auth_settings() -> None:
-    """Make this process see RAY_AUTH_MODE / RAY_AUTH_TOKEN as they are now.
-
-    Ray reads both once, when it is imported; what `ray.init()` itself does when it turns
-    token mode on is what we do here (ray/_private/authentication/authentication_token_setup).
-    """
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def job_id(spec: AttemptSpec) -> str:
@@ -142,7 +130,7 @@ class LocalRayBackend:
             for key, value in head.env().items():
                 self._saved_env[key] = os.environ.get(key)
                 os.environ[key] = value
-            _reload_ray_auth_settings()
+            reload_ray_auth_settings()
             address, url = head.address, head.dashboard_url
         else:
             address, url = self.address, None
@@ -221,7 +209,7 @@ class LocalRayBackend:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
-        _reload_ray_auth_settings()
+        reload_ray_auth_settings()
 
     def capacity(self) -> Capacity:
         import ray

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "ray-head.json"
@@ -123,6 +125,18 @@ def _dashboard_up(url: str, token: str) -> bool:
         return False
 
 
+def reload_ray_auth_settings() -> None:
+    """Make this process see RAY_AUTH_MODE / RAY_AUTH_TOKEN as they are now.
+
+    Ray reads both once, when it is imported; what `ray.init()` itself does when it turns
+    token mode on is what we do here (ray/_private/authentication/authentication_token_setup).
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def start_head(*, num_cpus: int, num_gpus: int | None,
                timeout: float = START_TIMEOUT_SECONDS) -> RayHead:
     """Start a private head and wait until its dashboard answers."""
@@ -131,7 +145,7 @@ def start_head(*, num_cpus: int, num_gpus: int | None,
     dashboard_port = free_port()
     command = [
         _ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1", f"--port={free_port()}", f"--temp-dir={temp_dir}",
+        f"--node-ip-address={LOOPBACK_NODE_IP}", f"--port={free_port()}", f"--temp-dir={temp_dir}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
@@ -141,7 +155,7 @@ def start_head(*, num_cpus: int, num_gpus: int | None,
     if num_gpus is not None:
         command.append(f"--num-gpus={num_gpus}")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **LOOPBACK_ENV})
     log_path = Path(temp_dir) / "ray-start.log"
     with log_path.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,

@@ -61,6 +61,15 @@ WORKER_PYTHON_ENV = "LADDER_WORKER_PYTHON"
 # importing torch and the training libraries itself. "0" in `ladder run`'s own environment
 # turns the server off (every trial then starts a fresh process, as on a cluster).
 FORK_SERVER_ENV = "LADDER_FORK_SERVER"
+# The node address of a Ray runtime that Ladder starts on one machine (`ladder run`'s private
+# head, a worker run without a runtime). Ray rewrites 127.0.0.1 and "localhost" to the
+# machine's routable address wherever it meets them (its resolve_ip_for_localhost: the node's
+# address, the GCS address a driver is given), so the runtime's processes would talk to each
+# other over that address. Any other address of 127.0.0.0/8 is loopback too, and Ray leaves it
+# alone: every connection of such a runtime, its drivers' included, stays on loopback.
+LOOPBACK_NODE_IP = "127.0.0.2"
+# Gloo (DDP on CPU) picks its interface by the hostname's address; on one machine, loopback.
+LOOPBACK_ENV: dict[str, str] = {"GLOO_SOCKET_IFNAME": "lo"}
 # Set to show the traceback of an unexpected CLI error (otherwise one line).
 DEBUG_ENV = "LADDER_DEBUG"
 

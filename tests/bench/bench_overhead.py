@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP  # noqa: E402
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec  # noqa: E402
 from orchestrator.files import write_trial  # noqa: E402
@@ -110,7 +111,7 @@ def private_ray_head(gpus: int) -> Iterator[str]:
     port = _free_port()
     command = [
         str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-        f"--port={port}", f"--temp-dir={temp}",
+        f"--node-ip-address={LOOPBACK_NODE_IP}", f"--port={port}", f"--temp-dir={temp}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
         "--num-cpus=4", f"--num-gpus={gpus}", "--disable-usage-stats",
@@ -119,9 +120,10 @@ def private_ray_head(gpus: int) -> Iterator[str]:
     # machine overwrites; a private loopback head for a benchmark does without.
     os.environ["RAY_AUTH_MODE"] = "disabled"
     head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""})
+                            start_new_session=True,
+                            env={**os.environ, "RAY_ADDRESS": "", **LOOPBACK_ENV})
     try:
-        address_file = temp / "ray_current_cluster"  # the head's own IP, not 127.0.0.1
+        address_file = temp / "ray_current_cluster"  # LOOPBACK_NODE_IP:port
         deadline = time.monotonic() + 120
         while not address_file.exists() or not address_file.read_text().strip():
             if head.poll() is not None or time.monotonic() > deadline:

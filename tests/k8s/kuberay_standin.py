@@ -65,6 +65,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP
+
 log = logging.getLogger("kuberay-standin")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -244,7 +246,8 @@ class KubeRayStandIn:
         dashboard = _free_port()
         command = [
             str(Path(self.python).parent / "ray"), "start", "--head", "--block",
-            f"--port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+            f"--node-ip-address={LOOPBACK_NODE_IP}", f"--port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
             f"--dashboard-agent-listen-port={_free_port()}",
             f"--num-cpus={self.ray_cpus}", "--num-gpus=0",
@@ -256,7 +259,8 @@ class KubeRayStandIn:
             command, stdout=self._ray_log, stderr=subprocess.STDOUT, start_new_session=True,
             # A private, loopback-only runtime: no token auth (a token file left in ~/.ray by
             # another runtime would otherwise switch it on for this one).
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"},
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+                 **LOOPBACK_ENV},
         )
         self._ray_started = True
         deadline = time.monotonic() + 180

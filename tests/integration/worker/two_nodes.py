@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP
+
 ROOT = Path(__file__).resolve().parents[3]
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -44,11 +46,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # raylet's workers left in the group, if any
 
 
+def _node_ports() -> list[str]:
+    """Free ports for a node's agents: Ray's defaults (the dashboard agent's 52365) are fixed,
+    so a second runtime on the machine (another pytest-xdist worker's) would collide."""
+    return [f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+            f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"]
+
+
 def _wait_for_port(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
+            if probe.connect_ex((LOOPBACK_NODE_IP, port)) == 0:
                 return
         time.sleep(0.2)
     raise AssertionError(f"the Ray head did not listen on port {port}")
@@ -83,21 +94,21 @@ def two_pods(run_dir: Path, *, cpus: int = 2, gpus: int = 0,
     run_dir.mkdir(parents=True, exist_ok=True)
     temp_dir = Path(tempfile.mkdtemp(prefix="lmn-", dir="/tmp"))  # Ray's socket paths are short
     port = _free_port()
-    address = f"127.0.0.1:{port}"
+    address = f"{LOOPBACK_NODE_IP}:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+           "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ENV}
+    common = ["--block", f"--node-ip-address={LOOPBACK_NODE_IP}", "--disable-usage-stats"]
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
          "--include-dashboard=false",
-         f"--temp-dir={temp_dir}", *common],
+         f"--temp-dir={temp_dir}", *common, *_node_ports()],
         env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     pod = None
     try:
         _wait_for_port(port)
         node = " ".join([RAY, "start", f"--address={address}", f"--num-cpus={cpus}",
-                         f"--num-gpus={gpus}", *common])
+                         f"--num-gpus={gpus}", *common, *_node_ports()])
         command = (["unshare", "--mount", "--propagation", "private", "sh", "-c",
                     f'mount -t tmpfs -o size=256m worker-pod-disk "{run_dir}" && exec {node}']
                    if isolate else ["sh", "-c", f"exec {node}"])
