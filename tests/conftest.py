@@ -34,14 +34,14 @@ def is_slow(item: pytest.Item) -> bool:
     return any(relative.startswith(f"{d}/") for d in SLOW_DIRS)
 
 
-# pytest-xdist (`-n 2`): the tests of one shared server run on one worker, in order, as in a
-# serial run: the bare control plane of tests/k8s/controlplane (fixed ports and state directory,
-# and a test that restarts it) and the real test cluster of tests/k8s/cluster (one network
-# namespace, one address). Everything else starts what it needs on free ports and runs on any
-# worker. The scheduler (in the controlling process) sees node ids only, so the groups are
+# pytest-xdist (`-n 2`): the tests of the Kubernetes servers run on one worker, in order, as in a
+# serial run: the bare control plane of tests/k8s/controlplane (fixed ports and state
+# directory, and a test that restarts it) and the real test cluster of tests/k8s/cluster (one
+# network namespace, one address). They mostly wait on those servers, so the other worker runs
+# the tests that train meanwhile; everything else starts what it needs on free ports and runs
+# on either. The scheduler (in the controlling process) sees node ids only, so the group is
 # folders; collection checks that every user of those servers lives in one.
-SERIAL_GROUPS = (("tests/k8s/real/", "realcluster"), ("tests/k8s/", "controlplane"),
-                 ("tests/reliability/", "controlplane"))
+SERIAL_GROUPS = (("tests/k8s/", "kubernetes"), ("tests/reliability/", "kubernetes"))
 CONTROL_PLANE_FIXTURE = "control_plane"  # tests/k8s/conftest.py
 
 
@@ -50,13 +50,12 @@ def serial_group(nodeid: str) -> str | None:
 
 
 def _check_group(item: pytest.Item) -> None:
-    group = serial_group(item.nodeid)
-    if item.get_closest_marker("realcluster") is not None and group != "realcluster":
-        raise pytest.UsageError(f"{item.nodeid}: a realcluster test must live in tests/k8s/real "
-                                "(tests/conftest.py SERIAL_GROUPS)")
-    if CONTROL_PLANE_FIXTURE in getattr(item, "fixturenames", ()) and group is None:
-        raise pytest.UsageError(f"{item.nodeid}: a test of the control plane must live in "
-                                "tests/k8s or tests/reliability (tests/conftest.py SERIAL_GROUPS)")
+    uses_servers = (item.get_closest_marker("realcluster") is not None
+                    or CONTROL_PLANE_FIXTURE in getattr(item, "fixturenames", ()))
+    if uses_servers and serial_group(item.nodeid) is None:
+        raise pytest.UsageError(f"{item.nodeid}: a test of the kube-apiserver or the test cluster "
+                                "must live in tests/k8s or tests/reliability (tests/conftest.py "
+                                "SERIAL_GROUPS)")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -66,9 +65,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedServerScheduling(LoadScopeScheduling):
-        """One work unit per test, except one per shared server (SERIAL_GROUPS). The largest
-        units go out first (LoadScopeScheduling's order), then the single tests as collected:
-        the slow ones first in a worker's collection (pytest_collection_modifyitems)."""
+        """One work unit per test, except one for the Kubernetes tests (SERIAL_GROUPS). The
+        largest unit goes out first (LoadScopeScheduling's order), then the single tests as
+        collected: the slow ones first in a worker's collection (pytest_collection_modifyitems)."""
 
         def _split_scope(self, nodeid: str) -> str:
             return serial_group(nodeid) or nodeid
