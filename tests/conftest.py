@@ -1,7 +1,9 @@
 """The test tiers: `slow` is added here to whatever takes minutes, so that
 
-    python -m pytest -m "not slow" -n 2   # the contributor's fast loop (pytest-xdist)
-    python -m pytest                   # everything (what CI runs, README's test command)
+    python -m pytest -m "not slow"   # the contributor's fast loop
+    python -m pytest                 # everything (what CI runs, README's test command)
+
+Both run in two pytest-xdist workers (`-n 2` in pyproject.toml's addopts; `-n 0` for one).
 
 A test is slow when it runs whole sweeps with real training, a real cluster, containers or
 long fault injection: the markers in SLOW_MARKERS, or a directory in SLOW_DIRS. A single slow
