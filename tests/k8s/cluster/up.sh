@@ -199,8 +199,10 @@ wait_until "the default ServiceAccount" "${KUBECTL[@]}" -n default get serviceac
 for crd in "$KUBERAY_BIN"/crds/*.yaml; do
   "${KUBECTL[@]}" apply --server-side --field-manager ladder-cluster -f "$crd" >/dev/null
 done
-"${KUBECTL[@]}" wait --for=condition=Established --timeout=60s \
-  crd/rayclusters.ray.io crd/rayjobs.ray.io crd/rayservices.ray.io >/dev/null
+# `kubectl wait --for=condition` fails at once ("accessor error") on a CRD whose status has no
+# conditions yet, a moment after it is created: ask again until it is Established.
+wait_until "the KubeRay CRDs Established" "${KUBECTL[@]}" wait --for=condition=Established \
+  --timeout=5s crd/rayclusters.ray.io crd/rayjobs.ray.io crd/rayservices.ray.io
 run kuberay-operator "$KUBERAY_BIN/kuberay-operator" \
   -kubeconfig "$KC" -enable-leader-election=false -use-kubernetes-proxy \
   -metrics-addr "127.0.0.1:$LADDER_CLUSTER_KUBERAY_METRICS_PORT" \
@@ -239,9 +241,9 @@ EOF
   for crd in "$KUEUE_BIN"/crds/*.yaml; do
     "${KUBECTL[@]}" apply --server-side --field-manager ladder-cluster -f "$crd" >/dev/null
   done
-  "${KUBECTL[@]}" wait --for=condition=Established --timeout=60s \
-    crd/clusterqueues.kueue.x-k8s.io crd/localqueues.kueue.x-k8s.io \
-    crd/resourceflavors.kueue.x-k8s.io crd/workloads.kueue.x-k8s.io >/dev/null
+  wait_until "the Kueue CRDs Established" "${KUBECTL[@]}" wait --for=condition=Established \
+    --timeout=5s crd/clusterqueues.kueue.x-k8s.io crd/localqueues.kueue.x-k8s.io \
+    crd/resourceflavors.kueue.x-k8s.io crd/workloads.kueue.x-k8s.io
   run kueue env KUBECONFIG="$KC" "$KUEUE_BIN/kueue" --config "$KUEUE_DIR/config.yaml" \
     --feature-gates=VisibilityOnDemand=false
   wait_until "Kueue /readyz" \
