@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.backends.ray_head import SharedHead, reload_ray_auth_settings
+from orchestrator.backends.ray_head import SharedHead, join_head_env, restore_env
 from orchestrator.backends.runner import FinishedJob
 from orchestrator.core.classify import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.lifecycle import TrialState
@@ -127,10 +127,7 @@ class LocalRayBackend:
                 raise
             # The driver (this process) and the jobs it submits authenticate with the head's
             # token; Ray reads it from the environment.
-            for key, value in head.env().items():
-                self._saved_env[key] = os.environ.get(key)
-                os.environ[key] = value
-            reload_ray_auth_settings()
+            self._saved_env = join_head_env(head)
             address, url = head.address, head.dashboard_url
         else:
             address, url = self.address, None
@@ -203,13 +200,8 @@ class LocalRayBackend:
         if self._head is not None:
             self._head.release()
             self._head = None
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._saved_env.clear()
-        reload_ray_auth_settings()
+        restore_env(self._saved_env)
+        self._saved_env = {}
 
     def capacity(self) -> Capacity:
         import ray

@@ -137,6 +137,25 @@ def reload_ray_auth_settings() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def join_head_env(head: RayHead) -> dict[str, str | None]:
+    """Put the head's address and token in this process's environment (the driver here and the
+    processes it starts join it with them); returns what they replaced, for restore_env."""
+    saved = {key: os.environ.get(key) for key in head.env()}
+    os.environ.update(head.env())
+    reload_ray_auth_settings()
+    return saved
+
+
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Undo join_head_env."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reload_ray_auth_settings()
+
+
 def start_head(*, num_cpus: int, num_gpus: int | None,
                timeout: float = START_TIMEOUT_SECONDS) -> RayHead:
     """Start a private head and wait until its dashboard answers."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.backends.ray_head import reload_ray_auth_settings, start_head
+from orchestrator.backends.ray_head import join_head_env, restore_env, start_head
 
 
 @pytest.fixture(scope="package")
@@ -23,18 +22,11 @@ def ray_address() -> Iterator[str]:
     import ray
 
     head = start_head(num_cpus=4, num_gpus=0)
-    saved = {key: os.environ.get(key) for key in head.env()}
-    os.environ.update(head.env())
-    reload_ray_auth_settings()
+    saved = join_head_env(head)
     try:
         yield head.address
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reload_ray_auth_settings()
+        restore_env(saved)
         head.stop()

@@ -19,17 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from orchestrator.backends.ray_head import free_port
 from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP
 
 ROOT = Path(__file__).resolve().parents[3]
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -49,10 +44,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _node_ports() -> list[str]:
     """Free ports for a node's agents: Ray's defaults (the dashboard agent's 52365) are fixed,
     so a second runtime on the machine (another pytest-xdist worker's) would collide."""
-    return [f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-            f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"]
+    return [f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
 
 
 def _wait_for_port(port: int, timeout: float = 60) -> None:
@@ -93,7 +88,7 @@ def two_pods(run_dir: Path, *, cpus: int = 2, gpus: int = 0,
     whose view of `run_dir` is a tmpfs of its own when `isolate`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     temp_dir = Path(tempfile.mkdtemp(prefix="lmn-", dir="/tmp"))  # Ray's socket paths are short
-    port = _free_port()
+    port = free_port()
     address = f"{LOOPBACK_NODE_IP}:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ENV}
