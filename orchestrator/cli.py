@@ -386,6 +386,15 @@ def run(
         option = "--ray-address" if ray_address else "RAY_ADDRESS"
         fail(f"{option} {address}: {problem}")
     backend = LocalRayBackend(runs_dir=runs_dir, db_url=url, address=ray_address, num_cpus=cpus)
+    runner = LocalSweepRunner(sweep, backend, sessions, runs_dir,
+                              predicted_oom=predicted_oom_fn(sweep.spec), metrics=metrics)
+    if not backend.head_left_running() and (over := runner.finished_before()) is not None:
+        console.print(say("Sweep ", (sweep.name, "bold"), " has finished in store "
+                          f"{_redact(url)}: nothing to run (Ray not started)."))
+        _summary(sweep, over, 0.0)
+        if over.phase is SweepPhase.FAILED:
+            raise typer.Exit(1)
+        return
     console.print(say("Sweep ", (sweep.name, "bold"), f": {spec.lane_count} lanes, "
                       f"{spec.potential_trials} potential trials; store "
                       f"{_redact(url)}; starting Ray…"))
@@ -407,9 +416,7 @@ def run(
                         live.console.print(line)
                 live.update(_status_view(sweep, status, progress, task))
 
-            runner = LocalSweepRunner(sweep, backend, sessions, runs_dir, on_update=update,
-                                      predicted_oom=predicted_oom_fn(sweep.spec),
-                                      metrics=metrics)
+            runner.on_update = update
             status = runner.run()
     except Exception as error:  # KeyboardInterrupt is the runner's; this is anything else
         fail(f"the sweep stopped: {_reason(error)}; its running trials were recorded as "

@@ -5,6 +5,11 @@
 
 Both run in two pytest-xdist workers (`-n 2` in pyproject.toml's addopts; `-n 0` for one).
 
+Where the CPU goes: `LADDER_TEST_CPU_LOG=cpu.jsonl python -m pytest -n 0 ...` appends one line
+per test with its wall seconds and the CPU-seconds the whole machine spent meanwhile (every
+process it started, Ray's daemons and servers included: on 2 cores CPU, not waiting, bounds
+the suite). Run it in one process on a quiet machine, or the figures mix.
+
 A test is slow when it runs whole sweeps with real training, a real cluster, containers or
 long fault injection: the markers in SLOW_MARKERS, or a directory in SLOW_DIRS. A single slow
 test elsewhere carries `@pytest.mark.slow` itself. Nothing is ever skipped by the tiers: plain
@@ -13,6 +18,10 @@ test elsewhere carries `@pytest.mark.slow` itself. Nothing is ever skipped by th
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +94,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _check_group(item)
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: hand out the long tests first
         items.sort(key=lambda item: "slow" not in item.keywords)
+
+
+CPU_LOG_ENV = "LADDER_TEST_CPU_LOG"
+
+
+def machine_cpu_seconds() -> float:
+    """CPU-seconds the machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    log_path = os.environ.get(CPU_LOG_ENV)
+    wall, cpu = time.monotonic(), machine_cpu_seconds()
+    yield
+    if log_path:
+        line = {"nodeid": item.nodeid, "wall_seconds": round(time.monotonic() - wall, 2),
+                "cpu_seconds": round(machine_cpu_seconds() - cpu, 2)}
+        with open(log_path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.backends.ray_head import SharedHead, join_head_env, restore_env
+from orchestrator.backends.ray_head import STATE_FILE, SharedHead, join_head_env, restore_env
 from orchestrator.backends.runner import FinishedJob
 from orchestrator.core.classify import classify_text, excerpt, state_for_exit_code
 from orchestrator.core.lifecycle import TrialState
@@ -186,6 +186,11 @@ class LocalRayBackend:
         if self._fork_socket is not None:
             shutil.rmtree(self._fork_socket.parent, ignore_errors=True)
             self._fork_socket = None
+
+    def head_left_running(self) -> bool:
+        """Whether an earlier `ladder run` left a Ray head of this runs directory (whose jobs
+        `start` would adopt and which the last run stops)."""
+        return (self.runs_dir / STATE_FILE).exists()
 
     @property
     def reused_runtime(self) -> bool:

@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import IO
 
 from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP
+from orchestrator.ports import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,6 @@ STATE_FILE = "ray-head.json"
 LOCK_FILE = "ray-head.lock"
 START_TIMEOUT_SECONDS = 120.0
 STOP_GRACE_SECONDS = 3.0  # `ray start --block` takes longer than this to wind down on SIGTERM
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _ray_executable() -> str:
@@ -156,23 +149,38 @@ def restore_env(saved: dict[str, str | None]) -> None:
     reload_ray_auth_settings()
 
 
+def head_command(*, temp_dir: str | Path, num_cpus: int, num_gpus: int | None,
+                 object_store_bytes: int | None = None) -> tuple[list[str], int]:
+    """`ray start --head --block` on loopback (LOOPBACK_NODE_IP), in `temp_dir`, with every
+    port Ray would take at a fixed default (the dashboard's 8265, its agent's 52365, the
+    client server's 10001) or pick with a racy probe of its own given a free one
+    (orchestrator.ports). Returns the command and the dashboard's port. The one command line
+    of every private head: the local backend's, and the tests' and benchmarks'."""
+    (gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env,
+     client) = free_ports(7)
+    command = [
+        _ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
+        f"--node-ip-address={LOOPBACK_NODE_IP}", f"--port={gcs}", f"--temp-dir={temp_dir}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
+        f"--num-cpus={num_cpus}",
+    ]
+    if num_gpus is not None:
+        command.append(f"--num-gpus={num_gpus}")
+    if object_store_bytes is not None:
+        command.append(f"--object-store-memory={object_store_bytes}")
+    return command, dashboard
+
+
 def start_head(*, num_cpus: int, num_gpus: int | None,
                timeout: float = START_TIMEOUT_SECONDS) -> RayHead:
     """Start a private head and wait until its dashboard answers."""
     temp_dir = tempfile.mkdtemp(prefix="ladder-ray-", dir="/tmp")  # short: socket paths
     token = secrets.token_hex(32)
-    dashboard_port = free_port()
-    command = [
-        _ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
-        f"--node-ip-address={LOOPBACK_NODE_IP}", f"--port={free_port()}", f"--temp-dir={temp_dir}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}", f"--ray-client-server-port={free_port()}",
-        f"--num-cpus={num_cpus}",
-    ]
-    if num_gpus is not None:
-        command.append(f"--num-gpus={num_gpus}")
+    command, dashboard_port = head_command(temp_dir=temp_dir, num_cpus=num_cpus,
+                                           num_gpus=num_gpus)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **LOOPBACK_ENV})
     log_path = Path(temp_dir) / "ray-start.log"

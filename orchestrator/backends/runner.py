@@ -136,6 +136,19 @@ class LocalSweepRunner:
             self._mark(self._trials[trial_id], attempt, TrialState.CANCELLED, None, INTERRUPTED)
         return len(lost_attempts)
 
+    def finished_before(self) -> SweepStatus | None:
+        """The sweep's status when the store alone shows it over (every attempt ended, every
+        lane settled, nothing left to launch or record): a run of it again has nothing to do
+        and needs no runtime. None when there is work, or a doubt."""
+        with self.sessions() as session:
+            rows = store.attempts(session, self.sweep.namespace, self.sweep.name)
+            if not rows or any(not TrialState(row.status).is_terminal for row in rows):
+                return None
+        decided = plan(self.grid, self.sweep.spec, self._observe(Capacity(gpus=0, cpus=0)))
+        if decided.actions or not decided.status.phase.is_finished:
+            return None
+        return decided.status
+
     # -- act -------------------------------------------------------------------------------
     def _act(self, decided: Plan) -> list[RunnerEvent]:
         events: list[RunnerEvent] = []

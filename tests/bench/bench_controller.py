@@ -31,6 +31,7 @@ for path in (ROOT, ROOT / "tests" / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from orchestrator.ports import free_port  # noqa: E402
 from tests.bench.output import emit  # noqa: E402
 
 RECONCILE_BUDGET_MS = 1000.0
@@ -142,7 +143,7 @@ def postgres_server() -> Iterator[str | None]:
         pg._run(pg._as_user(user, [str(binaries.initdb), "-D", str(data), "-U",
                                    pg.POSTGRES_USER, "-A", "trust", "-E", "UTF8",
                                    "--locale=C", "-N"]), root, "initdb")
-        port = pg._free_port()
+        port = free_port()
         pg._run(pg._as_user(user, [*pg_ctl, "-w", "-t", "60", "-o",
                                    f"-h 127.0.0.1 -p {port} -k {root} -F", "start"]),
                 root, "pg_ctl start")

@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP  # noqa: E402
+from orchestrator.backends.ray_head import head_command  # noqa: E402
+from orchestrator.core.names import LOOPBACK_ENV  # noqa: E402
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec  # noqa: E402
 from orchestrator.files import write_trial  # noqa: E402
@@ -93,12 +93,6 @@ def warm_up(backend: Any, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def private_ray_head(gpus: int) -> Iterator[str]:
     """A Ray head of our own on free ports, in a temporary directory of its own.
@@ -108,14 +102,7 @@ def private_ray_head(gpus: int) -> Iterator[str]:
     agent and refuses every job ("No available agent to submit job"). `ray start` can.
     """
     temp = Path(tempfile.mkdtemp(prefix="lrb-", dir="/tmp"))
-    port = _free_port()
-    command = [
-        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-        f"--node-ip-address={LOOPBACK_NODE_IP}", f"--port={port}", f"--temp-dir={temp}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-        "--num-cpus=4", f"--num-gpus={gpus}", "--disable-usage-stats",
-    ]
+    command, _dashboard = head_command(temp_dir=temp, num_cpus=4, num_gpus=gpus)
     # Token authentication (Ray's default) keeps its token in ~/.ray, which every head on the
     # machine overwrites; a private loopback head for a benchmark does without.
     os.environ["RAY_AUTH_MODE"] = "disabled"

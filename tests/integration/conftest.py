@@ -13,7 +13,6 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from orchestrator.ports import free_port
 
 SKIP_POSTGRES_ENV = "LADDER_SKIP_POSTGRES"
 POSTGRES_DB = "ladder_test"
@@ -87,12 +88,6 @@ def _as_user(user: str | None, command: list[str]) -> list[str]:
     return ["su", user, "-s", "/bin/sh", "-c", shlex.join(command)]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _run(command: list[str], cwd: Path, what: str) -> None:
     env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
@@ -144,7 +139,7 @@ def postgres_url() -> Iterator[str]:
         )
         port = 0
         for _try in range(3):  # another process may grab the port between probe and bind
-            port = _free_port()
+            port = free_port()
             options = f"-h 127.0.0.1 -p {port} -k {root} -F"
             try:
                 _run(_as_user(user, [*pg_ctl, "-w", "-t", "60", "-o", options, "start"]),

@@ -50,7 +50,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -65,7 +64,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP
+from orchestrator.backends.ray_head import head_command
+from orchestrator.core.names import LOOPBACK_ENV
 
 log = logging.getLogger("kuberay-standin")
 
@@ -120,12 +120,6 @@ def head_accepts_kuberay(cluster: Mapping[str, Any]) -> bool:
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -243,17 +237,8 @@ class KubeRayStandIn:
         Jobs inherit its environment, so the worker joins it the same way (no token auth)."""
         from ray.job_submission import JobSubmissionClient
 
-        dashboard = _free_port()
-        command = [
-            str(Path(self.python).parent / "ray"), "start", "--head", "--block",
-            f"--node-ip-address={LOOPBACK_NODE_IP}", f"--port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--num-cpus={self.ray_cpus}", "--num-gpus=0",
-            f"--object-store-memory={256 * 2**20}", f"--temp-dir={self._tmp / 'ray'}",
-            "--include-dashboard=true", "--disable-usage-stats",
-        ]
+        command, dashboard = head_command(temp_dir=self._tmp / "ray", num_cpus=self.ray_cpus,
+                                          num_gpus=0, object_store_bytes=256 * 2**20)
         self._ray_log = (self._tmp / "ray-start.log").open("wb")
         self._ray_process = subprocess.Popen(
             command, stdout=self._ray_log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from orchestrator import store
 from orchestrator.bookkeeping import sweep_status
 from orchestrator.core.lifecycle import OOMKind, TrialState
 from orchestrator.metrics import LIVE_FIGURES, TRIAL_FIGURES, LadderMetrics
+from orchestrator.ports import free_port
 from orchestrator.store.records import latest_rows, sweep_from_row
 
 pytestmark = [pytest.mark.observability, pytest.mark.integration]
@@ -78,12 +78,6 @@ def _binary(name: str) -> str:
     if path is None:
         pytest.fail(INSTALL_HINT)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PrometheusError(AssertionError):
@@ -156,7 +150,7 @@ def start_prometheus(root: Path, targets: dict[str, int]) -> Prometheus:
     (root / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = root / "prometheus.log"
     for _try in range(3):  # another process may take the port between probe and bind
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [binary, f"--config.file={root / 'prometheus.yml'}",
              f"--storage.tsdb.path={root / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
@@ -252,7 +246,7 @@ class Observed:
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     _binary("promtool")
     root = tmp_path_factory.mktemp("observability")
-    port, live_port = _free_port(), _free_port()
+    port, live_port = free_port(), free_port()
     prometheus = start_prometheus(root, {"ladder": port, "ladder-live": live_port})
     run = SweepRun(db=root / "ladder.db", live_db=root / "live.db", started=time.time(),
                    finished=0.0, output="")

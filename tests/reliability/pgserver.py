@@ -16,10 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
+from orchestrator.ports import free_port
 from tests.integration.conftest import (
     POSTGRES_USER,
     _as_user,
-    _free_port,
     _run,
     _server_user,
     find_postgres_binaries,
@@ -53,7 +53,7 @@ class PostgresServer:
 
     def start(self) -> None:
         """Start (again, on the same port once it has one)."""
-        ports = [self.port] if self.port else [_free_port() for _ in range(3)]
+        ports = [self.port] if self.port else [free_port() for _ in range(3)]
         error: Exception | None = None
         for port in ports:
             options = f"-h 127.0.0.1 -p {port} -k {self.root} -F"

@@ -168,6 +168,9 @@ class StandInRay:
     def start(self) -> None: ...
     def stop(self) -> None: ...
 
+    def head_left_running(self) -> bool:
+        return False
+
     def capacity(self) -> Capacity:
         return Capacity(gpus=0, cpus=8)
 
@@ -209,6 +212,42 @@ def test_run_live_view_and_summary_print_verbatim(
     with store.open_store(url)() as session:
         rows = store.attempts(session, "", "hostile")
     assert sorted(TrialState(r.status) for r in rows) == [TrialState.OOM] * 2
+
+
+def test_a_finished_sweep_runs_again_without_starting_a_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts: list[Path] = []
+
+    class CountingRay(StandInRay):
+        def __init__(self, runs_dir: Path, **_: Any) -> None:
+            super().__init__()
+            self.runs_dir = runs_dir
+
+        def start(self) -> None:
+            starts.append(self.runs_dir)
+
+        def head_left_running(self) -> bool:
+            return (self.runs_dir / "ray-head.json").exists()
+
+    monkeypatch.setattr(local_backend, "LocalRayBackend", CountingRay)
+    monkeypatch.setattr(LocalSweepRunner, "poll_interval", 0.0)
+    url = f"sqlite:///{tmp_path / 'ladder.db'}"
+    args = ("run", str(hostile_sweep(tmp_path, "[/x]")), "--db", url,
+            "--runs-dir", str(tmp_path / "runs"))
+    first = invoke(*args)
+    assert first.exit_code == 1 and len(starts) == 1  # every lane out of memory: failed
+    before = _rows(store.open_store(url))
+    again = invoke(*args)
+    assert again.exit_code == 1, again.output  # still failed, said the same way
+    assert "nothing to run (Ray not started)" in again.output and len(starts) == 1
+    assert "Lane ceilings" in again.output and "\nTrials: oom 2. OOMs: 2." in again.output
+    assert [(r.trial_id, r.attempt, r.status) for r in _rows(store.open_store(url))] == [
+        (r.trial_id, r.attempt, r.status) for r in before]
+    # A head an earlier run left behind is taken over (and stopped) as before.
+    (tmp_path / "runs" / "ray-head.json").write_text("{}")
+    invoke(*args)
+    assert len(starts) == 2
 
 
 def _runner(tmp_path: Path, backend: Any, on_update: Any = None) -> tuple[LocalSweepRunner, Any]:

@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator.backends.ray_head import free_port
 from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP
+from orchestrator.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -44,10 +44,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _node_ports() -> list[str]:
     """Free ports for a node's agents: Ray's defaults (the dashboard agent's 52365) are fixed,
     so a second runtime on the machine (another pytest-xdist worker's) would collide."""
-    return [f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+    flags = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+             "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port",
+             "--object-manager-port")
+    return [f"{flag}={port}" for flag, port in zip(flags, free_ports(len(flags)), strict=True)]
 
 
 def _wait_for_port(port: int, timeout: float = 60) -> None:
