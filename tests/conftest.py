@@ -45,13 +45,16 @@ def is_slow(item: pytest.Item) -> bool:
     return any(relative.startswith(f"{d}/") for d in SLOW_DIRS)
 
 
-# pytest-xdist (`-n 2`): the tests of the Kubernetes servers run on one worker, in order, as in a
-# serial run: the bare control plane of tests/k8s/controlplane (fixed ports and state
-# directory, and a test that restarts it) and the real test cluster of tests/k8s/cluster (one
-# network namespace, one address). They mostly wait on those servers, so the other worker runs
-# the tests that train meanwhile; everything else starts what it needs on free ports and runs
-# on either. The scheduler (in the controlling process) sees node ids only, so the group is
-# folders; collection checks that every user of those servers lives in one.
+# pytest-xdist (`-n 2`): a test module is one work unit, so that a module-scoped fixture (the
+# observability tests' sweep, the fork server, the transformers server, a worker package's Ray
+# head) is set up once, not once per worker. The tests of the Kubernetes servers are one unit
+# across modules, run on one worker, in order, as in a serial run: the bare control plane of
+# tests/k8s/controlplane (fixed ports and state directory, and a test that restarts it) and the
+# real test cluster of tests/k8s/cluster (one network namespace, one address). They mostly wait
+# on those servers, so the other worker runs the tests that train meanwhile; everything else
+# starts what it needs on free ports and runs on either. The scheduler (in the controlling
+# process) sees node ids only, so the group is folders; collection checks that every user of
+# those servers lives in one.
 SERIAL_GROUPS = (("tests/k8s/", "kubernetes"), ("tests/reliability/", "kubernetes"))
 CONTROL_PLANE_FIXTURE = "control_plane"  # tests/k8s/conftest.py
 
@@ -69,6 +72,17 @@ def _check_group(item: pytest.Item) -> None:
                                 "SERIAL_GROUPS)")
 
 
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its serial group, else its module."""
+    return serial_group(nodeid) or nodeid.split("::", 1)[0]
+
+
+def run_order(item: pytest.Item) -> tuple[bool, bool]:
+    """A worker's collection order, which is the order units are handed out in: the
+    Kubernetes unit (the longest) first, then the modules with slow tests, then the rest."""
+    return serial_group(item.nodeid) is None, "slow" not in item.keywords
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") not in ("load", "loadgroup"):
@@ -76,13 +90,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedServerScheduling(LoadScopeScheduling):
-        """One work unit per test, except one for the Kubernetes tests (SERIAL_GROUPS). The
-        largest unit goes out first (LoadScopeScheduling's order), then the single tests as
-        collected: the slow ones first in a worker's collection (pytest_collection_modifyitems)."""
+        """Work units per `work_unit`, handed out in the workers' collection order
+        (`run_order`), not xdist's largest-unit-first (a unit of one 4-minute test would go
+        last)."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return serial_group(nodeid) or nodeid
+            return work_unit(nodeid)
 
+    config.option.loadscopereorder = False
     return SharedServerScheduling(config, log)
 
 
@@ -92,8 +107,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if is_slow(item) and "slow" not in item.keywords:
             item.add_marker(pytest.mark.slow)
         _check_group(item)
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker: hand out the long tests first
-        items.sort(key=lambda item: "slow" not in item.keywords)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: hand out the long units first
+        items.sort(key=run_order)
 
 
 CPU_LOG_ENV = "LADDER_TEST_CPU_LOG"
