@@ -282,6 +282,7 @@ def _status_view(sweep: Sweep, status: SweepStatus, progress: Progress, task: Ta
 
 
 def _summary(sweep: Sweep, status: SweepStatus, elapsed: float) -> None:
+    """A sweep's outcome: best trial, lane ceilings, counts and its wall time."""
     console.rule(f"Sweep {sweep.name}: {status.phase.value}")
     if status.best is not None:
         best, loss = status.best, sweep.spec.training.selection_loss.value
@@ -391,7 +392,7 @@ def run(
     if not backend.head_left_running() and (over := runner.finished_before()) is not None:
         console.print(say("Sweep ", (sweep.name, "bold"), " has finished in store "
                           f"{_redact(url)}: nothing to run (Ray not started)."))
-        _summary(sweep, over, 0.0)
+        _summary(sweep, over, _elapsed(sessions, sweep.namespace, sweep.name))
         if over.phase is SweepPhase.FAILED:
             raise typer.Exit(1)
         return
@@ -474,14 +475,15 @@ def status(
         recorded = sweep_from_row(row)
         with sessions() as session:
             current = sweep_status(recorded, store.attempts(session, row.namespace, row.name))
-        _summary(recorded, current, elapsed=_elapsed(sessions, row))
+        _summary(recorded, current, elapsed=_elapsed(sessions, row.namespace, row.name))
 
 
-def _elapsed(sessions: sessionmaker[Session], row: SweepRow) -> float:
+def _elapsed(sessions: sessionmaker[Session], namespace: str, name: str) -> float:
+    """A sweep's recorded wall time: its first attempt's start to its last one's end."""
     from orchestrator import store
 
     with sessions() as session:
-        attempts = store.attempts(session, row.namespace, row.name)
+        attempts = store.attempts(session, namespace, name)
     starts = [a.started_at for a in attempts if a.started_at]
     ends = [a.finished_at for a in attempts if a.finished_at]
     return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
