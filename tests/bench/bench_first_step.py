@@ -39,7 +39,7 @@ from worker.phases import PHASES, breakdown, parse_startup  # noqa: E402
 TOTAL = "time to first step"
 
 
-def tiny_trial(output_dir: Path, trial_id: str, method: str) -> AttemptSpec:
+def tiny_trial(output_dir: Path, trial_id: str, method: str, workers: int = 1) -> AttemptSpec:
     adapter = {"rank": 8, "alpha": 16} if method != "full" else {}
     return AttemptSpec(
         sweep="bench-first-step", trial_id=trial_id, lane=f"{method}-bench", attempt=1,
@@ -48,7 +48,7 @@ def tiny_trial(output_dir: Path, trial_id: str, method: str) -> AttemptSpec:
                           init="random", max_input_tokens=64, max_output_tokens=32,
                           generate_limit=1),
         dataset=Dataset(size=16, preamble="short", eval_fraction=0.25),
-        resources=ResourceShape(workers=1, gpus_per_worker=0, cpus_per_worker=1),
+        resources=ResourceShape(workers=workers, gpus_per_worker=0, cpus_per_worker=1),
         output_dir=str(output_dir),
     )
 
@@ -83,7 +83,8 @@ def run_one(backend: Any, spec: AttemptSpec, timeout: float = 600.0) -> dict[str
 MODES = {"fork server": "1", "fresh process": "0"}
 
 
-def run(repeat: int, methods: list[str], fork_server: bool = True) -> dict[str, Any]:
+def run(repeat: int, methods: list[str], fork_server: bool = True,
+        workers: int = 1) -> dict[str, Any]:
     from orchestrator.backends.local import LocalRayBackend
     from orchestrator.core.names import FORK_SERVER_ENV
     from orchestrator.store import migrate
@@ -94,14 +95,15 @@ def run(repeat: int, methods: list[str], fork_server: bool = True) -> dict[str, 
         root = Path(tmp)
         db_url = f"sqlite:///{root / 'ladder.db'}"
         migrate(db_url)
-        backend = LocalRayBackend(runs_dir=root / "runs", db_url=db_url)
+        backend = LocalRayBackend(runs_dir=root / "runs", db_url=db_url,
+                                  num_cpus=max(4, 2 * workers))
         started = time.monotonic()
         backend.start()
         try:
             runtime_seconds = time.monotonic() - started
             # The first trial on a fresh runtime: its own row (cold), not in the medians.
-            cold = run_one(backend, tiny_trial(root / "cold", "cold", methods[0]))
-            runs = [run_one(backend, tiny_trial(root / f"{m}-{i}", f"{m}{i}", m))
+            cold = run_one(backend, tiny_trial(root / "cold", "cold", methods[0], workers))
+            runs = [run_one(backend, tiny_trial(root / f"{m}-{i}", f"{m}{i}", m, workers))
                     for i in range(repeat) for m in methods]
         finally:
             backend.stop()
@@ -111,7 +113,7 @@ def run(repeat: int, methods: list[str], fork_server: bool = True) -> dict[str, 
         names = [p for p, _ in PHASES if any(p in r for r in rows)] + [TOTAL]
         medians[method] = {p: statistics.median(r.get(p, 0.0) for r in rows) for p in names}
     return {"repeat": repeat, "methods": methods, "runtime_start_seconds": runtime_seconds,
-            "fork_server": fork_server,
+            "fork_server": fork_server, "workers": workers,
             "cold": cold, "runs": runs, "median": medians,
             "load_average": os.getloadavg()[0]}
 
@@ -119,6 +121,8 @@ def run(repeat: int, methods: list[str], fork_server: bool = True) -> dict[str, 
 def report(result: dict[str, Any]) -> str:
     methods = result["methods"]
     mode = "fork server" if result.get("fork_server", True) else "fresh process"
+    if result.get("workers", 1) > 1:
+        mode = f"{result['workers']} Ray Train workers"
     lines = [f"Time to first step of a tiny trial (ladder/t5-tiny-s, CPU) through "
              f"LocalRayBackend ({mode}) on a warm runtime; median of {result['repeat']} per method "
              f"(runtime started in {result['runtime_start_seconds']:.1f} s, not counted; "
@@ -140,10 +144,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         choices=["full", "lora", "qlora"])
     parser.add_argument("--fork-server", choices=["both", "on", "off"], default="both",
                         help="with the warm fork server, without it, or both side by side")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="workers per trial (more than 1: Ray Train's worker group, DDP)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.fork_server]
-    results = [run(args.repeat, args.methods, fork_server=m) for m in modes]
+    results = [run(args.repeat, args.methods, fork_server=m, workers=args.workers)
+               for m in modes]
     result = results[0] if len(results) == 1 else {
         "runs_by_mode": {("fork server" if r["fork_server"] else "fresh process"): r
                          for r in results}}

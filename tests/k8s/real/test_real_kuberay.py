@@ -165,8 +165,17 @@ def test_sweep_runs_through_the_real_operator_and_scheduler(
         from ray.job_submission import JobSubmissionClient
 
         client = JobSubmissionClient(dashboard)
-        submitted = {j.submission_id for j in client.list_jobs() if j.submission_id}
         rayjob_names = {j["metadata"]["name"] for j in kget(cluster, namespace, "rayjobs")}
+        jobs: list[Any] = []
+
+        def listed() -> set[str] | None:  # the head's job table, read until the job is in it
+            jobs[:] = client.list_jobs()
+            ids = {j.submission_id for j in jobs if j.submission_id}
+            return ids if rayjob_names <= ids else None
+
+        submitted = wait_for("the operator's job in the head's job list", listed, timeout=30,
+                             interval=1, diagnose=lambda: why() + "\njobs: " + dump(
+                                 [(j.submission_id, j.job_id, str(j.status)) for j in jobs]))
         infos = {name: client.get_job_info(name) for name in submitted}
     with store.open_store(db_url)() as session:
         rows = store.attempts(session, namespace, "real")
