@@ -137,13 +137,15 @@ class ControllerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 6000) -> str:
+        """Each start's log, its last `tail` characters (for a message; None: all of it)."""
         texts = []
         for index in range(1, self.starts + 1):
             path = self.log_dir / f"{self.name}-{index}.log"
             if path.exists():
+                text = path.read_text(errors="replace")
                 texts.append(f"--- {self.name} start {index} ---\n"
-                             + path.read_text(errors="replace")[-6000:])
+                             + (text if tail is None else text[-tail:]))
         return "\n".join(texts)
 
     def alive(self) -> bool:

@@ -67,4 +67,6 @@ def test_sweep_survives_an_apiserver_restart(rig: Rig, control_plane: ControlPla
     assert all(r.status != TrialState.CANCELLED for r in rig.rows(name)), rig.diagnose(name)
     # The controller saw the outage as transient (KubeError status 0 -> kopf.TemporaryError,
     # retried after one interval) rather than as a crash of its handler.
-    assert "failed temporarily" in controller.logs(), controller.logs()
+    # The whole log: under load the sweep runs on long after the outage, and a timer line a
+    # second pushes the message out of the tail a failure message shows.
+    assert "failed temporarily" in controller.logs(tail=None), controller.logs()
