@@ -46,12 +46,14 @@ def free_ports(count: int) -> list[int]:
         for _ in range(MAX_TRIES):
             if len(chosen) == count:
                 break
-            probe = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             port = _random.randrange(PORT_FLOOR, low) if low - PORT_FLOOR >= MIN_POOL else 0
             try:
                 probe.bind(("", port))
             except OSError:
+                probe.close()
                 continue  # in use (or reserved): draw again
+            held.enter_context(probe)  # held until all are chosen: none repeats
             chosen.append(int(probe.getsockname()[1]))
         if len(chosen) < count:
             raise RuntimeError(f"no {count} free TCP ports found in {MAX_TRIES} tries")

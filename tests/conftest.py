@@ -124,10 +124,12 @@ def machine_cpu_seconds() -> float:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     log_path = os.environ.get(CPU_LOG_ENV)
+    if not log_path:  # off by default: no /proc read around every test
+        yield
+        return
     wall, cpu = time.monotonic(), machine_cpu_seconds()
     yield
-    if log_path:
-        line = {"nodeid": item.nodeid, "wall_seconds": round(time.monotonic() - wall, 2),
-                "cpu_seconds": round(machine_cpu_seconds() - cpu, 2)}
-        with open(log_path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(line) + "\n")
+    line = {"nodeid": item.nodeid, "wall_seconds": round(time.monotonic() - wall, 2),
+            "cpu_seconds": round(machine_cpu_seconds() - cpu, 2)}
+    with open(log_path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
