@@ -23,7 +23,6 @@ from orchestrator.core.classify import excerpt
 from orchestrator.core.lifecycle import ExitCode, TrialState
 from orchestrator.core.names import DB_URL_ENV, RESULT_RETRY_ENV
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec, EpochRecord
-from worker.memory import classify_failure, exception_chain
 
 __all__ = [
     "DB_URL_ENV",
@@ -63,6 +62,8 @@ def store_url(trial: AttemptSpec) -> str | None:
 def error_text(error: BaseException, limit: int = 3000) -> str:
     """'Type: message' of the root cause (through Ray's wrappers), then the end of the
     wrapper's text (where Ray puts the worker's traceback); at most `limit` characters."""
+    from worker.memory import exception_chain  # imports torch: only a failure needs it
+
     root = next(
         (e for e in exception_chain(error) if type(e).__name__ not in _WRAPPERS
          and not type(e).__name__.startswith("RayTaskError")),
@@ -86,6 +87,8 @@ def failure_result(
     wall_seconds: float | None = None,
 ) -> AttemptResult:
     """A classified failure for an exception raised outside training (setup, CLI)."""
+    from worker.memory import classify_failure  # imports torch: only a failure needs it
+
     state, kind = classify_failure(error, budget_set=trial.memory_budget_bytes is not None)
     return AttemptResult.for_trial(
         trial,
