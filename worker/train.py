@@ -82,6 +82,7 @@ from orchestrator.core.worker_contract import (
 from worker import phases
 from worker.data.dss import DatasetError, DSSExample, load_dss, split_examples
 from worker.memory import HostMemoryBudget, classify_failure
+from worker.progress import ProgressBox
 from worker.result import EpochSink, error_text, mark_running, store_url
 
 if TYPE_CHECKING:
@@ -619,23 +620,6 @@ def report(epoch: int) -> None:
     import ray.train
 
     ray.train.report({"epoch": epoch})
-
-
-class ProgressBox:
-    """Rank 0's latest summary, kept for the driver by an actor on the driver's node.
-
-    It outlives a failed or killed rank (its pod may be gone), needs no storage and no
-    checkpoint, and crosses nodes through Ray's own RPC.
-    """
-
-    def __init__(self) -> None:
-        self._summary: dict[str, Any] = {}
-
-    def put(self, summary: dict[str, Any]) -> None:
-        self._summary = summary
-
-    def get(self) -> dict[str, Any]:
-        return self._summary
 
 
 def progress_box() -> Any:

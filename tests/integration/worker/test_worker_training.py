@@ -1,7 +1,11 @@
-"""The worker for real: CPU training through Ray Train (2 workers, gloo DDP), SQLite store.
+"""The worker for real: CPU training through Ray Train, SQLite store.
 
-Each test is one tiny trial (ladder/t5-tiny-s, 24 examples, 3 epochs): most of its time is
-Ray Train starting worker processes that import torch, transformers and peft.
+Each test is one tiny trial (ladder/t5-tiny-s, 24 examples, 3 epochs) on the cluster's path:
+the driver starts a Ray Train worker group, as on a RayJob's head. Most of its time is Ray Train
+starting processes that import torch, transformers and peft (each rank about 15 CPU-seconds on
+two cores), so a trial has one rank unless the test is about DDP: LoRA with micro-batches runs on
+two ranks (gloo), where DDP must sync on the last micro-batch only. Full fine-tuning and QLoRA
+through 2-rank DDP are run by tests/integration/sweep (paper-exact on T5, the decoder sweep).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def tiny_trial(tmp_path: Path, method: str, **fields: object) -> AttemptSpec:
+def tiny_trial(tmp_path: Path, method: str, workers: int = 1, **fields: object) -> AttemptSpec:
     adapters = {} if method == "full" else {"rank": 8, "alpha": 16}
     values: dict[str, object] = {
         "sweep": "worker-it", "trial_id": f"t-{method}", "lane": f"lane-{method}",
@@ -34,7 +38,7 @@ def tiny_trial(tmp_path: Path, method: str, **fields: object) -> AttemptSpec:
             "init": "random", "maxInputTokens": 96, "maxOutputTokens": 64, "generateLimit": 4,
         },
         "dataset": {"source": "builtin:querydsl", "size": 24, "preamble": "short"},
-        "resources": {"workers": 2, "gpusPerWorker": 0, "cpusPerWorker": 1},
+        "resources": {"workers": workers, "gpusPerWorker": 0, "cpusPerWorker": 1},
         "output_dir": str(tmp_path / "run"),
     }
     return AttemptSpec.model_validate({**values, **adapters, **fields})
@@ -48,24 +52,24 @@ def stored(url: str) -> list[AttemptResult]:
 
 
 @pytest.mark.parametrize(
-    ("method", "save_model", "micro_batch"),
+    ("method", "save_model", "micro_batch", "workers"),
     [
-        pytest.param("full", "final", None, id="full"),
-        # Two passes of one example per step on each worker: DDP syncs on the second only.
-        pytest.param("lora", "best", 1, id="lora-micro-batches"),
-        pytest.param("qlora", "best", None, id="qlora"),
+        pytest.param("full", "final", None, 1, id="full"),
+        # Two passes of one example per step on each of two ranks: DDP syncs on the second only.
+        pytest.param("lora", "best", 1, 2, id="lora-micro-batches"),
+        pytest.param("qlora", "best", None, 1, id="qlora"),
     ],
 )
 def test_trains_and_stores(
-    method: str, save_model: str, micro_batch: int | None, ray_address: str, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    method: str, save_model: str, micro_batch: int | None, workers: int, ray_address: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from worker.result import deliver
     from worker.train import run_trial
 
     url = f"sqlite:///{tmp_path / 'ladder.db'}"
     monkeypatch.setenv("LADDER_DB_URL", url)
-    trial = tiny_trial(tmp_path, method)
+    trial = tiny_trial(tmp_path, method, workers)
     trial = trial.model_copy(
         update={"training": trial.training.model_copy(
             update={"save_model": save_model, "micro_batch_size": micro_batch})}
