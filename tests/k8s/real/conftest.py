@@ -216,6 +216,19 @@ def ray_head(cluster: Cluster, db_url: str) -> Iterator[str]:
                                       if p),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
+    url = f"http://{NODE_IP}:{DASHBOARD_PORT}"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    # The address is fixed (the head Service's): a head left from an earlier test would answer
+    # the probe below in this one's place, with that test's jobs in its table.
+    wait_for(f"no Ray dashboard left at {url} from an earlier test", lambda: not answers(),
+             timeout=60, interval=1)
     command = cluster.netns_exec(
         str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
         f"--node-ip-address={NODE_IP}", f"--dashboard-host={NODE_IP}",
@@ -227,25 +240,25 @@ def ray_head(cluster: Cluster, db_url: str) -> Iterator[str]:
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
-    url = f"http://{NODE_IP}:{DASHBOARD_PORT}"
 
     def up() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"ray start exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return answers()
 
     try:
         wait_for("the Ray head's dashboard in the namespace", up, timeout=120, interval=1)
         yield url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # `ray start --block` stops its runtime
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+        # The whole process group: Ray's daemons, the dashboard and the jobs' drivers share it
+        # (Ray starts them without a session of their own); `ray start --block` alone, on
+        # SIGTERM, once left its dashboard answering for the next test.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        wait_for(f"the Ray dashboard at {url} to stop", lambda: not answers(), timeout=60,
+                 interval=1)
