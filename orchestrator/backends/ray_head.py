@@ -11,8 +11,10 @@ token of its own (Ray token authentication), and writes where it is to
 The head outlives a killed `ladder run` on purpose: its jobs (the trials) keep running, and
 the next `ladder run` with the same runs directory finds the head through that file and adopts
 them instead of running them again. Several `ladder run`s sharing a runs directory share the
-head: each holds a shared lock on `ray-head.lock` while it runs, and only the last one out
-(the one that can take the lock exclusively) stops the head.
+head, at the same time: each holds a shared lock on `ray-head.lock` while it runs, and only the
+last one out (the one that can take that lock exclusively) stops the head. Finding or starting
+the head, and stopping it, happen under a second, exclusive lock (`ray-head.start.lock`), so a
+run never finds a head that is being stopped, and two runs never start two heads.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "ray-head.json"
 LOCK_FILE = "ray-head.lock"
+START_LOCK_FILE = "ray-head.start.lock"
 START_TIMEOUT_SECONDS = 120.0
 STOP_GRACE_SECONDS = 3.0  # `ray start --block` takes longer than this to wind down on SIGTERM
 
@@ -205,8 +209,8 @@ def start_head(*, num_cpus: int, num_gpus: int | None,
 
 
 class SharedHead:
-    """The head of a runs directory: found if an earlier run left it, else started; stopped
-    by the last run that uses it."""
+    """The head of a runs directory: found if an earlier or a concurrent run started it, else
+    started; stopped by the last run that uses it."""
 
     def __init__(self, runs_dir: Path) -> None:
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -215,22 +219,32 @@ class SharedHead:
         self.head: RayHead | None = None
         self.reused = False
 
+    @contextlib.contextmanager
+    def _starting(self) -> Iterator[None]:
+        """One run at a time finds, starts or stops the head (the others wait seconds)."""
+        with (self.state_file.parent / START_LOCK_FILE).open("a+") as mutex:
+            fcntl.flock(mutex, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
     def acquire(self, *, num_cpus: int, num_gpus: int | None) -> RayHead:
-        self._lock = (self.state_file.parent / LOCK_FILE).open("a+")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)  # one run at a time finds or starts it
-        try:
-            head = self._read()
-            if head is not None and head.is_alive():
-                self.reused = True
-                log.info("reusing the Ray head %s (pid %d)", head.address, head.pid)
-            else:
-                if head is not None:
-                    head.stop()  # half-dead leftovers
-                head = start_head(num_cpus=num_cpus, num_gpus=num_gpus)
-                self._write(head)
+        with self._starting():
+            self._lock = (self.state_file.parent / LOCK_FILE).open("a+")
+            fcntl.flock(self._lock, fcntl.LOCK_SH)  # in use until release(); others share it
+            try:
+                head = self._read()
+                if head is not None and head.is_alive():
+                    self.reused = True
+                    log.info("reusing the Ray head %s (pid %d)", head.address, head.pid)
+                else:
+                    if head is not None:
+                        head.stop()  # half-dead leftovers
+                    head = start_head(num_cpus=num_cpus, num_gpus=num_gpus)
+                    self._write(head)
+            except BaseException:
+                self._lock.close()
+                self._lock = None
+                raise
             self.head = head
-        finally:
-            fcntl.flock(self._lock, fcntl.LOCK_SH)
         return head
 
     def release(self) -> bool:
@@ -238,18 +252,20 @@ class SharedHead:
         if self._lock is None:
             return False
         stopped = False
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another ladder run still uses the Ray head; leaving it running")
-        else:
-            if self.head is not None:
-                self.head.stop()
-                self.state_file.unlink(missing_ok=True)
-                stopped = True
-        finally:
-            self._lock.close()
-            self._lock = None
+        with self._starting():  # nobody is finding the head while we decide
+            try:
+                # Shared -> exclusive succeeds only if no other run holds the lock shared.
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another ladder run still uses the Ray head; leaving it running")
+            else:
+                if self.head is not None:
+                    self.head.stop()
+                    self.state_file.unlink(missing_ok=True)
+                    stopped = True
+            finally:
+                self._lock.close()
+                self._lock = None
         return stopped
 
     def _read(self) -> RayHead | None:

@@ -224,6 +224,20 @@ def test_cpu_sweep_reports_host_memory_and_skips_the_dss_ablation(tmp_path: Path
         assert_real_png(image)
 
 
+def test_a_ladder_that_mixes_families_is_labelled_by_name(tmp_path: Path) -> None:
+    """A ladder of a Llama- and a Qwen2-shaped model: its rungs are named, not T5 sizes."""
+    spec = SweepSpec.model_validate({
+        "ladder": ["ladder/llama-tiny-s", "ladder/qwen-tiny-s"], "methods": ["full", "qlora"],
+        "adapters": [{"rank": 8, "alphas": [16]}], "training": {"epochs": 3},
+        "resources": {"workers": 2, "gpusPerWorker": 0},
+    })
+    sessions = store.open_store(f"sqlite:///{tmp_path / 'mixed.db'}")
+    write_sweep(sessions, Sweep(name="mixed", spec=spec), gpus=False)
+    markdown = render(load(sessions), tmp_path / "out").markdown.read_text()
+    assert "llama-tiny-s" in markdown and "qwen-tiny-s" in markdown
+    assert "t5-" not in markdown
+
+
 def test_unknown_sweep_fails_cleanly(gpu_store, tmp_path: Path) -> None:
     url, _ = gpu_store
     done = CliRunner().invoke(app, ["report", "nope", "--db", url, "--out", str(tmp_path)])

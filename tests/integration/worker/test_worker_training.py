@@ -1,11 +1,16 @@
-"""The worker for real: CPU training through Ray Train, SQLite store.
+"""The worker for real: CPU training, SQLite store.
 
-Each test is one tiny trial (ladder/t5-tiny-s, 24 examples, 3 epochs) on the cluster's path:
-the driver starts a Ray Train worker group, as on a RayJob's head. Most of its time is Ray Train
-starting processes that import torch, transformers and peft (each rank about 15 CPU-seconds on
-two cores), so a trial has one rank unless the test is about DDP: LoRA with micro-batches runs on
-two ranks (gloo), where DDP must sync on the last micro-batch only. Full fine-tuning and QLoRA
-through 2-rank DDP are run by tests/integration/sweep (paper-exact on T5, the decoder sweep).
+Each test is one tiny trial (ladder/t5-tiny-s, 24 examples, 3 epochs). Two paths run it:
+- the cluster's: the driver starts a Ray Train worker group, as on a RayJob's head. Ray Train
+  costs about 20 CPU-seconds of its own actors per trial and each rank about 15 more to import
+  torch, transformers and peft on two cores, so only the tests about that path take it: LoRA
+  with micro-batches on two ranks (gloo; DDP must sync on the last micro-batch only) and the
+  SIGTERM tests (a stopped Ray job or a deleted RayJob must stop the worker group).
+- the local backend's for a one-CPU-worker trial: the rank trains in the driver
+  (RANK_IN_DRIVER_ENV), the same `train_loop_per_worker`. Full fine-tuning, QLoRA and the
+  memory budget run so here; on the cluster's path they are run by tests/k8s (a trained trial
+  and a budget OOM through the real worker on a Ray head) and tests/integration/sweep
+  (paper-exact on T5, the decoder sweep: full and QLoRA through 2-rank DDP).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.lifecycle import ExitCode, OOMKind, TrialState
+from orchestrator.core.names import RANK_IN_DRIVER_ENV
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec
 from orchestrator.files import write_trial
 
@@ -69,6 +75,8 @@ def test_trains_and_stores(
 
     url = f"sqlite:///{tmp_path / 'ladder.db'}"
     monkeypatch.setenv("LADDER_DB_URL", url)
+    if workers == 1:  # as the local backend runs it; DDP takes Ray Train's worker group
+        monkeypatch.setenv(RANK_IN_DRIVER_ENV, "1")
     trial = tiny_trial(tmp_path, method, workers)
     trial = trial.model_copy(
         update={"training": trial.training.model_copy(
@@ -127,12 +135,13 @@ def run_worker(trial_file: Path, env: dict[str, str]) -> subprocess.CompletedPro
     )
 
 
-def test_memory_budget_ends_as_budget_oom(ray_address: str, tmp_path: Path) -> None:
-    """1 MiB: the model alone exceeds it, so the verdict comes right after it is built."""
+def test_memory_budget_ends_as_budget_oom(tmp_path: Path) -> None:
+    """1 MiB: the model alone exceeds it, so the verdict comes right after it is built. The
+    rank trains in the driver, as the local backend runs it (through Ray Train: tests/k8s)."""
     url = f"sqlite:///{tmp_path / 'ladder.db'}"
     trial = tiny_trial(tmp_path, "full", memory_budget_bytes=2**20)
     done = run_worker(write_trial(trial, tmp_path / "trial.json"),
-                      {"RAY_ADDRESS": ray_address, "LADDER_DB_URL": url})
+                      {RANK_IN_DRIVER_ENV: "1", "LADDER_DB_URL": url})
 
     assert done.returncode == ExitCode.OOM, done.stderr[-3000:]
     result = AttemptResult.from_output(done.stdout.splitlines()[-1])  # the very last line
