@@ -112,8 +112,17 @@ def run_controller(
         allow_privileged_trials=options.allow_privileged_trials,
         pod_policy=options.pod_policy,
     )
+    # Kopf serving named namespaces lists and watches namespaces; refused, it retries for
+    # about a minute at every start (and every failover) before it serves the names as given.
+    # Asked first, a refusal costs nothing: Kopf is told not to scan (settings.scanning).
+    scan = not options.namespaces or Kube(api).may("list", "namespaces") is not False
+    if not scan:
+        log.warning("may not list namespaces: serving %s as named; a namespace or CRD created "
+                    "later is noticed on the next start (chart: rbac.listNamespaces)",
+                    ", ".join(options.namespaces))
     memo = kopf.Memo(
         reconciler=reconciler,
+        scan=scan,
         peering=options.peering is not None,
         peering_name=options.peering,
         clusterwide=not options.namespaces,

@@ -107,6 +107,8 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.peering.lifetime = int(os.environ.get(PEERING_LIFETIME_ENV, "60"))
         log.info("peering %r with priority %d, lifetime %d s", memo.peering_name,
                  settings.peering.priority, settings.peering.lifetime)
+    # Off only where namespaces may not be listed (controller.run_controller says so).
+    settings.scanning.disabled = not getattr(memo, "scan", True)
     settings.execution.max_workers = getattr(memo, "workers", 8)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -188,6 +188,23 @@ class Kube:
 
         self._call("reach the Kubernetes API", client.VersionApi(self.api_client).get_code)
 
+    def may(self, verb: str, resource: str, group: str = "") -> bool | None:
+        """Whether these credentials may `verb` `resource` cluster-wide (a
+        SelfSubjectAccessReview, which every authenticated user may create); None when the
+        server does not say."""
+        from kubernetes import client
+
+        review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(verb=verb, resource=resource,
+                                                            group=group)))
+        api = client.AuthorizationV1Api(self.api_client)
+        try:
+            answer = self._call(f"ask whether it may {verb} {resource}",
+                                api.create_self_subject_access_review, review)
+        except KubeError:
+            return None
+        return bool(answer.status.allowed) if answer and answer.status else None
+
     # --- sweeps ---------------------------------------------------------------------------
     def get_sweep(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._call(

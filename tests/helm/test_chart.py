@@ -72,7 +72,7 @@ NAMESPACED_RULES = {
     ("", "events", "list"),
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
-# Kopf serving named namespaces lists them (names only); refused, it stalls about a minute.
+# Kopf serving named namespaces lists them (names only) to notice those created later.
 NAMESPACE_RULES = {("", "namespaces", v) for v in ("list", "watch")}
 # rbac.readNodes: sizing Sweeps without execution.capacity from the cluster, read only.
 NODE_RULES = {("", "nodes", "list"), ("", "pods", "list")}

@@ -294,6 +294,11 @@ def _controller_runs_with_the_charts_role_and_env(
         assert refused["reason"] == "InvalidSpec", refused
         assert "volumes[0].hostPath" in refused["message"]
         assert kube.list_rayjobs(namespace, "chart-host") == []
+        # Serving one namespace under a cluster-wide role that may not list namespaces, it
+        # said so and served at once; Kopf did not retry the listing for a minute first.
+        logs = controller.logs(tail=None)
+        assert "may not list namespaces: serving" in logs, logs[-6000:]
+        assert "Not enough permissions to list namespaces" not in logs, logs[-6000:]
     finally:
         controller.stop()
 

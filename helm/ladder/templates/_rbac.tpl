@@ -68,8 +68,8 @@ Cluster-scoped permissions: Kopf's CRD and namespace observation, and cluster-wi
 {{- end }}
 {{- if and .Values.rbac.listNamespaces (not (include "ladder.clusterWide" .)) }}
 # Kopf, serving only watchNamespaces: it lists and watches namespaces (names only) to serve
-# them; refused, it retries for about a minute at every start before it falls back to the
-# names as given, and never notices a watched namespace created later.
+# them. Without this the controller serves the names as given, and notices a watched
+# namespace (or a CRD) created later only at its next start.
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]

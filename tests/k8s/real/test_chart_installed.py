@@ -201,7 +201,7 @@ def _sweep_completes(installed: Installed, tmp_path: Path, logs: Callable[[], st
             assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert alive(), logs()[-6000:]
     # Nothing was forbidden to the chart's ServiceAccount (Kopf's scan of the namespaces too:
-    # refused, it stalls about a minute before serving; rbac.listNamespaces).
+    # rbac.listNamespaces lets it notice watched namespaces created later).
     refused = [line for line in logs().splitlines() if "forbidden" in line.lower()]
     assert refused == [], logs()[-6000:]
 
