@@ -80,19 +80,28 @@ class RayHead:
         return _dashboard_up(self.dashboard_url, self.token)
 
     def stop(self) -> None:
-        """Stop the head and every process it started, including those in sessions of
-        their own (Ray's job supervisors and workers can be)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while time.monotonic() < deadline and _processes_of(self.temp_dir):
-            time.sleep(0.25)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        for pid in _processes_of(self.temp_dir):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        """Stop the head and every process it started; remove its directory."""
+        stop_head(self.pid, self.temp_dir)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def stop_head(pid: int, temp_dir: str) -> None:
+    """Stop a `ray start --head --block` (process group leader `pid`, `--temp-dir=temp_dir`)
+    and every process it started, including those in sessions of their own (Ray's job
+    supervisors and workers can be): SIGTERM to the group, SIGKILL to what is left after
+    STOP_GRACE_SECONDS. The one way every head is stopped: the local backend's, and the tests'
+    stand-ins for head pods (after jobs have run, `ray start --block` alone takes 30 s or
+    more to wind down on SIGTERM)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline and _processes_of(temp_dir):
+        time.sleep(0.25)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for left in _processes_of(temp_dir):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(left, signal.SIGKILL)
 
 
 def _processes_of(temp_dir: str) -> list[int]:

@@ -64,7 +64,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.backends.ray_head import head_command
+from orchestrator.backends.ray_head import head_command, stop_head
 from orchestrator.core.names import LOOPBACK_ENV
 
 log = logging.getLogger("kuberay-standin")
@@ -266,13 +266,8 @@ class KubeRayStandIn:
         process = self._ray_process
         if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_head(process.pid, str(self._tmp / "ray"))
+        process.wait(timeout=30)
         self._ray_log.close()
 
     # --- test hooks -----------------------------------------------------------------------

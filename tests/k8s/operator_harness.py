@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,15 @@ def wait_for(
 
 
 DB_SECRET = "ladder-db"  # the Secret (key `url`) that gives trial pods LADDER_DB_URL
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """Whether `url` answers 200 now (a probe for `wait_for`)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def db_secret(db_url: str) -> dict[str, Any]:

@@ -25,15 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.ray_head import stop_head
 from tests.k8s.conftest import ControlPlane
-from tests.k8s.operator_harness import REPO_ROOT, wait_for
+from tests.k8s.operator_harness import REPO_ROOT, http_ok, wait_for
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 CONTROLPLANE_DIR = Path(__file__).resolve().parents[1] / "controlplane"
@@ -219,11 +219,7 @@ def ray_head(cluster: Cluster, db_url: str) -> Iterator[str]:
     url = f"http://{NODE_IP}:{DASHBOARD_PORT}"
 
     def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return http_ok(f"{url}/api/version")
 
     # The address is fixed (the head Service's): a head left from an earlier test would answer
     # the probe below in this one's place, with that test's jobs in its table.
@@ -250,15 +246,10 @@ def ray_head(cluster: Cluster, db_url: str) -> Iterator[str]:
         wait_for("the Ray head's dashboard in the namespace", up, timeout=120, interval=1)
         yield url
     finally:
-        # The whole process group: Ray's daemons, the dashboard and the jobs' drivers share it
-        # (Ray starts them without a session of their own); `ray start --block` alone, on
-        # SIGTERM, once left its dashboard answering for the next test.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        # The whole process group and every process of its directory: Ray's daemons, the
+        # dashboard and the jobs' drivers (`ray start --block` alone, on SIGTERM, once left
+        # its dashboard answering for the next test, and takes 30 s or more after jobs).
+        stop_head(process.pid, temp)
         process.wait(timeout=30)
         wait_for(f"the Ray dashboard at {url} to stop", lambda: not answers(), timeout=60,
                  interval=1)

@@ -44,7 +44,7 @@ import pytest
 
 from orchestrator.operator.kube import Kube, load_config
 from tests.helm.chart import CHART, run_helm
-from tests.k8s.operator_harness import REPO_ROOT, dump, free_port, wait_for
+from tests.k8s.operator_harness import REPO_ROOT, dump, free_port, http_ok, wait_for
 from tests.k8s.real.conftest import RAY_VERSION, Cluster, ray_head
 from tests.reliability.fast_worker import write_shim
 
@@ -238,16 +238,8 @@ def test_helm_install_controller_process(cluster: Cluster, tmp_path: Path) -> No
 
 
 def _wait_healthy(port: int, logs: Callable[[], str]) -> None:
-    import urllib.request
-
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    wait_for("the controller's /healthz", probe, timeout=120, diagnose=lambda: logs()[-6000:])
+    wait_for("the controller's /healthz", lambda: http_ok(f"http://127.0.0.1:{port}/healthz", 3),
+             timeout=120, diagnose=lambda: logs()[-6000:])
 
 
 @pytest.mark.images
