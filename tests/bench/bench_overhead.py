@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.backends.ray_head import head_command  # noqa: E402
+from orchestrator.backends.ray_head import head_command, stop_head  # noqa: E402
 from orchestrator.core.names import LOOPBACK_ENV  # noqa: E402
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec  # noqa: E402
@@ -118,14 +117,7 @@ def private_ray_head(gpus: int) -> Iterator[str]:
             time.sleep(0.5)
         yield address_file.read_text().strip()
     finally:
-        # The head we started and everything it started share its process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=30)
-        time.sleep(2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_head(head.pid, str(temp))
         head.wait()
         shutil.rmtree(temp, ignore_errors=True)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,26 +18,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from orchestrator.backends.ray_head import stop_head
 from orchestrator.core.names import LOOPBACK_ENV, LOOPBACK_NODE_IP
 from orchestrator.ports import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[3]
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """End a `ray start --block` we started, with the Ray processes of its session."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        if process.poll() is not None:
-            break
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # raylet's workers left in the group, if any
 
 
 def _node_ports() -> list[str]:
@@ -114,9 +100,11 @@ def two_pods(run_dir: Path, *, cpus: int = 2, gpus: int = 0,
         _wait_for_nodes(address, env, 2)
         yield address, env
     finally:
-        if pod is not None:
-            _stop(pod)
-        _stop(head)
+        # Both nodes' processes have the session's directory on their command lines.
+        for process in (pod, head):
+            if process is not None:
+                stop_head(process.pid, str(temp_dir))
+                process.wait(timeout=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
