@@ -402,8 +402,9 @@ def run(
     started = time.monotonic()
     backend.start()
     if backend.reused_runtime:
-        console.print("Reusing the Ray runtime an earlier `ladder run` left running "
-                      "(its trials are adopted, not run again).")
+        console.print("Reusing the Ray runtime of this runs directory, which an earlier "
+                      "or a concurrent `ladder run` started (this sweep's running trials are "
+                      "adopted, not run again).")
     progress = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     task = progress.add_task("trials", total=spec.potential_trials)
