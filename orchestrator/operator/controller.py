@@ -95,7 +95,8 @@ def run_controller(
                            f"{store.error_text(error)}") from None
     try:
         api = load_config(options.kubeconfig)
-        Kube(api).check_reachable()
+        kube = Kube(api)
+        kube.check_reachable()
     except KubeError as error:
         raise StartupError(str(error)) from None
     secret = SecretRef.parse(options.db_secret) if options.db_secret else None
@@ -107,7 +108,7 @@ def run_controller(
         log.info("metrics on http://%s:%d/metrics", options.metrics_address,
                  server.server_port)
     reconciler = Reconciler(
-        Kube(api), sessions, db_secret=secret, metrics=metrics,
+        kube, sessions, db_secret=secret, metrics=metrics,
         execution_defaults=options.execution_defaults,
         allow_privileged_trials=options.allow_privileged_trials,
         pod_policy=options.pod_policy,
@@ -115,7 +116,7 @@ def run_controller(
     # Kopf serving named namespaces lists and watches namespaces; refused, it retries for
     # about a minute at every start (and every failover) before it serves the names as given.
     # Asked first, a refusal costs nothing: Kopf is told not to scan (settings.scanning).
-    scan = not options.namespaces or Kube(api).may("list", "namespaces") is not False
+    scan = not options.namespaces or kube.may("list", "namespaces") is not False
     if not scan:
         log.warning("may not list namespaces: serving %s as named; a namespace or CRD created "
                     "later is noticed on the next start (chart: rbac.listNamespaces)",

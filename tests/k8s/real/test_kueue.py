@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,14 @@ import pytest
 
 from orchestrator import store
 from orchestrator.core.lifecycle import TrialState
-from tests.k8s.operator_harness import REPO_ROOT, ControllerProcess, dump, free_port, wait_for
+from tests.k8s.operator_harness import (
+    REPO_ROOT,
+    ControllerProcess,
+    dump,
+    free_port,
+    http_ok,
+    wait_for,
+)
 from tests.k8s.real.conftest import RAY_VERSION, Cluster, ray_head
 from tests.reliability.fast_worker import write_shim
 
@@ -59,11 +65,7 @@ spec:
 
 def kueue_running() -> bool:
     port = os.environ.get("LADDER_CLUSTER_KUEUE_PROBE_PORT", "27082")
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as response:
-            return response.status == 200
-    except OSError:
-        return False
+    return http_ok(f"http://127.0.0.1:{port}/readyz", timeout=3)
 
 
 @pytest.fixture
