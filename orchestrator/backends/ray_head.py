@@ -47,6 +47,7 @@ STATE_FILE = "ray-head.json"
 LOCK_FILE = "ray-head.lock"
 START_LOCK_FILE = "ray-head.start.lock"
 START_TIMEOUT_SECONDS = 120.0
+START_TRIES = 2  # a head that exits while starting is started once more, on other ports
 STOP_GRACE_SECONDS = 3.0  # `ray start --block` takes longer than this to wind down on SIGTERM
 
 
@@ -67,6 +68,8 @@ class RayHead:
 
     def env(self) -> dict[str, str]:
         """Environment of a client (or a job) of this head."""
+        if not self.token:  # started with auth=False
+            return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
         return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN": self.token}
 
@@ -122,8 +125,8 @@ def _processes_of(temp_dir: str) -> list[int]:
 
 
 def _dashboard_up(url: str, token: str) -> bool:
-    request = urllib.request.Request(f"{url}/api/version",
-                                     headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{url}/api/version", headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status == 200
@@ -187,15 +190,45 @@ def head_command(*, temp_dir: str | Path, num_cpus: int, num_gpus: int | None,
     return command, dashboard
 
 
-def start_head(*, num_cpus: int, num_gpus: int | None,
-               timeout: float = START_TIMEOUT_SECONDS) -> RayHead:
-    """Start a private head and wait until its dashboard answers."""
+class HeadExited(RuntimeError):
+    """The head's `ray start` exited before its dashboard answered."""
+
+
+def start_head(*, num_cpus: int, num_gpus: int | None, object_store_bytes: int | None = None,
+               auth: bool = True, timeout: float = START_TIMEOUT_SECONDS) -> RayHead:
+    """Start a private head (head_command) and wait until its dashboard answers.
+
+    With `auth` (the local backend's), the head takes a token of its own; without, token
+    authentication is off (the tests' stand-ins for head pods and the benchmarks, whose jobs
+    and clients send none). A head that exits while it starts is started again, on other
+    ports, up to START_TRIES times: a port taken between the probe and Ray's bind is the
+    known cause (orchestrator.ports). The error then carries what its logs say.
+    """
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            return _start_head_once(num_cpus=num_cpus, num_gpus=num_gpus,
+                                    object_store_bytes=object_store_bytes, auth=auth,
+                                    timeout=timeout)
+        except HeadExited as exited:
+            if attempt == START_TRIES:
+                raise
+            log.warning("%s; starting it again on other ports",
+                        str(exited).split(":\n", 1)[0])
+            log.debug("%s", exited)
+    raise AssertionError("unreachable")
+
+
+def _start_head_once(*, num_cpus: int, num_gpus: int | None, object_store_bytes: int | None,
+                     auth: bool, timeout: float) -> RayHead:
     temp_dir = tempfile.mkdtemp(prefix="ladder-ray-", dir="/tmp")  # short: socket paths
-    token = secrets.token_hex(32)
+    token = secrets.token_hex(32) if auth else ""
     command, dashboard_port = head_command(temp_dir=temp_dir, num_cpus=num_cpus,
-                                           num_gpus=num_gpus)
+                                           num_gpus=num_gpus,
+                                           object_store_bytes=object_store_bytes)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **LOOPBACK_ENV})
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if auth
+               else {"RAY_AUTH_MODE": "disabled"})
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ENV})  # nothing leaves the machine
     log_path = Path(temp_dir) / "ray-start.log"
     with log_path.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -209,12 +242,31 @@ def start_head(*, num_cpus: int, num_gpus: int | None,
         if address and _dashboard_up(head.dashboard_url, token):
             return RayHead(address=address, dashboard_url=head.dashboard_url, pid=head.pid,
                            temp_dir=temp_dir, token=token)
-        if process.poll() is not None or time.monotonic() > deadline:
-            output = log_path.read_text(errors="replace")[-2000:]
+        exited = process.poll() is not None
+        if exited or time.monotonic() > deadline:
+            why = startup_logs(Path(temp_dir))
             head.stop()
-            raise RuntimeError(f"the local Ray head did not start "
-                               f"(exit {process.returncode}):\n{output}")
+            if exited:
+                raise HeadExited(f"the local Ray head exited while starting (exit "
+                                 f"{process.returncode}):\n{why}")
+            raise RuntimeError(f"the local Ray head did not start in {timeout:.0f} s:\n{why}")
         time.sleep(0.25)
+
+
+def startup_logs(temp_dir: Path, lines: int = 12) -> str:
+    """What a head's logs say about why it did not start: the end of `ray start`'s output,
+    and of each of its daemons' error logs that has anything in it."""
+    parts = []
+    for path in [temp_dir / "ray-start.log",
+                 *sorted((temp_dir / "session_latest" / "logs").glob("*.err"))]:
+        try:
+            text = path.read_text(errors="replace").strip()
+        except OSError:
+            continue
+        if text:
+            tail = "\n".join(text.splitlines()[-lines:])
+            parts.append(f"--- {path.name} ---\n{tail}")
+    return "\n".join(parts) or "(no logs)"
 
 
 class SharedHead:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.backends.ray_head import head_command, stop_head  # noqa: E402
-from orchestrator.core.names import LOOPBACK_ENV  # noqa: E402
+from orchestrator.backends.ray_head import start_head  # noqa: E402
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec  # noqa: E402
 from orchestrator.files import write_trial  # noqa: E402
@@ -100,26 +98,14 @@ def private_ray_head(gpus: int) -> Iterator[str]:
     runtime on a machine that already runs one (a colleague's `ladder run`) never gets a job
     agent and refuses every job ("No available agent to submit job"). `ray start` can.
     """
-    temp = Path(tempfile.mkdtemp(prefix="lrb-", dir="/tmp"))
-    command, _dashboard = head_command(temp_dir=temp, num_cpus=4, num_gpus=gpus)
     # Token authentication (Ray's default) keeps its token in ~/.ray, which every head on the
     # machine overwrites; a private loopback head for a benchmark does without.
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True,
-                            env={**os.environ, "RAY_ADDRESS": "", **LOOPBACK_ENV})
+    head = start_head(num_cpus=4, num_gpus=gpus, auth=False)
     try:
-        address_file = temp / "ray_current_cluster"  # LOOPBACK_NODE_IP:port
-        deadline = time.monotonic() + 120
-        while not address_file.exists() or not address_file.read_text().strip():
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the private Ray head did not start ({head.returncode})")
-            time.sleep(0.5)
-        yield address_file.read_text().strip()
+        yield head.address
     finally:
-        stop_head(head.pid, str(temp))
-        head.wait()
-        shutil.rmtree(temp, ignore_errors=True)
+        head.stop()
 
 
 def _connect(backend: Any, timeout: float = 120.0) -> None:

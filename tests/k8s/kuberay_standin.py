@@ -64,8 +64,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.backends.ray_head import head_command, stop_head
-from orchestrator.core.names import LOOPBACK_ENV
+from orchestrator.backends.ray_head import RayHead, start_head
 
 log = logging.getLogger("kuberay-standin")
 
@@ -196,9 +195,7 @@ class KubeRayStandIn:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ray_client: Any = None
-        self._ray_started = False
-        self._ray_process: subprocess.Popen[bytes] | None = None
-        self._ray_log: Any = None
+        self._head: RayHead | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="kuberay-standin-"))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -219,9 +216,7 @@ class KubeRayStandIn:
             self._thread.join(timeout=30)
         for job in list(self.jobs.values()):
             self._kill(job)
-        if self._ray_started:
-            self._stop_ray()
-            self._ray_started = False
+        self._stop_ray()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> KubeRayStandIn:
@@ -231,44 +226,19 @@ class KubeRayStandIn:
         self.stop()
 
     def _start_ray(self) -> None:
-        """A local Ray head of our own (`ray start --head --block`), every fixed default port
-        replaced by a free one: the machine may run other Ray runtimes (8265, 52365, 6379
-        and 10001 taken). SIGTERM to the blocking `ray start` stops exactly this runtime.
-        Jobs inherit its environment, so the worker joins it the same way (no token auth)."""
+        """A local Ray head of our own: the local backend's (ray_head.start_head, on free
+        loopback ports: the machine may run other Ray runtimes), with token auth off. Jobs
+        inherit its environment, so the worker joins it the same way (no token)."""
         from ray.job_submission import JobSubmissionClient
 
-        command, dashboard = head_command(temp_dir=self._tmp / "ray", num_cpus=self.ray_cpus,
-                                          num_gpus=0, object_store_bytes=256 * 2**20)
-        self._ray_log = (self._tmp / "ray-start.log").open("wb")
-        self._ray_process = subprocess.Popen(
-            command, stdout=self._ray_log, stderr=subprocess.STDOUT, start_new_session=True,
-            # A private, loopback-only runtime: no token auth (a token file left in ~/.ray by
-            # another runtime would otherwise switch it on for this one).
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-                 **LOOPBACK_ENV},
-        )
-        self._ray_started = True
-        deadline = time.monotonic() + 180
-        while True:
-            try:  # the client checks the dashboard when it is made
-                client = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
-                client.list_jobs()
-                break
-            except Exception:
-                if time.monotonic() > deadline or self._ray_process.poll() is not None:
-                    log_text = (self._tmp / "ray-start.log").read_text(errors="replace")
-                    raise RuntimeError(f"the stand-in's Ray head did not start:\n"
-                                       f"{log_text[-3000:]}") from None
-                time.sleep(1)
-        self._ray_client = client
+        self._head = start_head(num_cpus=self.ray_cpus, num_gpus=0,
+                                object_store_bytes=256 * 2**20, auth=False)
+        self._ray_client = JobSubmissionClient(self._head.dashboard_url)
 
     def _stop_ray(self) -> None:
-        process = self._ray_process
-        if process is None:
-            return
-        stop_head(process.pid, str(self._tmp / "ray"))
-        process.wait(timeout=30)
-        self._ray_log.close()
+        if self._head is not None:
+            self._head.stop()
+            self._head = None
 
     # --- test hooks -----------------------------------------------------------------------
     def behave(self, match: Callable[[dict[str, Any]], bool], behaviour: Behaviour) -> None:

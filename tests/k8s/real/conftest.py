@@ -253,3 +253,4 @@ def ray_head(cluster: Cluster, db_url: str) -> Iterator[str]:
         process.wait(timeout=30)
         wait_for(f"the Ray dashboard at {url} to stop", lambda: not answers(), timeout=60,
                  interval=1)
+        shutil.rmtree(temp, ignore_errors=True)

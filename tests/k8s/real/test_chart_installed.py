@@ -200,6 +200,13 @@ def _sweep_completes(installed: Installed, tmp_path: Path, logs: Callable[[], st
             assert spec["nodeName"] in ("gpu-node-0", "gpu-node-1"), why()
             assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert alive(), logs()[-6000:]
+        # The operator is done with the RayJob before its head stops. One it still tracked
+        # would be submitted again to the next test's head, at the same address (the head
+        # Service's), and turn up in that test's job list.
+        wait_for("the RayJob to be Complete", lambda: all(
+            (j.get("status") or {}).get("jobDeploymentStatus") in ("Complete", "Failed")
+            for j in kube.list_rayjobs(installed.sweeps, "installed")),
+            timeout=120, interval=1, diagnose=why)
     # Nothing was forbidden to the chart's ServiceAccount (Kopf's scan of the namespaces too:
     # rbac.listNamespaces lets it notice watched namespaces created later).
     refused = [line for line in logs().splitlines() if "forbidden" in line.lower()]

@@ -170,7 +170,10 @@ def test_sweep_runs_through_the_real_operator_and_scheduler(
 
         def listed() -> set[str] | None:  # the head's job table, read until the job is in it
             jobs[:] = client.list_jobs()
-            ids = {j.submission_id for j in jobs if j.submission_id}
+            # This sweep's jobs only: the head's address is every test's (the head Service's),
+            # and a RayJob of an earlier test that the operator still tracked may come here.
+            ids = {j.submission_id for j in jobs
+                   if j.submission_id and j.submission_id.startswith("real-")}
             return ids if rayjob_names <= ids else None
 
         submitted = wait_for("the operator's job in the head's job list", listed, timeout=30,
