@@ -136,7 +136,7 @@ def test_resume_after_sigkill_runs_every_trial_once(tmp_path: Path) -> None:
     db_file = tmp_path / "ladder.db"
     db = f"sqlite:///{db_file}"
     args = [*LADDER, "run", str(sweep), "--db", db, "--runs-dir", str(tmp_path / "runs")]
-    env = fast_env(tmp_path, epoch_seconds=2.0)
+    env = fast_env(tmp_path, epoch_seconds=1.0)
     log = tmp_path / "first-run.log"
     with log.open("wb") as out:
         first = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
