@@ -108,6 +108,7 @@ def preload() -> None:
     import accelerate  # noqa: F401
     import transformers
 
+    import orchestrator.store  # noqa: F401  (every trial writes its state: sqlalchemy, alembic, 0.7 s)
     import worker.cli
     import worker.data.batching
     import worker.generation
