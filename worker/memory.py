@@ -12,7 +12,8 @@ smaller card than the one at hand, and so tests hit real OOMs without a GPU:
   baseline taken after imports and a tiny warm-up step (library pages that load lazily on the
   first matmul or backward are overhead, not the trial's memory). `HostMemoryBudget.check`
   raises `MemoryBudgetExceeded` at the points where memory jumps: model built, optimizer
-  created, probe step done, and after every epoch.
+  created, the probe step's forward pass (a peak only grows: no backward is needed to fail),
+  probe step done, and after every epoch.
 
 `classify_failure` turns any exception (through Ray's wrappers) or text into a state and OOM
 kind; the text rules are shared with the backends (`orchestrator.core.classify.classify_text`).

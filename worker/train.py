@@ -260,7 +260,8 @@ def train(
     )
     host.check("creating the optimizer")
     probe = to_device(train_set, longest_batch(train_set, per_pass), tokenizer, device)
-    probe_step(accelerator, model, optimizer, probe, a, cfg.loss_reduction)
+    probe_step(accelerator, model, optimizer, probe, a, cfg.loss_reduction,
+               after_forward=host.check)
     wait_for_device(device)  # CUDA runs ahead of the host: the probe is done only now
     host.check("the probe step on the longest batch")
     phases.mark("first_step")
@@ -472,16 +473,23 @@ def to_device(
 def probe_step(
     accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
     batch: Mapping[str, Tensor], a: float, reduction: LossReduction = LossReduction.TOKEN_MEAN,
+    after_forward: Callable[[str], object] | None = None,
 ) -> None:
     """One real step on the longest batch: forward, backward (with DDP's all-reduce) and an
     optimizer step, which allocates AdamW's state, so the run's peak memory comes in seconds.
 
     It measures and does not train: the gradients are zeroed before a step at learning rate 0
     (no update, whatever the gradient held) and the optimizer state is dropped afterwards.
+
+    `after_forward(stage)` runs between the forward pass and the backward: the CPU budget's
+    check (HostMemoryBudget.check), since a peak only grows, a forward pass that holds more
+    than the budget already decides the verdict, and the backward (as long again) is skipped.
     """
     model.train()
     with accelerator.autocast():
         loss, _, _ = dss_forward(model, batch, a, reduction)
+    if after_forward is not None:
+        after_forward("the probe step's forward pass on the longest batch")
     accelerator.backward(loss)
     learning_rates = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:

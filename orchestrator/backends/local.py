@@ -244,7 +244,7 @@ class LocalRayBackend:
                     break
                 if "No available agent" not in str(error) or time.monotonic() > deadline:
                     raise
-                time.sleep(1.0)
+                time.sleep(0.25)  # it is usually up within a second
         self._jobs[(spec.trial_id, spec.attempt)] = spec
         return submission
 

@@ -55,3 +55,33 @@ def test_passes_update_like_one_batch(sizes: list[int], a: float) -> None:
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return random_t5(ARCHITECTURES["ladder/t5-tiny-s"])
+
+
+def test_probe_step_gives_the_budget_its_verdict_before_the_backward() -> None:
+    """The probe's forward pass is checked before its backward: a forward that already holds
+    more than the CPU budget fails the trial without the backward (as long again), and a
+    forward within it goes on to the whole step."""
+    from worker.memory import HostMemoryBudget, MemoryBudgetExceeded
+    from worker.train import probe_step
+
+    model = _model()
+    accelerator = Accelerator(cpu=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    budget = HostMemoryBudget(1, warm_up=False)  # one byte: any forward's activations exceed it
+    budget.observe(budget.baseline_bytes + 2**20)
+    stages: list[str] = []
+
+    def check(stage: str) -> int:
+        stages.append(stage)
+        return budget.check(stage)
+
+    with pytest.raises(MemoryBudgetExceeded, match="the probe step's forward pass"):
+        probe_step(accelerator, model, optimizer, _batches([4])[0], 0.5, after_forward=check)
+    assert stages == ["the probe step's forward pass on the longest batch"]
+    assert all(p.grad is None for p in model.parameters())  # no backward ran
+
+    within = HostMemoryBudget(2**40, warm_up=False)
+    stages.clear()
+    probe_step(accelerator, model, optimizer, _batches([4])[0], 0.5,
+               after_forward=lambda stage: stages.append(stage) or within.check(stage))
+    assert len(stages) == 1 and not optimizer.state  # the whole step ran, and left no state
