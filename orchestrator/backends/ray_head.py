@@ -229,6 +229,12 @@ def _start_head_once(*, num_cpus: int, num_gpus: int | None, object_store_bytes:
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if auth
                else {"RAY_AUTH_MODE": "disabled"})
     env.update({"RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ENV})  # nothing leaves the machine
+    # No idle Python workers for the first driver that connects (Ray starts up to --num-cpus
+    # of them, two at a time): that driver is `ladder run`'s own, which submits jobs and runs
+    # no tasks, and a job's supervisor and its Ray Train actors carry the job's env vars, a
+    # runtime env no idle default worker matches. Each costs about 0.7 CPU-seconds, just when
+    # the first trials start.
+    env.update({"RAY_prestart_worker_first_driver": "0"})
     log_path = Path(temp_dir) / "ray-start.log"
     with log_path.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
