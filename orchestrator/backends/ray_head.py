@@ -190,6 +190,10 @@ def head_command(*, temp_dir: str | Path, num_cpus: int, num_gpus: int | None,
     return command, dashboard
 
 
+#: Ray's switch for starting idle workers when the first driver connects (see start_head).
+PRESTART_ENV = "RAY_prestart_worker_first_driver"
+
+
 class HeadExited(RuntimeError):
     """The head's `ray start` exited before its dashboard answered."""
 
@@ -233,8 +237,8 @@ def _start_head_once(*, num_cpus: int, num_gpus: int | None, object_store_bytes:
     # of them, two at a time): that driver is `ladder run`'s own, which submits jobs and runs
     # no tasks, and a job's supervisor and its Ray Train actors carry the job's env vars, a
     # runtime env no idle default worker matches. Each costs about 0.7 CPU-seconds, just when
-    # the first trials start.
-    env.update({"RAY_prestart_worker_first_driver": "0"})
+    # the first trials start (tests/bench/bench_head.py). A value in the environment wins.
+    env.setdefault(PRESTART_ENV, "0")
     log_path = Path(temp_dir) / "ray-start.log"
     with log_path.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,

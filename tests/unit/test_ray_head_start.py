@@ -22,6 +22,7 @@ failures = int(os.environ["FAKE_RAY_FAILURES"])
 count_file = os.environ["FAKE_RAY_COUNT"]
 starts = int(open(count_file).read()) + 1 if os.path.exists(count_file) else 1
 open(count_file, "w").write(str(starts))
+open(count_file + ".env", "w").write("\\n".join(f"{k}={v}" for k, v in os.environ.items()))
 if starts <= failures:
     os.makedirs(os.path.join(temp, "session_latest", "logs"))
     with open(os.path.join(temp, "session_latest", "logs", "gcs_server.err"), "w") as err:
@@ -102,5 +103,26 @@ def test_a_head_without_auth_is_joined_without_a_token(
     try:
         assert head.token == "" and head.is_alive()
         assert head.env() == {"RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled"}
+    finally:
+        head.stop()
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "0"), ("1", "1")],
+                         ids=["ladder-default", "the-callers-value-wins"])
+def test_a_head_prestarts_no_idle_workers_unless_asked(
+    fake_ray: Path, monkeypatch: pytest.MonkeyPatch, preset: str | None, expected: str
+) -> None:
+    """Idle workers for the first driver cost CPU just as the first trials start, and no job
+    of Ladder's can use them (tests/bench/bench_head.py measures it)."""
+    monkeypatch.setenv("FAKE_RAY_FAILURES", "0")
+    if preset is None:
+        monkeypatch.delenv(ray_head.PRESTART_ENV, raising=False)
+    else:
+        monkeypatch.setenv(ray_head.PRESTART_ENV, preset)
+    head = ray_head.start_head(num_cpus=1, num_gpus=0, auth=False, timeout=30)
+    try:
+        env = dict(line.split("=", 1) for line in
+                   Path(f"{fake_ray}.env").read_text().splitlines() if "=" in line)
+        assert env[ray_head.PRESTART_ENV] == expected
     finally:
         head.stop()
