@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from tests.cpu import machine_cpu_seconds
+
 TESTS = Path(__file__).resolve().parent
 SLOW_MARKERS = frozenset({"k8s", "realcluster", "observability", "images", "soak"})
 # Real Ray jobs and Ray Train with real training, and the fault-injection rigs.
@@ -112,13 +114,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 CPU_LOG_ENV = "LADDER_TEST_CPU_LOG"
-
-
-def machine_cpu_seconds() -> float:
-    """CPU-seconds the machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.hookimpl(hookwrapper=True)

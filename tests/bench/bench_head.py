@@ -29,34 +29,28 @@ if str(ROOT) not in sys.path:
 
 from orchestrator.backends.ray_head import PRESTART_ENV, start_head  # noqa: E402
 from tests.bench.output import emit  # noqa: E402
+from tests.cpu import machine_cpu_seconds  # noqa: E402
 
 IDLE_SECONDS = 5.0
 MODES = {"ladder": "0", "ray default": "1"}
-
-
-def busy_cpu_seconds() -> float:
-    """CPU-seconds the machine has spent busy since boot (all but idle and iowait)."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def one_round(prestart: str) -> dict[str, float]:
     import ray
 
     os.environ[PRESTART_ENV] = prestart
-    cpu0, t0 = busy_cpu_seconds(), time.monotonic()
+    cpu0, t0 = machine_cpu_seconds(), time.monotonic()
     head = start_head(num_cpus=4, num_gpus=None, auth=False)
-    cpu1, t1 = busy_cpu_seconds(), time.monotonic()
+    cpu1, t1 = machine_cpu_seconds(), time.monotonic()
     os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
         ray.init(address=head.address, logging_level=logging.WARNING)
         time.sleep(IDLE_SECONDS)
-        cpu2, t2 = busy_cpu_seconds(), time.monotonic()
+        cpu2, t2 = machine_cpu_seconds(), time.monotonic()
     finally:
         ray.shutdown()
         head.stop()
-    cpu3, t3 = busy_cpu_seconds(), time.monotonic()
+    cpu3, t3 = machine_cpu_seconds(), time.monotonic()
     return {"start_seconds": t1 - t0, "start_cpu": cpu1 - cpu0,
             "driver_and_idle_cpu": cpu2 - cpu1, "stop_seconds": t3 - t2, "stop_cpu": cpu3 - cpu2,
             "total_cpu": cpu3 - cpu0}
