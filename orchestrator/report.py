@@ -396,13 +396,16 @@ def summary_lines(data: SweepData) -> list[str]:
 # --- figures ------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure drawn off-screen (Agg, no display needed): the report's, and the benchmarks'
+    (tests/bench/figures.py)."""
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write `figure` as a PNG on white, trimmed to its content."""
     figure.savefig(path, dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.15)
     return path
 
@@ -432,7 +435,7 @@ def model_method_bars(data: SweepData, path: Path) -> Path:
         ("Training time (s, wall)", lambda r: r.wall_seconds),
     ]
     models, methods = data.models, data.methods
-    figure = _new_figure(11, 7.5)
+    figure = new_figure(11, 7.5)
     figure.suptitle(f"Figure 6 form: sweep {data.sweep.name}, means per model x method "
                     f"(succeeded trials)", fontsize=12)
     axes = figure.subplots(2, 2)
@@ -462,7 +465,7 @@ def model_method_bars(data: SweepData, path: Path) -> Path:
     axes.flat[0].legend(title="method", fontsize=8, title_fontsize=8)
     figure.text(0.5, -0.01, "Bars: mean over lanes and seeds; whiskers: standard deviation.",
                 ha="center", fontsize=8, color="#555555")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _no_bar(ax: Axes, x: float, data: SweepData, model: str, method: Method) -> None:
@@ -480,7 +483,7 @@ def rank_alpha_heatmaps(data: SweepData, path: Path) -> Path:
     methods = [m for m in ADAPTER_METHODS if any(r.method is m for r in data.results)]
     methods = methods or [Method.LORA]
     succeeded = data.succeeded
-    figure = _new_figure(5.2 * len(methods) + 0.8, 4.6)
+    figure = new_figure(5.2 * len(methods) + 0.8, 4.6)
     figure.suptitle(f"Figure 7 form: mean evaluation loss over (rank, alpha), sweep "
                     f"{data.sweep.name}", fontsize=12)
     axes = figure.subplots(1, len(methods), squeeze=False)[0]
@@ -537,7 +540,7 @@ def rank_alpha_heatmaps(data: SweepData, path: Path) -> Path:
     figure.text(0.5, -0.02, "Cell: mean over every model and seed that succeeded at that "
                 "(rank, alpha); red box: the method's best cell.", ha="center", fontsize=8,
                 color="#555555")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _box(x: int, y: int) -> Rectangle:
@@ -563,7 +566,7 @@ def loss_curves(data: SweepData, path: Path) -> Path:
     models = [m for m in data.models if any(r.model == m for r in with_epochs)] or ["(none)"]
     lanes = sorted({r.lane for r in with_epochs}, key=lane_order)
     by_lane = len(lanes) <= LEGEND_LANES
-    figure = _new_figure(4.2 * len(models) + (3.2 if by_lane else 1.6), 4.4)
+    figure = new_figure(4.2 * len(models) + (3.2 if by_lane else 1.6), 4.4)
     figure.suptitle(f"Per-epoch loss, sweep {data.sweep.name}: eval (solid), train (dashed); "
                     "epoch 0: the untuned baseline", fontsize=12)
     axes = figure.subplots(1, len(models), squeeze=False, sharey=True)[0]
@@ -607,7 +610,7 @@ def loss_curves(data: SweepData, path: Path) -> Path:
     else:
         axes[0].text(0.5, 0.5, "no epochs recorded", ha="center", va="center",
                      transform=axes[0].transAxes)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _lane_colors(lanes: Sequence[str]) -> dict[str, tuple[float, ...]]:

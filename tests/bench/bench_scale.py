@@ -5,6 +5,7 @@ A benchmark, not a timed test: run it as a script and read the numbers (docs/ben
 
     python tests/bench/bench_scale.py [--trials 1000 10000 100000] [--in-flight 10 100 1000]
                                       [--repeat 3] [--json bench-results/scale.json] [--quick]
+                                      [--plot PNG]
 
 Each cell (potential trials x trials in flight) runs in a fresh Python process, so its memory
 is its own. The sweep is the paper grid's 25 lanes per axes point times as many axes points
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--quick", action="store_true", help="1k and 10k trials, 10 and 100")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw pass CPU and memory against the trials as a PNG "
+                             "(docs/img/controller-scale.png in docs/benchmarks.md)")
     parser.add_argument("--unfrozen", type=int, nargs="*", default=[100_000],
                         help="grid sizes also measured without the controller's gc.freeze "
                              "of its grid (reconcile.keep_out_of_collections), side by side")
@@ -245,6 +249,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if args.plot:
+        from tests.bench.figures import scale_figure
+
+        scale_figure(result, args.plot)
     return result
 
 

@@ -1,7 +1,7 @@
 """Benchmark: the paper's grid, simulated end to end, the paper's way and Ladder's way.
 
     python tests/bench/makespan.py [--gpu-json bench-results/gpu_ladder.json] [--json OUT]
-                                   [--quick]
+                                   [--quick] [--plot PNG]
 
 Replays k8s/examples/paper-grid.yaml through the real plan/escalation/scheduler code
 (tests/bench/simulate.py) on the paper's cluster (2 nodes x 4 H100 80 GB) against one
@@ -268,12 +268,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help=f"write the result here (default {DEFAULT_JSON})")
     parser.add_argument("--quick", action="store_true",
                         help="the synthetic grid at 100 lanes instead of 500")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw each scenario against its bound as a PNG "
+                             "(docs/img/makespan.png in docs/benchmarks.md)")
     args = parser.parse_args(argv)
     gpu_json = args.gpu_json or (DEFAULT_GPU_JSON if DEFAULT_GPU_JSON.exists() else None)
     result = run(gpu_json, quick=args.quick)
     print(report(result))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if args.plot:
+        from tests.bench.figures import makespan_figure
+
+        makespan_figure(result, GOAL_RATIO, args.plot)
     return result
 
 

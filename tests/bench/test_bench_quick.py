@@ -66,7 +66,8 @@ def test_gpu_ladder_dry_run(tmp_path: Path) -> None:
 
 def test_makespan_simulation(tmp_path: Path) -> None:
     makespan = load("makespan")
-    r = makespan.main(["--quick", "--json", str(tmp_path / "makespan.json")])
+    r = makespan.main(["--quick", "--json", str(tmp_path / "makespan.json"),
+                       "--plot", str(tmp_path / "makespan.png")])
     assert set(r["scenarios"]) == {"A", "B", "C", "D", "E"}
     for s in r["scenarios"].values():
         assert s["speedup"] > 1
@@ -75,6 +76,7 @@ def test_makespan_simulation(tmp_path: Path) -> None:
         assert 1 <= s["ladder_ratio_to_bound"] <= makespan.GOAL_RATIO
         assert s["paper_procedure_ratio_to_bound"] >= 1
         assert s["lower_bound_hours"] <= s["ladder_hours"] < s["paper_procedure_hours"]
+    assert (tmp_path / "makespan.png").read_bytes().startswith(b"\x89PNG")
     written = json.loads((tmp_path / "makespan.json").read_text())
     assert written["scenarios"]["D"]["lanes"] == 100  # --quick: the synthetic grid at 100
     # A dry-run JSON of the GPU ladder is no measurement and must not be used as one.
