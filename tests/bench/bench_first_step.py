@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=1,
                         help="workers per trial (more than 1: Ray Train's worker group, DDP)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw the phases as stacked bars in a PNG "
+                             "(docs/img/first-step.png in docs/benchmarks.md)")
     args = parser.parse_args(argv)
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.fork_server]
     results = [run(args.repeat, args.methods, fork_server=m, workers=args.workers)
@@ -155,6 +158,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs_by_mode": {("fork server" if r["fork_server"] else "fresh process"): r
                          for r in results}}
     emit("\n\n".join(report(r) for r in results), result, args.json)
+    if args.plot:
+        from tests.bench.figures import first_step_figure
+
+        first_step_figure(result, TOTAL, args.plot)
     return result
 
 

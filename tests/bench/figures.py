@@ -2,6 +2,7 @@
 
     python tests/bench/makespan.py --plot docs/img/makespan.png
     python tests/bench/bench_scale.py --plot docs/img/controller-scale.png
+    python tests/bench/bench_first_step.py --plot docs/img/first-step.png
 
 Each function takes a benchmark's result (as its `--json` writes it) and returns the figure it
 drew, saved to `path`; the drawing itself is the report's (`orchestrator.report.new_figure`,
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from orchestrator.report import new_figure, save_figure
@@ -87,5 +89,39 @@ def scale_figure(result: dict[str, Any], path: Path) -> Figure:
         ax.legend(fontsize=8)
     figure.suptitle(f"Controller scale (tests/bench/bench_scale.py; {result['machine']})",
                     fontsize=10)
+    save_figure(figure, path)
+    return figure
+
+
+def first_step_figure(result: dict[str, Any], total: str, path: Path) -> Figure:
+    """Where a tiny trial's time to first step goes: one stacked bar per mode (fork server,
+    fresh process) and method, a segment per phase (the medians; `total`, the sum's name, is
+    not a phase), phases under 0.05 s left out of the legend."""
+    modes = result.get("runs_by_mode") or {
+        "fork server" if result.get("fork_server", True) else "fresh process": result}
+    bars = [(f"{mode}: {method}", run["median"][method])
+            for mode, run in modes.items() for method in run["methods"]]
+    phases = list(dict.fromkeys(p for _, medians in bars for p in medians if p != total))
+    colors = colormaps["tab20"].colors
+    figure = new_figure(10, 1.2 + 0.42 * len(bars))
+    ax = figure.add_subplot()
+    for i, (_, medians) in enumerate(bars):
+        y = len(bars) - 1 - i
+        left = 0.0
+        for k, phase in enumerate(phases):
+            width = medians.get(phase, 0.0)
+            shown = any(m.get(phase, 0.0) >= 0.05 for _, m in bars)
+            ax.barh(y, width, left=left, color=colors[k % len(colors)], height=0.6,
+                    label=phase if shown and i == 0 else None)
+            left += width
+        ax.annotate(f"{medians[total]:.1f} s", (left, y), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlim(0, max(medians[total] for _, medians in bars) * 1.12)
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([label for label, _ in reversed(bars)], fontsize=8)
+    ax.set_xlabel("seconds from the launch (submit_job) to the end of the probe step (median)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title("Time to first step of a tiny trial, by phase "
+                 "(tests/bench/bench_first_step.py)", fontsize=10)
     save_figure(figure, path)
     return figure

@@ -57,3 +57,29 @@ def test_the_scale_figure_draws_the_frozen_cells_one_line_per_count_in_flight(
             for line in cpu_ax.lines] == [("10 in flight", [1_000, 10_000], [8.0, 25.0]),
                                           ("1,000 in flight", [10_000], [191.0])]
     assert [list(line.get_ydata()) for line in held_ax.lines] == [[4.0, 9.0], [46.0]]
+
+
+def test_the_first_step_figure_stacks_each_modes_phases_in_order(tmp_path: Path) -> None:
+    figures = load("figures")
+    total = "time to first step"
+
+    def run(fork_server: bool, submission: float, imports: float) -> dict[str, object]:
+        medians = {"job submission": submission, "imports": imports, "probe step": 0.01,
+                   total: submission + imports + 0.01}
+        return {"fork_server": fork_server, "methods": ["full"], "median": {"full": medians}}
+
+    result = {"runs_by_mode": {"fork server": run(True, 0.9, 0.0),
+                               "fresh process": run(False, 0.7, 3.0)}}
+    figure = figures.first_step_figure(result, total, tmp_path / "first-step.png")
+    assert (tmp_path / "first-step.png").read_bytes().startswith(PNG_MAGIC)
+    ax = figure.axes[0]
+    segments = [(round(bar.get_y() + bar.get_height() / 2), round(bar.get_x(), 6),
+                 round(bar.get_width(), 6)) for bar in ax.patches]
+    # The fork server's bar on top (y 1), each phase starting where the one before ended.
+    assert segments == [(1, 0.0, 0.9), (1, 0.9, 0.0), (1, 0.9, 0.01),
+                        (0, 0.0, 0.7), (0, 0.7, 3.0), (0, 3.7, 0.01)]
+    assert [t.get_text() for t in ax.texts] == ["0.9 s", "3.7 s"]
+    # A phase under 0.05 s in every bar is drawn but not named in the legend.
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["job submission", "imports"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["fresh process: full",
+                                                            "fork server: full"]
