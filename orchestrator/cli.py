@@ -409,8 +409,10 @@ def run(
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     task = progress.add_task("trials", total=spec.potential_trials)
     try:
+        # Transient: the live view gives way to the summary, which shows its lane table and
+        # counts once, final (on a pipe or in a log nothing of it is printed but the events).
         with _line_after(console), Live(console=console, refresh_per_second=4,
-                                        transient=False) as live:
+                                        transient=True) as live:
             def update(status: SweepStatus, events: Sequence[RunnerEvent]) -> None:
                 for event in events:
                     line = _event_line(event)

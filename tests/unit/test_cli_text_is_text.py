@@ -208,6 +208,8 @@ def test_run_live_view_and_summary_print_verbatim(
         assert f"{model} attempt 1" in result.output  # the live view's launch line
         assert f"{model}: oom/gpu" in result.output  # its outcome line
     assert "Lane ceilings" in result.output and f"org/{text} (oom/gpu)" in result.output
+    # The live view gives way to the summary: its lane table is not left behind as well.
+    assert result.output.count(f"org/{text} (oom/gpu)") == 1
     assert "\nTrials: oom 2. OOMs: 2." in result.output
     with store.open_store(url)() as session:
         rows = store.attempts(session, "", "hostile")
