@@ -27,7 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.backends.ray_head import PRESTART_ENV, start_head  # noqa: E402
+from orchestrator.backends.ray_head import (  # noqa: E402
+    PRESTART_ENV,
+    join_head_env,
+    restore_env,
+    start_head,
+)
 from tests.bench.output import emit  # noqa: E402
 from tests.cpu import machine_cpu_seconds  # noqa: E402
 
@@ -42,7 +47,7 @@ def one_round(prestart: str) -> dict[str, float]:
     cpu0, t0 = machine_cpu_seconds(), time.monotonic()
     head = start_head(num_cpus=4, num_gpus=None, auth=False)
     cpu1, t1 = machine_cpu_seconds(), time.monotonic()
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    saved = join_head_env(head)  # its address, and no token: the head runs without auth
     try:
         ray.init(address=head.address, logging_level=logging.WARNING)
         time.sleep(IDLE_SECONDS)
@@ -50,6 +55,7 @@ def one_round(prestart: str) -> dict[str, float]:
     finally:
         ray.shutdown()
         head.stop()
+        restore_env(saved)
     cpu3, t3 = machine_cpu_seconds(), time.monotonic()
     return {"start_seconds": t1 - t0, "start_cpu": cpu1 - cpu0,
             "driver_and_idle_cpu": cpu2 - cpu1, "stop_seconds": t3 - t2, "stop_cpu": cpu3 - cpu2,

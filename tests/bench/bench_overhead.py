@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator.backends.ray_head import start_head  # noqa: E402
+from orchestrator.backends.ray_head import join_head_env, restore_env, start_head  # noqa: E402
 from orchestrator.core.spec import Dataset, ResourceShape, Training  # noqa: E402
 from orchestrator.core.worker_contract import AttemptResult, AttemptSpec  # noqa: E402
 from orchestrator.files import write_trial  # noqa: E402
@@ -100,12 +100,13 @@ def private_ray_head(gpus: int) -> Iterator[str]:
     """
     # Token authentication (Ray's default) keeps its token in ~/.ray, which every head on the
     # machine overwrites; a private loopback head for a benchmark does without.
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     head = start_head(num_cpus=4, num_gpus=gpus, auth=False)
+    saved = join_head_env(head)  # its address, and no token
     try:
         yield head.address
     finally:
         head.stop()
+        restore_env(saved)
 
 
 def _connect(backend: Any, timeout: float = 120.0) -> None:

@@ -102,6 +102,7 @@ def first_step_figure(result: dict[str, Any], total: str, path: Path) -> Figure:
     bars = [(f"{mode}: {method}", run["median"][method])
             for mode, run in modes.items() for method in run["methods"]]
     phases = list(dict.fromkeys(p for _, medians in bars for p in medians if p != total))
+    named = {p for p in phases if any(m.get(p, 0.0) >= 0.05 for _, m in bars)}
     colors = colormaps["tab20"].colors
     figure = new_figure(10, 1.2 + 0.42 * len(bars))
     ax = figure.add_subplot()
@@ -110,9 +111,8 @@ def first_step_figure(result: dict[str, Any], total: str, path: Path) -> Figure:
         left = 0.0
         for k, phase in enumerate(phases):
             width = medians.get(phase, 0.0)
-            shown = any(m.get(phase, 0.0) >= 0.05 for _, m in bars)
             ax.barh(y, width, left=left, color=colors[k % len(colors)], height=0.6,
-                    label=phase if shown and i == 0 else None)
+                    label=phase if phase in named and i == 0 else None)
             left += width
         ax.annotate(f"{medians[total]:.1f} s", (left, y), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=8)
